@@ -1,0 +1,259 @@
+"""Benchmark tasks.compute against scikit-learn in the same process.
+
+    uv run python -m benchmarks.run            # full sizes (~10 min on 2 cores)
+    uv run python -m benchmarks.run --quick    # small smoke run
+
+Writes benchmarks/results/bench[-quick].md and .json: wall times, speed-up ratio,
+quality ratio, goal, thread counts (threadpoolctl + numba) and the machine.
+Fairness: same data, same n_init / max_iter / tol, same seeds (our k-means++ replays
+scikit-learn's random draws), total wall time of a fit including seeding; each of our
+kernels is compiled (cache=True) by a warm-up call on tiny data before timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import sklearn
+import sklearn.cluster as skc
+from sklearn import metrics as skm
+from sklearn.impute import KNNImputer as SkKNNImputer
+from threadpoolctl import threadpool_info
+
+from tasks.compute import KMeans, KMeansSweep, KNNImputer, MiniBatchKMeans, silhouette_score
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _blobs(n, d, centers, seed, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    C = rng.normal(scale=6.0, size=(centers, d))
+    lab = rng.integers(0, centers, size=n)
+    X = C[lab] + rng.normal(scale=2.0, size=(n, d))
+    return X.astype(dtype), lab
+
+
+def _time(fn, repeat=1):
+    best = np.inf
+    out = None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def _stream_floor(X):
+    """Time to stream X once (best of 5): numpy's contiguous sum."""
+    return min(_time(lambda: float(X.sum()))[0] for _ in range(5))
+
+
+def warmup():
+    X, _ = _blobs(3000, 5, 3, 0)
+    KMeansSweep(range(2, 4), random_state=0).fit(X)
+    KMeans(3, random_state=0).fit(X.astype(np.float64))
+    MiniBatchKMeans(3, random_state=0).fit(X)
+    silhouette_score(X[:300].astype(np.float64), np.arange(300) % 3)
+    Xn = X[:300].astype(np.float64)
+    Xn[::7, 1] = np.nan
+    KNNImputer().fit_transform(Xn)
+
+
+def bench_sweep(n, d, ks, rows):
+    X, _ = _blobs(n, d, 8, 1)
+    kw = dict(n_init=1, max_iter=100, tol=1e-4)
+    t_ours, sweep = _time(lambda: KMeansSweep(ks, random_state=0, **kw).fit(X))
+    sk_inertia, t_sk, sk_iters = 0.0, 0.0, 0
+    for k in ks:
+        t, m = _time(lambda k=k: skc.KMeans(k, random_state=0, **kw).fit(X))
+        t_sk += t
+        sk_inertia += m.inertia_
+        sk_iters += m.n_iter_
+    our_inertia = sum(m.inertia_ for m in sweep.models_.values())
+    rows.append(
+        dict(
+            name=f"KMeansSweep k={ks[0]}..{ks[-1]}, {n}x{d} float32, n_init=1, max_iter=100",
+            ours_s=t_ours,
+            sklearn_s=t_sk,
+            speedup=t_sk / t_ours,
+            goal="speedup >= 5",
+            quality=f"sum inertia ratio {our_inertia / sk_inertia:.4f} (goal <= 1.01)",
+            met=bool(t_sk / t_ours >= 5 and our_inertia <= 1.01 * sk_inertia),
+            extra=dict(
+                our_iters={int(k): int(m.n_iter_) for k, m in sweep.models_.items()},
+                sk_total_iters=int(sk_iters),
+            ),
+        )
+    )
+    # per Lloyd iteration vs streaming floor (single k=8, and the stacked k=2..12 pass)
+    from tasks.compute import _kmeans_kernels as kk
+    from tasks.compute.kmeans import _Run, _stack
+
+    floor = _stream_floor(X)
+    sw = np.ones(n, dtype=X.dtype)
+    nch = kk.n_chunks_for(n)
+    for label, kset in (("k=8", [8]), (f"k={ks[0]}..{ks[-1]} stacked", list(ks))):
+        runs = []
+        for k in kset:
+            r = _Run(k)
+            r.centers = X[:k].copy()
+            runs.append(r)
+        _C, CT, half, off = _stack(runs)
+        t_iter = min(
+            _time(
+                lambda CT=CT, half=half, off=off: kk._lloyd_accumulate(X, sw, CT, half, off, nch)
+            )[0]
+            for _ in range(5)
+        )
+        rows.append(
+            dict(
+                name=f"Lloyd iteration {label} ({sum(kset)} centroids), {n}x{d} float32",
+                ours_s=t_iter,
+                sklearn_s=None,
+                speedup=None,
+                goal="<= 2x stream floor" if label == "k=8" else "(reported)",
+                quality=f"stream floor {floor * 1e3:.1f} ms -> {t_iter / floor:.2f}x floor",
+                met=bool(t_iter <= 2 * floor) if label == "k=8" else None,
+            )
+        )
+
+
+def bench_knn(n, d, rows):
+    rng = np.random.default_rng(2)
+    X, _ = _blobs(n, d, 6, 2, dtype=np.float64)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    t_ours, a = _time(lambda: KNNImputer(n_neighbors=5).fit_transform(X))
+    t_sk, b = _time(lambda: SkKNNImputer(n_neighbors=5).fit_transform(X))
+    diff = float(np.max(np.abs(a - b)))
+    rows.append(
+        dict(
+            name=f"KNNImputer k=5, {n}x{d}, 10% missing",
+            ours_s=t_ours,
+            sklearn_s=t_sk,
+            speedup=t_sk / t_ours,
+            goal="speedup >= 20",
+            quality=f"max abs diff {diff:.1e}",
+            met=bool(t_sk / t_ours >= 20 and diff < 1e-6),
+        )
+    )
+
+
+def bench_silhouette(n, d, rows):
+    X, lab = _blobs(n, d, 8, 3, dtype=np.float64)
+    t_ours, a = _time(lambda: silhouette_score(X, lab))
+    t_sk, b = _time(lambda: skm.silhouette_score(X, lab))
+    rows.append(
+        dict(
+            name=f"silhouette_score exact, {n}x{d}",
+            ours_s=t_ours,
+            sklearn_s=t_sk,
+            speedup=t_sk / t_ours,
+            goal="speedup >= 10",
+            quality=f"abs diff {abs(a - b):.1e}",
+            met=bool(t_sk / t_ours >= 10 and abs(a - b) < 1e-9),
+        )
+    )
+
+
+def bench_minibatch(n, d, k, rows):
+    X, _ = _blobs(n, d, 8, 4)
+    kw = dict(batch_size=1024, random_state=0, n_init=1)
+    t_ours, a = _time(lambda: MiniBatchKMeans(k, **kw).fit(X))
+    t_sk, b = _time(lambda: skc.MiniBatchKMeans(k, **kw).fit(X))
+    ratio = a.inertia_ / b.inertia_
+    rows.append(
+        dict(
+            name=f"MiniBatchKMeans k={k}, {n}x{d} float32, batch 1024",
+            ours_s=t_ours,
+            sklearn_s=t_sk,
+            speedup=t_sk / t_ours,
+            goal="speedup >= 10",
+            quality=f"inertia ratio {ratio:.4f} (goal <= 1.02)",
+            met=bool(t_sk / t_ours >= 10 and ratio <= 1.02),
+            extra=dict(our_steps=int(a.n_steps_), sk_steps=int(b.n_steps_)),
+        )
+    )
+
+
+def _fmt(v):
+    return "-" if v is None else f"{v:.3f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    args = p.parse_args(argv)
+    q = args.quick
+    t0 = time.perf_counter()
+    warmup()
+    rows: list[dict] = []
+    bench_sweep(50_000 if q else 1_000_000, 20, list(range(2, 13)), rows)
+    print(f"sweep done ({time.perf_counter() - t0:.0f}s)", flush=True)
+    bench_knn(2_000 if q else 20_000, 20, rows)
+    print(f"knn done ({time.perf_counter() - t0:.0f}s)", flush=True)
+    bench_silhouette(2_000 if q else 20_000, 20, rows)
+    print(f"silhouette done ({time.perf_counter() - t0:.0f}s)", flush=True)
+    bench_minibatch(50_000 if q else 1_000_000, 20, 8, rows)
+    env = dict(
+        cpu=_cpu_model(),
+        cores=os.cpu_count(),
+        numba_threads=numba.get_num_threads(),
+        numba_threading_layer=numba.threading_layer(),
+        threadpools=[
+            {k: i.get(k) for k in ("user_api", "internal_api", "prefix", "num_threads", "version")}
+            for i in threadpool_info()
+        ],
+        numpy=np.__version__,
+        sklearn=sklearn.__version__,
+        numba=numba.__version__,
+        quick=q,
+        total_s=time.perf_counter() - t0,
+    )
+    lines = [
+        f"# tasks.compute vs scikit-learn {sklearn.__version__}{' (quick)' if q else ''}",
+        "",
+        f"Machine: {env['cpu']}, {env['cores']} cores. numba {numba.__version__} "
+        f"({env['numba_threading_layer']}, {env['numba_threads']} threads).",
+        "Thread pools: "
+        + "; ".join(
+            f"{t['internal_api']}:{t['prefix']}={t['num_threads']}" for t in env["threadpools"]
+        ),
+        "",
+        "| benchmark | ours (s) | scikit-learn (s) | speed-up | goal | quality | met |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for r in rows:
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+        sp = "-" if r["speedup"] is None else f"{r['speedup']:.1f}x"
+        lines.append(
+            f"| {r['name']} | {_fmt(r['ours_s'])} | {_fmt(r['sklearn_s'])} | {sp} | {r['goal']} "
+            f"| {r['quality']} | {met} |"
+        )
+    lines += ["", f"Total benchmark time: {env['total_s']:.0f} s."]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "bench-quick" if q else "bench"
+    (RESULTS / f"{stem}.md").write_text(text + "\n")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(dict(env=env, rows=rows), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Process set-up for the CLI: where Prefect, GX and MLflow keep their state, and logging.
+
+Called by the CLI before Prefect is imported (Prefect reads its settings at import time);
+importing this module changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+QUIET_LOGGERS = (
+    "mlflow.tracking.request_header.registry",
+    "alembic",
+    "great_expectations",
+    "httpx",
+    "urllib3",
+    "numba",
+    "matplotlib",
+    "mlflow.utils.environment",
+    "mlflow.pyfunc",
+    "py.warnings",
+)
+
+
+class _RunFormatter(logging.Formatter):
+    """Prefixes Prefect's records with the task or flow run they belong to."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        run = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
+        message = super().format(record)
+        return f"{message} [{run}]" if run else message
+
+
+def configure_environment(project_dir: Path | None = None) -> None:
+    """Defaults for a local, offline project; variables already set by the user win."""
+    project = (project_dir or Path.cwd()).resolve()
+    defaults = {
+        "PREFECT_HOME": str(project / ".prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks",
+        "PREFECT_UI_ENABLED": "false",
+        # The first start of the ephemeral server runs its database migrations (~20 s here).
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "GX_ANALYTICS_ENABLED": "false",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+class _UserErrorFilter(logging.Filter):
+    """A user error (bad file, bad key) is reported once by the CLI, without a traceback;
+    Prefect's own failure log for it keeps the message and drops the stack."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tasks.errors import PopsegError
+
+        if record.exc_info and isinstance(record.exc_info[1], PopsegError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Our logs to stderr (stdout stays clean for --json)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _RunFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    )
+    if not verbose:
+        handler.addFilter(_UserErrorFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.captureWarnings(True)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if not verbose else logging.INFO)

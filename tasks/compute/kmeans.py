@@ -1,0 +1,594 @@
+"""k-means estimators on numba kernels, scikit-learn compatible.
+
+* :class:`KMeans` - Lloyd's algorithm with assignment and centroid update fused into one
+  parallel pass over the data; scikit-learn's k-means++ (same random draws, so the same
+  ``random_state`` gives the same seeds as :class:`sklearn.cluster.KMeans` up to
+  floating-point rounding), scikit-learn's tolerance and empty-cluster rules.
+* :class:`KMeansSweep` - fits many ``k`` (and all their ``n_init`` runs) at once: every
+  Lloyd iteration is one pass over the data for the whole sweep (all centroids stacked),
+  k-means++ seeding of all runs proceeds in lockstep (one pass per seeding step), and
+  converged runs drop out of the pass.
+* :class:`MiniBatchKMeans` - scikit-learn's mini-batch rule (per-centre learning rate
+  1 / seen weight, early stopping on the smoothed batch inertia, low-count centre
+  reassignment) with uniform batch sampling in a numba step.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import euclidean_distances
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from tasks.compute._kmeans_kernels import (
+    _assign,
+    _lloyd_accumulate,
+    _minibatch_step,
+    _pp_candidate_pots,
+    _pp_update_closest,
+    _row_sq_norms,
+    n_chunks_for,
+)
+
+__all__ = ["KMeans", "KMeansSweep", "MiniBatchKMeans"]
+
+
+# --------------------------------------------------------------------------- helpers
+def _tolerance(X, tol):
+    if tol == 0:
+        return 0.0
+    return float(np.mean(np.var(X, axis=0)) * tol)
+
+
+def _n_local_trials(k: int) -> int:
+    return 2 + int(np.log(k))
+
+
+def _check_init_params(n_clusters, init, n_init, max_iter, tol, name="n_clusters"):
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral):
+        raise ValueError(f"{name} must be an integer >= 1, got {n_clusters!r}.")
+    if n_clusters < 1:
+        raise ValueError(f"{name} must be >= 1, got {n_clusters}.")
+    if isinstance(init, str):
+        if init not in ("k-means++", "random"):
+            raise ValueError(f"init must be 'k-means++', 'random' or an array, got {init!r}.")
+    elif callable(init):
+        raise ValueError("callable init is not supported; pass 'k-means++', 'random' or an array.")
+    if not (n_init == "auto" or (isinstance(n_init, numbers.Integral) and n_init >= 1)):
+        raise ValueError(f"n_init must be 'auto' or an integer >= 1, got {n_init!r}.")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}.")
+    if not isinstance(tol, numbers.Real) or tol < 0:
+        raise ValueError(f"tol must be a number >= 0, got {tol!r}.")
+
+
+def _resolve_n_init(n_init, init) -> int:
+    if isinstance(init, np.ndarray) or not isinstance(init, str):
+        return 1
+    if n_init == "auto":
+        return 1 if init == "k-means++" else 10
+    return int(n_init)
+
+
+class _Run:
+    """One k-means run (one k, one init) inside a lockstep batch."""
+
+    __slots__ = ("centers", "draws", "init_ids", "k", "n_iter", "shift_ok")
+
+    def __init__(self, k):
+        self.k = k
+        self.centers = None
+        self.draws = None
+        self.n_iter = 0
+
+
+def _choice_index(sample_weight, u):
+    """Replicates ``RandomState.choice(n, p=w / w.sum())`` given its uniform draw ``u``."""
+    p = np.asarray(sample_weight / sample_weight.sum(), dtype=np.float64)
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    return int(np.searchsorted(cdf, u, side="right"))
+
+
+def _kmeanspp_lockstep(X, x_sq, sample_weight, runs, n_chunks):
+    """k-means++ (scikit-learn's greedy variant) for several runs in lockstep.
+
+    Each run has pre-drawn uniforms (``run.draws``): the number of random draws of
+    scikit-learn's k-means++ does not depend on the data, so drawing them up front
+    keeps the random stream identical while one pass over X serves every run.
+    """
+    n = X.shape[0]
+    jobs = [r for r in runs if r.draws is not None]
+    if not jobs:
+        return
+    n_jobs = len(jobs)
+    first = np.array([_choice_index(sample_weight, r.draws[0]) for r in jobs], dtype=np.int64)
+    closest = np.full((n_jobs, n), np.inf)
+    _pp_update_closest(X, x_sq, closest, first, n_chunks)
+    sw64 = sample_weight.astype(np.float64)
+    pots = closest @ sw64
+    ids = [[int(f)] for f in first]
+    max_k = max(r.k for r in jobs)
+    for step in range(1, max_k):
+        cands, owners, spans = [], [], []
+        for j, r in enumerate(jobs):
+            if r.k <= step:
+                spans.append(None)
+                continue
+            T = _n_local_trials(r.k)
+            rand_vals = r.draws[1 + (step - 1) * T : 1 + step * T] * pots[j]
+            cum = np.cumsum(sw64 * closest[j])
+            cid = np.searchsorted(cum, rand_vals)
+            np.clip(cid, None, n - 1, out=cid)
+            spans.append((len(cands), len(cands) + T))
+            cands.extend(int(c) for c in cid)
+            owners.extend([j] * T)
+        cand = np.asarray(cands, dtype=np.int64)
+        cand_pots = _pp_candidate_pots(
+            X, x_sq, sample_weight, closest, cand, np.asarray(owners, dtype=np.int64), n_chunks
+        )
+        chosen = np.full(n_jobs, -1, dtype=np.int64)
+        for j in range(n_jobs):
+            if spans[j] is None:
+                continue
+            a, b = spans[j]
+            best = a + int(np.argmin(cand_pots[a:b]))
+            chosen[j] = cand[best]
+            pots[j] = cand_pots[best]
+            ids[j].append(int(cand[best]))
+        _pp_update_closest(X, x_sq, closest, chosen, n_chunks)
+    for j, r in enumerate(jobs):
+        r.init_ids = np.asarray(ids[j])
+        r.centers = X[r.init_ids].copy()
+
+
+def _stack(runs):
+    C = np.concatenate([r.centers for r in runs], axis=0)
+    offsets = np.zeros(len(runs) + 1, dtype=np.int64)
+    np.cumsum([r.k for r in runs], out=offsets[1:])
+    CT = np.ascontiguousarray(C.T)
+    half = (0.5 * np.einsum("ij,ij->i", C.astype(np.float64), C.astype(np.float64))).astype(C.dtype)
+    return C, CT, half, offsets
+
+
+def _relocate_empty(X, sample_weight, old_centers, S, W, n_chunks):
+    """scikit-learn's empty-cluster rule: move each empty centre to one of the points
+    farthest from their centre (sums ``S`` / weights ``W`` are updated in place)."""
+    empty = np.flatnonzero(W == 0)
+    n_empty = empty.shape[0]
+    C, CT, half, offsets = _stack([_fake_run(old_centers)])
+    labels, _, dist = _assign(X, sample_weight, C, CT, half, offsets, n_chunks)
+    labels, dist = labels[0], dist[0]
+    far = np.argpartition(dist, -n_empty)[: -n_empty - 1 : -1]
+    for new_id, idx in zip(empty, far, strict=False):
+        w = float(sample_weight[idx])
+        old_id = labels[idx]
+        S[old_id] -= X[idx] * w
+        S[new_id] = X[idx] * w
+        W[new_id] = w
+        W[old_id] -= w
+
+
+def _fake_run(centers):
+    r = _Run(centers.shape[0])
+    r.centers = centers
+    return r
+
+
+def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, n_chunks):
+    """Lloyd iterations for all runs; one fused pass over X per iteration for all of
+    the still-active runs. Returns (labels (n_runs, n), inertia (n_runs,))."""
+    active = list(runs)
+    for it in range(max_iter):
+        if not active:
+            break
+        C, CT, half, offsets = _stack(active)
+        sums, wts = _lloyd_accumulate(X, sample_weight, CT, half, offsets, n_chunks)
+        S = sums.sum(axis=0)
+        W = wts.sum(axis=0)
+        still = []
+        for b, r in enumerate(active):
+            sl = slice(offsets[b], offsets[b + 1])
+            Sb, Wb = S[sl], W[sl]
+            if (Wb == 0).any():
+                Sb, Wb = Sb.copy(), Wb.copy()
+                _relocate_empty(X, sample_weight, r.centers, Sb, Wb, n_chunks)
+            new = (Sb / Wb[:, None]).astype(X.dtype)
+            shift = float(((new.astype(np.float64) - r.centers.astype(np.float64)) ** 2).sum())
+            r.centers = new
+            r.n_iter = it + 1
+            if shift > tol:
+                still.append(r)
+        active = still
+    C, CT, half, offsets = _stack(runs)
+    labels, inertia, _ = _assign(X, sample_weight, C, CT, half, offsets, n_chunks)
+    return labels, inertia
+
+
+def _fit_runs(X, sample_weight, specs, init, max_iter, tol):
+    """Fit every ``(k, random_state)`` spec (each possibly with several inits).
+
+    ``specs``: list of ``(k, n_init, random_state_instance)``. Returns, per spec, the
+    best run as ``(centers, labels, inertia, n_iter)`` in the original data frame.
+    """
+    n = X.shape[0]
+    n_chunks = n_chunks_for(n)
+    X_mean = X.mean(axis=0)
+    Xc = X - X_mean
+    x_sq = _row_sq_norms(Xc)
+    tol_abs = _tolerance(X, tol)
+    groups = []
+    all_runs = []
+    for k, n_init, rs in specs:
+        group = []
+        for _ in range(n_init):
+            r = _Run(k)
+            if isinstance(init, str) and init == "k-means++":
+                r.draws = rs.random_sample(1 + (k - 1) * _n_local_trials(k))
+            elif isinstance(init, str) and init == "random":
+                p = sample_weight / sample_weight.sum()
+                seeds = rs.choice(n, size=k, replace=False, p=p)
+                r.centers = Xc[seeds].copy()
+            else:
+                r.centers = (np.asarray(init, dtype=X.dtype) - X_mean).astype(X.dtype)
+            group.append(r)
+        groups.append(group)
+        all_runs.extend(group)
+    _kmeanspp_lockstep(Xc, x_sq, sample_weight, all_runs, n_chunks)
+    labels, inertia = _lloyd_lockstep(Xc, sample_weight, all_runs, max_iter, tol_abs, n_chunks)
+    out = []
+    pos = 0
+    for group in groups:
+        best = None
+        for r in group:
+            if best is None or inertia[pos] < best[2]:
+                best = (
+                    r.centers + X_mean,
+                    labels[pos].astype(np.int32),
+                    float(inertia[pos]),
+                    r.n_iter,
+                )
+            pos += 1
+        out.append(best)
+    return out
+
+
+def _labels_inertia(X, sample_weight, centers):
+    n_chunks = n_chunks_for(X.shape[0])
+    centers = np.ascontiguousarray(centers, dtype=X.dtype)
+    C, CT, half, offsets = _stack([_fake_run(centers)])
+    labels, inertia, _ = _assign(X, sample_weight, C, CT, half, offsets, n_chunks)
+    return labels[0].astype(np.int32), float(inertia[0])
+
+
+# ------------------------------------------------------------------------ estimators
+class _BaseKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+    def _validate_fit_input(self, X, sample_weight):
+        X = validate_data(self, X, dtype=[np.float64, np.float32], order="C", reset=True)
+        n = X.shape[0]
+        if n < self.n_clusters:
+            raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        if isinstance(self.init, np.ndarray) or not isinstance(self.init, str):
+            init = np.asarray(self.init)
+            if init.shape != (self.n_clusters, X.shape[1]):
+                raise ValueError(
+                    f"init array has shape {init.shape}, expected "
+                    f"(n_clusters, n_features) = ({self.n_clusters}, {X.shape[1]})."
+                )
+        return X, np.ascontiguousarray(sample_weight)
+
+    def _check_test_data(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, dtype=[np.float64, np.float32], order="C", reset=False)
+
+    def _warn_distinct(self):
+        distinct = len(np.unique(self.labels_))
+        if distinct < self.n_clusters:
+            warnings.warn(
+                f"Number of distinct clusters ({distinct}) found smaller than n_clusters "
+                f"({self.n_clusters}). Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    def predict(self, X, sample_weight=None):
+        """Index of the nearest centroid for each row of ``X``."""
+        X = self._check_test_data(X)
+        sw = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        return _labels_inertia(X, np.ascontiguousarray(sw), self.cluster_centers_)[0]
+
+    def transform(self, X):
+        """Euclidean distance of each row to every centroid, shape (n, n_clusters)."""
+        X = self._check_test_data(X)
+        return euclidean_distances(X, self.cluster_centers_.astype(X.dtype, copy=False))
+
+    def fit_transform(self, X, y=None, sample_weight=None):
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def score(self, X, y=None, sample_weight=None):
+        """Opposite of the inertia of ``X`` on the fitted centroids."""
+        X = self._check_test_data(X)
+        sw = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        return -_labels_inertia(X, np.ascontiguousarray(sw), self.cluster_centers_)[1]
+
+    @property
+    def _n_features_out(self):
+        return self.cluster_centers_.shape[0]
+
+
+class KMeans(_BaseKMeans):
+    """k-means (Lloyd) on numba kernels; drop-in for :class:`sklearn.cluster.KMeans`.
+
+    Parameters
+    ----------
+    n_clusters : int, default 8
+    init : {"k-means++", "random"} or array (n_clusters, n_features), default "k-means++"
+    n_init : "auto" or int, default "auto" (1 for k-means++, 10 for "random")
+    max_iter : int, default 300
+    tol : float, default 1e-4 - relative to the mean feature variance of X; the run
+        stops when the squared centroid shift (summed over centroids) is <= that.
+    random_state : None, int or RandomState
+
+    float32 input is kept float32 (centroids float32, sums in float64); float64 stays
+    float64; other dtypes become float64.
+    """
+
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        init="k-means++",
+        n_init="auto",
+        max_iter=300,
+        tol=1e-4,
+        random_state=None,
+    ):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Compute the k-means clustering of ``X`` (sample_weight optional)."""
+        _check_init_params(self.n_clusters, self.init, self.n_init, self.max_iter, self.tol)
+        X, sw = self._validate_fit_input(X, sample_weight)
+        rs = check_random_state(self.random_state)
+        n_init = _resolve_n_init(self.n_init, self.init)
+        centers, labels, inertia, n_iter = _fit_runs(
+            X, sw, [(self.n_clusters, n_init, rs)], self.init, self.max_iter, self.tol
+        )[0]
+        self.cluster_centers_ = centers
+        self.labels_ = labels
+        self.inertia_ = inertia
+        self.n_iter_ = n_iter
+        self._warn_distinct()
+        return self
+
+
+class KMeansSweep(BaseEstimator):
+    """Fit k-means for every k in ``k_values`` at once; ``models_[k]`` is a fitted
+    :class:`KMeans`.
+
+    All runs share each pass over the data: per Lloyd iteration, one pass computes for
+    every row its nearest centroid within each k's block of the stacked centroids and
+    accumulates every k's new centroids; converged k's leave the pass. Seeding
+    (k-means++) of all k's runs in lockstep too.
+
+    ``random_state``: with an int (or None-free seed), each k uses a fresh
+    ``RandomState(random_state)`` - so ``models_[k]`` is seeded exactly like
+    ``KMeans(k, random_state=random_state)``; a ``RandomState`` instance is shared
+    across k's in order; None uses numpy's global state.
+    """
+
+    def __init__(
+        self,
+        k_values=range(2, 13),
+        *,
+        init="k-means++",
+        n_init="auto",
+        max_iter=300,
+        tol=1e-4,
+        random_state=None,
+    ):
+        self.k_values = k_values
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+
+    def fit(self, X, y=None, sample_weight=None):
+        ks = [k for k in self.k_values]
+        if not ks:
+            raise ValueError("k_values is empty; give at least one number of clusters.")
+        if not isinstance(self.init, str):
+            raise ValueError("KMeansSweep supports init='k-means++' or 'random' only.")
+        for k in ks:
+            _check_init_params(k, self.init, self.n_init, self.max_iter, self.tol, "k_values")
+        if len(set(ks)) != len(ks):
+            raise ValueError(f"k_values contains duplicates: {ks}.")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], order="C", reset=True)
+        if max(ks) > X.shape[0]:
+            raise ValueError(f"n_samples={X.shape[0]} should be >= max(k_values)={max(ks)}.")
+        sw = np.ascontiguousarray(_check_sample_weight(sample_weight, X, dtype=X.dtype))
+        n_init = _resolve_n_init(self.n_init, self.init)
+        if isinstance(self.random_state, numbers.Integral):
+            states = [np.random.RandomState(self.random_state) for _ in ks]
+        else:
+            shared = check_random_state(self.random_state)
+            states = [shared for _ in ks]
+        results = _fit_runs(
+            X,
+            sw,
+            [(k, n_init, rs) for k, rs in zip(ks, states, strict=True)],
+            self.init,
+            self.max_iter,
+            self.tol,
+        )
+        self.models_ = {}
+        for k, (centers, labels, inertia, n_iter) in zip(ks, results, strict=True):
+            m = KMeans(
+                n_clusters=k,
+                init=self.init,
+                n_init=self.n_init,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                random_state=self.random_state,
+            )
+            m.n_features_in_ = X.shape[1]
+            if hasattr(self, "feature_names_in_"):
+                m.feature_names_in_ = self.feature_names_in_
+            m.cluster_centers_ = centers
+            m.labels_ = labels
+            m.inertia_ = inertia
+            m.n_iter_ = n_iter
+            self.models_[k] = m
+        self.k_values_ = ks
+        self.inertias_ = {k: self.models_[k].inertia_ for k in ks}
+        return self
+
+
+class MiniBatchKMeans(_BaseKMeans):
+    """Mini-batch k-means on numba kernels (scikit-learn's update rule).
+
+    Batches are drawn uniformly (with replacement) from the data; centres are moved
+    by the per-centre learning rate ``batch weight / total seen weight``. Stops after
+    ``max_iter`` epochs or when the exponentially weighted batch inertia has not
+    improved for ``max_no_improvement`` consecutive batches, or (``tol > 0``) when
+    the centre shift is small. Centres seen too rarely are reassigned to random batch
+    points (``reassignment_ratio``). ``labels_`` / ``inertia_`` are computed on the
+    full data at the end (one parallel pass).
+    """
+
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        init="k-means++",
+        max_iter=100,
+        batch_size=1024,
+        tol=0.0,
+        max_no_improvement=10,
+        init_size=None,
+        n_init="auto",
+        reassignment_ratio=0.01,
+        random_state=None,
+    ):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.tol = tol
+        self.max_no_improvement = max_no_improvement
+        self.init_size = init_size
+        self.n_init = n_init
+        self.reassignment_ratio = reassignment_ratio
+        self.random_state = random_state
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Compute the centroids of ``X`` by mini-batch k-means."""
+        _check_init_params(self.n_clusters, self.init, self.n_init, self.max_iter, self.tol)
+        if (
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, numbers.Integral)
+            or self.batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}.")
+        X, sw = self._validate_fit_input(X, sample_weight)
+        n = X.shape[0]
+        k = self.n_clusters
+        rs = check_random_state(self.random_state)
+        batch = min(self.batch_size, n)
+        init_size = self.init_size if self.init_size is not None else 3 * batch
+        init_size = max(min(init_size, n), k)
+        n_init = (
+            1
+            if not isinstance(self.init, str)
+            else (
+                (1 if self.init == "k-means++" else 3)
+                if self.n_init == "auto"
+                else int(self.n_init)
+            )
+        )
+        # candidate initialisations on a random subset, best by inertia on a validation batch
+        val_idx = rs.randint(0, n, init_size)
+        X_val, sw_val = np.ascontiguousarray(X[val_idx]), np.ascontiguousarray(sw[val_idx])
+        best_centers, best_inertia = None, np.inf
+        for _ in range(n_init):
+            idx = rs.randint(0, n, init_size)
+            X_init = np.ascontiguousarray(X[idx])
+            sw_init = np.ascontiguousarray(sw[idx])
+            if isinstance(self.init, str) and self.init == "k-means++":
+                r = _Run(k)
+                r.draws = rs.random_sample(1 + (k - 1) * _n_local_trials(k))
+                x_sq = _row_sq_norms(X_init)
+                _kmeanspp_lockstep(X_init, x_sq, sw_init, [r], n_chunks_for(init_size))
+                centers = r.centers
+            elif isinstance(self.init, str):
+                centers = X_init[rs.choice(init_size, size=k, replace=False)].copy()
+            else:
+                centers = np.array(self.init, dtype=X.dtype)
+            inertia = _labels_inertia(X_val, sw_val, centers)[1]
+            if inertia < best_inertia:
+                best_centers, best_inertia = centers, inertia
+        centers = np.ascontiguousarray(best_centers, dtype=X.dtype)
+        weight_sums = np.zeros(k)
+        n_steps = (self.max_iter * n) // batch
+        ewa, ewa_min, no_improve = None, None, 0
+        alpha = min(1.0, batch * 2.0 / (n + 1))
+        tol_abs = _tolerance(X, self.tol) if self.tol else 0.0
+        labels_buf = np.empty(batch, dtype=np.int64)
+        since_reassign = 0
+        n_steps_done = 0
+        for step in range(n_steps):
+            idx = rs.randint(0, n, batch)
+            old = centers.copy() if tol_abs else None
+            inertia = _minibatch_step(X, sw, idx, centers, weight_sums, labels_buf) / batch
+            n_steps_done = step + 1
+            since_reassign += batch
+            if self.reassignment_ratio > 0 and (
+                since_reassign >= 10 * k or (weight_sums == 0).any()
+            ):
+                since_reassign = 0
+                self._reassign(X, idx, centers, weight_sums, rs)
+            if step == 0:
+                continue  # first batch inertia is the init's: not used (as scikit-learn)
+            ewa = inertia if ewa is None else ewa * (1 - alpha) + inertia * alpha
+            if tol_abs and ((centers - old) ** 2).sum() <= tol_abs:
+                break
+            if ewa_min is None or ewa < ewa_min:
+                ewa_min, no_improve = ewa, 0
+            else:
+                no_improve += 1
+            if self.max_no_improvement is not None and no_improve >= self.max_no_improvement:
+                break
+        self.cluster_centers_ = centers
+        self.n_steps_ = n_steps_done
+        self.n_iter_ = int(np.ceil(n_steps_done * batch / n))
+        self.labels_, self.inertia_ = _labels_inertia(X, sw, centers)
+        self._warn_distinct()
+        return self
+
+    def _reassign(self, X, idx, centers, weight_sums, rs):
+        """scikit-learn's rule: centres whose seen weight is below
+        ``reassignment_ratio * max`` move to random points of the current batch."""
+        to_reassign = weight_sums < self.reassignment_ratio * weight_sums.max()
+        n_re = int(to_reassign.sum())
+        if n_re == 0 or n_re == centers.shape[0]:
+            return
+        max_re = int(0.5 * idx.shape[0])
+        if n_re > max_re:
+            keep = np.argsort(weight_sums)[max_re:]
+            to_reassign[keep] = False
+            n_re = max_re
+        new = rs.choice(idx.shape[0], size=n_re, replace=False)
+        centers[to_reassign] = X[idx[new]]
+        weight_sums[to_reassign] = weight_sums[~to_reassign].min()

@@ -1,0 +1,139 @@
+"""Clustering quality metrics: exact, blockwise (no n x n matrix), parallel.
+
+* :func:`silhouette_score` / :func:`silhouette_samples` - same values as scikit-learn's
+  (Euclidean metric), computed with numba tiles instead of a chunked distance matrix.
+* :func:`dunn_index` - min inter-cluster point distance / max intra-cluster diameter.
+* :func:`davies_bouldin_score`, :func:`calinski_harabasz_score` - scikit-learn's own
+  (they are O(n * k) and already at the memory-bandwidth limit); wrapped only to give
+  the same validation and error messages as the rest of this package.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as _skm
+from sklearn.utils import check_random_state
+
+from tasks.compute._metrics_kernels import _cluster_distance_sums, _dunn_extremes
+from tasks.compute._threads import blas_single_thread
+from tasks.compute._validation import as_2d_float, check_labels
+
+__all__ = [
+    "calinski_harabasz_score",
+    "davies_bouldin_score",
+    "dunn_index",
+    "silhouette_samples",
+    "silhouette_score",
+]
+
+
+def _prepare(X, labels, *, min_labels: int, max_labels_rule: bool):
+    X = as_2d_float(X, dtype=np.float64)
+    labels = check_labels(labels, X.shape[0])
+    uniq, codes = np.unique(labels, return_inverse=True)
+    n_labels = uniq.shape[0]
+    n = X.shape[0]
+    if n_labels < min_labels or (max_labels_rule and n_labels > n - 1):
+        upper = "n_samples - 1" if max_labels_rule else "n_samples"
+        raise ValueError(
+            f"Number of labels is {n_labels}. Valid values are {min_labels} to {upper} (inclusive)."
+        )
+    codes = codes.astype(np.int64)
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=n_labels)
+    starts = np.zeros(n_labels + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    XT = np.ascontiguousarray(X[order].T)
+    return XT, codes, order, counts, starts
+
+
+_ROW_TILE = 256
+_COL_TILE = 2048
+
+
+def silhouette_samples(X, labels) -> np.ndarray:
+    """Silhouette coefficient of every sample (Euclidean), exact and blockwise.
+
+    Same definition and edge cases as :func:`sklearn.metrics.silhouette_samples`:
+    samples in singleton clusters get 0. Memory is O(n * n_clusters).
+    """
+    XT, codes, order, counts, starts = _prepare(X, labels, min_labels=2, max_labels_rule=True)
+    Xs = np.ascontiguousarray(XT.T)
+    sq = np.einsum("ij,ij->i", Xs, Xs)
+    with blas_single_thread():
+        sums_sorted = _cluster_distance_sums(
+            Xs, sq, starts, codes[order].astype(np.int64), _ROW_TILE, _COL_TILE
+        )
+    sums = np.empty_like(sums_sorted)
+    sums[order] = sums_sorted
+    n = codes.shape[0]
+    rows = np.arange(n)
+    intra = sums[rows, codes]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        intra = intra / (counts - 1).take(codes)
+    mean_d = sums / counts[None, :]
+    mean_d[rows, codes] = np.inf
+    inter = mean_d.min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sil = (inter - intra) / np.maximum(intra, inter)
+    return np.nan_to_num(sil)
+
+
+def silhouette_score(X, labels, sample_size=None, random_state=None) -> float:
+    """Mean silhouette coefficient (Euclidean), exact and blockwise.
+
+    With ``sample_size``, the same subsample as scikit-learn's for the same
+    ``random_state`` (``random_state.permutation(n)[:sample_size]``).
+    """
+    X = as_2d_float(X, dtype=np.float64)
+    labels = check_labels(labels, X.shape[0])
+    if sample_size is not None:
+        if isinstance(sample_size, bool) or not isinstance(sample_size, (int, np.integer)):
+            raise ValueError(f"sample_size must be a positive integer, got {sample_size!r}.")
+        if sample_size < 1:
+            raise ValueError(f"sample_size must be >= 1, got {sample_size}.")
+        rs = check_random_state(random_state)
+        idx = rs.permutation(X.shape[0])[:sample_size]
+        X, labels = X[idx], labels[idx]
+    return float(np.mean(silhouette_samples(X, labels)))
+
+
+def dunn_index(X, labels) -> float:
+    """Dunn index: (min distance between points of different clusters) /
+    (max distance between two points of the same cluster).
+
+    Exact, Euclidean, computed blockwise over the pairs j > i in parallel. Higher is
+    better. Raises ``ValueError`` for fewer than 2 clusters. If every cluster is a
+    single point (or all intra-cluster distances are 0) the index is ``inf``.
+    """
+    XT, codes, order, _counts, starts = _prepare(X, labels, min_labels=2, max_labels_rule=False)
+    sorted_codes = codes[order]
+    cluster_end = starts[1:][sorted_codes]
+    min_inter_sq, max_intra_sq = _dunn_extremes(XT, cluster_end)
+    if max_intra_sq <= 0.0:
+        return float("inf")
+    return float(np.sqrt(min_inter_sq) / np.sqrt(max_intra_sq))
+
+
+def davies_bouldin_score(X, labels) -> float:
+    """Davies-Bouldin index (lower is better): scikit-learn's implementation."""
+    X = as_2d_float(X, dtype=np.float64)
+    labels = check_labels(labels, X.shape[0])
+    _check_label_count(labels, X.shape[0])
+    return float(_skm.davies_bouldin_score(X, labels))
+
+
+def calinski_harabasz_score(X, labels) -> float:
+    """Calinski-Harabasz index (higher is better): scikit-learn's implementation."""
+    X = as_2d_float(X, dtype=np.float64)
+    labels = check_labels(labels, X.shape[0])
+    _check_label_count(labels, X.shape[0])
+    return float(_skm.calinski_harabasz_score(X, labels))
+
+
+def _check_label_count(labels, n):
+    n_labels = np.unique(labels).shape[0]
+    if not 1 < n_labels < n:
+        raise ValueError(
+            f"Number of labels is {n_labels}. Valid values are 2 to n_samples - 1 (inclusive)."
+        )

@@ -1,0 +1,274 @@
+"""Typed pipeline configuration: `params.yaml` validated once, with dotted overrides.
+
+Each stage reads one section. Unknown keys and bad values raise `ConfigError` naming
+the key (e.g. ``cluster.k_max``), never a pydantic traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import ConfigError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal["crime", "counties", "synthetic"] = "crime"
+    path: str | None = None
+    id_column: str | None = None
+    delimiter: str = ","
+    min_rows: Annotated[int, Field(ge=2)] = 10
+    raw_dir: str = "data/raw"
+    synthetic_rows: Annotated[int, Field(ge=2)] = 5000
+    synthetic_features: Annotated[int, Field(ge=1)] = 8
+    synthetic_centers: Annotated[int, Field(ge=1)] = 5
+    synthetic_missing_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.02
+    synthetic_seed: int = 0
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_char(cls, value: str) -> str:
+        if len(value) != 1:
+            raise ValueError(f"must be a single character, got {value!r}")
+        return value
+
+
+class FeaturesConfig(_Section):
+    include: list[str] | None = None
+    exclude: list[str] = []
+    categorical: Literal["drop", "onehot"] = "drop"
+    max_categories: Annotated[int, Field(ge=2)] = 20
+
+
+class ValidateConfig(_Section):
+    min_rows: Annotated[int, Field(ge=1)] | None = None
+    max_rows: Annotated[int, Field(ge=1)] | None = None
+    max_missing_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    min_std: Annotated[float, Field(ge=0.0)] = 1e-12
+    ranges: dict[str, tuple[float | None, float | None]] = {}
+    expected_columns: list[str] | None = None
+
+
+class ImputeConfig(_Section):
+    strategy: Literal["drop", "mean", "median", "most_frequent", "constant", "knn", "iterative"] = (
+        "median"
+    )
+    fill_value: float = 0.0
+    n_neighbors: Annotated[int, Field(ge=1)] = 5
+    max_iter: Annotated[int, Field(ge=1)] = 10
+    seed: int = 0
+
+
+class ScaleConfig(_Section):
+    log1p: Literal["auto", "none"] | list[str] = "auto"
+    skew_threshold: Annotated[float, Field(gt=0.0)] = 1.0
+    method: Literal["standard", "minmax", "minmax_sym", "robust", "maxabs", "none"] = "standard"
+    clip_quantiles: tuple[float, float] | None = None
+
+    @field_validator("clip_quantiles")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not (0.0 <= value[0] < value[1] <= 1.0):
+            raise ValueError(f"must be [low, high] with 0 <= low < high <= 1, got {list(value)}")
+        return value
+
+
+class ReduceConfig(_Section):
+    n_components: int | float | Literal["auto", "none"] = 0.8
+    auto_min_features: Annotated[int, Field(ge=1)] = 100
+
+    @field_validator("n_components", mode="before")
+    @classmethod
+    def _components(cls, value: Any) -> int | float | str:
+        if value in ("auto", "none"):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("must be an int >= 1, a variance fraction in (0, 1], 'auto' or 'none'")
+        if isinstance(value, float) and 0.0 < value <= 1.0:
+            return value
+        if isinstance(value, int) and value >= 1:
+            return value
+        raise ValueError("must be an int >= 1, a variance fraction in (0, 1], 'auto' or 'none'")
+
+
+class ClusterConfig(_Section):
+    engine: Literal["numba", "sklearn"] = "numba"
+    k_min: Annotated[int, Field(ge=2)] = 2
+    k_max: Annotated[int, Field(ge=2)] = 12
+    n_init: Annotated[int, Field(ge=1)] = 10
+    max_iter: Annotated[int, Field(ge=1)] = 300
+    tol: Annotated[float, Field(ge=0.0)] = 1e-4
+    seed: int = 0
+    silhouette_sample: Annotated[int, Field(ge=100)] = 5000
+
+    @model_validator(mode="after")
+    def _range(self) -> ClusterConfig:
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) is greater than k_max ({self.k_max})")
+        return self
+
+
+class SelectConfig(_Section):
+    criterion: Literal[
+        "elbow", "silhouette", "calinski_harabasz", "davies_bouldin", "consensus"
+    ] = "consensus"
+
+
+class EvaluateConfig(_Section):
+    bootstrap_rounds: Annotated[int, Field(ge=0)] = 20
+    top_features: Annotated[int, Field(ge=1)] = 3
+    example_members: Annotated[int, Field(ge=0)] = 5
+
+
+class RegisterConfig(_Section):
+    experiment: str = "popseg"
+    model_name: str = "popseg-segmentation"
+    log_data_max_mb: Annotated[float, Field(ge=0.0)] = 50.0
+
+
+class PromoteConfig(_Section):
+    min_silhouette: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.25
+    min_stability: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.6
+    max_silhouette_drop: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class Params(BaseModel):
+    data: DataConfig = DataConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
+    impute: ImputeConfig = ImputeConfig()
+    scale: ScaleConfig = ScaleConfig()
+    reduce: ReduceConfig = ReduceConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    select: SelectConfig = SelectConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(default=RegisterConfig(), alias="register")
+    promote: PromoteConfig = PromoteConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with the params.yaml section names (for logging and JSON)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"cluster.k_max": 12, ...}``: the dotted names used by ``--set`` and MLflow params."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.to_dict().items()
+            for key, value in values.items()
+        }
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"cluster.k_max=8"`` -> (["cluster", "k_max"], 8). Values are parsed as YAML scalars."""
+    key, sep, raw_value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected section.key=value (e.g. cluster.k_max=8)")
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            f"--set {text!r}: key {key!r} must be section.key (e.g. cluster.k_max), "
+            f"sections: {', '.join(_section_names())}"
+        )
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value {raw_value!r} is not valid YAML: {exc}") from exc
+    return parts, value
+
+
+def _section_names() -> list[str]:
+    return [field.alias or name for name, field in Params.model_fields.items()]
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``section.key=value`` applied; unknown keys are errors."""
+    merged = {section: dict(values or {}) for section, values in raw.items()}
+    sections = {
+        (field.alias or name): field.annotation for name, field in Params.model_fields.items()
+    }
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        if section not in sections:
+            raise ConfigError(
+                f"--set {text!r}: unknown section {section!r}; sections: {', '.join(sections)}"
+            )
+        section_model = sections[section]
+        if key not in section_model.model_fields:
+            raise ConfigError(
+                f"--set {text!r}: unknown key {section}.{key}; keys in {section}: "
+                f"{', '.join(section_model.model_fields)}"
+            )
+        merged.setdefault(section, {})[key] = value
+    return merged
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for error in exc.errors():
+        location = ".".join(
+            str(part) for part in error["loc"] if not str(part).startswith("function-")
+        )
+        # pydantic reports union members as extra location parts; keep section.key only.
+        location = ".".join(location.split(".")[:2])
+        value = error.get("input")
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        got = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {location}: {message}{got}")
+    # Unions report one error per member: keep the first message per key.
+    seen: set[str] = set()
+    unique = [lines[0]]
+    for line in lines[1:]:
+        key = line.split(":", 1)[0]
+        if key not in seen:
+            seen.add(key)
+            unique.append(line)
+    return "\n".join(unique)
+
+
+def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> Params:
+    """Read ``params.yaml`` (defaults if the file is absent and no path was given), apply
+    ``--set`` overrides and validate everything once."""
+    raw: dict[str, Any] = {}
+    source = "built-in defaults"
+    if path is not None or Path(DEFAULT_PARAMS_FILE).exists():
+        file_path = Path(path or DEFAULT_PARAMS_FILE)
+        source = str(file_path)
+        if not file_path.exists():
+            raise ConfigError(f"params file {file_path} does not exist")
+        try:
+            loaded = yaml.safe_load(file_path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"params file {file_path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"params file {file_path} must hold a mapping of sections")
+        for section, values in loaded.items():
+            if values is not None and not isinstance(values, dict):
+                raise ConfigError(f"{file_path}: section {section!r} must be a mapping")
+        raw = loaded
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        source += " with --set overrides"
+    return params_from_dict(raw, source)

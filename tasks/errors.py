@@ -1,0 +1,37 @@
+"""User-facing errors. The CLI prints their message (no traceback) and exits non-zero."""
+
+from __future__ import annotations
+
+
+class PopsegError(Exception):
+    """An error caused by the user's input or environment, with a message that names it."""
+
+    exit_code = 1
+
+
+class ConfigError(PopsegError):
+    """A bad params.yaml key or value, or a bad --set override."""
+
+    exit_code = 2
+
+
+class DataError(PopsegError):
+    """An unreadable or unusable input table (names the file, column, row or value)."""
+
+    exit_code = 3
+
+
+class DataValidationError(PopsegError):
+    """The data failed the Great Expectations suite; `failures` lists each failed expectation."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, failures: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.failures = failures or []
+
+
+class RegistryError(PopsegError):
+    """A missing model version, alias or run in the MLflow registry."""
+
+    exit_code = 5

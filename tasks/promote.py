@@ -1,0 +1,159 @@
+"""Promote: the gate that moves alias ``champion``.
+
+A version passes when its data validation passed, its silhouette and bootstrap stability meet
+the thresholds, and it is not worse than the current champion on the same data (both models
+score the challenger's training rows, each in its own space). Passing moves ``champion``;
+failing leaves it untouched and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tasks.chain import SegmentationChain
+from tasks.config import PromoteConfig
+from tasks.register import (
+    CHAMPION,
+    alias_version,
+    configure_mlflow,
+    load_chain,
+    load_training_frame,
+    resolve_version,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    model_name: str
+    version: str
+    passed: bool
+    promoted: bool
+    reasons: list[str]
+    checks: dict[str, Any] = field(default_factory=dict)
+    previous_champion: str | None = None
+
+
+def chain_silhouette(chain: SegmentationChain, rows: np.ndarray, sample: int, seed: int) -> float:
+    """Silhouette of a chain's own assignment of ``rows`` in its own space."""
+    from tasks.compute import silhouette_score
+
+    reduced = chain.transform(rows)
+    labels, _ = chain.predict_internal(rows)
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    if len(rows) > sample:
+        return float(silhouette_score(reduced, labels, sample_size=sample, random_state=seed))
+    return float(silhouette_score(reduced, labels))
+
+
+def evaluate_gate(
+    metrics: dict[str, float],
+    validation_passed: bool,
+    config: PromoteConfig,
+    challenger: SegmentationChain | None = None,
+    champion: SegmentationChain | None = None,
+    rows: np.ndarray | None = None,
+    sample: int = 5000,
+    seed: int = 0,
+) -> tuple[bool, list[str], dict[str, Any]]:
+    """Pure gate logic: (passed, reasons, the numbers checked)."""
+    reasons: list[str] = []
+    checks: dict[str, Any] = {"validation_passed": validation_passed}
+    passed = True
+    if not validation_passed:
+        passed = False
+        reasons.append("data validation did not pass")
+    silhouette = metrics.get("silhouette", float("nan"))
+    checks["silhouette"] = silhouette
+    if not np.isfinite(silhouette) or silhouette < config.min_silhouette:
+        passed = False
+        reasons.append(
+            f"silhouette {silhouette:.4f} < promote.min_silhouette {config.min_silhouette}"
+        )
+    else:
+        reasons.append(f"silhouette {silhouette:.4f} >= {config.min_silhouette}")
+    stability = metrics.get("stability", float("nan"))
+    checks["stability"] = stability
+    if np.isfinite(stability):
+        if stability < config.min_stability:
+            passed = False
+            reasons.append(
+                f"stability (bootstrap ARI) {stability:.3f} < promote.min_stability {config.min_stability}"
+            )
+        else:
+            reasons.append(f"stability {stability:.3f} >= {config.min_stability}")
+    else:
+        reasons.append("stability not measured (evaluate.bootstrap_rounds=0)")
+    if champion is None:
+        reasons.append("no current champion")
+    elif challenger is not None and rows is not None:
+        if champion.feature_names != challenger.feature_names:
+            reasons.append(
+                "champion uses different features; not comparable on the same data "
+                "(comparison skipped)"
+            )
+        else:
+            ours = chain_silhouette(challenger, rows, sample, seed)
+            theirs = chain_silhouette(champion, rows, sample, seed)
+            checks["challenger_silhouette_same_data"] = ours
+            checks["champion_silhouette_same_data"] = theirs
+            if ours < theirs - config.max_silhouette_drop:
+                passed = False
+                reasons.append(
+                    f"worse than the champion on the same data: silhouette {ours:.4f} vs "
+                    f"{theirs:.4f} (allowed drop {config.max_silhouette_drop})"
+                )
+            else:
+                reasons.append(
+                    f"not worse than the champion on the same data: silhouette {ours:.4f} vs {theirs:.4f}"
+                )
+    return passed, reasons, checks
+
+
+def promote(
+    model_name: str,
+    version: str | None,
+    config: PromoteConfig,
+    sample: int = 5000,
+    seed: int = 0,
+) -> GateDecision:
+    """Run the gate on a registered version (default: alias challenger); move champion if it passes."""
+    import mlflow
+
+    configure_mlflow()
+    client = mlflow.MlflowClient()
+    model_version = resolve_version(model_name, version)
+    version = str(model_version.version)
+    run = client.get_run(model_version.run_id)
+    metrics = dict(run.data.metrics)
+    validation_passed = run.data.tags.get("validation_success") == "true"
+    current = alias_version(model_name, CHAMPION)
+    challenger_chain = champion_chain = rows = None
+    if current is not None and current != version:
+        champion_version = client.get_model_version(model_name, current)
+        champion_chain = load_chain(champion_version.run_id)
+        challenger_chain = load_chain(model_version.run_id)
+        frame = load_training_frame(model_version.run_id)
+        rows = frame[challenger_chain.feature_names].to_numpy(dtype=np.float64)
+    if current == version:
+        passed, reasons, checks = True, [f"version {version} is already the champion"], {}
+        return GateDecision(model_name, version, True, False, reasons, checks, current)
+    passed, reasons, checks = evaluate_gate(
+        metrics, validation_passed, config, challenger_chain, champion_chain, rows, sample, seed
+    )
+    client.set_model_version_tag(model_name, version, "gate_passed", str(passed).lower())
+    client.set_model_version_tag(model_name, version, "gate_reasons", "; ".join(reasons))
+    if passed:
+        if current is not None:
+            client.set_model_version_tag(model_name, version, "previous_champion", current)
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+        logger.info("promoted %s version %s to %s", model_name, version, CHAMPION)
+    else:
+        logger.warning("gate failed for %s version %s: %s", model_name, version, "; ".join(reasons))
+    return GateDecision(model_name, version, passed, passed, reasons, checks, current)

@@ -1,0 +1,97 @@
+"""Reduce: PCA by component count, by explained-variance fraction (seed 001: >= 80%), `auto`
+(only past a feature count, seed 000: > 100 features) or none. Records explained variance and
+the component makeup (loadings) in the original feature names."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import ReduceConfig
+
+logger = logging.getLogger(__name__)
+
+AUTO_VARIANCE_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class ReduceResult:
+    values: np.ndarray  # (n, p)
+    mean: np.ndarray  # (d,)
+    components: np.ndarray  # (p, d)
+    explained_variance_ratio: np.ndarray  # (p,) of the kept components
+    full_explained_variance_ratio: np.ndarray  # every component, for the scree plot
+    applied: bool
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def loadings(self, feature_names: list[str]) -> pd.DataFrame:
+        """Component makeup: one row per component, one column per original feature."""
+        index = [f"PC{i + 1}" for i in range(self.components.shape[0])]
+        return pd.DataFrame(self.components, index=index, columns=feature_names)
+
+
+def _target(config: ReduceConfig, n_features: int) -> int | float | None:
+    if config.n_components == "none":
+        return None
+    if config.n_components == "auto":
+        return AUTO_VARIANCE_FRACTION if n_features > config.auto_min_features else None
+    return config.n_components
+
+
+def reduce(values: np.ndarray, names: list[str], config: ReduceConfig) -> ReduceResult:
+    from sklearn.decomposition import PCA
+
+    n, d = values.shape
+    target = _target(config, d)
+    max_components = min(n, d)
+    # Full PCA always runs (cheap at d x d) so the scree plot shows every component.
+    solver = "covariance_eigh" if n >= 4 * d else "full"
+    pca = PCA(n_components=max_components, svd_solver=solver).fit(values)
+    ratios = pca.explained_variance_ratio_
+    if target is None:
+        identity = np.eye(d)
+        return ReduceResult(
+            values=values - values.mean(axis=0),
+            mean=values.mean(axis=0),
+            components=identity,
+            explained_variance_ratio=np.full(d, np.nan),
+            full_explained_variance_ratio=ratios,
+            applied=False,
+            report={"applied": False, "n_components": d, "reason": _skip_reason(config, d)},
+        )
+    if isinstance(target, float):
+        keep = int(np.searchsorted(np.cumsum(ratios), target - 1e-12) + 1)
+        keep = min(keep, max_components)
+        reason = f"smallest number of components explaining >= {target:.0%} of variance"
+    else:
+        keep = min(target, max_components)
+        if keep < target:
+            logger.warning("reduce.n_components=%d capped at %d (rows/features)", target, keep)
+        reason = f"reduce.n_components={target}"
+    components = pca.components_[:keep]
+    mean = pca.mean_
+    reduced = (values - mean) @ components.T
+    return ReduceResult(
+        values=reduced,
+        mean=mean,
+        components=components,
+        explained_variance_ratio=ratios[:keep],
+        full_explained_variance_ratio=ratios,
+        applied=True,
+        report={
+            "applied": True,
+            "n_components": keep,
+            "explained_variance": float(ratios[:keep].sum()),
+            "reason": reason,
+        },
+    )
+
+
+def _skip_reason(config: ReduceConfig, n_features: int) -> str:
+    if config.n_components == "none":
+        return "reduce.n_components=none"
+    return f"auto: {n_features} features <= reduce.auto_min_features={config.auto_min_features}"

@@ -1,0 +1,261 @@
+"""Register: record a training in MLflow and register its model.
+
+One parent run per training (params, chosen-k metrics, plots, reports, validation result,
+tags ``data_md5`` and ``git_commit``), one nested run per k with its metrics, and the fitted
+chain registered as a pyfunc model version with alias ``challenger``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.chain import SegmentationChain
+from tasks.errors import RegistryError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+TRAINING_DATA_ARTIFACT = "data/training.parquet"
+_PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+_CHAIN_FILE = Path(__file__).with_name("chain.py")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+
+
+def configure_mlflow() -> str:
+    """Point MLflow at the project store (``MLFLOW_TRACKING_URI`` overrides it)."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    # The sagemaker plugin logs header noise on every registry call.
+    logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+    return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """Get or create the experiment; new ones keep artifacts under ./mlartifacts."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:"):
+        location = (Path.cwd() / ARTIFACT_DIR).resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """Everything a training produced that MLflow should keep."""
+
+    params_flat: dict[str, Any]
+    tags: dict[str, str]
+    chosen_metrics: dict[str, float]
+    per_k_metrics: dict[int, dict[str, float]]
+    chain: SegmentationChain
+    training_frame: pd.DataFrame  # id + raw features, as ingested
+    plots: list[Path]
+    json_artifacts: dict[str, Any]  # artifact path -> JSON-able payload
+    csv_artifacts: dict[str, pd.DataFrame]  # artifact path -> table
+    validation_json: Path | None = None
+
+
+@dataclass(frozen=True)
+class Registration:
+    run_id: str
+    experiment_id: str
+    model_name: str
+    model_version: str
+    model_uri: str
+
+
+def _log_json(payload: Any, artifact_path: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(json.loads(json.dumps(payload, default=_json_default)), artifact_path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def register_training(
+    record: TrainingRecord, experiment: str, model_name: str, log_data_max_mb: float
+) -> Registration:
+    """Log the parent run (+ nested runs per k), register the model, set alias challenger.
+
+    The registration happens last; if anything before it fails the run is marked FAILED and
+    no model version exists."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types.utils import _infer_schema
+
+    configure_mlflow()
+    experiment_id = ensure_experiment(experiment)
+    k = record.chain.k
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-k{k}") as parent:
+        mlflow.set_tags(record.tags)
+        mlflow.log_params(record.params_flat)
+        mlflow.log_metrics(
+            {
+                name: value
+                for name, value in record.chosen_metrics.items()
+                if value is not None and np.isfinite(value)
+            }
+        )
+        for k_value, metrics in sorted(record.per_k_metrics.items()):
+            with mlflow.start_run(
+                experiment_id=experiment_id, run_name=f"k={k_value}", nested=True
+            ):
+                mlflow.log_param("k", k_value)
+                mlflow.set_tag("chosen", str(k_value == k).lower())
+                mlflow.log_metrics({n: v for n, v in metrics.items() if np.isfinite(v)})
+        for plot in record.plots:
+            mlflow.log_artifact(str(plot), artifact_path="plots")
+        for path, payload in record.json_artifacts.items():
+            _log_json(payload, path)
+        for path, table in record.csv_artifacts.items():
+            mlflow.log_text(table.to_csv(), path)
+        if record.validation_json is not None:
+            mlflow.log_artifact(str(record.validation_json), artifact_path="validation")
+        with tempfile.TemporaryDirectory() as scratch:
+            data_path = Path(scratch) / "training.parquet"
+            record.training_frame.to_parquet(data_path, index=False)
+            size_mb = data_path.stat().st_size / 1e6
+            if size_mb <= log_data_max_mb:
+                mlflow.log_artifact(str(data_path), artifact_path="data")
+            else:
+                mlflow.set_tag("training_data_logged", "false")
+            chain_dir = Path(scratch) / "chain"
+            record.chain.save(str(chain_dir))
+            mlflow.log_artifacts(str(chain_dir), artifact_path="chain")
+            features = record.training_frame[record.chain.feature_names].head(5)
+            segments, distances = record.chain.predict(features.to_numpy(dtype=np.float64))
+            output = pd.DataFrame({"closest_cluster": segments, "distance_to_cluster": distances})
+            # Output schema only: an input schema would make MLflow refuse integer columns
+            # ("can not safely convert int64 to float64"); the chain checks inputs itself.
+            signature = ModelSignature(inputs=None, outputs=_infer_schema(output))
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(_PYFUNC_FILE),
+                artifacts={"chain": str(chain_dir)},
+                code_paths=[str(_CHAIN_FILE)],
+                signature=signature,
+                input_example=features,
+                pip_requirements=["numpy", "pandas", f"mlflow=={mlflow.__version__}"],
+                registered_model_name=model_name,
+                await_registration_for=60,
+            )
+        version = str(info.registered_model_version)
+        client = mlflow.MlflowClient()
+        client.set_registered_model_alias(model_name, CHALLENGER, version)
+        for key in ("data_md5", "git_commit", "validation_success"):
+            if key in record.tags:
+                client.set_model_version_tag(model_name, version, key, record.tags[key])
+        client.set_model_version_tag(model_name, version, "k", str(k))
+        mlflow.set_tag("model_version", version)
+        return Registration(
+            run_id=parent.info.run_id,
+            experiment_id=experiment_id,
+            model_name=model_name,
+            model_version=version,
+            model_uri=f"models:/{model_name}/{version}",
+        )
+
+
+# ----------------------------------------------------------------------------- registry reads
+
+
+def resolve_version(model_name: str, version: str | None, alias: str = CHALLENGER):
+    """A registered ModelVersion by number, or by alias when no number is given."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    configure_mlflow()
+    client = mlflow.MlflowClient()
+    try:
+        if version is None:
+            return client.get_model_version_by_alias(model_name, alias)
+        return client.get_model_version(model_name, str(version))
+    except MlflowException:
+        what = f"version {version}" if version is not None else f"alias {alias!r}"
+        raise RegistryError(
+            f"model {model_name!r} has no {what} in the registry at {tracking_uri()}"
+        ) from None
+
+
+def alias_version(model_name: str, alias: str) -> str | None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    configure_mlflow()
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_chain(run_id: str) -> SegmentationChain:
+    import mlflow
+
+    configure_mlflow()
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="chain")
+    return SegmentationChain.load(local)
+
+
+def load_training_frame(run_id: str) -> pd.DataFrame:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    configure_mlflow()
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=TRAINING_DATA_ARTIFACT
+        )
+    except (MlflowException, OSError):
+        raise RegistryError(
+            f"run {run_id} has no logged training data ({TRAINING_DATA_ARTIFACT}); "
+            "it was larger than register.log_data_max_mb"
+        ) from None
+    return pd.read_parquet(local)

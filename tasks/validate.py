@@ -1,0 +1,262 @@
+"""Validate: a Great Expectations suite built from `params.yaml`, run on the ingested table.
+
+The suite lives in a GX file context under ``gx/`` and is created once and then reused
+(updated only when the params change it, so its ids don't churn). A failure raises
+`DataValidationError` listing each failed expectation: column, expectation, observed value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.config import DataConfig, ValidateConfig
+from tasks.errors import ConfigError, DataValidationError
+from tasks.ingest import IngestedData
+
+logger = logging.getLogger(__name__)
+
+_DATASOURCE = "popseg"
+_ASSET = "ingested_table"
+_BATCH = "whole_table"
+_FINITE_MAX = float(np.finfo(np.float64).max)
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    success: bool
+    suite_name: str
+    evaluated: int
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def summary_lines(self) -> list[str]:
+        return [_describe_failure(failure) for failure in self.failures]
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "success": self.success,
+            "suite": self.suite_name,
+            "evaluated_expectations": self.evaluated,
+            "failures": self.failures,
+            "result": self.result,
+        }
+        path.write_text(json.dumps(payload, indent=2, default=str))
+        return path
+
+
+def _describe_failure(failure: dict[str, Any]) -> str:
+    where = f"column {failure['column']!r}" if failure["column"] else "table"
+    text = f"{where}: {failure['expectation']} failed"
+    if failure.get("expected"):
+        text += f" (expected {failure['expected']})"
+    if failure.get("observed") is not None:
+        text += f"; observed {failure['observed']}"
+    if failure.get("examples"):
+        text += f"; e.g. {failure['examples']}"
+    return text
+
+
+def build_expectations(
+    data: IngestedData, data_config: DataConfig, config: ValidateConfig
+) -> list[Any]:
+    """The suite, from params: schema, dtypes, row count, missing fraction, spread, ranges,
+    unique id, no inf."""
+    import great_expectations.expectations as gxe
+
+    columns = [data.id_column, *data.feature_columns]
+    unknown_ranges = [name for name in config.ranges if name not in data.feature_columns]
+    if unknown_ranges:
+        raise ConfigError(
+            f"validate.ranges names column(s) that are not features: {', '.join(unknown_ranges)}; "
+            f"features: {', '.join(data.feature_columns)}"
+        )
+    min_rows = config.min_rows if config.min_rows is not None else data_config.min_rows
+    expectations: list[Any] = [
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=list(config.expected_columns or columns), exact_match=True
+        ),
+        gxe.ExpectTableRowCountToBeBetween(min_value=min_rows, max_value=config.max_rows),
+        gxe.ExpectColumnValuesToNotBeNull(column=data.id_column),
+        gxe.ExpectColumnValuesToBeUnique(column=data.id_column),
+    ]
+    min_present = max(1.0 - config.max_missing_fraction, 1e-12)
+    for name in data.feature_columns:
+        expectations += [
+            gxe.ExpectColumnValuesToBeInTypeList(
+                column=name, type_list=["float64", "float32", "int64", "int32"]
+            ),
+            gxe.ExpectColumnProportionOfNonNullValuesToBeBetween(
+                column=name, min_value=min_present
+            ),
+            # Finite bounds reject +/-inf; missing values are ignored here.
+            gxe.ExpectColumnValuesToBeBetween(
+                column=name, min_value=-_FINITE_MAX, max_value=_FINITE_MAX
+            ),
+            gxe.ExpectColumnStdevToBeBetween(
+                column=name, min_value=config.min_std, strict_min=config.min_std == 0.0
+            ),
+        ]
+        if name in config.ranges:
+            low, high = config.ranges[name]
+            expectations.append(
+                gxe.ExpectColumnValuesToBeBetween(column=name, min_value=low, max_value=high)
+            )
+    return expectations
+
+
+def _quiet_gx_environment() -> None:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def _context(root: str | Path):
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="file", project_root_dir=str(root))
+    progress = context.variables.progress_bars
+    globally = (
+        progress.get("globally")
+        if isinstance(progress, dict)
+        else getattr(progress, "globally", None)
+    )
+    if globally is not False:
+        context.variables.progress_bars = ProgressBarsConfig(
+            globally=False, metric_calculations=False
+        )
+        context.variables.save()
+    return context
+
+
+def _batch_definition(context):
+    source = context.data_sources.add_or_update_pandas(_DATASOURCE)
+    try:
+        asset = source.get_asset(_ASSET)
+    except LookupError:
+        asset = source.add_dataframe_asset(_ASSET)
+    try:
+        return asset.get_batch_definition(_BATCH)
+    except KeyError:
+        return asset.add_batch_definition_whole_dataframe(_BATCH)
+
+
+def _expectation_key(expectation: Any) -> tuple[str, str]:
+    config = expectation.configuration if hasattr(expectation, "configuration") else expectation
+    return config.type, json.dumps(config.kwargs, sort_keys=True, default=str)
+
+
+def _get_or_update_suite(context, name: str, expectations: list[Any]):
+    import great_expectations as gx
+
+    try:
+        suite = context.suites.get(name)
+    except Exception:  # GX raises its own not-found types across versions
+        suite = None
+    wanted = sorted(_expectation_key(e) for e in expectations)
+    if suite is not None and sorted(_expectation_key(e) for e in suite.expectations) == wanted:
+        return suite
+    if suite is not None:
+        context.suites.delete(name)
+    return context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+
+
+def _get_or_update_definition(context, name: str, batch_definition, suite):
+    import great_expectations as gx
+
+    try:
+        definition = context.validation_definitions.get(name)
+        if definition.suite.id == suite.id:
+            return definition
+        context.validation_definitions.delete(name)
+    except Exception:  # not found
+        pass
+    return context.validation_definitions.add(
+        gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _expected_text(kwargs: dict[str, Any]) -> str:
+    if kwargs.get("min_value") == -_FINITE_MAX and kwargs.get("max_value") == _FINITE_MAX:
+        return "finite values"
+    parts = []
+    for key in ("min_value", "max_value", "column_set", "type_list", "mostly"):
+        if kwargs.get(key) is not None:
+            value = kwargs[key]
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
+def run_validation(
+    data: IngestedData,
+    data_config: DataConfig,
+    config: ValidateConfig,
+    suite_name: str,
+    root: str | Path = ".",
+) -> ValidationReport:
+    """Run the suite; returns the report (success or not). Use `require_valid` to stop on failure."""
+    _quiet_gx_environment()
+    expectations = build_expectations(data, data_config, config)
+    context = _context(root)
+    suite = _get_or_update_suite(context, suite_name, expectations)
+    definition = _get_or_update_definition(
+        context, f"{suite_name}-validation", _batch_definition(context), suite
+    )
+    # GX prints progress to stdout in some code paths; keep stdout clean for --json.
+    stdout = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        result = definition.run(batch_parameters={"dataframe": data.frame})
+    finally:
+        sys.stdout = stdout
+    failures = []
+    for item in result.results:
+        if item.success:
+            continue
+        kwargs = dict(item.expectation_config.kwargs)
+        details = item.result or {}
+        exception = (item.exception_info or {}).get("exception_message")
+        failures.append(
+            {
+                "expectation": item.expectation_config.type,
+                "column": kwargs.get("column"),
+                "expected": _expected_text(kwargs),
+                "observed": _jsonable(details.get("observed_value", exception)),
+                "unexpected_count": details.get("unexpected_count"),
+                "examples": _jsonable(details.get("partial_unexpected_list", [])[:5]),
+            }
+        )
+    return ValidationReport(
+        success=bool(result.success),
+        suite_name=suite_name,
+        evaluated=len(result.results),
+        failures=failures,
+        result=result.to_json_dict(),
+    )
+
+
+def require_valid(report: ValidationReport, source: str) -> None:
+    if report.success:
+        return
+    lines = [
+        f"{source}: data validation failed ({len(report.failures)} of {report.evaluated} "
+        f"expectations in suite {report.suite_name!r}):"
+    ]
+    lines += [f"  - {line}" for line in report.summary_lines()]
+    raise DataValidationError("\n".join(lines), report.failures)

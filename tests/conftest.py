@@ -1,0 +1,133 @@
+"""Shared fixtures. Prefect's test server starts once per session (only for tests that use
+it); every MLflow test gets its own sqlite store in a temporary project directory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+# Before Prefect is imported anywhere: keep its state out of $HOME, no analytics.
+_SESSION_HOME = tempfile.mkdtemp(prefix="popseg-tests-")
+os.environ.setdefault("PREFECT_HOME", str(Path(_SESSION_HOME) / "prefect"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server for the whole session (~10 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def project_dir(tmp_path, monkeypatch):
+    """A temporary project: params.yaml copied in, cwd set, its own MLflow sqlite store."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+@pytest.fixture
+def params():
+    from tasks.config import load_params
+
+    return load_params(ROOT / "params.yaml")
+
+
+@pytest.fixture
+def blobs():
+    """Seeded, well separated 2-D blobs: 3 groups of 40."""
+    rng = np.random.default_rng(7)
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    values = np.vstack([c + rng.normal(scale=0.6, size=(40, 2)) for c in centers])
+    return values, np.repeat(np.arange(3), 40)
+
+
+@pytest.fixture
+def crime_frame():
+    from tasks.ingest import load_crime
+
+    return load_crime()
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def small_csv(tmp_path):
+    """A valid user file: 30 rows, an id column, 3 numeric features in two clear groups."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(0, 1, size=(15, 3))
+    b = rng.normal(8, 1, size=(15, 3))
+    frame = pd.DataFrame(np.vstack([a, b]), columns=["alpha", "beta", "gamma"])
+    frame.insert(0, "name", [f"item-{i}" for i in range(30)])
+    path = tmp_path / "small.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 server on a free loopback port, for the session."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def moto_s3(moto_server, monkeypatch):
+    """AWS clients (boto3, s3fs) pointed at moto with dummy credentials; state reset after."""
+    import urllib.request
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield moto_server
+    s3fs.S3FileSystem.clear_instance_cache()
+    request = urllib.request.Request(moto_server + "/moto-api/reset", method="POST")
+    urllib.request.urlopen(request, timeout=10)

@@ -1,0 +1,89 @@
+"""Metrics of tasks.compute against scikit-learn and hand-computed values."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+from sklearn.datasets import make_blobs
+
+from tasks.compute import (
+    calinski_harabasz_score,
+    davies_bouldin_score,
+    dunn_index,
+    silhouette_samples,
+    silhouette_score,
+)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_blobs(n_samples=1500, n_features=5, centers=4, random_state=0)
+    return X, y
+
+
+def test_silhouette_equals_sklearn(blobs):
+    X, y = blobs
+    assert abs(silhouette_score(X, y) - skm.silhouette_score(X, y)) < 1e-9
+    np.testing.assert_allclose(silhouette_samples(X, y), skm.silhouette_samples(X, y), atol=1e-9)
+
+
+def test_silhouette_sample_size_same_subsample_as_sklearn(blobs):
+    X, y = blobs
+    ours = silhouette_score(X, y, sample_size=300, random_state=7)
+    ref = skm.silhouette_score(X, y, sample_size=300, random_state=7)
+    assert abs(ours - ref) < 1e-9
+
+
+def test_silhouette_singletons_and_string_labels():
+    X = np.array([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0], [9.0, 9.0]])
+    labels = np.array(["a", "a", "b", "c"])
+    np.testing.assert_allclose(
+        silhouette_samples(X, labels), skm.silhouette_samples(X, labels), atol=1e-12
+    )
+    assert silhouette_samples(X, labels)[2] == 0.0
+
+
+def test_dunn_index_hand_computed():
+    # cluster 0: (0,0),(0,1) -> diameter 1; cluster 1: (4,0),(4,3) -> diameter 3
+    # closest pair across clusters: (0,0)-(4,0) = 4 -> Dunn = 4 / 3
+    X = np.array([[0.0, 0.0], [0.0, 1.0], [4.0, 0.0], [4.0, 3.0]])
+    assert dunn_index(X, [0, 0, 1, 1]) == pytest.approx(4.0 / 3.0, rel=1e-12)
+
+
+def test_dunn_index_matches_brute_force(blobs):
+    X, y = blobs
+    from scipy.spatial.distance import cdist
+
+    D = cdist(X, X)
+    same = y[:, None] == y[None, :]
+    assert dunn_index(X, y) == pytest.approx(D[~same].min() / D[same].max(), rel=1e-9)
+
+
+def test_db_ch_match_sklearn(blobs):
+    X, y = blobs
+    assert davies_bouldin_score(X, y) == pytest.approx(skm.davies_bouldin_score(X, y))
+    assert calinski_harabasz_score(X, y) == pytest.approx(skm.calinski_harabasz_score(X, y))
+
+
+@pytest.mark.parametrize(
+    "fn", [silhouette_score, dunn_index, davies_bouldin_score, calinski_harabasz_score]
+)
+def test_single_cluster_raises(fn):
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    with pytest.raises(ValueError, match="Number of labels is 1"):
+        fn(X, np.zeros(10))
+
+
+@pytest.mark.parametrize(
+    "fn", [silhouette_score, dunn_index, davies_bouldin_score, calinski_harabasz_score]
+)
+def test_wrong_label_length_raises(fn):
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    with pytest.raises(ValueError, match="labels has length 9 but X has 10 samples"):
+        fn(X, np.arange(9) % 2)
+
+
+def test_nan_in_X_raises():
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    X[3, 1] = np.nan
+    with pytest.raises(ValueError, match="contains NaN"):
+        silhouette_score(X, np.arange(10) % 2)

@@ -1,0 +1,76 @@
+import pytest
+
+from tasks.config import load_params
+from tasks.errors import ConfigError
+
+
+def test_defaults_from_params_file(params):
+    assert params.cluster.k_min == 2
+    assert params.cluster.k_max == 12
+    assert params.reduce.n_components == 0.8
+    assert params.flat()["cluster.seed"] == 0
+    assert set(params.to_dict()) >= {"data", "validate", "register", "promote"}
+
+
+def test_overrides_are_typed(params, tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("cluster:\n  k_max: 5\n")
+    p = load_params(
+        path,
+        [
+            "cluster.k_max=8",
+            "cluster.seed=2",
+            "reduce.n_components=3",
+            "scale.clip_quantiles=[0.01, 0.99]",
+            "features.exclude=[a, b]",
+        ],
+    )
+    assert p.cluster.k_max == 8 and p.cluster.seed == 2
+    assert p.reduce.n_components == 3 and isinstance(p.reduce.n_components, int)
+    assert p.scale.clip_quantiles == (0.01, 0.99)
+    assert p.features.exclude == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("cluster.kmax=3", "unknown key cluster.kmax"),
+        ("clusters.k_max=3", "unknown section 'clusters'"),
+        ("k_max=3", "must be section.key"),
+        ("cluster.k_max", "expected section.key=value"),
+        ("cluster.k_max=abc", "cluster.k_max"),
+        ("cluster.k_min=1", "cluster.k_min"),
+        ("reduce.n_components=1.5", "reduce.n_components"),
+        ("scale.method=zscore", "scale.method"),
+        ("scale.clip_quantiles=[0.9, 0.1]", "scale.clip_quantiles"),
+        ("impute.strategy=magic", "impute.strategy"),
+        ("data.delimiter=;;", "data.delimiter"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        load_params(overrides=[override])
+
+
+def test_k_min_greater_than_k_max():
+    with pytest.raises(ConfigError, match=r"k_min \(9\) is greater than k_max \(3\)"):
+        load_params(overrides=["cluster.k_min=9", "cluster.k_max=3"])
+
+
+def test_unknown_key_in_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("cluster:\n  k_maximum: 5\n")
+    with pytest.raises(ConfigError, match=r"cluster\.k_maximum: unknown key"):
+        load_params(path)
+
+
+def test_unknown_section_and_bad_yaml(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("clustering:\n  k_max: 5\n")
+    with pytest.raises(ConfigError, match="clustering: unknown key"):
+        load_params(path)
+    path.write_text("cluster: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_params(tmp_path / "missing.yaml")

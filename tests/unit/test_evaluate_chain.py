@@ -1,0 +1,190 @@
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from tasks.chain import ChainInputError, SegmentationChain
+from tasks.config import load_params
+from tasks.evaluate import evaluate, match_to_champion, size_order_ids
+from tasks.promote import evaluate_gate
+
+
+def _chain(centroids, **overrides):
+    d = 2
+    values = dict(
+        feature_names=["a", "b"],
+        fill_values=np.zeros(d),
+        log1p_mask=np.zeros(d, bool),
+        clip_low=np.full(d, -np.inf),
+        clip_high=np.full(d, np.inf),
+        scale_center=np.zeros(d),
+        scale_scale=np.ones(d),
+        pca_mean=np.zeros(d),
+        pca_components=np.eye(d),
+        centroids=np.asarray(centroids, float),
+        segment_ids=np.arange(len(centroids)),
+    )
+    values.update(overrides)
+    return SegmentationChain(**values)
+
+
+def test_size_order_ids():
+    labels = np.array([2, 2, 2, 0, 1, 1])
+    assert size_order_ids(labels, 3).tolist() == [2, 1, 0]
+
+
+def test_match_to_champion_keeps_ids_and_names_leftovers():
+    champion = np.array([5, 5, 5, 1, 1, 1, 0, 0])
+    new = np.array([0, 0, 0, 2, 2, 2, 1, 3])  # new cluster 3 has no champion partner
+    ids, mapping = match_to_champion(new, champion, 4)
+    assert ids.tolist() == [5, 0, 1, 6]
+    assert mapping["match_cost"] == 1 and mapping["matched_rows_fraction"] == pytest.approx(7 / 8)
+
+
+def test_evaluate_profiles_stability_and_examples(blobs):
+    values, truth = blobs
+    config = load_params(overrides=["cluster.engine=sklearn", "evaluate.bootstrap_rounds=5"])
+    from sklearn.cluster import KMeans
+
+    model = KMeans(3, n_init=10, random_state=0).fit(values)
+    ids = [f"id{i}" for i in range(len(values))]
+    result = evaluate(
+        values,
+        model.labels_,
+        model.cluster_centers_,
+        values,
+        values,
+        ["a", "b"],
+        ids,
+        config.cluster,
+        config.evaluate,
+    )
+    assert sorted(result.sizes.values()) == [40, 40, 40]
+    assert adjusted_rand_score(truth, result.segments) == 1.0
+    assert result.stability == pytest.approx(1.0) and len(result.stability_rounds) == 5
+    for segment, members in result.examples.items():
+        assert len(members) == 5
+        assert all(result.segments[ids.index(m)] == segment for m in members)
+    # Profile of the segment around (10, 0): a is "higher".
+    right = int(result.profiles["a"].idxmax())
+    assert result.profiles.loc[right, "a"] == pytest.approx(10, abs=0.5)
+    assert result.distinguishing[right][0]["feature"] == "a"
+    assert result.distinguishing[right][0]["direction"] == "higher"
+
+
+def test_evaluate_with_champion_reuses_segment_ids(blobs):
+    values, _ = blobs
+    config = load_params(overrides=["cluster.engine=sklearn", "evaluate.bootstrap_rounds=0"])
+    from sklearn.cluster import KMeans
+
+    model = KMeans(3, n_init=10, random_state=0).fit(values)
+    champion = _chain(model.cluster_centers_[::-1], segment_ids=np.array([7, 8, 9]))
+    result = evaluate(
+        values,
+        model.labels_,
+        model.cluster_centers_,
+        values,
+        values,
+        ["a", "b"],
+        [str(i) for i in range(len(values))],
+        config.cluster,
+        config.evaluate,
+        champion,
+    )
+    champion_segments, _ = champion.predict(values)
+    np.testing.assert_array_equal(result.segments, champion_segments)
+    assert result.id_mapping["match_cost"] == 0
+
+
+def test_chain_predict_fill_log_clip_scale_pca(tmp_path):
+    chain = _chain(
+        [[0.0, 0.0], [3.0, 4.0]],
+        fill_values=np.array([1.0, 2.0]),
+        log1p_mask=np.array([True, False]),
+        clip_high=np.array([np.inf, 10.0]),
+        scale_center=np.array([0.0, 1.0]),
+        scale_scale=np.array([1.0, 2.0]),
+        segment_ids=np.array([4, 9]),
+    )
+    rows = np.array([[np.e - 1, 1.0], [np.nan, 100.0]])
+    prepared = chain.prepare(rows)
+    np.testing.assert_allclose(prepared, [[1.0, 0.0], [np.log1p(1.0), 4.5]])
+    segments, distances = chain.predict(rows)
+    assert segments.tolist() == [4, 9]
+    assert distances[0] == pytest.approx(1.0)
+    chain.save(str(tmp_path))
+    loaded = SegmentationChain.load(str(tmp_path))
+    np.testing.assert_array_equal(loaded.predict(rows)[0], segments)
+    assert loaded.feature_names == ["a", "b"]
+    with np.load(tmp_path / "chain.npz", allow_pickle=False) as arrays:
+        assert arrays["centroids"].dtype == np.float64
+
+
+def test_chain_rejects_bad_rows():
+    chain = _chain([[0.0, 0.0], [1.0, 1.0]])
+    with pytest.raises(ChainInputError, match="expected 2 features \\(a, b\\), got 3"):
+        chain.predict(np.ones((1, 3)))
+    with pytest.raises(ChainInputError, match="feature 'b': infinite"):
+        chain.predict(np.array([[1.0, np.inf]]))
+    with pytest.raises(ChainInputError, match="unknown feature\\(s\\) c"):
+        chain.rows_from_records([{"a": 1, "c": 2}])
+    with pytest.raises(ChainInputError, match="'x' is not a number"):
+        chain.rows_from_records([{"a": "x", "b": 1}])
+    rows = chain.rows_from_records([{"a": 1, "b": None}])
+    assert np.isnan(rows[0, 1])
+
+
+def test_chain_module_is_numpy_and_stdlib_only():
+    import ast
+    from pathlib import Path
+
+    import tasks.chain
+
+    tree = ast.parse(Path(tasks.chain.__file__).read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert imported <= {"__future__", "json", "os", "typing", "numpy"}
+
+
+def test_gate_thresholds_and_champion_comparison(blobs):
+    values, _ = blobs
+    config = load_params().promote
+    passed, reasons, _ = evaluate_gate({"silhouette": 0.5, "stability": 0.9}, True, config)
+    assert passed and "no current champion" in reasons
+    passed, reasons, _ = evaluate_gate({"silhouette": 0.1, "stability": 0.9}, True, config)
+    assert not passed and any("< promote.min_silhouette" in r for r in reasons)
+    passed, reasons, _ = evaluate_gate({"silhouette": 0.5, "stability": 0.2}, True, config)
+    assert not passed and any("stability" in r for r in reasons)
+    passed, reasons, _ = evaluate_gate({"silhouette": 0.5, "stability": 0.9}, False, config)
+    assert not passed and "data validation did not pass" in reasons
+    from sklearn.cluster import KMeans
+
+    good = _chain(KMeans(3, n_init=10, random_state=0).fit(values).cluster_centers_)
+    bad = _chain([[5.0, 5.0], [5.1, 5.1], [4.9, 4.9]])
+    passed, reasons, checks = evaluate_gate(
+        {"silhouette": 0.5, "stability": 0.9},
+        True,
+        config,
+        challenger=bad,
+        champion=good,
+        rows=values,
+    )
+    assert not passed and any("worse than the champion" in r for r in reasons)
+    assert checks["champion_silhouette_same_data"] > checks["challenger_silhouette_same_data"]
+    passed, _, _ = evaluate_gate(
+        {"silhouette": 0.5, "stability": 0.9},
+        True,
+        config,
+        challenger=good,
+        champion=bad,
+        rows=values,
+    )
+    assert passed

@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.config import load_params
+from tasks.errors import ConfigError, DataValidationError
+from tasks.ingest import IngestedData
+from tasks.validate import build_expectations, require_valid, run_validation
+
+
+def _data(frame: pd.DataFrame) -> IngestedData:
+    return IngestedData(
+        frame=frame,
+        id_column="id",
+        feature_columns=[c for c in frame if c != "id"],
+        source="mem.csv",
+        md5="0",
+    )
+
+
+def _frame(n=20, **columns):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "x": rng.normal(size=n),
+            "y": rng.uniform(0, 10, size=n),
+        }
+    )
+    for name, values in columns.items():
+        frame[name] = values
+    return frame
+
+
+def _run(frame, tmp_path, *overrides):
+    p = load_params(overrides=list(overrides))
+    return run_validation(_data(frame), p.data, p.validate_, "test-suite", root=tmp_path)
+
+
+def test_clean_data_passes_and_suite_is_reused(tmp_path):
+    report = _run(_frame(), tmp_path)
+    assert report.success and report.failures == []
+    assert report.evaluated == 4 + 4 * 2
+    suite_file = tmp_path / "gx" / "expectations" / "test-suite.json"
+    first = json.loads(suite_file.read_text())
+    _run(_frame(), tmp_path)
+    assert json.loads(suite_file.read_text())["id"] == first["id"]  # no UUID churn
+
+
+def test_each_problem_is_reported_with_column_and_observed_value(tmp_path):
+    frame = _frame(
+        n=20,
+        const=np.full(20, 3.0),
+        empty=np.full(20, np.nan),
+        infinite=np.r_[np.arange(19.0), np.inf],
+    )
+    frame.loc[3, "id"] = "r0"  # duplicate id
+    frame.loc[5, "y"] = 50.0  # out of the configured range
+    report = _run(frame, tmp_path, "validate.ranges={y: [0, 10]}")
+    assert not report.success
+    found = {(f["column"], f["expectation"]) for f in report.failures}
+    assert ("id", "expect_column_values_to_be_unique") in found
+    assert ("const", "expect_column_stdev_to_be_between") in found
+    assert ("empty", "expect_column_proportion_of_non_null_values_to_be_between") in found
+    assert ("infinite", "expect_column_values_to_be_between") in found
+    assert ("y", "expect_column_values_to_be_between") in found
+    by_column = {
+        f["column"]: f
+        for f in report.failures
+        if f["expectation"] == "expect_column_values_to_be_between"
+    }
+    assert by_column["infinite"]["examples"] == [float("inf")]
+    with pytest.raises(DataValidationError) as excinfo:
+        require_valid(report, "mem.csv")
+    text = str(excinfo.value)
+    assert text.startswith("mem.csv: data validation failed")
+    assert "column 'const': expect_column_stdev_to_be_between failed" in text
+    assert "observed 0.0" in text
+    assert len(excinfo.value.failures) == len(report.failures)
+
+
+def test_too_few_rows_and_missing_fraction(tmp_path):
+    frame = _frame(n=6)
+    frame.loc[:3, "x"] = np.nan
+    report = _run(frame, tmp_path, "validate.max_missing_fraction=0.5")
+    failed = {(f["column"], f["expectation"]): f for f in report.failures}
+    assert failed[(None, "expect_table_row_count_to_be_between")]["observed"] == 6
+    assert failed[("x", "expect_column_proportion_of_non_null_values_to_be_between")][
+        "observed"
+    ] == pytest.approx(2 / 6)
+
+
+def test_ranges_for_unknown_columns_are_config_errors():
+    p = load_params(overrides=["validate.ranges={nope: [0, 1]}"])
+    with pytest.raises(ConfigError, match="validate.ranges names column"):
+        build_expectations(_data(_frame()), p.data, p.validate_)
+
+
+def test_report_written_as_json(tmp_path):
+    report = _run(_frame(), tmp_path)
+    path = report.write_json(tmp_path / "out" / "validation.json")
+    payload = json.loads(path.read_text())
+    assert payload["success"] is True and payload["evaluated_expectations"] == report.evaluated
+    assert payload["result"]["success"] is True
