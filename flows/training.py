@@ -231,6 +231,13 @@ def training_flow(params: Params, run_promotion: bool = True) -> TrainingOutcome
                 "reports/sweep_metrics.csv": per_k,
                 "reports/segment_profiles.csv": evaluation.profiles,
                 "reports/pca_loadings.csv": reduced.loadings(names),
+                "reports/assignments.csv": pd.DataFrame(
+                    {
+                        "segment": evaluation.segments,
+                        "distance_to_cluster": evaluation.distances,
+                    },
+                    index=pd.Index(kept_frame[data.id_column], name=data.id_column),
+                ),
             },
             validation_json=validation_json,
         )

@@ -141,6 +141,37 @@ class PromoteConfig(_Section):
     max_silhouette_drop: Annotated[float, Field(ge=0.0)] = 0.0
 
 
+class DeployConfig(_Section):
+    """The deploy step: where the champion is served. Flags and the environment
+    (``AWS_DEFAULT_REGION``/``AWS_REGION``, ``POPSEG_SAGEMAKER_ROLE_ARN``,
+    ``POPSEG_DEPLOY_BUCKET``) fill what is left null here."""
+
+    target: Literal["local", "sagemaker"] = "local"
+    endpoint_name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")] = "popseg"
+    smoke_rows: Annotated[int, Field(ge=1, le=1000)] = 5
+    # local
+    port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0 = a free port
+    max_body_mb: Annotated[float, Field(gt=0.0, le=1024.0)] = 6.0
+    capture: str | None = None  # JSON lines file for request/response capture
+    start_timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
+    # sagemaker
+    region: str | None = None
+    bucket: str | None = None
+    prefix: str = "popseg/models"
+    role_arn: Annotated[str | None, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")] = None
+    instance_type: Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")] = "ml.m5.large"
+    instance_count: Annotated[int, Field(ge=1)] = 1
+    image_uri: str | None = None  # null = the scikit-learn 1.2-1 image for the region
+    framework_version: Literal["1.2-1"] = "1.2-1"
+    traffic_routing: Literal["ALL_AT_ONCE", "CANARY", "LINEAR"] = "ALL_AT_ONCE"
+    canary_percent: Annotated[int, Field(ge=1, le=99)] = 10
+    wait_interval_s: Annotated[int, Field(ge=0, le=3600)] = 300
+    termination_wait_s: Annotated[int, Field(ge=0, le=3600)] = 120
+    rollback_alarms: list[str] = []  # CloudWatch alarm names for AutoRollbackConfiguration
+    wait_timeout_s: Annotated[int, Field(ge=1)] = 1800
+    waiter_delay_s: Annotated[int, Field(ge=1)] = 30
+
+
 class Params(BaseModel):
     data: DataConfig = DataConfig()
     features: FeaturesConfig = FeaturesConfig()
@@ -153,6 +184,7 @@ class Params(BaseModel):
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(default=RegisterConfig(), alias="register")
     promote: PromoteConfig = PromoteConfig()
+    deploy: DeployConfig = DeployConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

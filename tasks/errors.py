@@ -35,3 +35,21 @@ class RegistryError(PopsegError):
     """A missing model version, alias or run in the MLflow registry."""
 
     exit_code = 5
+
+
+class PackageError(PopsegError):
+    """A model package that cannot be built or read."""
+
+    exit_code = 6
+
+
+class DeployError(PopsegError):
+    """A deployment step failed (names the step); the previous endpoint keeps serving."""
+
+    exit_code = 7
+
+
+class EndpointError(PopsegError):
+    """An endpoint that does not exist, is not running, or answered badly."""
+
+    exit_code = 8

@@ -23,6 +23,7 @@ from tasks.config import ClusterConfig, EvaluateConfig
 class Evaluation:
     segment_ids: np.ndarray  # internal cluster index -> segment id
     segments: np.ndarray  # segment id per training row
+    distances: np.ndarray  # each training row's distance to its centroid (model space)
     sizes: dict[int, int]
     profiles: pd.DataFrame  # segment x feature means, original units
     distinguishing: dict[int, list[dict[str, Any]]]
@@ -169,6 +170,7 @@ def evaluate(
     return Evaluation(
         segment_ids=segment_ids,
         segments=segments,
+        distances=distance,
         sizes=sizes,
         profiles=means,
         distinguishing=distinguishing,

@@ -1,12 +1,25 @@
-"""Package: assemble the fitted stages into one `SegmentationChain` (npz + json artifact)."""
+"""Package: assemble the fitted stages into one `SegmentationChain` (npz + json artifact),
+and build the portable serving package ``model.tar.gz`` from a registered version.
+
+``model.tar.gz`` is what SageMaker's scikit-learn 1.2-1 serving container and the local
+endpoint load: ``chain.npz`` + ``chain.json`` at the root (loaded with ``allow_pickle=False``)
+and ``code/inference.py`` + ``code/chain.py`` (numpy + standard library, Python 3.9). The
+registered MLflow pyfunc wraps the very same chain artifact, so every target scores alike.
+"""
 
 from __future__ import annotations
 
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tasks.chain import SegmentationChain
+from tasks.chain import CHAIN_JSON, CHAIN_NPZ, SegmentationChain
+from tasks.errors import PackageError
 from tasks.impute import ImputeResult
 from tasks.reduce import ReduceResult
 from tasks.scale import ScaleResult
@@ -35,3 +48,110 @@ def build_chain(
         segment_ids=segment_ids,
         metadata=metadata,
     )
+
+
+# ----------------------------------------------------------------------------- model.tar.gz
+
+_CHAIN_SOURCE = Path(__file__).with_name("chain.py")
+_INFERENCE_SOURCE = Path(__file__).parent / "serving" / "inference.py"
+PACKAGE_CODE = {"code/inference.py": _INFERENCE_SOURCE, "code/chain.py": _CHAIN_SOURCE}
+# Files that must never be in a serving package (pickle-based formats).
+_FORBIDDEN_SUFFIXES = (".pkl", ".pickle", ".joblib", ".cloudpickle")
+
+
+def build_package(chain_dir: str | Path, output: str | Path) -> Path:
+    """Write ``model.tar.gz``: chain.npz + chain.json at the root, ``code/inference.py`` and
+    ``code/chain.py`` (verbatim copies of the project's serving code). Returns the path."""
+    chain_dir = Path(chain_dir)
+    output = Path(output)
+    if output.is_dir() or not output.name.endswith((".tar.gz", ".tgz")):
+        output = output / "model.tar.gz"
+    try:
+        SegmentationChain.load(str(chain_dir))  # refuse to package what would not load
+    except (OSError, ValueError, KeyError) as error:
+        raise PackageError(f"{chain_dir} does not hold a loadable chain: {error}") from None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    members = {CHAIN_NPZ: chain_dir / CHAIN_NPZ, CHAIN_JSON: chain_dir / CHAIN_JSON}
+    members.update(PACKAGE_CODE)
+    scratch = output.with_name(output.name + ".tmp")
+    with tarfile.open(scratch, "w:gz") as archive:
+        for name, source in members.items():
+            info = archive.gettarinfo(str(source), arcname=name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = int(source.stat().st_mtime)
+            with open(source, "rb") as handle:
+                archive.addfile(info, handle)
+    os.replace(scratch, output)
+    return output
+
+
+def unpack_package(package: str | Path, destination: str | Path) -> Path:
+    """Extract a model.tar.gz (only the expected, regular files) into ``destination``."""
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    expected = {CHAIN_NPZ, CHAIN_JSON, *PACKAGE_CODE}
+    with tarfile.open(package, "r:gz") as archive:
+        for member in archive.getmembers():
+            if member.name not in expected or not member.isfile():
+                raise PackageError(f"{package}: unexpected member {member.name!r}")
+            archive.extract(member, destination, filter="data")
+    missing = [name for name in expected if not (destination / name).is_file()]
+    if missing:
+        raise PackageError(f"{package}: missing {', '.join(sorted(missing))}")
+    return destination
+
+
+def package_members(package: str | Path) -> list[str]:
+    with tarfile.open(package, "r:gz") as archive:
+        names = archive.getnames()
+    bad = [name for name in names if name.endswith(_FORBIDDEN_SUFFIXES)]
+    if bad:
+        raise PackageError(f"{package}: pickle-format member(s) {', '.join(bad)}")
+    return names
+
+
+@dataclass(frozen=True)
+class RegisteredChain:
+    """A registered model version's chain artifact, downloaded to ``chain_dir``."""
+
+    model_name: str
+    model_version: str
+    run_id: str
+    chain_dir: Path
+    aliases: tuple[str, ...] = ()
+
+
+def fetch_registered_chain(
+    model_name: str, version: str | None, destination: str | Path, alias: str = "champion"
+) -> RegisteredChain:
+    """Download the chain artifact (run artifact path ``chain/``) of a registered version
+    (default: the ``champion`` alias) into ``destination``."""
+    import mlflow
+
+    from tasks.register import configure_mlflow, resolve_version
+
+    configure_mlflow()
+    model_version = resolve_version(model_name, version, alias=alias)
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    local = mlflow.artifacts.download_artifacts(
+        run_id=model_version.run_id, artifact_path="chain", dst_path=str(destination)
+    )
+    return RegisteredChain(
+        model_name=model_name,
+        model_version=str(model_version.version),
+        run_id=model_version.run_id,
+        chain_dir=Path(local),
+        aliases=tuple(getattr(model_version, "aliases", []) or []),
+    )
+
+
+def package_registered(
+    model_name: str, version: str | None, output: str | Path
+) -> tuple[Path, RegisteredChain]:
+    """``popseg package``: the registered chain -> model.tar.gz at ``output``."""
+    with tempfile.TemporaryDirectory(prefix="popseg-package-") as scratch:
+        registered = fetch_registered_chain(model_name, version, scratch)
+        path = build_package(registered.chain_dir, output)
+    return path, registered

@@ -22,6 +22,20 @@ os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """The CLI's callback points the root logger at the current sys.stderr; under Typer's
+    CliRunner that is a buffer closed after the call. Restore the handlers after each test so
+    later in-process flows do not log to a closed stream."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """One Prefect test server for the whole session (~10 s to start)."""
@@ -131,3 +145,54 @@ def moto_s3(moto_server, monkeypatch):
     s3fs.S3FileSystem.clear_instance_cache()
     request = urllib.request.Request(moto_server + "/moto-api/reset", method="POST")
     urllib.request.urlopen(request, timeout=10)
+
+
+# ----------------------------------------------------------------------------- deploy fixtures
+
+TRAIN_FAST = ["evaluate.bootstrap_rounds=5", "cluster.k_max=6"]
+# The second version: another k, promoted through the real gate (its thresholds relaxed), so
+# version 2 is champion and carries tag previous_champion=1.
+TRAIN_SECOND = [
+    "evaluate.bootstrap_rounds=5",
+    "cluster.k_min=4",
+    "cluster.k_max=4",
+    "promote.max_silhouette_drop=1.0",
+    "promote.min_silhouette=0",
+    "promote.min_stability=0",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_store(prefect_server, tmp_path_factory):
+    """One MLflow store with two registered versions of the crime model (trained once per
+    session, ~30 s): version 1, then version 2 promoted to champion over it."""
+    from flows.training import training_flow
+    from tasks.config import load_params
+
+    store = tmp_path_factory.mktemp("trained-store")
+    (store / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(store)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+        first = training_flow(load_params("params.yaml", TRAIN_FAST), True)
+        second = training_flow(load_params("params.yaml", TRAIN_SECOND), True)
+    assert (first.model_version, second.model_version) == ("1", "2") and second.promoted
+    return {"dir": store, "versions": {"1": first, "2": second}}
+
+
+@pytest.fixture
+def trained_project(project_dir, trained_store):
+    """A project whose MLflow store is a copy of `trained_store` (artifacts shared, read-only),
+    so each test may move aliases freely. Local endpoints started in it are stopped after."""
+    import shutil
+
+    shutil.copy(trained_store["dir"] / "mlflow.db", project_dir / "mlflow.db")
+    shutil.copytree(trained_store["dir"] / "data", project_dir / "data")
+    yield project_dir
+    from tasks import deploy
+
+    folder = deploy.state_dir(project_dir)
+    for path in folder.glob("*.json") if folder.is_dir() else []:
+        state = deploy.read_state(path.stem, project_dir)
+        if state is not None:
+            deploy._stop_process(state.pid, state.name)

@@ -161,3 +161,46 @@ def test_bad_input_in_a_fresh_process_has_no_traceback(project_dir):
     assert result.stdout == ""
     assert "wrong delimiter? Use --set data.delimiter=';'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ui_serves_the_tracking_store(project_dir):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project_dir / 'mlflow.db'}"}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("popseg")), "ui", "--port", str(port)],
+        cwd=project_dir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                    assert reply.status == 200
+                    break
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "MLflow UI did not come up"
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
+            data=b'{"max_results": 10}',
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            names = [e["name"] for e in json.loads(reply.read())["experiments"]]
+        assert "Default" in names
+    finally:
+        import signal
+
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

@@ -68,6 +68,14 @@ def test_crime_run_records_everything(trained, project_dir):
         assert f"plots/{name}.png" in artifacts
     validation = client.list_artifacts(outcome.run_id, "validation")
     assert [a.path for a in validation] == ["validation/validation_result.json"]
+    assignments = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=outcome.run_id, artifact_path="reports/assignments.csv"
+        )
+    )
+    assert list(assignments.columns) == ["State", "segment", "distance_to_cluster"]
+    assert len(assignments) == 50 and assignments["State"].iloc[0] == "Alabama"
+    assert assignments["segment"].value_counts().to_dict() == outcome.sizes
     selection = json.loads(
         mlflow.artifacts.load_text(f"runs:/{outcome.run_id}/reports/selection.json")
     )
@@ -132,10 +140,8 @@ def test_validation_failure_registers_nothing(prefect_server, project_dir):
         _train(f"data.path={bad}")
     client = _client()
     assert client.search_registered_models() == []
-    failed = client.search_runs(
-        client.search_experiments()[0].experiment_id
-        and [e.experiment_id for e in client.search_experiments()]
-    )
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    failed = client.search_runs(experiment_ids)
     assert [r.info.status for r in failed] == ["FAILED"]
     assert failed[0].data.tags["validation_success"] == "false"
 

@@ -1,0 +1,532 @@
+"""Deploy: serve a registered model version on an endpoint, smoke-test it, roll back on failure.
+
+Two targets share one contract (``tasks/serving/inference.py``):
+
+- ``local``: a background HTTP server process on 127.0.0.1 (``tasks/serving/server.py``),
+  recorded in ``.popseg/endpoints/NAME.json`` (pid, port, version, deploy history) so any shell
+  can list, update, roll back or stop it. Deploying to a running endpoint swaps the model in
+  the live process (admin reload, atomic), smoke-tests it and swaps back on failure.
+- ``sagemaker``: ``tasks/sagemaker.py`` (boto3).
+
+The smoke test sends rows through the stock boto3 ``sagemaker-runtime`` client and checks the
+answers against the chain itself (same segments, same distances).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.chain import SegmentationChain
+from tasks.errors import DeployError, EndpointError, PopsegError
+from tasks.package import RegisteredChain, build_package, unpack_package
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = Path(".popseg") / "endpoints"
+LOCAL_REGION = "us-east-1"
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class DeployResult:
+    endpoint_name: str
+    target: str
+    model_name: str
+    model_version: str
+    run_id: str
+    endpoint_url: str | None = None
+    action: str = "created"  # created | updated | unchanged
+    previous_version: str | None = None
+    smoke_test: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LocalEndpoint:
+    """The state file of one local endpoint."""
+
+    name: str
+    pid: int
+    port: int
+    model_name: str
+    model_version: str
+    run_id: str
+    model_dir: str
+    token: str
+    capture: str | None = None
+    log: str | None = None
+    started_at: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    target: str = "local"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def public(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload.pop("token")
+        payload["endpoint_url"] = self.url
+        return payload
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def state_dir(project: Path | None = None) -> Path:
+    return (project or Path.cwd()) / STATE_DIR
+
+
+def _state_path(name: str, project: Path | None = None) -> Path:
+    return state_dir(project) / f"{name}.json"
+
+
+def read_state(name: str, project: Path | None = None) -> LocalEndpoint | None:
+    path = _state_path(name, project)
+    if not path.exists():
+        return None
+    try:
+        return LocalEndpoint(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise EndpointError(f"{path}: unreadable endpoint state ({error}); delete it") from None
+
+
+def write_state(state: LocalEndpoint, project: Path | None = None) -> Path:
+    path = _state_path(state.name, project)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(".json.tmp")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the token
+    with os.fdopen(fd, "w") as handle:
+        json.dump(asdict(state), handle, indent=2)
+    os.replace(scratch, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _pid_is_server(pid: int, name: str) -> bool:
+    """True when ``pid`` is alive and is the endpoint server for ``name`` (not a reused pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return b"tasks.serving.server" in args and name.encode() in args
+    return True
+
+
+def ping(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url + "/ping", timeout=timeout) as reply:
+            return json.loads(reply.read())
+    except (OSError, ValueError):
+        return None
+
+
+def endpoint_status(state: LocalEndpoint) -> str:
+    """running | unhealthy (process up, /ping not answering for this name) | stale (gone)."""
+    if not _pid_is_server(state.pid, state.name):
+        return "stale"
+    answer = ping(state.url)
+    if answer and answer.get("endpoint") == state.name:
+        return "running"
+    return "unhealthy"
+
+
+def _stop_process(pid: int, name: str, timeout: float = 15.0) -> None:
+    if not _pid_is_server(pid, name):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_is_server(pid, name):
+            return
+        with contextlib.suppress(ChildProcessError):  # reap it when it is our own child
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _start_server(
+    name: str,
+    model_dir: Path,
+    version: str,
+    port: int,
+    capture: str | None,
+    max_body_bytes: int,
+    token: str,
+    log_path: Path,
+    timeout: float,
+) -> tuple[int, int]:
+    ready = model_dir.parent / f"ready-{secrets.token_hex(4)}.json"
+    command = [
+        sys.executable,
+        "-m",
+        "tasks.serving.server",
+        "--name",
+        name,
+        "--model-dir",
+        str(model_dir),
+        "--model-version",
+        version,
+        "--port",
+        str(port),
+        "--ready-file",
+        str(ready),
+        "--max-body-bytes",
+        str(max_body_bytes),
+    ]
+    if capture:
+        command += ["--capture", str(Path(capture).resolve())]
+    env = {**os.environ, "POPSEG_ADMIN_TOKEN": token}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(_REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-1500:]
+            raise DeployError(
+                f"local endpoint {name!r}: the server exited with code {process.returncode} "
+                f"before listening; its log ({log_path}) ends with:\n{tail}"
+            )
+        if time.monotonic() > deadline:
+            _stop_process(process.pid, name)
+            raise DeployError(f"local endpoint {name!r}: the server did not start in {timeout}s")
+        time.sleep(0.05)
+    info = json.loads(ready.read_text())
+    ready.unlink()
+    url = f"http://127.0.0.1:{info['port']}"
+    while ping(url) is None:
+        if time.monotonic() > deadline or process.poll() is not None:
+            _stop_process(process.pid, name)
+            raise DeployError(f"local endpoint {name!r}: /ping did not answer at {url}")
+        time.sleep(0.05)
+    return process.pid, int(info["port"])
+
+
+def _admin_reload(state: LocalEndpoint, model_dir: Path, version: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        state.url + "/admin/reload",
+        data=json.dumps({"model_dir": str(model_dir), "model_version": version}).encode(),
+        headers={"Content-Type": "application/json", "X-Popseg-Token": state.token},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")
+        raise DeployError(f"local endpoint {state.name!r}: model swap refused: {detail}") from None
+    except OSError as error:
+        raise DeployError(f"local endpoint {state.name!r}: model swap failed: {error}") from None
+
+
+# ----------------------------------------------------------------------------- invoke + smoke
+
+
+def runtime_client(endpoint_url: str | None = None, region: str | None = None):
+    """The stock boto3 ``sagemaker-runtime`` client; for a local endpoint, pointed at it with
+    placeholder credentials (the local server does not check signatures)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 2, "mode": "standard"}, read_timeout=60)
+    if endpoint_url is not None:
+        return boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=endpoint_url,
+            region_name=region or LOCAL_REGION,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+            config=config,
+        )
+    return boto3.client("sagemaker-runtime", region_name=region, config=config)
+
+
+def rows_to_csv(rows: np.ndarray) -> str:
+    lines = []
+    for row in np.atleast_2d(rows):
+        lines.append(",".join("" if np.isnan(value) else repr(float(value)) for value in row))
+    return "\n".join(lines) + "\n"
+
+
+def invoke(
+    client,
+    endpoint_name: str,
+    body: str | bytes,
+    content_type: str = "text/csv",
+    custom_attributes: str | None = None,
+) -> dict[str, Any]:
+    """One invocation through the runtime client; returns the decoded JSON answer."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    extra = {"CustomAttributes": custom_attributes} if custom_attributes else {}
+    try:
+        reply = client.invoke_endpoint(
+            EndpointName=endpoint_name,
+            ContentType=content_type,
+            Accept="application/json",
+            Body=body,
+            **extra,
+        )
+    except ClientError as error:
+        message = error.response.get("Error", {}).get("Message") or str(error)
+        raise EndpointError(f"endpoint {endpoint_name!r} refused the request: {message}") from None
+    except BotoCoreError as error:
+        raise EndpointError(f"endpoint {endpoint_name!r} did not answer: {error}") from None
+    raw = reply["Body"].read()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"_raw": raw.decode(errors="replace"), "_content_type": reply.get("ContentType")}
+
+
+def smoke_rows(chain: SegmentationChain, frame=None, n: int = 5) -> np.ndarray:
+    """The first ``n`` training rows when known, else one row of the training fill values."""
+    if frame is not None and all(name in frame.columns for name in chain.feature_names):
+        rows = frame[chain.feature_names].head(n).to_numpy(dtype=np.float64)
+        if len(rows):
+            return rows
+    return chain.fill_values.reshape(1, -1).copy()
+
+
+def check_predictions(
+    answer: dict[str, Any], chain: SegmentationChain, rows: np.ndarray
+) -> dict[str, Any]:
+    """Compare an endpoint's answer with the chain's own; raises DeployError on a mismatch."""
+    predictions = answer.get("predictions") if isinstance(answer, dict) else None
+    if not isinstance(predictions, list) or len(predictions) != len(rows):
+        raise DeployError(
+            f"smoke test: expected {len(rows)} predictions, got {str(answer)[:300]!r}"
+        )
+    segments, distances = chain.predict(rows)
+    got_segments = [p.get("closest_cluster") for p in predictions]
+    got_distances = [p.get("distance_to_cluster") for p in predictions]
+    if got_segments != segments.tolist() or not np.allclose(
+        np.asarray(got_distances, dtype=float), distances, rtol=1e-6, atol=1e-9
+    ):
+        raise DeployError(
+            f"smoke test: the endpoint answered {predictions} but the model gives "
+            f"segments {segments.tolist()} with distances {np.round(distances, 6).tolist()}"
+        )
+    return {"passed": True, "rows": len(rows), "segments": got_segments}
+
+
+# ----------------------------------------------------------------------------- local target
+
+
+def _load_chain(registered: RegisteredChain) -> SegmentationChain:
+    return SegmentationChain.load(str(registered.chain_dir))
+
+
+def _stage_model(name: str, registered: RegisteredChain, project: Path | None) -> Path:
+    """Build model.tar.gz and unpack it into the endpoint's folder: the local server serves
+    exactly what SageMaker would receive."""
+    base = state_dir(project) / name
+    stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{secrets.token_hex(3)}"
+    folder = base / f"v{registered.model_version}-{stamp}"
+    package = build_package(registered.chain_dir, folder.with_suffix(".tar.gz"))
+    unpack_package(package, folder)
+    package.unlink()
+    return folder
+
+
+def _prune_models(state: LocalEndpoint, keep: int = 3) -> None:
+    """Keep the served model and the newest few others (rollback needs only the registry)."""
+    base = Path(state.model_dir).parent
+    folders = sorted((p for p in base.glob("v*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for folder in folders[:-keep]:
+        if folder.resolve() != Path(state.model_dir).resolve():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def deploy_local(
+    name: str,
+    registered: RegisteredChain,
+    sample: np.ndarray | None = None,
+    port: int = 0,
+    capture: str | None = None,
+    max_body_mb: float = 6.0,
+    start_timeout_s: float = 60.0,
+    project: Path | None = None,
+) -> DeployResult:
+    """Start the endpoint, or swap the new version into the running one; smoke-test; on a
+    failed smoke test the previous model keeps serving (or a new server is stopped)."""
+    chain = _load_chain(registered)
+    rows = sample if sample is not None else smoke_rows(chain)
+    state = read_state(name, project)
+    status = endpoint_status(state) if state is not None else None
+    model_dir = _stage_model(name, registered, project)
+    entry = {
+        "model_version": registered.model_version,
+        "run_id": registered.run_id,
+        "deployed_at": _now(),
+    }
+    if state is not None and status == "running":
+        previous = (state.model_dir, state.model_version, state.run_id)
+        _admin_reload(state, model_dir, registered.model_version)
+        try:
+            smoke = check_predictions(
+                invoke(runtime_client(state.url), name, rows_to_csv(rows)), chain, rows
+            )
+        except PopsegError as error:
+            _admin_reload(state, Path(previous[0]), previous[1])
+            shutil.rmtree(model_dir, ignore_errors=True)
+            raise DeployError(
+                f"local endpoint {name!r}: version {registered.model_version} failed its smoke "
+                f"test; rolled back to version {previous[1]}: {error}"
+            ) from None
+        action = "updated" if previous[1] != registered.model_version else "reloaded"
+        previous_version = previous[1]
+        state.model_dir, state.model_version, state.run_id = (
+            str(model_dir),
+            registered.model_version,
+            registered.run_id,
+        )
+        state.model_name = registered.model_name
+        state.history.append(entry)
+    else:
+        if state is not None:
+            logger.warning(
+                "local endpoint %r was %s (pid %s); starting a new server", name, status, state.pid
+            )
+            _stop_process(state.pid, name)
+        token = secrets.token_hex(16)
+        log_path = state_dir(project) / name / "server.log"
+        capture_path = str(Path(capture).resolve()) if capture else None
+        pid, actual_port = _start_server(
+            name,
+            model_dir,
+            registered.model_version,
+            port,
+            capture_path,
+            int(max_body_mb * 1024 * 1024),
+            token,
+            log_path,
+            start_timeout_s,
+        )
+        history = (state.history if state is not None else []) + [entry]
+        previous_version = state.model_version if state is not None else None
+        state = LocalEndpoint(
+            name=name,
+            pid=pid,
+            port=actual_port,
+            model_name=registered.model_name,
+            model_version=registered.model_version,
+            run_id=registered.run_id,
+            model_dir=str(model_dir),
+            token=token,
+            capture=capture_path,
+            log=str(log_path),
+            started_at=_now(),
+            history=history,
+        )
+        try:
+            smoke = check_predictions(
+                invoke(runtime_client(state.url), name, rows_to_csv(rows)), chain, rows
+            )
+        except PopsegError as error:
+            _stop_process(pid, name)
+            raise DeployError(
+                f"local endpoint {name!r}: version {registered.model_version} failed its smoke "
+                f"test; the server was stopped: {error}"
+            ) from None
+        action = "created"
+    write_state(state, project)
+    _prune_models(state)
+    return DeployResult(
+        endpoint_name=name,
+        target="local",
+        model_name=registered.model_name,
+        model_version=registered.model_version,
+        run_id=registered.run_id,
+        endpoint_url=state.url,
+        action=action,
+        previous_version=previous_version,
+        smoke_test=smoke,
+        details={"pid": state.pid, "port": state.port, "capture": state.capture},
+    )
+
+
+def undeploy_local(name: str, project: Path | None = None) -> dict[str, Any]:
+    state = read_state(name, project)
+    if state is None:
+        raise EndpointError(f"no local endpoint named {name!r} (see `popseg endpoints`)")
+    status = endpoint_status(state)
+    _stop_process(state.pid, name)
+    _state_path(name, project).unlink(missing_ok=True)
+    shutil.rmtree(state_dir(project) / name, ignore_errors=True)
+    return {"endpoint_name": name, "target": "local", "status_before": status, "stopped": True}
+
+
+def list_local(project: Path | None = None) -> list[dict[str, Any]]:
+    rows = []
+    folder = state_dir(project)
+    if not folder.is_dir():
+        return rows
+    for path in sorted(folder.glob("*.json")):
+        state = read_state(path.stem, project)
+        if state is None:
+            continue
+        rows.append({**state.public(), "status": endpoint_status(state)})
+    return rows
+
+
+def local_endpoint(name: str, project: Path | None = None) -> LocalEndpoint:
+    state = read_state(name, project)
+    if state is None:
+        raise EndpointError(f"no local endpoint named {name!r} (see `popseg endpoints`)")
+    status = endpoint_status(state)
+    if status != "running":
+        raise EndpointError(
+            f"local endpoint {name!r} is {status} (pid {state.pid}); redeploy it with "
+            f"`popseg deploy --endpoint-name {name}` or remove it with `popseg undeploy {name}`"
+        )
+    return state

@@ -1,0 +1,479 @@
+"""The ``sagemaker`` deploy target, with boto3.
+
+upload ``model.tar.gz`` to S3 -> ``create_model`` (SageMaker scikit-learn 1.2-1 serving image,
+``SAGEMAKER_PROGRAM=inference.py``, ``SAGEMAKER_SUBMIT_DIRECTORY=/opt/ml/model/code``: the
+code travels inside the model archive) -> ``create_endpoint_config`` -> ``create_endpoint``, or
+``update_endpoint`` with a blue/green ``DeploymentConfig`` (automatic rollback on the given
+CloudWatch alarms) -> wait for InService (boto3 waiter) -> smoke test through
+``sagemaker-runtime`` -> tags (model name, version, run id, deploy history).
+
+The image URI comes from a small table of the AWS accounts that host the SageMaker
+scikit-learn images (the same table as the sagemaker SDK's ``image_uris`` config). We do not
+depend on the sagemaker SDK for this one lookup: v3.27.0 pulls ~30 packages into the locked
+environment (and downgrades protobuf), for a string we can build from the table.
+``deploy.image_uri`` overrides it for any other region or image.
+
+``AWS_ENDPOINT_URL`` (honoured by boto3 itself) points every client elsewhere, e.g. at moto.
+An emulator's runtime answers canned data instead of running the model: the smoke test then
+reports ``verified: false`` and why, instead of passing or failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.chain import SegmentationChain
+from tasks.config import DeployConfig
+from tasks.deploy import DeployResult, check_predictions, invoke, rows_to_csv, runtime_client
+from tasks.errors import DeployError, EndpointError, PopsegError
+from tasks.package import RegisteredChain, build_package
+
+logger = logging.getLogger(__name__)
+
+# AWS accounts hosting the SageMaker scikit-learn framework images, per region (as in the
+# sagemaker SDK's image_uris/sklearn.json). Image: {account}.dkr.ecr.{region}.{domain}/
+# sagemaker-scikit-learn:1.2-1-cpu-py3
+SKLEARN_IMAGE_ACCOUNTS = {
+    "af-south-1": "510948584623",
+    "ap-east-1": "651117190479",
+    "ap-northeast-1": "354813040037",
+    "ap-northeast-2": "366743142698",
+    "ap-northeast-3": "867004704886",
+    "ap-south-1": "720646828776",
+    "ap-southeast-1": "121021644041",
+    "ap-southeast-2": "783357654285",
+    "ca-central-1": "341280168497",
+    "cn-north-1": "450853457545",
+    "cn-northwest-1": "451049120500",
+    "eu-central-1": "492215442770",
+    "eu-north-1": "662702820516",
+    "eu-south-1": "978288397137",
+    "eu-west-1": "141502667606",
+    "eu-west-2": "764974769150",
+    "eu-west-3": "659782779980",
+    "me-south-1": "801668240914",
+    "sa-east-1": "737474898029",
+    "us-east-1": "683313688378",
+    "us-east-2": "257758044811",
+    "us-gov-west-1": "414596584902",
+    "us-west-1": "746614075791",
+    "us-west-2": "246618743249",
+}
+SUBMIT_DIRECTORY = "/opt/ml/model/code"
+VARIANT = "AllTraffic"
+TAG_MODEL_NAME = "popseg:model-name"
+TAG_MODEL_VERSION = "popseg:model-version"
+TAG_RUN_ID = "popseg:run-id"
+TAG_ENDPOINT = "popseg:endpoint"
+TAG_HISTORY = "popseg:history"  # space-separated versions, oldest first (last 20)
+ROLE_ENV = "POPSEG_SAGEMAKER_ROLE_ARN"
+BUCKET_ENV = "POPSEG_DEPLOY_BUCKET"
+
+
+def sklearn_image_uri(region: str, framework_version: str = "1.2-1") -> str:
+    account = SKLEARN_IMAGE_ACCOUNTS.get(region)
+    if account is None:
+        raise DeployError(
+            f"no SageMaker scikit-learn image known for region {region!r}; "
+            "set deploy.image_uri (or --image-uri) to the image to use"
+        )
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"{account}.dkr.ecr.{region}.{domain}/sagemaker-scikit-learn:{framework_version}-cpu-py3"
+
+
+def resolve_settings(
+    config: DeployConfig,
+    region: str | None = None,
+    bucket: str | None = None,
+    role_arn: str | None = None,
+) -> dict[str, str]:
+    """Flags win over params.yaml, which wins over the environment; missing ones are errors."""
+    region = (
+        region
+        or config.region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+    )
+    bucket = bucket or config.bucket or os.environ.get(BUCKET_ENV)
+    role_arn = role_arn or config.role_arn or os.environ.get(ROLE_ENV)
+    missing = []
+    if not region:
+        missing.append("a region (--region, deploy.region or AWS_DEFAULT_REGION)")
+    if not bucket:
+        missing.append(f"a bucket (--bucket, deploy.bucket or {BUCKET_ENV})")
+    if not role_arn:
+        missing.append(f"an execution role (--role-arn, deploy.role_arn or {ROLE_ENV})")
+    if missing:
+        raise DeployError("sagemaker deploy needs " + ", ".join(missing))
+    return {"region": region, "bucket": bucket, "role_arn": role_arn}
+
+
+def _clients(region: str):
+    import boto3
+
+    return (
+        boto3.client("s3", region_name=region),
+        boto3.client("sagemaker", region_name=region),
+    )
+
+
+def _aws_message(error: Exception) -> str:
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error", {})
+        return f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
+    return str(error)
+
+
+def _step(name: str, call, *args, **kwargs):
+    """Run one AWS call; failures become a DeployError naming the step."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return call(*args, **kwargs)
+    except (ClientError, BotoCoreError, Boto3Error) as error:
+        raise DeployError(f"sagemaker deploy failed at {name}: {_aws_message(error)}") from None
+
+
+def _tags(registered: RegisteredChain, endpoint_name: str, history: list[str] | None = None):
+    tags = [
+        {"Key": TAG_MODEL_NAME, "Value": registered.model_name},
+        {"Key": TAG_MODEL_VERSION, "Value": registered.model_version},
+        {"Key": TAG_RUN_ID, "Value": registered.run_id},
+        {"Key": TAG_ENDPOINT, "Value": endpoint_name},
+    ]
+    if history is not None:
+        tags.append({"Key": TAG_HISTORY, "Value": " ".join(history[-20:])})
+    return tags
+
+
+def _tag_dict(sagemaker, arn: str) -> dict[str, str]:
+    from botocore.exceptions import ClientError
+
+    try:
+        tags = sagemaker.list_tags(ResourceArn=arn).get("Tags", [])
+    except ClientError:
+        return {}
+    return {tag["Key"]: tag["Value"] for tag in tags}
+
+
+def describe(sagemaker, endpoint_name: str) -> dict[str, Any] | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        return sagemaker.describe_endpoint(EndpointName=endpoint_name)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in (
+            "ValidationException",
+            "ValidationError",
+        ):
+            return None
+        raise DeployError(f"describe_endpoint {endpoint_name!r}: {_aws_message(error)}") from None
+
+
+def deployment_config(config: DeployConfig) -> dict[str, Any]:
+    """Blue/green with automatic rollback: SageMaker keeps the old fleet until the new one is
+    healthy (and, with alarms, rolls back when any alarm fires during the baking period)."""
+    routing: dict[str, Any] = {
+        "Type": config.traffic_routing,
+        "WaitIntervalInSeconds": config.wait_interval_s,
+    }
+    if config.traffic_routing == "CANARY":
+        routing["CanarySize"] = {"Type": "CAPACITY_PERCENT", "Value": config.canary_percent}
+    elif config.traffic_routing == "LINEAR":
+        routing["LinearStepSize"] = {"Type": "CAPACITY_PERCENT", "Value": config.canary_percent}
+    deployment: dict[str, Any] = {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": routing,
+            "TerminationWaitInSeconds": config.termination_wait_s,
+            "MaximumExecutionTimeoutInSeconds": max(600, config.wait_timeout_s),
+        }
+    }
+    if config.rollback_alarms:
+        deployment["AutoRollbackConfiguration"] = {
+            "Alarms": [{"AlarmName": name} for name in config.rollback_alarms]
+        }
+    return deployment
+
+
+def _wait_in_service(sagemaker, endpoint_name: str, config: DeployConfig) -> None:
+    from botocore.exceptions import WaiterError
+
+    waiter = sagemaker.get_waiter("endpoint_in_service")
+    try:
+        waiter.wait(
+            EndpointName=endpoint_name,
+            WaiterConfig={
+                "Delay": config.waiter_delay_s,
+                "MaxAttempts": max(1, config.wait_timeout_s // config.waiter_delay_s),
+            },
+        )
+    except WaiterError as error:
+        current = describe(sagemaker, endpoint_name) or {}
+        reason = current.get("FailureReason") or str(error)
+        raise DeployError(
+            f"endpoint {endpoint_name!r} did not reach InService "
+            f"(status {current.get('EndpointStatus', 'unknown')}): {reason}"
+        ) from None
+
+
+def _smoke(
+    endpoint_name: str, region: str, chain: SegmentationChain, rows: np.ndarray, deployment: str
+) -> dict[str, Any]:
+    client = runtime_client(region=region)
+    url = client.meta.endpoint_url
+    # CustomAttributes (passed through to the container, ignored by inference.py) marks the
+    # request as this deployment's smoke test in logs and data capture.
+    answer = invoke(
+        client,
+        endpoint_name,
+        rows_to_csv(rows),
+        custom_attributes=f"popseg-smoke-test={deployment}",
+    )
+    if "predictions" not in answer and ".amazonaws.com" not in url:
+        return {
+            "passed": None,
+            "verified": False,
+            "rows": len(rows),
+            "endpoint_url": url,
+            "reason": (
+                f"the runtime at {url} answered {answer.get('_raw', answer)!r}, not the model: "
+                "an emulator (e.g. moto) returns canned data; the invoke call was made but "
+                "the answers could not be checked"
+            ),
+        }
+    return {**check_predictions(answer, chain, rows), "verified": True, "endpoint_url": url}
+
+
+def deploy_sagemaker(
+    endpoint_name: str,
+    registered: RegisteredChain,
+    config: DeployConfig,
+    settings: dict[str, str],
+    sample: np.ndarray | None = None,
+) -> DeployResult:
+    region, bucket, role_arn = settings["region"], settings["bucket"], settings["role_arn"]
+    s3, sagemaker = _clients(region)
+    chain = SegmentationChain.load(str(registered.chain_dir))
+    rows = sample if sample is not None else chain.fill_values.reshape(1, -1)
+    image = config.image_uri or sklearn_image_uri(region, config.framework_version)
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.urandom(2).hex()}"
+    suffix = f"-v{registered.model_version}-{stamp}"
+    resource_name = endpoint_name[: 63 - len(suffix)] + suffix
+
+    existing = describe(sagemaker, endpoint_name)
+    previous_config = existing["EndpointConfigName"] if existing else None
+    old_tags = _tag_dict(sagemaker, existing["EndpointArn"]) if existing else {}
+    previous_version = old_tags.get(TAG_MODEL_VERSION)
+    history = [*old_tags.get(TAG_HISTORY, "").split(), registered.model_version]
+    if existing and existing.get("EndpointStatus") not in ("InService", "Failed"):
+        raise DeployError(
+            f"endpoint {endpoint_name!r} is {existing.get('EndpointStatus')}; wait for it to "
+            "settle before deploying again"
+        )
+
+    key = f"{config.prefix.strip('/')}/{registered.model_name}/v{registered.model_version}/{stamp}/model.tar.gz"
+    with tempfile.TemporaryDirectory(prefix="popseg-sm-") as scratch:
+        package = build_package(registered.chain_dir, Path(scratch) / "model.tar.gz")
+        _step(
+            "S3 upload",
+            s3.upload_file,
+            str(package),
+            bucket,
+            key,
+            ExtraArgs={"ServerSideEncryption": "AES256"},
+        )
+    model_data = f"s3://{bucket}/{key}"
+    tags = _tags(registered, endpoint_name)
+    _step(
+        "create_model",
+        sagemaker.create_model,
+        ModelName=resource_name,
+        ExecutionRoleArn=role_arn,
+        PrimaryContainer={
+            "Image": image,
+            "ModelDataUrl": model_data,
+            "Environment": {
+                "SAGEMAKER_PROGRAM": "inference.py",
+                "SAGEMAKER_SUBMIT_DIRECTORY": SUBMIT_DIRECTORY,
+                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                "SAGEMAKER_REGION": region,
+            },
+        },
+        Tags=tags,
+    )
+    _step(
+        "create_endpoint_config",
+        sagemaker.create_endpoint_config,
+        EndpointConfigName=resource_name,
+        ProductionVariants=[
+            {
+                "VariantName": VARIANT,
+                "ModelName": resource_name,
+                "InitialInstanceCount": config.instance_count,
+                "InstanceType": config.instance_type,
+                "InitialVariantWeight": 1.0,
+            }
+        ],
+        Tags=tags,
+    )
+    if existing is None:
+        action = "created"
+        _step(
+            "create_endpoint",
+            sagemaker.create_endpoint,
+            EndpointName=endpoint_name,
+            EndpointConfigName=resource_name,
+            Tags=_tags(registered, endpoint_name, history),
+        )
+    else:
+        action = "updated"
+        _step(
+            "update_endpoint",
+            sagemaker.update_endpoint,
+            EndpointName=endpoint_name,
+            EndpointConfigName=resource_name,
+            DeploymentConfig=deployment_config(config),
+        )
+    try:
+        _wait_in_service(sagemaker, endpoint_name, config)
+        current = describe(sagemaker, endpoint_name) or {}
+        if current.get("EndpointConfigName") != resource_name:
+            raise DeployError(
+                f"endpoint {endpoint_name!r} serves {current.get('EndpointConfigName')!r} after "
+                f"the update, not {resource_name!r}: the blue/green deployment was rolled back"
+            )
+        smoke = _smoke(endpoint_name, region, chain, rows, resource_name)
+    except PopsegError as error:
+        _recover(sagemaker, endpoint_name, previous_config, resource_name, config)
+        kept = (
+            f"the previous configuration {previous_config!r} keeps serving"
+            if previous_config
+            else "the new endpoint was deleted"
+        )
+        raise DeployError(f"{error}; {kept}") from None
+    endpoint_arn = (describe(sagemaker, endpoint_name) or {}).get("EndpointArn")
+    if endpoint_arn:
+        _step(
+            "add_tags",
+            sagemaker.add_tags,
+            ResourceArn=endpoint_arn,
+            Tags=_tags(registered, endpoint_name, history),
+        )
+    return DeployResult(
+        endpoint_name=endpoint_name,
+        target="sagemaker",
+        model_name=registered.model_name,
+        model_version=registered.model_version,
+        run_id=registered.run_id,
+        endpoint_url=None,
+        action=action,
+        previous_version=previous_version,
+        smoke_test=smoke,
+        details={
+            "region": region,
+            "image": image,
+            "model_data": model_data,
+            "sagemaker_model": resource_name,
+            "endpoint_config": resource_name,
+            "previous_endpoint_config": previous_config,
+            "endpoint_arn": endpoint_arn,
+            "history": history[-20:],
+        },
+    )
+
+
+def _recover(
+    sagemaker, endpoint_name: str, previous_config: str | None, new_config: str, config
+) -> None:
+    """After a failed update/smoke test: back to the previous config (or remove the new
+    endpoint). Best effort; the original error is what the user sees."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        current = describe(sagemaker, endpoint_name)
+        if previous_config is None:
+            if current is not None:
+                sagemaker.delete_endpoint(EndpointName=endpoint_name)
+        elif current is not None and current.get("EndpointConfigName") != previous_config:
+            sagemaker.update_endpoint(
+                EndpointName=endpoint_name,
+                EndpointConfigName=previous_config,
+                DeploymentConfig=deployment_config(config),
+            )
+            _wait_in_service(sagemaker, endpoint_name, config)
+        _delete_config_and_model(sagemaker, new_config)
+    except (ClientError, BotoCoreError, PopsegError) as error:
+        logger.error("recovering endpoint %s failed too: %s", endpoint_name, error)
+
+
+def _delete_config_and_model(sagemaker, config_name: str) -> None:
+    from botocore.exceptions import ClientError
+
+    try:
+        described = sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
+    except ClientError:
+        return
+    sagemaker.delete_endpoint_config(EndpointConfigName=config_name)
+    for variant in described.get("ProductionVariants", []):
+        with contextlib.suppress(ClientError):
+            sagemaker.delete_model(ModelName=variant["ModelName"])
+
+
+def undeploy_sagemaker(endpoint_name: str, region: str) -> dict[str, Any]:
+    _, sagemaker = _clients(region)
+    current = describe(sagemaker, endpoint_name)
+    if current is None:
+        raise EndpointError(f"no SageMaker endpoint named {endpoint_name!r} in {region}")
+    _step("delete_endpoint", sagemaker.delete_endpoint, EndpointName=endpoint_name)
+    _delete_config_and_model(sagemaker, current["EndpointConfigName"])
+    return {
+        "endpoint_name": endpoint_name,
+        "target": "sagemaker",
+        "deleted_endpoint_config": current["EndpointConfigName"],
+        "stopped": True,
+    }
+
+
+def list_sagemaker(region: str) -> list[dict[str, Any]]:
+    """popseg-made endpoints (tagged with a model version) in the region."""
+    _, sagemaker = _clients(region)
+    rows = []
+    paginator = sagemaker.get_paginator("list_endpoints")
+    for page in _step("list_endpoints", lambda: list(paginator.paginate())):
+        for endpoint in page.get("Endpoints", []):
+            tags = _tag_dict(sagemaker, endpoint["EndpointArn"])
+            if TAG_MODEL_VERSION not in tags:
+                continue
+            rows.append(
+                {
+                    "name": endpoint["EndpointName"],
+                    "target": "sagemaker",
+                    "status": endpoint.get("EndpointStatus"),
+                    "model_name": tags.get(TAG_MODEL_NAME),
+                    "model_version": tags.get(TAG_MODEL_VERSION),
+                    "run_id": tags.get(TAG_RUN_ID),
+                    "history": tags.get(TAG_HISTORY, "").split(),
+                    "endpoint_arn": endpoint["EndpointArn"],
+                }
+            )
+    return rows
+
+
+def endpoint_versions(endpoint_name: str, region: str) -> tuple[str | None, list[str]]:
+    """(served version, deploy history) from the endpoint's tags."""
+    _, sagemaker = _clients(region)
+    current = describe(sagemaker, endpoint_name)
+    if current is None:
+        raise EndpointError(f"no SageMaker endpoint named {endpoint_name!r} in {region}")
+    tags = _tag_dict(sagemaker, current["EndpointArn"])
+    return tags.get(TAG_MODEL_VERSION), tags.get(TAG_HISTORY, "").split()

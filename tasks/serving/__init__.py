@@ -1,0 +1,1 @@
+"""Serving: the SageMaker inference handlers and the local endpoint server."""

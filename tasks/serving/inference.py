@@ -1,0 +1,254 @@
+"""SageMaker inference handlers for the segmentation chain (the scikit-learn serving container's
+``model_fn`` / ``input_fn`` / ``predict_fn`` / ``output_fn`` contract).
+
+numpy and the standard library only, valid Python 3.9: this file is copied as-is into
+``model.tar.gz`` as ``code/inference.py`` next to ``code/chain.py`` (a verbatim copy of
+``tasks/chain.py``). The local endpoint (``tasks/serving/server.py``) serves through the same
+four functions, so every target runs the same code and the same numbers.
+
+Requests (raw, unscaled feature values):
+
+- ``text/csv``: one row per line, no header, or a header row naming the features (any order;
+  absent features are missing values, filled as in training);
+- ``application/json``: ``{"instances": [{"features": [...]}, ...]}`` (an instance may also be
+  a plain list, or an object keyed by feature name), or a list of records keyed by feature name.
+
+Response, as SageMaker's built-in k-means:
+``{"predictions": [{"closest_cluster": 2, "distance_to_cluster": 0.41}, ...]}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+try:  # inside model.tar.gz, chain.py sits next to this file in code/
+    from chain import ChainInputError, SegmentationChain
+except ImportError:  # in the project itself
+    from tasks.chain import ChainInputError, SegmentationChain
+
+JSON = "application/json"
+CSV = "text/csv"
+SUPPORTED_CONTENT_TYPES = (CSV, JSON)
+MAX_ROWS = 100000
+
+
+class RequestError(ValueError):
+    """A request the model cannot answer; ``status`` is the HTTP status to reply with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def model_fn(model_dir: str) -> SegmentationChain:
+    """Load chain.npz + chain.json (``allow_pickle=False``) from the model directory."""
+    return SegmentationChain.load(model_dir)
+
+
+def _media_type(content_type: Optional[str]) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def _text(body: Any) -> str:
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(body).decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise RequestError("the request body is not UTF-8 text") from None
+    if isinstance(body, str):
+        return body
+    raise RequestError("unsupported request body type %s" % type(body).__name__)
+
+
+def _cell(value: str, row: int, name: str) -> float:
+    text = value.strip()
+    if text == "" or text.lower() in ("nan", "na", "null", "none"):
+        return float("nan")
+    try:
+        return float(text)
+    except ValueError:
+        raise RequestError("row %d, feature %r: %r is not a number" % (row, name, text)) from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_csv(text: str, chain: SegmentationChain) -> np.ndarray:
+    lines = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    if not lines:
+        raise RequestError("the request body holds no CSV rows")
+    names = chain.feature_names
+    first = [cell.strip() for cell in lines[0]]
+    columns: List[int] = list(range(len(names)))
+    rows = lines
+    has_header = all(cell and not _is_number(cell) for cell in first)
+    if has_header:
+        unknown = [cell for cell in first if cell not in names]
+        if unknown:
+            raise RequestError(
+                "CSV header: unknown feature(s) %s; expected %s"
+                % (", ".join(repr(c) for c in unknown), ", ".join(names))
+            )
+        if len(set(first)) != len(first):
+            raise RequestError("CSV header: a feature is named twice")
+        columns = [names.index(cell) for cell in first]
+        rows = lines[1:]
+        if not rows:
+            raise RequestError("the CSV has a header but no data rows")
+    if len(rows) > MAX_ROWS:
+        raise RequestError("too many rows (%d > %d)" % (len(rows), MAX_ROWS), status=413)
+    values = np.full((len(rows), len(names)), np.nan)
+    for index, row in enumerate(rows):
+        line = index + (2 if has_header else 1)
+        if len(row) != len(columns):
+            raise RequestError(
+                "CSV line %d has %d field(s); expected %d (%s)"
+                % (
+                    line,
+                    len(row),
+                    len(columns),
+                    ", ".join(names[c] for c in columns),
+                )
+            )
+        for position, cell in enumerate(row):
+            column = columns[position]
+            values[index, column] = _cell(cell, line, names[column])
+    return values
+
+
+def _number(value: Any, row: int, name: str) -> float:
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError("row %d, feature %r: %r is not a number" % (row, name, value))
+    return float(value)
+
+
+def _vector(values: Any, row: int, names: Sequence[str]) -> List[float]:
+    if not isinstance(values, list):
+        raise RequestError("instance %d: features must be a list of numbers" % row)
+    if len(values) != len(names):
+        raise RequestError(
+            "instance %d has %d feature(s); expected %d (%s)"
+            % (row, len(values), len(names), ", ".join(names))
+        )
+    return [_number(value, row, names[i]) for i, value in enumerate(values)]
+
+
+def _parse_json(text: str, chain: SegmentationChain) -> np.ndarray:
+    try:
+        payload = json.loads(text)
+    except ValueError as error:
+        raise RequestError("the request body is not valid JSON: %s" % error) from None
+    if isinstance(payload, dict):
+        if "instances" not in payload:
+            raise RequestError(
+                'expected {"instances": [{"features": [...]}, ...]} or a list of records; '
+                "got an object with keys %s" % ", ".join(sorted(map(str, payload))[:10])
+            )
+        items = payload["instances"]
+    else:
+        items = payload
+    if not isinstance(items, list):
+        raise RequestError("instances must be a list")
+    if not items:
+        raise RequestError("no instances in the request")
+    if len(items) > MAX_ROWS:
+        raise RequestError("too many rows (%d > %d)" % (len(items), MAX_ROWS), status=413)
+    names = chain.feature_names
+    rows: List[List[float]] = []
+    for index, item in enumerate(items):
+        row = index + 1
+        if isinstance(item, dict) and "features" in item and set(item) <= {"features", "id"}:
+            rows.append(_vector(item["features"], row, names))
+        elif isinstance(item, list):
+            rows.append(_vector(item, row, names))
+        elif isinstance(item, dict):
+            for name, value in item.items():
+                if name in names:
+                    _number(value, row, name)
+            try:
+                rows.append(list(chain.rows_from_records([item])[0]))
+            except ChainInputError as error:
+                raise RequestError(str(error).replace("record 1", "record %d" % row)) from None
+        else:
+            raise RequestError(
+                'instance %d: expected {"features": [...]}, a list of numbers or a record' % row
+            )
+    return np.asarray(rows, dtype=np.float64)
+
+
+def input_fn(request_body: Any, request_content_type: Optional[str]) -> Any:
+    """Body + content type -> raw feature rows (n, n_features). The chain is needed to map
+    names, so this returns a deferred parse that ``predict_fn`` completes with the model."""
+    media = _media_type(request_content_type)
+    if media not in SUPPORTED_CONTENT_TYPES:
+        raise RequestError(
+            "unsupported content type %r; use text/csv or application/json" % request_content_type,
+            status=415,
+        )
+    text = _text(request_body)
+    if not text.strip():
+        raise RequestError("the request body is empty")
+    return _Parsed(media, text)
+
+
+class _Parsed:
+    """A request body checked for type and emptiness, parsed once the model is known."""
+
+    def __init__(self, media: str, text: str) -> None:
+        self.media = media
+        self.text = text
+
+    def rows(self, chain: SegmentationChain) -> np.ndarray:
+        if self.media == CSV:
+            return _parse_csv(self.text, chain)
+        return _parse_json(self.text, chain)
+
+
+def predict_fn(input_data: Any, model: SegmentationChain) -> Dict[str, List[Dict[str, Any]]]:
+    """Rows -> {"predictions": [{"closest_cluster", "distance_to_cluster"}, ...]}."""
+    if isinstance(input_data, _Parsed):
+        rows = input_data.rows(model)
+    else:
+        rows = np.asarray(input_data, dtype=np.float64)
+    try:
+        segments, distances = model.predict(rows)
+    except ChainInputError as error:
+        raise RequestError(str(error)) from None
+    return {
+        "predictions": [
+            {"closest_cluster": int(segment), "distance_to_cluster": _finite(distance)}
+            for segment, distance in zip(segments.tolist(), distances.tolist())
+        ]
+    }
+
+
+def _finite(value: float) -> Optional[float]:
+    return float(value) if math.isfinite(value) else None
+
+
+def output_fn(prediction: Dict[str, Any], accept: Optional[str]) -> Tuple[str, str]:
+    """Encode as JSON (the only response type); returns (body, content type)."""
+    media = _media_type(accept)
+    if media not in ("", "*/*", JSON, "application/*"):
+        raise RequestError("unsupported accept type %r; use application/json" % accept, status=406)
+    return json.dumps(prediction), JSON
+
+
+def handle(
+    model: SegmentationChain, body: Any, content_type: Optional[str], accept: Optional[str]
+) -> Tuple[str, str]:
+    """The whole request path, as the serving container runs it."""
+    return output_fn(predict_fn(input_fn(body, content_type), model), accept)
