@@ -10,7 +10,7 @@ export UV_PYTHON := python3.11
 # (`python3 -m uv` works even where pip's script directory is not on PATH).
 UV = $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 
-.PHONY: uv setup run test test-all lint format bench ui clean
+.PHONY: uv setup run test test-all lint format bench bench-quick ui clean
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
@@ -38,6 +38,9 @@ format: setup
 
 bench: setup
 	$(UV) run python -m benchmarks.run
+
+bench-quick: setup
+	$(UV) run python -m benchmarks.run --quick
 
 ui: setup
 	$(UV) run popseg ui

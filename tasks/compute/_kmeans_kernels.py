@@ -34,6 +34,34 @@ def n_chunks_for(n_samples: int) -> int:
     return max(1, min(64, n_tiles))
 
 
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _tile_assign_accumulate(
+    G, X, sample_weight, i0, half_cnorm, offsets, s_loc, w_loc
+):  # pragma: no cover
+    """For the rows ``i0 + r`` of a tile (dot products ``G``): nearest centroid within
+    each block, and the weighted row added to its partial sum. A separate function (not
+    inlined into the parallel loop body) so that LLVM optimises its loops fully."""
+    d = X.shape[1]
+    n_blocks = offsets.shape[0] - 1
+    for r in range(G.shape[0]):
+        i = i0 + r
+        w = np.float64(sample_weight[i])
+        g = G[r]
+        x = X[i]
+        for b in range(n_blocks):
+            best = np.inf
+            bi = offsets[b]
+            for c in range(offsets[b], offsets[b + 1]):
+                v = half_cnorm[c] - g[c]
+                if v < best:
+                    best = v
+                    bi = c
+            w_loc[bi] += w
+            srow = s_loc[bi]
+            for f in range(d):
+                srow[f] += w * x[f]
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
 def _lloyd_accumulate(X, sample_weight, CT, half_cnorm, offsets, n_chunks):  # pragma: no cover
     """One fused Lloyd pass: assign each row to its nearest centroid within every block
@@ -44,7 +72,6 @@ def _lloyd_accumulate(X, sample_weight, CT, half_cnorm, offsets, n_chunks):  # p
     """
     n, d = X.shape
     K = CT.shape[1]
-    n_blocks = offsets.shape[0] - 1
     n_tiles = (n + _TILE - 1) // _TILE
     tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
     sums = np.zeros((n_chunks, K, d))
@@ -58,39 +85,27 @@ def _lloyd_accumulate(X, sample_weight, CT, half_cnorm, offsets, n_chunks):  # p
             i0 = t * _TILE
             i1 = min(n, i0 + _TILE)
             G = np.dot(X[i0:i1], CT)
-            for r in range(i1 - i0):
-                i = i0 + r
-                w = sample_weight[i]
-                for b in range(n_blocks):
-                    best = np.inf
-                    bi = offsets[b]
-                    for c in range(offsets[b], offsets[b + 1]):
-                        v = half_cnorm[c] - G[r, c]
-                        if v < best:
-                            best = v
-                            bi = c
-                    w_loc[bi] += w
-                    for f in range(d):
-                        s_loc[bi, f] += w * X[i, f]
+            _tile_assign_accumulate(G, X, sample_weight, i0, half_cnorm, offsets, s_loc, w_loc)
         sums[ch] = s_loc
         weights[ch] = w_loc
     return sums, weights
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _assign(X, sample_weight, C, CT, half_cnorm, offsets, n_chunks):  # pragma: no cover
+def _assign(X, sample_weight, C, CT, half_cnorm, offsets, n_chunks, want_dist):  # pragma: no cover
     """Labels of every row within every block, and the exact weighted inertia per block.
 
     Returns ``labels`` (n_blocks, n) int32 (indices local to the block), ``inertia``
     (n_blocks,) float64 computed as sum of w * ||x - c||^2 with the exact difference,
-    and ``min_dist`` (n_blocks, n) the squared distance of each row to its centroid.
+    and ``min_dist`` (n_blocks, n) the squared distance of each row to its centroid
+    (only if ``want_dist``; otherwise a (n_blocks, 0) array).
     """
     n, d = X.shape
     n_blocks = offsets.shape[0] - 1
     n_tiles = (n + _TILE - 1) // _TILE
     tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
     labels = np.empty((n_blocks, n), dtype=np.int32)
-    min_dist = np.empty((n_blocks, n), dtype=np.float64)
+    min_dist = np.empty((n_blocks, n if want_dist else 0), dtype=np.float64)
     inertia = np.zeros((n_chunks, n_blocks))
     for ch in prange(n_chunks):
         t0 = ch * tiles_per_chunk
@@ -114,7 +129,8 @@ def _assign(X, sample_weight, C, CT, half_cnorm, offsets, n_chunks):  # pragma: 
                         diff = np.float64(X[i, f]) - np.float64(C[bi, f])
                         dist += diff * diff
                     labels[b, i] = bi - offsets[b]
-                    min_dist[b, i] = dist
+                    if want_dist:
+                        min_dist[b, i] = dist
                     inertia[ch, b] += sample_weight[i] * dist
     out = np.zeros(n_blocks)
     for ch in range(n_chunks):
@@ -169,11 +185,12 @@ def _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owner, n_chunks): 
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _pp_update_closest(X, x_sq, closest, chosen, n_chunks):  # pragma: no cover
+def _pp_update_closest(X, x_sq, sample_weight, closest, chosen, n_chunks):  # pragma: no cover
     """``closest[j] = min(closest[j], d(x, X[chosen[j]]))`` for each job j (in place).
 
-    ``chosen[j] < 0`` leaves job j untouched. With ``chosen`` being the first centre
-    and ``closest`` filled with +inf this also initialises ``closest``.
+    ``chosen[j] < 0`` leaves job j's distances untouched. With ``closest`` filled with
+    +inf this also initialises it. Returns the per-chunk sums of
+    ``sample_weight * closest`` (n_jobs, n_chunks), used by :func:`_pp_search`.
     """
     n, d = X.shape
     n_jobs = chosen.shape[0]
@@ -186,23 +203,65 @@ def _pp_update_closest(X, x_sq, closest, chosen, n_chunks):  # pragma: no cover
                 CT[f, j] = X[chosen[j], f]
     n_tiles = (n + _TILE - 1) // _TILE
     tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
+    chunk_sums = np.zeros((n_jobs, n_chunks))
     for ch in prange(n_chunks):
         t0 = ch * tiles_per_chunk
         t1 = min(n_tiles, t0 + tiles_per_chunk)
+        loc = np.zeros(n_jobs)
         for t in range(t0, t1):
             i0 = t * _TILE
             i1 = min(n, i0 + _TILE)
             G = np.dot(X[i0:i1], CT)
             for r in range(i1 - i0):
                 i = i0 + r
+                w = sample_weight[i]
                 for j in range(n_jobs):
-                    if chosen[j] < 0:
-                        continue
-                    dist = max(x_sq[i] + c_sq[j] - 2.0 * G[r, j], 0.0)
-                    if chosen[j] == i:
-                        dist = 0.0
-                    if dist < closest[j, i]:
-                        closest[j, i] = dist
+                    if chosen[j] >= 0:
+                        dist = max(x_sq[i] + c_sq[j] - 2.0 * G[r, j], 0.0)
+                        if chosen[j] == i:
+                            dist = 0.0
+                        if dist < closest[j, i]:
+                            closest[j, i] = dist
+                    # the stored value (X's dtype): the sums must match what _pp_search reads
+                    loc[j] += w * np.float64(closest[j, i])
+        for j in range(n_jobs):
+            chunk_sums[j, ch] = loc[j]
+    return chunk_sums
+
+
+@njit(cache=True, nogil=True)
+def _pp_search(closest, sample_weight, chunk_sums, job, targets, n_chunks):  # pragma: no cover
+    """For each query q, the first row i of job ``job[q]`` where the running sum of
+    ``sample_weight * closest`` reaches ``targets[q]`` (``np.searchsorted`` on the
+    cumulative sum, clipped to n-1) - located via the chunk sums, so only one chunk is
+    scanned per query instead of a full cumulative sum."""
+    n = closest.shape[1]
+    n_tiles = (n + _TILE - 1) // _TILE
+    tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
+    rows_per_chunk = tiles_per_chunk * _TILE
+    out = np.empty(targets.shape[0], dtype=np.int64)
+    for q in range(targets.shape[0]):
+        j = job[q]
+        target = targets[q]
+        cum = 0.0
+        found = n - 1
+        for ch in range(n_chunks):
+            if cum + chunk_sums[j, ch] < target and ch < n_chunks - 1:
+                cum += chunk_sums[j, ch]
+                continue
+            i0 = ch * rows_per_chunk
+            i1 = min(n, i0 + rows_per_chunk)
+            done = False
+            for i in range(i0, i1):
+                cum += sample_weight[i] * closest[j, i]
+                if cum >= target:
+                    found = i
+                    done = True
+                    break
+            if done:
+                break
+        out[q] = found
+    return out
 
 
 @njit(parallel=True, cache=True, nogil=True)

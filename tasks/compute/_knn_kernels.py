@@ -16,97 +16,184 @@ from numba import njit, prange
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _insert_topk(key, pres, j0, tt, best_d, best_i, m, k_max):  # pragma: no cover
+    """Merge donors ``j0 + t`` (t < tt) with ``pres[t] != 0`` and ``key[t] >= 0`` into the
+    sorted top-k (``best_d``/``best_i``, ``m`` kept so far); ties keep the lower index.
+    Returns the new ``m``. Runs of 64 donors are first tested with a vectorised count
+    against the current k-th best, so most of them are skipped in one step."""
+    for s0 in range(0, tt, 64):
+        s1 = min(tt, s0 + 64)
+        thr = best_d[m - 1] if m == k_max else np.inf
+        hits = 0
+        for t in range(s0, s1):
+            v = key[t]
+            hits += 1 if (v >= 0.0) & (v < thr) & (pres[t] != 0.0) else 0
+        if hits == 0:
+            continue
+        for t in range(s0, s1):
+            dj = key[t]
+            if pres[t] == 0.0 or dj < 0.0:
+                continue
+            if m == k_max and dj >= best_d[m - 1]:
+                continue
+            pos = m if m < k_max else k_max - 1
+            while pos > 0 and best_d[pos - 1] > dj:
+                if pos < k_max:
+                    best_d[pos] = best_d[pos - 1]
+                    best_i[pos] = best_i[pos - 1]
+                pos -= 1
+            best_d[pos] = dj
+            best_i[pos] = j0 + t
+            if m < k_max:
+                m += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _average(best_d, best_i, m, fit_values, c, distance_weights, n_features):  # pragma: no cover
+    """(Weighted) mean of column ``c`` over the kept donors; NaN when there is none.
+    ``best_d`` holds ranking keys (mean squared difference over common coordinates);
+    the nan-Euclidean distance is sqrt(n_features * key)."""
+    if m == 0:
+        return np.nan
+    num = 0.0
+    den = 0.0
+    n_zero = 0
+    if distance_weights:
+        for t in range(m):
+            if best_d[t] == 0.0:
+                n_zero += 1
+    for t in range(m):
+        if not distance_weights:
+            w = 1.0
+        elif n_zero > 0:
+            # donors at distance 0, if any, take all the weight (sklearn's rule)
+            w = 1.0 if best_d[t] == 0.0 else 0.0
+        else:
+            w = 1.0 / np.sqrt(best_d[t] * n_features)
+        num += w * fit_values[best_i[t], c]
+        den += w
+    return num / den
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _keys(g, ysq, n_miss_fit, F0sqT, FPT, miss, j0, d, key, cnt):  # pragma: no cover
+    """Ranking keys of one receiver against a tile of donors (see :func:`_knn_impute`):
+    mean squared difference over common coordinates, -1 where there is none. Kept out
+    of the parallel loop body so that LLVM vectorises it."""
+    tt = g.shape[0]
+    base = d - miss.shape[0]
+    for t in range(tt):
+        key[t] = ysq[t] + g[t]
+        cnt[t] = base - n_miss_fit[t]
+    for q in range(miss.shape[0]):
+        sq = F0sqT[miss[q], j0 : j0 + tt]
+        p = FPT[miss[q], j0 : j0 + tt]
+        for t in range(tt):
+            key[t] -= sq[t]
+            cnt[t] += 1.0 - p[t]
+    for t in range(tt):
+        c = cnt[t]
+        v = max(key[t], 0.0) / max(c, 1.0)
+        key[t] = v if c > 0.5 else -1.0
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
 def _knn_impute(
-    Q0,
-    QP,
+    A,
+    B,
+    miss_idx,
+    miss_ptr,
     impute_mask,
-    F0,
-    FP,
+    ysq,
+    F0sqT,
+    FPT,
+    n_miss_fit,
     fit_values,
     col_mean,
     n_neighbors,
     distance_weights,
     n_features_total,
+    block,
+    tile,
     out,
 ):  # pragma: no cover
-    """Impute ``out[r, c]`` for every ``impute_mask[r, c]``.
+    """Impute ``out[r, c]`` for every ``impute_mask[r, c]`` (receivers r, columns c).
 
-    Q0/QP: receivers with NaN -> 0 and their presence (1.0 / 0.0), (n_q, d).
-    F0/FP: the fitted rows, same encoding, (n_f, d). ``fit_values``: fitted rows with
-    NaN kept (donor values). ``col_mean``: per-column mean of the observed fit values
-    (fallback when a receiver has no donor at a defined distance).
-    Neighbours are the ``n_neighbors`` potential donors (column observed, defined
-    distance) with smallest distance, ties broken by lower fit-row index.
+    Squared nan-Euclidean distances from receiver q (NaN -> 0: ``q0``; missing set
+    ``M_q``) to fitted row y (``y0``, missing set ``M_y``), over common coordinates:
+    ``S = |y0|^2 - 2 q0.y0 + (q0^2).P_y - sum_{f in M_q} y0_f^2`` and
+    ``n_common = d - |M_q| - |M_y| + sum_{f in M_q} [f in M_y]``. The dot-product terms
+    come from BLAS on (block of receivers) x (tile of donors) with ``A = [q0, q0^2]``
+    and ``B = [-2 y0, P_y]``, so each tile stays in cache; the missing-set terms are
+    short loops over the receiver's own missing columns. Each (receiver, column) keeps a
+    running top-k across donor tiles. Distance = sqrt(n_features / n_common * S);
+    an undefined distance (n_common = 0) never donates.
     """
-    n_q, d = Q0.shape
-    n_f = F0.shape[0]
-    k_max = n_neighbors
-    for r in prange(n_q):
-        # any column to impute?
-        todo = 0
-        for c in range(d):
-            if impute_mask[r, c]:
-                todo += 1
-        if todo == 0:
-            continue
-        dist = np.empty(n_f)
-        xm = Q0[r]
-        om = QP[r]
-        for j in range(n_f):
-            s = 0.0
-            cnt = 0.0
-            for f in range(d):
-                diff = xm[f] - F0[j, f]
-                w = om[f] * FP[j, f]
-                s += w * diff * diff
-                cnt += w
-            if cnt > 0.0:
-                dist[j] = np.sqrt(s / cnt * n_features_total)
-            else:
-                dist[j] = np.inf  # undefined distance: never a donor
-        best_d = np.empty(k_max)
-        best_i = np.empty(k_max, dtype=np.int64)
-        for c in range(d):
-            if not impute_mask[r, c]:
-                continue
-            m = 0  # number of kept neighbours
-            for j in range(n_f):
-                if FP[j, c] == 0.0:
+    n_q = A.shape[0]
+    n_f = B.shape[0]
+    d = FPT.shape[0]
+    k = n_neighbors
+    n_blocks = (n_q + block - 1) // block
+    for b in prange(n_blocks):
+        r0 = b * block
+        r1 = min(n_q, r0 + block)
+        R = r1 - r0
+        best_d = np.empty((R, d, k))
+        best_i = np.empty((R, d, k), dtype=np.int64)
+        kept = np.zeros((R, d), dtype=np.int64)
+        key = np.empty(tile)
+        cnt = np.empty(tile)
+        for j0 in range(0, n_f, tile):
+            j1 = min(n_f, j0 + tile)
+            tt = j1 - j0
+            G = np.dot(A[r0:r1], B[j0:j1].T)
+            for rr in range(R):
+                r = r0 + rr
+                m0 = miss_ptr[r]
+                m1 = miss_ptr[r + 1]
+                todo = False
+                for c in range(d):
+                    if impute_mask[r, c]:
+                        todo = True
+                if not todo:
                     continue
-                dj = dist[j]
-                if dj == np.inf:
-                    continue
-                if m == k_max and dj >= best_d[m - 1]:
-                    continue
-                # insertion (stable: strictly smaller moves ahead)
-                pos = m if m < k_max else k_max - 1
-                while pos > 0 and best_d[pos - 1] > dj:
-                    if pos < k_max:
-                        best_d[pos] = best_d[pos - 1]
-                        best_i[pos] = best_i[pos - 1]
-                    pos -= 1
-                best_d[pos] = dj
-                best_i[pos] = j
-                if m < k_max:
-                    m += 1
-            if m == 0:
-                out[r, c] = col_mean[c]
-                continue
-            num = 0.0
-            den = 0.0
-            if distance_weights:
-                n_zero = 0
-                for t in range(m):
-                    if best_d[t] == 0.0:
-                        n_zero += 1
-                for t in range(m):
-                    # donors at distance 0, if any, take all the weight (sklearn's rule)
-                    w = (1.0 if best_d[t] == 0.0 else 0.0) if n_zero > 0 else 1.0 / best_d[t]
-                    num += w * fit_values[best_i[t], c]
-                    den += w
-            else:
-                for t in range(m):
-                    num += fit_values[best_i[t], c]
-                    den += 1.0
-            out[r, c] = num / den
+                _keys(
+                    G[rr],
+                    ysq[j0:j1],
+                    n_miss_fit[j0:j1],
+                    F0sqT,
+                    FPT,
+                    miss_idx[m0:m1],
+                    j0,
+                    d,
+                    key,
+                    cnt,
+                )
+                for c in range(d):
+                    if impute_mask[r, c]:
+                        kept[rr, c] = _insert_topk(
+                            key,
+                            FPT[c, j0:j1],
+                            j0,
+                            tt,
+                            best_d[rr, c],
+                            best_i[rr, c],
+                            kept[rr, c],
+                            k,
+                        )
+        for rr in range(R):
+            r = r0 + rr
+            for c in range(d):
+                if impute_mask[r, c]:
+                    v = _average(
+                        best_d[rr, c],
+                        best_i[rr, c],
+                        kept[rr, c],
+                        fit_values,
+                        c,
+                        distance_weights,
+                        n_features_total,
+                    )
+                    out[r, c] = col_mean[c] if np.isnan(v) else v

@@ -9,6 +9,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tasks.compute._knn_kernels import _knn_impute
+from tasks.compute._threads import kernel_threads
+
+_BLOCK = 32  # receivers per block (one block per thread at a time)
+_TILE = 2048  # donors per tile: a block x tile of distances stays in L2
 
 __all__ = ["KNNImputer"]
 
@@ -86,31 +90,40 @@ class KNNImputer(TransformerMixin, BaseEstimator):
         rows = np.flatnonzero(impute_mask.any(axis=1))
         if rows.size:
             fit_mask = self._mask_fit_X
-            F = self._fit_X.astype(np.float64)
-            FP = (~fit_mask).astype(np.float64)
-            F0 = np.where(fit_mask, 0.0, F)
-            fit_values = np.ascontiguousarray(F0)
-            cnt = FP.sum(axis=0)
+            F0 = np.ascontiguousarray(np.where(fit_mask, 0.0, self._fit_X.astype(np.float64)))
+            PF = (~fit_mask).astype(np.float64)
+            cnt = PF.sum(axis=0)
             with np.errstate(invalid="ignore", divide="ignore"):
                 col_mean = np.where(cnt > 0, F0.sum(axis=0) / np.maximum(cnt, 1), np.nan)
             Q = X[rows].astype(np.float64)
             Qm = mask[rows]
-            Q0 = np.ascontiguousarray(np.where(Qm, 0.0, Q))
-            QP = np.ascontiguousarray((~Qm).astype(np.float64))
+            Q0 = np.where(Qm, 0.0, Q)
+            A = np.ascontiguousarray(np.hstack([Q0, Q0 * Q0]))
+            B = np.ascontiguousarray(np.hstack([-2.0 * F0, PF]))
+            miss_ptr = np.zeros(rows.size + 1, dtype=np.int64)
+            np.cumsum(Qm.sum(axis=1), out=miss_ptr[1:])
+            miss_idx = np.nonzero(Qm)[1].astype(np.int64)
             out = Q.copy()
-            _knn_impute(
-                Q0,
-                QP,
-                np.ascontiguousarray(impute_mask[rows]),
-                np.ascontiguousarray(F0),
-                np.ascontiguousarray(FP),
-                fit_values,
-                col_mean,
-                int(self.n_neighbors),
-                self.weights == "distance",
-                float(X.shape[1]),
-                out,
-            )
+            with kernel_threads(rows.size * F0.shape[0] * X.shape[1]):
+                _knn_impute(
+                    A,
+                    B,
+                    miss_idx,
+                    miss_ptr,
+                    np.ascontiguousarray(impute_mask[rows]),
+                    np.einsum("ij,ij->i", F0, F0),
+                    np.ascontiguousarray((F0 * F0).T),
+                    np.ascontiguousarray(PF.T),
+                    fit_mask.sum(axis=1).astype(np.float64),
+                    F0,
+                    col_mean,
+                    int(self.n_neighbors),
+                    self.weights == "distance",
+                    float(X.shape[1]),
+                    _BLOCK,
+                    _TILE,
+                    out,
+                )
             X[rows] = out.astype(X.dtype, copy=False)
         if self.keep_empty_features:
             X[:, ~valid] = 0

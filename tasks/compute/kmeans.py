@@ -30,10 +30,12 @@ from tasks.compute._kmeans_kernels import (
     _lloyd_accumulate,
     _minibatch_step,
     _pp_candidate_pots,
+    _pp_search,
     _pp_update_closest,
     _row_sq_norms,
     n_chunks_for,
 )
+from tasks.compute._threads import kernel_threads
 
 __all__ = ["KMeans", "KMeansSweep", "MiniBatchKMeans"]
 
@@ -78,7 +80,7 @@ def _resolve_n_init(n_init, init) -> int:
 class _Run:
     """One k-means run (one k, one init) inside a lockstep batch."""
 
-    __slots__ = ("centers", "draws", "init_ids", "k", "n_iter", "shift_ok")
+    __slots__ = ("centers", "draws", "init_ids", "k", "n_iter")
 
     def __init__(self, k):
         self.k = k
@@ -87,51 +89,46 @@ class _Run:
         self.n_iter = 0
 
 
-def _choice_index(sample_weight, u):
-    """Replicates ``RandomState.choice(n, p=w / w.sum())`` given its uniform draw ``u``."""
-    p = np.asarray(sample_weight / sample_weight.sum(), dtype=np.float64)
-    cdf = np.cumsum(p)
-    cdf /= cdf[-1]
-    return int(np.searchsorted(cdf, u, side="right"))
-
-
 def _kmeanspp_lockstep(X, x_sq, sample_weight, runs, n_chunks):
     """k-means++ (scikit-learn's greedy variant) for several runs in lockstep.
 
     Each run has pre-drawn uniforms (``run.draws``): the number of random draws of
     scikit-learn's k-means++ does not depend on the data, so drawing them up front
     keeps the random stream identical while one pass over X serves every run.
+    The first centre replays ``RandomState.choice(n, p=w / w.sum())``; each next centre
+    is the best of ``2 + log(k)`` candidates sampled proportionally to the squared
+    distance to the nearest chosen centre (``searchsorted`` on its cumulative sum).
     """
     n = X.shape[0]
     jobs = [r for r in runs if r.draws is not None]
     if not jobs:
         return
     n_jobs = len(jobs)
-    first = np.array([_choice_index(sample_weight, r.draws[0]) for r in jobs], dtype=np.int64)
-    closest = np.full((n_jobs, n), np.inf)
-    _pp_update_closest(X, x_sq, closest, first, n_chunks)
-    sw64 = sample_weight.astype(np.float64)
-    pots = closest @ sw64
+    p = np.asarray(sample_weight / sample_weight.sum(), dtype=np.float64)
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    first = np.array(
+        [int(np.searchsorted(cdf, r.draws[0], side="right")) for r in jobs], dtype=np.int64
+    )
+    # X's dtype, like scikit-learn's closest_dist_sq (halves the traffic for float32)
+    closest = np.full((n_jobs, n), np.inf, dtype=X.dtype)
+    chunk_sums = _pp_update_closest(X, x_sq, sample_weight, closest, first, n_chunks)
+    pots = chunk_sums.sum(axis=1)
     ids = [[int(f)] for f in first]
     max_k = max(r.k for r in jobs)
     for step in range(1, max_k):
-        cands, owners, spans = [], [], []
+        targets, owners, spans = [], [], []
         for j, r in enumerate(jobs):
             if r.k <= step:
                 spans.append(None)
                 continue
             T = _n_local_trials(r.k)
-            rand_vals = r.draws[1 + (step - 1) * T : 1 + step * T] * pots[j]
-            cum = np.cumsum(sw64 * closest[j])
-            cid = np.searchsorted(cum, rand_vals)
-            np.clip(cid, None, n - 1, out=cid)
-            spans.append((len(cands), len(cands) + T))
-            cands.extend(int(c) for c in cid)
+            spans.append((len(targets), len(targets) + T))
+            targets.extend(r.draws[1 + (step - 1) * T : 1 + step * T] * pots[j])
             owners.extend([j] * T)
-        cand = np.asarray(cands, dtype=np.int64)
-        cand_pots = _pp_candidate_pots(
-            X, x_sq, sample_weight, closest, cand, np.asarray(owners, dtype=np.int64), n_chunks
-        )
+        owners = np.asarray(owners, dtype=np.int64)
+        cand = _pp_search(closest, sample_weight, chunk_sums, owners, np.asarray(targets), n_chunks)
+        cand_pots = _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owners, n_chunks)
         chosen = np.full(n_jobs, -1, dtype=np.int64)
         for j in range(n_jobs):
             if spans[j] is None:
@@ -139,9 +136,9 @@ def _kmeanspp_lockstep(X, x_sq, sample_weight, runs, n_chunks):
             a, b = spans[j]
             best = a + int(np.argmin(cand_pots[a:b]))
             chosen[j] = cand[best]
-            pots[j] = cand_pots[best]
             ids[j].append(int(cand[best]))
-        _pp_update_closest(X, x_sq, closest, chosen, n_chunks)
+        chunk_sums = _pp_update_closest(X, x_sq, sample_weight, closest, chosen, n_chunks)
+        pots = chunk_sums.sum(axis=1)
     for j, r in enumerate(jobs):
         r.init_ids = np.asarray(ids[j])
         r.centers = X[r.init_ids].copy()
@@ -162,7 +159,7 @@ def _relocate_empty(X, sample_weight, old_centers, S, W, n_chunks):
     empty = np.flatnonzero(W == 0)
     n_empty = empty.shape[0]
     C, CT, half, offsets = _stack([_fake_run(old_centers)])
-    labels, _, dist = _assign(X, sample_weight, C, CT, half, offsets, n_chunks)
+    labels, _, dist = _assign(X, sample_weight, C, CT, half, offsets, n_chunks, True)
     labels, dist = labels[0], dist[0]
     far = np.argpartition(dist, -n_empty)[: -n_empty - 1 : -1]
     for new_id, idx in zip(empty, far, strict=False):
@@ -182,12 +179,13 @@ def _fake_run(centers):
 
 def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, n_chunks):
     """Lloyd iterations for all runs; one fused pass over X per iteration for all of
-    the still-active runs. Returns (labels (n_runs, n), inertia (n_runs,))."""
+    the still-active runs (converged runs leave the pass). Returns
+    (labels (n_runs, n), inertia (n_runs,)) computed with the final centroids."""
     active = list(runs)
     for it in range(max_iter):
         if not active:
             break
-        C, CT, half, offsets = _stack(active)
+        _C, CT, half, offsets = _stack(active)
         sums, wts = _lloyd_accumulate(X, sample_weight, CT, half, offsets, n_chunks)
         S = sums.sum(axis=0)
         W = wts.sum(axis=0)
@@ -206,7 +204,7 @@ def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, n_chunks):
                 still.append(r)
         active = still
     C, CT, half, offsets = _stack(runs)
-    labels, inertia, _ = _assign(X, sample_weight, C, CT, half, offsets, n_chunks)
+    labels, inertia, _ = _assign(X, sample_weight, C, CT, half, offsets, n_chunks, False)
     return labels, inertia
 
 
@@ -239,8 +237,9 @@ def _fit_runs(X, sample_weight, specs, init, max_iter, tol):
             group.append(r)
         groups.append(group)
         all_runs.extend(group)
-    _kmeanspp_lockstep(Xc, x_sq, sample_weight, all_runs, n_chunks)
-    labels, inertia = _lloyd_lockstep(Xc, sample_weight, all_runs, max_iter, tol_abs, n_chunks)
+    with kernel_threads(n * X.shape[1] * sum(r.k for r in all_runs)):
+        _kmeanspp_lockstep(Xc, x_sq, sample_weight, all_runs, n_chunks)
+        labels, inertia = _lloyd_lockstep(Xc, sample_weight, all_runs, max_iter, tol_abs, n_chunks)
     out = []
     pos = 0
     for group in groups:
@@ -262,7 +261,8 @@ def _labels_inertia(X, sample_weight, centers):
     n_chunks = n_chunks_for(X.shape[0])
     centers = np.ascontiguousarray(centers, dtype=X.dtype)
     C, CT, half, offsets = _stack([_fake_run(centers)])
-    labels, inertia, _ = _assign(X, sample_weight, C, CT, half, offsets, n_chunks)
+    with kernel_threads(X.shape[0] * X.shape[1] * centers.shape[0]):
+        labels, inertia, _ = _assign(X, sample_weight, C, CT, half, offsets, n_chunks, False)
     return labels[0].astype(np.int32), float(inertia[0])
 
 
@@ -530,7 +530,8 @@ class MiniBatchKMeans(_BaseKMeans):
                 r = _Run(k)
                 r.draws = rs.random_sample(1 + (k - 1) * _n_local_trials(k))
                 x_sq = _row_sq_norms(X_init)
-                _kmeanspp_lockstep(X_init, x_sq, sw_init, [r], n_chunks_for(init_size))
+                with kernel_threads(init_size * X.shape[1] * k):
+                    _kmeanspp_lockstep(X_init, x_sq, sw_init, [r], n_chunks_for(init_size))
                 centers = r.centers
             elif isinstance(self.init, str):
                 centers = X_init[rs.choice(init_size, size=k, replace=False)].copy()

@@ -10,12 +10,17 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from sklearn import metrics as _skm
 from sklearn.utils import check_random_state
 
-from tasks.compute._metrics_kernels import _cluster_distance_sums, _dunn_extremes
-from tasks.compute._threads import blas_single_thread
+from tasks.compute._metrics_kernels import (
+    _cluster_distance_sums,
+    _cluster_distance_sums_sym,
+    _dunn_extremes,
+)
+from tasks.compute._threads import kernel_threads
 from tasks.compute._validation import as_2d_float, check_labels
 
 __all__ = [
@@ -47,8 +52,10 @@ def _prepare(X, labels, *, min_labels: int, max_labels_rule: bool):
     return XT, codes, order, counts, starts
 
 
-_ROW_TILE = 256
-_COL_TILE = 2048
+_ROW_TILE = 64
+_COL_TILE = 1024
+# per-thread column-sum buffers (threads x n x n_clusters float64) up to 256 MiB
+_SYM_BUFFER_MAX = 32 * 1024 * 1024
 
 
 def silhouette_samples(X, labels) -> np.ndarray:
@@ -60,10 +67,15 @@ def silhouette_samples(X, labels) -> np.ndarray:
     XT, codes, order, counts, starts = _prepare(X, labels, min_labels=2, max_labels_rule=True)
     Xs = np.ascontiguousarray(XT.T)
     sq = np.einsum("ij,ij->i", Xs, Xs)
-    with blas_single_thread():
-        sums_sorted = _cluster_distance_sums(
-            Xs, sq, starts, codes[order].astype(np.int64), _ROW_TILE, _COL_TILE
-        )
+    sorted_codes = codes[order].astype(np.int64)
+    n_threads = numba.get_num_threads()
+    with kernel_threads(Xs.shape[0] ** 2 * Xs.shape[1]):
+        if n_threads * Xs.shape[0] * (starts.shape[0] - 1) <= _SYM_BUFFER_MAX:
+            sums_sorted = _cluster_distance_sums_sym(
+                Xs, sq, starts, sorted_codes, _ROW_TILE, _COL_TILE, n_threads
+            )
+        else:  # very many clusters: no per-thread column buffers, 2x the work
+            sums_sorted = _cluster_distance_sums(Xs, sq, starts, sorted_codes, _ROW_TILE, _COL_TILE)
     sums = np.empty_like(sums_sorted)
     sums[order] = sums_sorted
     n = codes.shape[0]
@@ -107,9 +119,11 @@ def dunn_index(X, labels) -> float:
     single point (or all intra-cluster distances are 0) the index is ``inf``.
     """
     XT, codes, order, _counts, starts = _prepare(X, labels, min_labels=2, max_labels_rule=False)
-    sorted_codes = codes[order]
-    cluster_end = starts[1:][sorted_codes]
-    min_inter_sq, max_intra_sq = _dunn_extremes(XT, cluster_end)
+    Xs = np.ascontiguousarray(XT.T)
+    sq = np.einsum("ij,ij->i", Xs, Xs)
+    cluster_end = starts[1:][codes[order]].astype(np.int64)
+    with kernel_threads(Xs.shape[0] ** 2 * Xs.shape[1] / 2):
+        min_inter_sq, max_intra_sq = _dunn_extremes(Xs, sq, cluster_end, _ROW_TILE, _COL_TILE)
     if max_intra_sq <= 0.0:
         return float("inf")
     return float(np.sqrt(min_inter_sq) / np.sqrt(max_intra_sq))

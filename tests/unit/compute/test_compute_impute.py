@@ -56,3 +56,24 @@ def test_knn_imputer_bad_params():
         KNNImputer(weights="bogus").fit(np.zeros((3, 2)))
     with pytest.raises(ValueError, match=r"infinity|inf"):
         KNNImputer().fit(np.array([[1.0, np.inf], [1.0, 2.0]]))
+
+
+def test_knn_imputer_many_donor_tiles_equals_sklearn():
+    # more donors than one tile (2048) and more receivers than one block
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(2600, 4))
+    X[rng.random(X.shape) < 0.15] = np.nan
+    X[:50, 2] = np.nan
+    for weights in ("uniform", "distance"):
+        ours = KNNImputer(n_neighbors=4, weights=weights).fit_transform(X)
+        ref = SkKNNImputer(n_neighbors=4, weights=weights).fit_transform(X)
+        assert np.max(np.abs(ours - ref)) < 1e-6
+
+
+def test_knn_imputer_numeric_missing_marker_and_float32():
+    X = np.array([[1.0, -1.0], [2.0, 3.0], [1.1, 2.0], [5.0, 9.0]])
+    ours = KNNImputer(missing_values=-1.0, n_neighbors=2).fit_transform(X)
+    ref = SkKNNImputer(missing_values=-1.0, n_neighbors=2).fit_transform(X)
+    np.testing.assert_allclose(ours, ref)
+    Xf = np.array([[1.0, np.nan], [2.0, 3.0], [1.1, 2.0]], dtype=np.float32)
+    assert KNNImputer(n_neighbors=1).fit_transform(Xf).dtype == np.float32

@@ -122,3 +122,15 @@ def test_minibatch_close_to_sklearn(blobs):
     np.testing.assert_array_equal(ours.predict(blobs), ours.labels_)
     f32 = MiniBatchKMeans(5, random_state=0).fit(blobs.astype(np.float32))
     assert f32.cluster_centers_.dtype == np.float32
+
+
+def test_minibatch_fixed_steps_and_params():
+    X, _ = make_blobs(n_samples=5000, n_features=4, centers=4, random_state=2)
+    m = MiniBatchKMeans(4, batch_size=100, max_iter=1, max_no_improvement=None, random_state=0).fit(
+        X
+    )
+    assert m.n_steps_ == 50  # one epoch: n_samples // batch_size steps
+    ref = skc.KMeans(4, n_init=3, random_state=0).fit(X)
+    assert m.inertia_ <= 1.05 * ref.inertia_
+    with pytest.raises(ValueError, match="batch_size"):
+        MiniBatchKMeans(2, batch_size=0).fit(X)

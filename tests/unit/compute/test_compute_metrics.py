@@ -87,3 +87,31 @@ def test_nan_in_X_raises():
     X[3, 1] = np.nan
     with pytest.raises(ValueError, match="contains NaN"):
         silhouette_score(X, np.arange(10) % 2)
+
+
+def test_silhouette_both_kernels_agree_across_tiles(monkeypatch):
+    # > one row tile and > one column tile, uneven clusters; symmetric (pairs once, per-
+    # thread column buffers) and plain (every pair twice) kernels give sklearn's value
+    import tasks.compute.metrics as m
+
+    X, y = make_blobs(
+        n_samples=2500,
+        n_features=3,
+        centers=[[0, 0, 0], [4, 4, 4], [0, 6, 0]],
+        cluster_std=[1.0, 2.0, 0.5],
+        random_state=3,
+    )
+    y[:7] = 3  # a tiny fourth cluster
+    ref = skm.silhouette_samples(X, y)
+    np.testing.assert_allclose(silhouette_samples(X, y), ref, atol=1e-9)
+    monkeypatch.setattr(m, "_SYM_BUFFER_MAX", 0)
+    np.testing.assert_allclose(silhouette_samples(X, y), ref, atol=1e-9)
+
+
+def test_dunn_index_across_tiles_matches_brute_force():
+    from scipy.spatial.distance import cdist
+
+    X, y = make_blobs(n_samples=2300, n_features=2, centers=3, random_state=1)
+    D = cdist(X, X)
+    same = y[:, None] == y[None, :]
+    assert dunn_index(X, y) == pytest.approx(D[~same].min() / D[same].max(), rel=1e-9)
