@@ -25,6 +25,9 @@ QUIET_LOGGERS = (
 )
 
 
+_PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
 class _RunFormatter(logging.Formatter):
     """Prefixes Prefect's records with the task or flow run they belong to."""
 
@@ -90,6 +93,11 @@ def configure_logging(verbose: bool = False) -> None:
     )
     if not verbose:
         handler.addFilter(_UserErrorFilter())
+        # Prefect's own console handler prints run failures too: filter at its run loggers.
+        for name in _PREFECT_RUN_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _UserErrorFilter) for f in logger.filters):
+                logger.addFilter(_UserErrorFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -11,15 +11,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from typer.testing import CliRunner
 
-from flows.cli import app
+from tests.e2e.helpers import invoke, run_popseg
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
 
 
 def _nothing_registered() -> bool:
@@ -66,7 +61,7 @@ def test_bad_files_exit_nonzero_with_a_clear_message(prefect_server, project_dir
     path = project_dir / f"{case}.csv"
     if content is not None:
         path.write_bytes(content)
-    result = _invoke("train", "--data", str(path))
+    result = invoke("train", "--data", str(path))
     assert result.exit_code != 0
     assert message in result.stderr
     assert f"{case}.csv" in result.stderr
@@ -84,7 +79,7 @@ def test_bad_files_exit_nonzero_with_a_clear_message(prefect_server, project_dir
     ],
 )
 def test_bad_set_values(project_dir, small_csv, override, message):
-    result = _invoke(
+    result = invoke(
         "train", "--data", str(small_csv), "--set", "cluster.k_max=3", "--set", override
     )
     assert result.exit_code == 2
@@ -93,7 +88,7 @@ def test_bad_set_values(project_dir, small_csv, override, message):
 
 
 def test_train_json_and_promote(prefect_server, project_dir, small_csv):
-    result = _invoke(
+    result = invoke(
         "train",
         "--data",
         str(small_csv),
@@ -112,43 +107,34 @@ def test_train_json_and_promote(prefect_server, project_dir, small_csv):
     assert sorted(s["size"] for s in payload["segments"]) == [15, 15]
     run = mlflow.MlflowClient().get_run(payload["run_id"])
     assert run.data.params["cluster.seed"] == "2" and run.data.params["cluster.k_max"] == "5"
-    promoted = _invoke("promote", "--json")
+    promoted = invoke("promote", "--json")
     assert promoted.exit_code == 0, promoted.stderr
     decision = json.loads(promoted.stdout)
     assert decision["promoted"] is True and decision["model_version"] == "1"
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("popseg-segmentation", "champion").version) == "1"
-    again = _invoke("promote", "--version", "1", "--json")
+    again = invoke("promote", "--version", "1", "--json")
     assert json.loads(again.stdout)["reasons"] == ["version 1 is already the champion"]
-    missing = _invoke("promote", "--version", "7")
+    missing = invoke("promote", "--version", "7")
     assert missing.exit_code == 5 and "has no version 7" in missing.stderr
 
 
 def test_promote_without_any_model(project_dir):
-    result = _invoke("promote")
+    result = invoke("promote")
     assert result.exit_code == 5
     assert "has no alias 'challenger'" in result.stderr
-
-
-def _popseg(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "PREFECT_HOME"))}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd / 'mlflow.db'}"
-    command = [str(Path(sys.executable).with_name("popseg")), *args]
-    return subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.mark.slow
 def test_popseg_run_json_in_a_fresh_process(project_dir):
     """The main job as a user runs it: its own ephemeral Prefect server, JSON alone on stdout."""
-    result = _popseg(["run", "--json"], project_dir)
+    result = run_popseg(["run", "--json"], project_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(result.stdout)  # stdout is exactly one JSON object
     assert payload["model_version"] == "1" and payload["promoted"] is True
     assert payload["n_rows"] == 50 and payload["data_source"].endswith("crime.csv")
     assert (project_dir / ".prefect").is_dir() and (project_dir / "mlflow.db").exists()
-    summary = _popseg(["run", "--dataset", "counties", "--set", "cluster.k_max=5"], project_dir)
+    summary = run_popseg(["run", "--dataset", "counties", "--set", "cluster.k_max=5"], project_dir)
     assert summary.returncode == 0, summary.stderr[-3000:]
     assert "Segments" in summary.stdout and "version 2" in summary.stdout
 
@@ -156,7 +142,7 @@ def test_popseg_run_json_in_a_fresh_process(project_dir):
 def test_bad_input_in_a_fresh_process_has_no_traceback(project_dir):
     bad = project_dir / "bad.csv"
     bad.write_text("a;b;c\n1;2;3\n")
-    result = _popseg(["train", "--data", str(bad), "--json"], project_dir)
+    result = run_popseg(["train", "--data", str(bad), "--json"], project_dir)
     assert result.returncode == 3
     assert result.stdout == ""
     assert "wrong delimiter? Use --set data.delimiter=';'" in result.stderr

@@ -5,24 +5,15 @@ score, and the main job's serving step; in-process (Typer's runner) on a trained
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tarfile
-from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from flows.cli import app
+from tests.e2e.helpers import invoke, run_popseg
 
 MODEL = "popseg-segmentation"
-
-
-def _invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
 
 
 def _json(result):
@@ -31,7 +22,7 @@ def _json(result):
 
 
 def test_package_deploy_endpoints_rollback_undeploy(trained_project):
-    package = _json(_invoke("package", "--output", "dist", "--json"))
+    package = _json(invoke("package", "--output", "dist", "--json"))
     assert package["model_version"] == "2" and package["package"] == "dist/model.tar.gz"
     with tarfile.open(trained_project / "dist/model.tar.gz") as archive:
         assert sorted(archive.getnames()) == [
@@ -41,7 +32,7 @@ def test_package_deploy_endpoints_rollback_undeploy(trained_project):
             "code/inference.py",
         ]
 
-    first = _json(_invoke("deploy", "--endpoint-name", "demo", "--model-version", "1", "--json"))
+    first = _json(invoke("deploy", "--endpoint-name", "demo", "--model-version", "1", "--json"))
     assert {k: first[k] for k in ("endpoint_name", "model_name", "model_version", "target")} == {
         "endpoint_name": "demo",
         "model_name": MODEL,
@@ -49,38 +40,38 @@ def test_package_deploy_endpoints_rollback_undeploy(trained_project):
         "target": "local",
     }
     assert first["endpoint_url"].startswith("http://127.0.0.1:")
-    second = _json(_invoke("deploy", "--endpoint-name", "demo", "--json"))  # champion: 2
+    second = _json(invoke("deploy", "--endpoint-name", "demo", "--json"))  # champion: 2
     assert second["action"] == "updated" and second["model_version"] == "2"
     assert second["endpoint_url"] == first["endpoint_url"]
 
-    listed = _json(_invoke("endpoints", "--json"))["endpoints"]
+    listed = _json(invoke("endpoints", "--json"))["endpoints"]
     assert [(e["name"], e["status"], e["model_version"]) for e in listed] == [
         ("demo", "running", "2")
     ]
     assert "token" not in listed[0]
-    text = _invoke("endpoints")
+    text = invoke("endpoints")
     assert "demo" in text.stdout and "v2" in text.stdout and "running" in text.stdout
 
-    rolled = _json(_invoke("rollback", "demo", "--json"))
+    rolled = _json(invoke("rollback", "demo", "--json"))
     assert rolled["model_version"] == "1" and rolled["champion"] == "1"
     assert str(mlflow.MlflowClient().get_model_version_by_alias(MODEL, "champion").version) == "1"
 
-    gone = _invoke("undeploy", "demo")
+    gone = invoke("undeploy", "demo")
     assert gone.exit_code == 0 and "removed" in gone.stdout
-    assert _json(_invoke("endpoints", "--json")) == {"endpoints": []}
+    assert _json(invoke("endpoints", "--json")) == {"endpoints": []}
 
 
 def test_deploy_errors_are_clear(trained_project, monkeypatch):
     monkeypatch.delenv("POPSEG_SAGEMAKER_ROLE_ARN", raising=False)
-    missing = _invoke("deploy", "--model-version", "7")
+    missing = invoke("deploy", "--model-version", "7")
     assert missing.exit_code == 5 and "has no version 7" in missing.stderr
-    unknown = _invoke("undeploy", "nope")
+    unknown = invoke("undeploy", "nope")
     assert unknown.exit_code == 8 and "no local endpoint named 'nope'" in unknown.stderr
-    no_role = _invoke("deploy", "--target", "sagemaker", "--region", "us-east-1", "--bucket", "b")
+    no_role = invoke("deploy", "--target", "sagemaker", "--region", "us-east-1", "--bucket", "b")
     assert no_role.exit_code == 7 and "needs an execution role" in no_role.stderr
-    bad_target = _invoke("deploy", "--target", "k8s")
+    bad_target = invoke("deploy", "--target", "k8s")
     assert bad_target.exit_code == 7 and "choose local or sagemaker" in bad_target.stderr
-    nothing = _invoke("rollback", "nope")
+    nothing = invoke("rollback", "nope")
     assert nothing.exit_code == 8
     for result in (missing, unknown, no_role, bad_target, nothing):
         assert "Traceback" not in result.stderr + result.stdout
@@ -88,7 +79,7 @@ def test_deploy_errors_are_clear(trained_project, monkeypatch):
 
 def test_score_writes_id_segment_distance(trained_project):
     data = trained_project / "data" / "raw" / "crime.csv"
-    result = _json(_invoke("score", "--data", str(data), "--output", "scores.csv", "--json"))
+    result = _json(invoke("score", "--data", str(data), "--output", "scores.csv", "--json"))
     assert result["rows"] == 50 and result["model_version"] == "2"
     scores = pd.read_csv(trained_project / "scores.csv")
     assert list(scores.columns) == ["State", "segment", "distance_to_cluster"]
@@ -99,7 +90,7 @@ def test_score_writes_id_segment_distance(trained_project):
     assert scores["segment"].tolist() == assignments["segment"].tolist()
     # Missing columns are named.
     (trained_project / "partial.csv").write_text("State,Murder\nA,1\nB,2\n")
-    bad = _invoke("score", "--data", "partial.csv", "--output", "x.csv")
+    bad = invoke("score", "--data", "partial.csv", "--output", "x.csv")
     assert bad.exit_code == 3 and "the model needs column(s) Assault" in bad.stderr
 
 
@@ -120,18 +111,9 @@ def test_run_serving_step_answers_like_training(trained_project):
     assert not (trained_project / ".popseg/endpoints/popseg.json").exists()
 
 
-def _popseg(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "PREFECT_HOME"))}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd / 'mlflow.db'}"
-    command = [str(Path(sys.executable).with_name("popseg")), *args]
-    return subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
 @pytest.mark.slow
 def test_popseg_run_deploys_answers_and_keeps_serving_on_request(project_dir):
-    result = _popseg(["run", "--keep-serving", "--json"], project_dir)
+    result = run_popseg(["run", "--keep-serving", "--json"], project_dir)
     try:
         assert result.returncode == 0, result.stderr[-3000:]
         payload = json.loads(result.stdout)
@@ -145,12 +127,12 @@ def test_popseg_run_deploys_answers_and_keeps_serving_on_request(project_dir):
             "Arkansas",
             "California",
         ]
-        listed = json.loads(_popseg(["endpoints", "--json"], project_dir).stdout)["endpoints"]
+        listed = json.loads(run_popseg(["endpoints", "--json"], project_dir).stdout)["endpoints"]
         assert [(e["name"], e["status"]) for e in listed] == [("popseg", "running")]
     finally:
-        stopped = _popseg(["undeploy", "popseg"], project_dir)
+        stopped = run_popseg(["undeploy", "popseg"], project_dir)
     assert stopped.returncode == 0, stopped.stderr
-    summary = _popseg(["run", "--set", "cluster.k_max=5"], project_dir)
+    summary = run_popseg(["run", "--set", "cluster.k_max=5"], project_dir)
     assert summary.returncode == 0, summary.stderr[-3000:]
     assert "answers through boto3 sagemaker-runtime" in summary.stdout
     assert "endpoint stopped" in summary.stdout
