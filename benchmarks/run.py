@@ -120,13 +120,11 @@ def bench_sweep(n, d, ks, rows):
             r = _Run(k)
             r.centers = X[:k].copy()
             runs.append(r)
-        _C, CT, half, off = _stack(runs)
+        C, _CT, half, off = _stack(runs)
         with blas_single_thread():  # as inside KMeans.fit
             t_iter = min(
                 _time(
-                    lambda CT=CT, half=half, off=off: kk._lloyd_accumulate(
-                        X, sw, CT, half, off, nch
-                    )
+                    lambda C=C, half=half, off=off: kk._lloyd_accumulate(X, sw, C, half, off, nch)
                 )[0]
                 for _ in range(5)
             )

@@ -8,8 +8,9 @@ Layout conventions
   block's rows (block b = centroids ``offsets[b]:offsets[b+1]``). A single k-means is
   the special case of one block. This is how :class:`KMeansSweep` reads the data once
   per iteration for every k at the same time.
-* Rows are processed in tiles of ``_TILE`` rows; the tile-times-centroids dot products
-  go through BLAS (``np.dot``), the argmin / accumulation is a plain loop. Tiles are
+* Rows are processed in tiles of ``_TILE`` rows; the centroids-times-tile dot products
+  go through BLAS (``np.dot(C, X_tile.T)``, centroids x rows, so that the per-block
+  argmin runs over contiguous rows and vectorises), the accumulation is a plain loop. Tiles are
   grouped into ``n_chunks`` contiguous chunks run in parallel (``prange``), each with
   its own partial sums; the chunking depends only on ``n_samples`` so results do not
   depend on the number of threads.
@@ -35,43 +36,75 @@ def n_chunks_for(n_samples: int) -> int:
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _tile_block_argmin(GT, half_cnorm, c0, c1, best, lab):  # pragma: no cover
+    """``lab[r]`` = the centroid ``c`` in ``c0:c1`` minimising ``half_cnorm[c] - GT[c, r]``
+    (first one on ties), for every row r of the tile. The loop over rows is innermost
+    and contiguous, so the compare/select vectorises."""
+    m_rows = GT.shape[1]
+    h = half_cnorm[c0]
+    g = GT[c0]
+    for r in range(m_rows):
+        best[r] = h - g[r]
+        lab[r] = np.int32(c0)
+    for c in range(c0 + 1, c1):
+        h = half_cnorm[c]
+        g = GT[c]
+        for r in range(m_rows):
+            v = h - g[r]
+            m = v < best[r]
+            best[r] = v if m else best[r]
+            lab[r] = np.int32(c) if m else lab[r]
+
+
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
 def _tile_assign_accumulate(
-    G, X, sample_weight, i0, half_cnorm, offsets, s_loc, w_loc
+    GT, X, sample_weight, i0, half_cnorm, offsets, s_loc, w_loc, xw, best, lab
 ):  # pragma: no cover
-    """For the rows ``i0 + r`` of a tile (dot products ``G``): nearest centroid within
-    each block, and the weighted row added to its partial sum. A separate function (not
-    inlined into the parallel loop body) so that LLVM optimises its loops fully."""
+    """For the rows ``i0 + r`` of a tile (dot products ``GT``, centroids x rows): nearest
+    centroid within each block, and the weighted row added to its partial sum. A
+    separate function (not inlined into the parallel loop body) so that LLVM optimises
+    its loops fully. With several blocks, the weighted rows are converted to float64
+    once per tile (``xw``) and reused by every block."""
     d = X.shape[1]
     n_blocks = offsets.shape[0] - 1
-    for r in range(G.shape[0]):
-        i = i0 + r
-        w = np.float64(sample_weight[i])
-        g = G[r]
-        x = X[i]
-        for b in range(n_blocks):
-            best = np.inf
-            bi = offsets[b]
-            for c in range(offsets[b], offsets[b + 1]):
-                v = half_cnorm[c] - g[c]
-                if v < best:
-                    best = v
-                    bi = c
-            w_loc[bi] += w
-            srow = s_loc[bi]
+    m_rows = GT.shape[1]
+    if n_blocks > 1:
+        for r in range(m_rows):
+            w = np.float64(sample_weight[i0 + r])
             for f in range(d):
-                srow[f] += w * x[f]
+                xw[r, f] = w * np.float64(X[i0 + r, f])
+    for b in range(n_blocks):
+        _tile_block_argmin(GT, half_cnorm, offsets[b], offsets[b + 1], best, lab)
+        if n_blocks > 1:
+            for r in range(m_rows):
+                bi = lab[r]
+                w_loc[bi] += sample_weight[i0 + r]
+                srow = s_loc[bi]
+                xr = xw[r]
+                for f in range(d):
+                    srow[f] += xr[f]
+        else:
+            for r in range(m_rows):
+                bi = lab[r]
+                w = np.float64(sample_weight[i0 + r])
+                w_loc[bi] += w
+                srow = s_loc[bi]
+                xr = X[i0 + r]
+                for f in range(d):
+                    srow[f] += w * np.float64(xr[f])
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _lloyd_accumulate(X, sample_weight, CT, half_cnorm, offsets, n_chunks):  # pragma: no cover
+def _lloyd_accumulate(X, sample_weight, C, half_cnorm, offsets, n_chunks):  # pragma: no cover
     """One fused Lloyd pass: assign each row to its nearest centroid within every block
-    and accumulate the weighted sums / weights of the new centroids.
+    and accumulate the weighted sums / weights of the new centroids (``C``: the stacked
+    centroids, (K, d) C-contiguous).
 
     Returns ``sums`` (n_chunks, K, d) and ``weights`` (n_chunks, K), both float64, one
     slice per chunk (the caller reduces them in a fixed order).
     """
     n, d = X.shape
-    K = CT.shape[1]
+    K = C.shape[0]
     n_tiles = (n + _TILE - 1) // _TILE
     tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
     sums = np.zeros((n_chunks, K, d))
@@ -79,16 +112,47 @@ def _lloyd_accumulate(X, sample_weight, CT, half_cnorm, offsets, n_chunks):  # p
     for ch in prange(n_chunks):
         s_loc = np.zeros((K, d))
         w_loc = np.zeros(K)
+        xw = np.empty((_TILE, d))
+        best = np.empty(_TILE, dtype=X.dtype)
+        lab = np.empty(_TILE, dtype=np.int32)
         t0 = ch * tiles_per_chunk
         t1 = min(n_tiles, t0 + tiles_per_chunk)
         for t in range(t0, t1):
             i0 = t * _TILE
             i1 = min(n, i0 + _TILE)
-            G = np.dot(X[i0:i1], CT)
-            _tile_assign_accumulate(G, X, sample_weight, i0, half_cnorm, offsets, s_loc, w_loc)
+            GT = np.dot(C, X[i0:i1].T)
+            _tile_assign_accumulate(
+                GT, X, sample_weight, i0, half_cnorm, offsets, s_loc, w_loc, xw, best, lab
+            )
         sums[ch] = s_loc
         weights[ch] = w_loc
     return sums, weights
+
+
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _tile_labels_dist(
+    GT, X, C, sample_weight, i0, half_cnorm, offsets, labels, min_dist, inertia, best, lab
+):  # pragma: no cover
+    d = X.shape[1]
+    n_blocks = offsets.shape[0] - 1
+    m_rows = GT.shape[1]
+    want_dist = min_dist.shape[1] > 0
+    for b in range(n_blocks):
+        c0 = offsets[b]
+        _tile_block_argmin(GT, half_cnorm, c0, offsets[b + 1], best, lab)
+        acc = 0.0
+        for r in range(m_rows):
+            i = i0 + r
+            bi = lab[r]
+            dist = 0.0
+            for f in range(d):
+                diff = np.float64(X[i, f]) - np.float64(C[bi, f])
+                dist += diff * diff
+            labels[b, i] = bi - c0
+            if want_dist:
+                min_dist[b, i] = dist
+            acc += sample_weight[i] * dist
+        inertia[b] += acc
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
@@ -98,9 +162,10 @@ def _assign(X, sample_weight, C, CT, half_cnorm, offsets, n_chunks, want_dist): 
     Returns ``labels`` (n_blocks, n) int32 (indices local to the block), ``inertia``
     (n_blocks,) float64 computed as sum of w * ||x - c||^2 with the exact difference,
     and ``min_dist`` (n_blocks, n) the squared distance of each row to its centroid
-    (only if ``want_dist``; otherwise a (n_blocks, 0) array).
+    (only if ``want_dist``; otherwise a (n_blocks, 0) array). ``CT`` is unused (kept
+    for the call signature).
     """
-    n, d = X.shape
+    n = X.shape[0]
     n_blocks = offsets.shape[0] - 1
     n_tiles = (n + _TILE - 1) // _TILE
     tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
@@ -108,30 +173,30 @@ def _assign(X, sample_weight, C, CT, half_cnorm, offsets, n_chunks, want_dist): 
     min_dist = np.empty((n_blocks, n if want_dist else 0), dtype=np.float64)
     inertia = np.zeros((n_chunks, n_blocks))
     for ch in prange(n_chunks):
+        best = np.empty(_TILE, dtype=X.dtype)
+        lab = np.empty(_TILE, dtype=np.int32)
+        in_loc = np.zeros(n_blocks)
         t0 = ch * tiles_per_chunk
         t1 = min(n_tiles, t0 + tiles_per_chunk)
         for t in range(t0, t1):
             i0 = t * _TILE
             i1 = min(n, i0 + _TILE)
-            G = np.dot(X[i0:i1], CT)
-            for r in range(i1 - i0):
-                i = i0 + r
-                for b in range(n_blocks):
-                    best = np.inf
-                    bi = offsets[b]
-                    for c in range(offsets[b], offsets[b + 1]):
-                        v = half_cnorm[c] - G[r, c]
-                        if v < best:
-                            best = v
-                            bi = c
-                    dist = 0.0
-                    for f in range(d):
-                        diff = np.float64(X[i, f]) - np.float64(C[bi, f])
-                        dist += diff * diff
-                    labels[b, i] = bi - offsets[b]
-                    if want_dist:
-                        min_dist[b, i] = dist
-                    inertia[ch, b] += sample_weight[i] * dist
+            GT = np.dot(C, X[i0:i1].T)
+            _tile_labels_dist(
+                GT,
+                X,
+                C,
+                sample_weight,
+                i0,
+                half_cnorm,
+                offsets,
+                labels,
+                min_dist,
+                in_loc,
+                best,
+                lab,
+            )
+        inertia[ch] = in_loc
     out = np.zeros(n_blocks)
     for ch in range(n_chunks):
         for b in range(n_blocks):

@@ -185,8 +185,8 @@ def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, n_chunks):
     for it in range(max_iter):
         if not active:
             break
-        _C, CT, half, offsets = _stack(active)
-        sums, wts = _lloyd_accumulate(X, sample_weight, CT, half, offsets, n_chunks)
+        C, _CT, half, offsets = _stack(active)
+        sums, wts = _lloyd_accumulate(X, sample_weight, C, half, offsets, n_chunks)
         S = sums.sum(axis=0)
         W = wts.sum(axis=0)
         still = []
