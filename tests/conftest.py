@@ -18,6 +18,9 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+# scikit-learn's estimator checks include the array-API input check (numpy namespace) only
+# when SciPy's array API support is on; it is read when scipy is first imported.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
