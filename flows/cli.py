@@ -76,10 +76,8 @@ def _json_default(value: Any) -> Any:
 def _train_outcome(
     params_path: Path | None, overrides: list[str], as_json: bool, run_promotion: bool
 ):
-    from tasks.config import load_params
-
     try:
-        params = load_params(params_path, overrides)
+        params = _params(params_path, overrides)
         with _stdout_to_stderr(as_json):
             from flows.training import training_flow
 
@@ -134,7 +132,7 @@ def _serve_sample(params, keep_serving: bool) -> dict[str, Any]:
             )
         else:
             rows = chain.fill_values.reshape(1, -1)
-            ids = ["training medians"]
+            ids = ["training fill values"]
         predictions = deploy_flow.invoke_rows(name, rows)
     finally:
         stopped = False
@@ -243,10 +241,8 @@ def promote(
     as_json: JsonOption = False,
 ) -> None:
     """Run the promotion gate on a registered version; moves alias champion if it passes."""
-    from tasks.config import load_params
-
     try:
-        params = load_params(params_path, overrides or [])
+        params = _params(params_path, overrides)
         with _stdout_to_stderr(as_json):
             from tasks.promote import promote as run_gate
 
