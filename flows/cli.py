@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tasks.errors import PopsegError
+from tasks.errors import ConfigError, PopsegError
 
 app = typer.Typer(
     name="popseg",
@@ -74,21 +74,34 @@ def _json_default(value: Any) -> Any:
 
 
 def _train_outcome(
-    params_path: Path | None, overrides: list[str], as_json: bool, run_promotion: bool
+    params_path: Path | None,
+    overrides: list[str],
+    as_json: bool,
+    run_promotion: bool,
+    engine: str = "memory",
+    scheduler: str | None = None,
 ):
     try:
         params = _params(params_path, overrides)
         with _stdout_to_stderr(as_json):
-            from flows.training import training_flow
+            from flows.training import run_training
 
-            outcome = training_flow(params, run_promotion)
+            timeout = params.orchestrate.flow_timeout_s
+            outcome = run_training(params, run_promotion, engine, scheduler, timeout)
     except PopsegError as error:
         _fail(error)
     return params, outcome
 
 
-def _train(params_path: Path | None, overrides: list[str], as_json: bool, run_promotion: bool):
-    _, outcome = _train_outcome(params_path, overrides, as_json, run_promotion)
+def _train(
+    params_path: Path | None,
+    overrides: list[str],
+    as_json: bool,
+    run_promotion: bool,
+    engine: str = "memory",
+    scheduler: str | None = None,
+):
+    _, outcome = _train_outcome(params_path, overrides, as_json, run_promotion, engine, scheduler)
     if as_json:
         _emit_json(outcome.to_json())
     else:
@@ -220,14 +233,32 @@ def train(
     no_promote: Annotated[
         bool, typer.Option("--no-promote", help="skip the promotion gate")
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="memory (one process) | dask (a Dask cluster: --scheduler, else a LocalCluster "
+            "sized to this machine; see the dask section of params.yaml)",
+        ),
+    ] = "memory",
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786"),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train on your own data (the whole pipeline, then the promotion gate)."""
+    if engine not in ("memory", "dask"):
+        _fail(ConfigError(f"--engine {engine!r}: choose memory or dask"))
+    if scheduler and engine != "dask":
+        _fail(ConfigError("--scheduler needs --engine dask"))
     _train(
         params_path,
         [*(overrides or []), f"data.path={json.dumps(data)}"],
         as_json,
-        run_promotion=not no_promote,
+        not no_promote,
+        engine,
+        scheduler,
     )
 
 
@@ -492,6 +523,223 @@ def score(
 
 
 @app.command()
+def monitor(
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="new data: CSV or Parquet (local or s3://), or a local endpoint's capture "
+            "log (.jsonl)",
+        ),
+    ],
+    version: VersionOption = None,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain/--no-retrain",
+            help="on drift, run the training flow (and promotion gate) on the new data",
+        ),
+    ] = False,
+    fail_on_drift: Annotated[
+        bool, typer.Option("--fail-on-drift", help="exit with code 9 when drift is detected")
+    ] = False,
+    params_path: ParamsOption = None,
+    overrides: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Label-free drift of new data against the champion's (or --model-version's) training
+    data: per-feature PSI, segment shares, distance to centroid, missing rates. Recorded as a
+    monitoring run in MLflow. Drift is a result (exit 0) unless --fail-on-drift."""
+    from tasks.errors import DriftDetected
+
+    try:
+        params = _params(params_path, overrides)
+        with _stdout_to_stderr(as_json):
+            from flows.monitoring import monitor_flow
+
+            outcome = monitor_flow(params, data, version, retrain)
+    except PopsegError as error:
+        _fail(error)
+    if as_json:
+        _emit_json(outcome.to_json())
+    else:
+        from flows.summary import print_monitor_summary
+
+        print_monitor_summary(outcome)
+    failed = outcome.retrain_failed
+    if failed is not None:
+        _fail(failed)
+    if outcome.drift and fail_on_drift:
+        _fail(DriftDetected(f"drift detected ({len(outcome.reasons)} reason(s))"))
+
+
+@app.command()
+def lineage(
+    model_version: Annotated[str, typer.Argument(help="registered model version")],
+    params_path: ParamsOption = None,
+    overrides: SetOption = None,
+    restore: Annotated[
+        bool,
+        typer.Option("--restore", help="bring back the exact training data from DVC"),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="where to restore it (default data/restored/vN/NAME)"),
+    ] = None,
+    remote: Annotated[
+        str | None, typer.Option("--remote", help="DVC remote to pull from (default: core)")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Which data (DVC md5), params and git commit produced a model version; --restore
+    checks that data out of DVC's cache or remote, byte for byte."""
+    from tasks import lineage as lineage_step
+
+    try:
+        params = _params(params_path, overrides)
+        record = lineage_step.lineage(params.register_.model_name, model_version)
+        restored = lineage_step.restore_data(record, output, remote) if restore else None
+    except PopsegError as error:
+        _fail(error)
+    payload = {**record.to_json(), "restored": str(restored) if restored else None}
+    if as_json:
+        _emit_json(payload)
+        return
+    typer.echo(f"{record.model_name} v{record.model_version} (run {record.run_id})")
+    typer.echo(f"  aliases     {', '.join(record.aliases) or '-'}")
+    typer.echo(f"  data md5    {record.data_md5}  (DVC hash)")
+    typer.echo(f"  data        {record.data_path or '-'}  from {record.data_source}")
+    typer.echo(f"  git commit  {record.git_commit}")
+    typer.echo("  params")
+    for key, value in record.params.items():
+        typer.echo(f"    {key} = {value}")
+    if restored:
+        typer.echo(f"restored {restored} (md5 {record.data_md5} verified)")
+
+
+@app.command()
+def report(
+    version: Annotated[
+        str | None,
+        typer.Option(
+            "--model-version", help="registered model version (default: champion, else latest)"
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="HTML file to write, or a folder (default: reports/segmentation-report-vN.html)",
+        ),
+    ] = None,
+    params_path: ParamsOption = None,
+    overrides: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the segmentation report of a registered version: one self-contained HTML page
+    (data and checks, preparation, PCA, the k decision, a profile per segment, stability,
+    drift history) that opens offline."""
+    from tasks.report import write_report
+
+    try:
+        params = _params(params_path, overrides)
+        written = write_report(
+            params.register_.model_name, version, output, params.register_.experiment
+        )
+    except PopsegError as error:
+        _fail(error)
+    payload = written.to_json()
+    if as_json:
+        _emit_json(payload)
+        return
+    typer.echo(
+        f"{payload['report']}: report of {payload['model_name']} version "
+        f"{payload['model_version']} ({payload['segments']} segments, "
+        f"{payload['monitoring_runs']} monitoring run(s); {payload['bytes']:,} bytes)"
+    )
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (a service manager, `kill`) both stop serving cleanly, also when the
+    shell started popseg with SIGINT ignored (a background job)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+@app.command()
+def serve(
+    params_path: ParamsOption = None,
+    overrides: SetOption = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="serve only these deployments: train, retrain, monitor"),
+    ] = None,
+    every: Annotated[
+        float | None,
+        typer.Option("--every", min=1.0, help="run every N seconds instead of the crons (demos)"),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", help="new data for monitor/retrain (default: schedule.monitor_data)"
+        ),
+    ] = None,
+    port: Annotated[
+        int, typer.Option("--port", help="port of the local Prefect server (0 = a free one)")
+    ] = 4200,
+    write_prefect_yaml: Annotated[
+        bool,
+        typer.Option("--write-prefect-yaml", help="write prefect.yaml from params.yaml and exit"),
+    ] = False,
+) -> None:
+    """Run the scheduled deployments (train, retrain, monitor) on params.yaml's crons. Starts a
+    local Prefect server unless PREFECT_API_URL is set; Ctrl-C stops both."""
+    try:
+        params = _params(params_path, overrides)
+        if write_prefect_yaml:
+            from flows.schedules import PREFECT_YAML, prefect_yaml
+
+            Path(PREFECT_YAML).write_text(prefect_yaml(params))
+            typer.echo(f"wrote {PREFECT_YAML}")
+            return
+        from flows.prefect_server import ensure_server
+
+        params_file = str((params_path or Path("params.yaml")).resolve())
+        with ensure_server(port) as (api_url, started):
+            from flows.schedules import deployments, schedules
+
+            planned = schedules(params, only, every, data)
+            built = deployments(params_file, list(overrides or []), planned, data)
+            where = "started here" if started else "PREFECT_API_URL"
+            typer.echo(
+                f"Prefect API {api_url} ({where}); UI at {api_url.removesuffix('/api')}", err=True
+            )
+            for item in planned:
+                when = (
+                    f"every {item.interval_s:g} s"
+                    if item.interval_s
+                    else f"cron {item.cron!r} {item.timezone}"
+                )
+                typer.echo(f"serving {item.name}: {when}", err=True)
+            typer.echo("Ctrl-C stops serving (schedules are paused, the server stopped)", err=True)
+            from prefect import serve as prefect_serve
+
+            _stop_on_signals()
+            with contextlib.suppress(KeyboardInterrupt):
+                # One flow run at a time: a slow retrain is not overlapped by the next one.
+                prefect_serve(*built, print_starting_message=False, limit=1)
+        typer.echo("stopped", err=True)
+    except PopsegError as error:
+        _fail(error)
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="port")] = 5000,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
@@ -519,6 +767,14 @@ def ui(
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 
+
+def _register_subcommands() -> None:
+    from flows.stage_cli import stage_app
+
+    app.add_typer(stage_app, name="stage")
+
+
+_register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     app()

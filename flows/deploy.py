@@ -132,7 +132,7 @@ def rollback(
     """Serve the previous version again and move alias ``champion`` back to it."""
     import mlflow
 
-    from tasks.register import CHAMPION, alias_version, configure_mlflow
+    from tasks.register import CHAMPION, alias_version, configure_mlflow, registry_lock
 
     target = target or params.deploy.target
     model_name = params.register_.model_name
@@ -168,10 +168,11 @@ def rollback(
         bucket=bucket,
         role_arn=role_arn,
     )
-    champion_before = alias_version(model_name, CHAMPION)
-    client.set_registered_model_alias(model_name, CHAMPION, previous)
-    if champion_before is not None and champion_before != previous:
-        client.set_model_version_tag(model_name, previous, "rolled_back_from", champion_before)
+    with registry_lock(params.orchestrate.registry_lock_timeout_s):
+        champion_before = alias_version(model_name, CHAMPION)
+        client.set_registered_model_alias(model_name, CHAMPION, previous)
+        if champion_before is not None and champion_before != previous:
+            client.set_model_version_tag(model_name, previous, "rolled_back_from", champion_before)
     logger.info("rolled %s back from version %s to %s", name, current, previous)
     return {
         **result.to_json(),

@@ -64,3 +64,74 @@ def print_summary(outcome: TrainingOutcome, console: Console | None = None) -> N
         f"experiments/{outcome.experiment_id}/runs/{outcome.run_id}"
     )
     console.print(f"[dim]done in {outcome.seconds:.1f} s[/dim]")
+
+
+def print_monitor_summary(outcome, console: Console | None = None) -> None:
+    """`popseg monitor` without --json: the verdict, each check, the reasons, the MLflow run."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)
+    report = outcome.report
+    verdict = "[bold red]DRIFT[/bold red]" if outcome.drift else "[green]no drift[/green]"
+    console.print(
+        f"[bold]popseg monitor[/bold]: {outcome.data_source} ({outcome.data_kind}, "
+        f"{report.n_rows} rows) vs the training data of {outcome.model_name} version "
+        f"{outcome.model_version} ({report.n_reference} rows): {verdict}"
+    )
+    table = Table(title="Features")
+    for column in ("feature", "PSI", "threshold", "missing (train -> new)", "drift"):
+        table.add_column(column, justify="left" if column == "feature" else "right")
+    for feature in report.features:
+        table.add_row(
+            feature.name,
+            "n/a" if feature.psi is None else f"{feature.psi:.3f}",
+            "" if feature.psi_threshold is None else f"{feature.psi_threshold:.3f}",
+            f"{feature.missing_rate_ref:.1%} -> {feature.missing_rate_new:.1%}",
+            "[red]yes[/red]" if feature.drifted else "",
+        )
+    console.print(table)
+    table = Table(title=f"Segments (share PSI {report.segment_psi:.3f})")
+    for column in ("segment", "train share", "new share", "shift", "drift"):
+        table.add_column(column, justify="right")
+    for segment in report.segments:
+        table.add_row(
+            str(segment.segment),
+            f"{segment.ref_share:.1%}",
+            f"{segment.new_share:.1%}",
+            f"{segment.shift:+.1%}",
+            "[red]yes[/red]" if segment.drifted else "",
+        )
+    console.print(table)
+    distance = report.distance
+
+    def ratio(value) -> str:
+        return "n/a" if value is None else f"x{value:.2f}"
+
+    console.print(
+        f"distance to assigned centroid: median {distance['ref_median']:.3f} -> "
+        f"{distance['new_median']:.3f} ({ratio(distance['median_ratio'])}), p90 "
+        f"{distance['ref_p90']:.3f} -> {distance['new_p90']:.3f} "
+        f"({ratio(distance['p90_ratio'])}), PSI {distance['psi']:.3f}"
+    )
+    for reason in report.reasons:
+        console.print(f"  - {reason}")
+    if outcome.retrain is not None:
+        retrain = outcome.retrain
+        if "error" in retrain:
+            console.print(f"retraining [red]failed[/red]: {retrain['error']}")
+        elif retrain["triggered"]:
+            promoted = "promoted to champion" if retrain["promoted"] else "not promoted"
+            console.print(f"retrained: version {retrain['model_version']} ({promoted})")
+            for reason in retrain.get("gate_reasons", []):
+                console.print(f"  - {reason}")
+        else:
+            console.print(f"retrain: {retrain['reason']}")
+    for note in outcome.notes:
+        console.print(f"[dim]note: {note}[/dim]")
+    from tasks.register import tracking_uri
+
+    console.print(
+        f"monitoring run {outcome.monitor_run_id} (experiment {outcome.experiment_id}) in "
+        f"{tracking_uri()}"
+    )

@@ -1,6 +1,6 @@
-"""The training flow: ingest -> validate -> impute -> scale -> reduce -> sweep -> select ->
-evaluate -> register -> promote. Wiring only: every step is a function in `tasks/`, wrapped
-here as a Prefect task."""
+"""The training flow: ingest -> validate -> prepare -> train -> register -> promote. Wiring
+only: each stage is a function in `flows/stages.py` (the same ones `popseg stage ...` and
+dvc.yaml run), wrapped here as a Prefect task."""
 
 from __future__ import annotations
 
@@ -9,34 +9,34 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
-import pandas as pd
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import cluster, evaluate, impute, ingest, plots, promote, reduce, register, scale, select
+from flows import orchestration, stages
+from tasks import promote, register
 from tasks.config import Params
-from tasks.package import build_chain
-from tasks.validate import ValidationReport, require_valid, run_validation
+from tasks.errors import ConfigError
+from tasks.report import log_training_report
+from tasks.validate import ValidationReport, require_valid
 
 logger = logging.getLogger("flows.training")
 
 # Arrays and frames move between tasks in memory: no input hashing, no result persistence.
 _step = {"cache_policy": NO_CACHE, "persist_result": False}
 
-ingest_task = task(ingest.ingest, name="ingest", **_step)
-select_features_task = task(ingest.select_features, name="select-features", **_step)
-validate_task = task(run_validation, name="validate", **_step)
-impute_task = task(impute.impute, name="impute", **_step)
-scale_task = task(scale.scale, name="scale", **_step)
-reduce_task = task(reduce.reduce, name="reduce", **_step)
-sweep_task = task(cluster.sweep, name="cluster-sweep", **_step)
-select_task = task(select.select_k, name="select-k", **_step)
-evaluate_task = task(evaluate.evaluate, name="evaluate", **_step)
+ingest_task = task(stages.ingest_stage, name="ingest", **_step)
+validate_task = task(stages.validate_stage, name="validate", **_step)
+prepare_task = task(stages.prepare_stage, name="prepare", **_step)
+train_task = task(stages.train_stage, name="train", **_step)
+record_task = task(stages.training_record, name="plots-and-reports", **_step)
 register_task = task(register.register_training, name="register", **_step)
 promote_task = task(promote.promote, name="promote", **_step)
+# The HTML report of the new version, logged to its run as reports/report.html. Built after
+# the gate so it shows the aliases; a failure is a note and a run tag, not a failed training.
+report_task = task(log_training_report, name="report", **_step)
 
 
 @dataclass
@@ -93,13 +93,6 @@ class TrainingOutcome:
         }
 
 
-def _suite_name(params: Params) -> str:
-    if params.data.path:
-        stem = Path(params.data.path.rstrip("/")).stem or "user-data"
-        return f"popseg-{stem}"
-    return f"popseg-{params.data.dataset}"
-
-
 def _record_failed_validation(
     params: Params, report: ValidationReport, tags: dict[str, str], validation_json: Path
 ) -> None:
@@ -115,137 +108,92 @@ def _record_failed_validation(
     mlflow.MlflowClient().set_terminated(run.info.run_id, status="FAILED")
 
 
-def _current_champion(model_name: str):
-    version = register.alias_version(model_name, register.CHAMPION)
-    if version is None:
-        return None
-    import mlflow
+def _run_step(step, *args, cached: list[str]):
+    """Call a task, noting when Prefect served its result from the cache."""
+    state = step(*args, return_state=True)
+    if state.name == "Cached":
+        cached.append(step.name)
+    return state.result()
 
-    model_version = mlflow.MlflowClient().get_model_version(model_name, version)
-    chain = register.load_chain(model_version.run_id)
-    chain.metadata["model_version"] = version
-    return chain
+
+def _engine_steps(engine: str) -> SimpleNamespace:
+    """The ingest/validate/prepare/train tasks of an engine, and its cache keys: ``memory``
+    runs flows/stages.py; ``dask`` runs flows/dask_stages.py (same signatures and result
+    types) on the Dask session `run_training` opened. Everything after train is shared."""
+    if engine == "memory":
+        return SimpleNamespace(
+            ingest=ingest_task,
+            validate=validate_task,
+            prepare=prepare_task,
+            train=train_task,
+            prepare_key=orchestration.prepare_cache_key,
+            train_key=orchestration.train_cache_key,
+        )
+    if engine != "dask":
+        raise ConfigError(f"engine {engine!r}: choose memory or dask")
+    from flows import dask_stages
+
+    return SimpleNamespace(
+        ingest=task(dask_stages.ingest_stage, name="ingest", **_step),
+        validate=task(dask_stages.validate_stage, name="validate", **_step),
+        prepare=task(dask_stages.prepare_stage, name="prepare", **_step),
+        train=task(dask_stages.train_stage, name="train", **_step),
+        prepare_key=dask_stages.prepare_cache_key,
+        train_key=dask_stages.train_cache_key,
+    )
 
 
 @flow(name="popseg-train", log_prints=True, validate_parameters=False)
-def training_flow(params: Params, run_promotion: bool = True) -> TrainingOutcome:
+def training_flow(
+    params: Params, run_promotion: bool = True, engine: str = "memory"
+) -> TrainingOutcome:
+    """The whole pipeline on the configured data. Settings from ``params.orchestrate``: the
+    ingest step (S3, network) retries with backoff, prepare and train results are cached by
+    data md5 + params + code, every step has a timeout, register and promote hold the
+    registry lock."""
     started = time.perf_counter()
-    notes: list[str] = []
-    raw = ingest_task(params.data)
-    data = select_features_task(raw, params.data, params.features)
-    notes += data.warnings
-    tags = {
-        "data_md5": data.md5,
-        "data_source": data.source,
-        "git_commit": register.git_commit(),
-        "engine": params.cluster.engine,
-        "id_column": data.id_column,
-    }
+    config = params.orchestrate
+    lock_s = config.registry_lock_timeout_s
+    cached: list[str] = []
+    steps = _engine_steps(engine)
+    data = steps.ingest.with_options(**orchestration.network_options(config))(params)
+    notes: list[str] = list(data.warnings)
+    tags = stages.training_tags(params, data)
     with tempfile.TemporaryDirectory(prefix="popseg-") as scratch_dir:
         scratch = Path(scratch_dir)
-        report = validate_task(data, params.data, params.validate_, _suite_name(params))
+        report = steps.validate(params, data)
         validation_json = report.write_json(scratch / "validation_result.json")
         if not report.success:
             _record_failed_validation(params, report, tags, validation_json)
         require_valid(report, data.source)
         tags["validation_success"] = "true"
 
-        names = data.feature_columns
-        imputed = impute_task(data.features, params.impute, params.cluster.engine)
-        scaled = scale_task(imputed.values, names, params.scale)
-        reduced = reduce_task(scaled.values, names, params.reduce)
-        swept = sweep_task(reduced.values, params.cluster)
-        notes += swept.notes
-        selection = select_task(swept, params.select.criterion)
-        chosen = swept.fits[selection.k]
-
-        kept_frame = data.frame[imputed.kept_rows].reset_index(drop=True)
-        champion = _current_champion(params.register_.model_name)
-        evaluation = evaluate_task(
-            reduced.values,
-            chosen.labels,
-            chosen.centroids,
-            imputed.values,
-            kept_frame[names].to_numpy(dtype=np.float64),
-            names,
-            kept_frame[data.id_column].tolist(),
-            params.cluster,
-            params.evaluate,
-            champion,
+        prepare = steps.prepare.with_options(
+            **orchestration.step_options(config),
+            **orchestration.cache_options(config, steps.prepare_key),
         )
-        chain = build_chain(
-            names,
-            imputed,
-            scaled,
-            reduced,
-            chosen.centroids,
-            evaluation.segment_ids,
-            metadata={
-                "k": selection.k,
-                "engine": params.cluster.engine,
-                "criterion": params.select.criterion,
-                "data_md5": data.md5,
-                "id_column": data.id_column,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
+        prepared = _run_step(prepare, params, data, cached=cached)
+        champion = stages.current_champion(params.register_.model_name)
+        train = steps.train.with_options(
+            **orchestration.step_options(config),
+            **orchestration.cache_options(config, steps.train_key),
         )
-        metrics = {**chosen.metrics, "k": float(selection.k), "stability": evaluation.stability}
-        plot_paths = _make_plots(
-            scratch, swept, selection.k, reduced, names, evaluation, imputed.values
-        )
-        per_k = pd.DataFrame({k: fit.metrics for k, fit in swept.fits.items()}).T
-        per_k.index.name = "k"
-        record = register.TrainingRecord(
-            params_flat=params.flat(),
-            tags={**tags, "criterion": params.select.criterion, "k": str(selection.k)},
-            chosen_metrics=metrics,
-            per_k_metrics={k: fit.metrics for k, fit in swept.fits.items()},
-            chain=chain,
-            training_frame=data.frame,
-            plots=plot_paths,
-            json_artifacts={
-                "reports/selection.json": {
-                    "k": selection.k,
-                    "criterion": selection.criterion,
-                    "reason": selection.reason,
-                    "votes": selection.votes,
-                    "details": selection.details,
-                },
-                "reports/impute.json": imputed.report,
-                "reports/scale.json": scaled.report,
-                "reports/reduce.json": {
-                    **reduced.report,
-                    "explained_variance_ratio": reduced.full_explained_variance_ratio,
-                },
-                "reports/segments.json": {
-                    "sizes": evaluation.sizes,
-                    "distinguishing": evaluation.distinguishing,
-                    "examples": evaluation.examples,
-                    "stability": evaluation.stability,
-                    "stability_rounds": evaluation.stability_rounds,
-                    "id_mapping": evaluation.id_mapping,
-                },
-                "reports/notes.json": notes,
-            },
-            csv_artifacts={
-                "reports/sweep_metrics.csv": per_k,
-                "reports/segment_profiles.csv": evaluation.profiles,
-                "reports/pca_loadings.csv": reduced.loadings(names),
-                "reports/assignments.csv": pd.DataFrame(
-                    {
-                        "segment": evaluation.segments,
-                        "distance_to_cluster": evaluation.distances,
-                    },
-                    index=pd.Index(kept_frame[data.id_column], name=data.id_column),
-                ),
-            },
-            validation_json=validation_json,
+        trained = _run_step(train, params, data, prepared, champion, cached=cached)
+        notes += trained.notes
+        if cached:
+            tags["cached_steps"] = ",".join(cached)
+            notes.append(
+                f"reused cached results of: {', '.join(cached)} (same data md5, params, code)"
+            )
+        record = record_task(
+            params, data, prepared, trained, validation_json, scratch / "plots", tags, notes
         )
         registration = register_task(
             record,
             params.register_.experiment,
             params.register_.model_name,
             params.register_.log_data_max_mb,
+            lock_s,
         )
     promoted, gate_reasons = False, ["promotion skipped (--no-promote)"]
     if run_promotion:
@@ -255,14 +203,24 @@ def training_flow(params: Params, run_promotion: bool = True) -> TrainingOutcome
             params.promote,
             params.cluster.silhouette_sample,
             params.cluster.seed,
+            lock_s,
         )
         promoted, gate_reasons = decision.promoted, decision.reasons
+    report_note = report_task(
+        registration.model_name,
+        registration.model_version,
+        registration.run_id,
+        params.register_.experiment,
+    )
+    if report_note:
+        notes.append(report_note)
+    selection, evaluation = trained.selection, trained.evaluation
     return TrainingOutcome(
         run_id=registration.run_id,
         model_name=registration.model_name,
         model_version=registration.model_version,
         k=selection.k,
-        metrics={name: float(value) for name, value in metrics.items()},
+        metrics=trained.metrics,
         promoted=promoted,
         gate_reasons=gate_reasons,
         selection_reason=selection.reason,
@@ -272,8 +230,8 @@ def training_flow(params: Params, run_promotion: bool = True) -> TrainingOutcome
         examples=evaluation.examples,
         data_source=data.source,
         data_md5=data.md5,
-        n_rows=len(data.frame),
-        features=names,
+        n_rows=data.n_rows,
+        features=prepared.names,
         notes=notes,
         tracking_uri=register.tracking_uri(),
         experiment_id=registration.experiment_id,
@@ -281,55 +239,28 @@ def training_flow(params: Params, run_promotion: bool = True) -> TrainingOutcome
     )
 
 
-def _make_plots(
-    scratch: Path, swept, k: int, reduced, names: list[str], evaluation, values: np.ndarray
-) -> list[Path]:
-    folder = scratch / "plots"
-    profile = evaluation.profiles
-    population_std = values.std(axis=0)
-    population_std[population_std == 0] = 1.0
-    standardized = (profile - values.mean(axis=0)) / population_std
-    paths = [
-        plots.metric_by_k(
-            swept, "inertia", k, folder / "elbow_inertia_by_k.png", "Elbow: inertia by k"
-        ),
-        plots.metric_by_k(
-            swept, "silhouette", k, folder / "silhouette_by_k.png", "Silhouette by k"
-        ),
-        plots.metric_by_k(
-            swept,
-            "calinski_harabasz",
-            k,
-            folder / "calinski_harabasz_by_k.png",
-            "Calinski-Harabasz by k",
-        ),
-        plots.metric_by_k(
-            swept,
-            "davies_bouldin",
-            k,
-            folder / "davies_bouldin_by_k.png",
-            "Davies-Bouldin by k (lower is better)",
-        ),
-        plots.pca_variance(
-            reduced.full_explained_variance_ratio,
-            reduced.components.shape[0] if reduced.applied else 0,
-            folder / "pca_explained_variance.png",
-        ),
-        plots.heatmap(
-            reduced.loadings(names),
-            folder / "pca_component_makeup.png",
-            "Component makeup (loadings)",
-            color_label="loading",
-        )
-        if reduced.applied
-        else None,
-        plots.heatmap(
-            standardized,
-            folder / "centroid_heatmap.png",
-            "Attribute value by centroid (original units)",
-            annotate=profile,
-            color_label="segment mean vs population (sd)",
-        ),
-        plots.cluster_sizes(evaluation.sizes, folder / "cluster_sizes.png"),
-    ]
-    return [path for path in paths if path is not None]
+def run_training(
+    params: Params,
+    run_promotion: bool = True,
+    engine: str = "memory",
+    scheduler: str | None = None,
+    timeout_s: float | None = None,
+) -> TrainingOutcome:
+    """The training flow on an engine (with a flow timeout if given). ``dask``: a session on
+    ``scheduler`` (default ``dask.scheduler``; none = a LocalCluster sized to the machine,
+    stopped afterwards), and the flow on prefect-dask's DaskTaskRunner connected to it, so the
+    tasks the stages submit run on the same cluster."""
+    if engine == "memory":
+        return training_flow.with_options(timeout_seconds=timeout_s)(params, run_promotion)
+    if engine != "dask":
+        raise ConfigError(f"--engine {engine!r}: choose memory or dask")
+    from prefect_dask import DaskTaskRunner
+
+    from flows.dask_stages import check_supported
+    from tasks.dask_engine.session import open_session
+
+    check_supported(params)
+    with open_session(params.dask, scheduler) as session:
+        runner = DaskTaskRunner(address=session.address)
+        flow_on_cluster = training_flow.with_options(task_runner=runner, timeout_seconds=timeout_s)
+        return flow_on_cluster(params, run_promotion, "dask")

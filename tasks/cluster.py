@@ -102,6 +102,19 @@ def _numba_fits(
     return fits
 
 
+def fit_k_values(
+    values: np.ndarray,
+    k_values: list[int],
+    config: ClusterConfig,
+    progress: Callable[[str], None] | None = None,
+) -> dict[int, tuple[np.ndarray, np.ndarray, float, int]]:
+    """k-means for every k with ``cluster.engine`` (best of ``n_init`` seeded runs each):
+    ``{k: (centroids, labels, inertia, n_iter)}``, unscored."""
+    fitter = _numba_fits if config.engine == "numba" else _sklearn_fits
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    return fitter(values, k_values, config, progress or logger.info)
+
+
 def metric_functions(engine: str) -> dict[str, Callable[..., float]]:
     """Quality metrics for an engine: numba kernels, or scikit-learn (Dunn has no sklearn form)."""
     from tasks import compute
@@ -158,8 +171,7 @@ def sweep(
     k_values, notes = k_range(config, n_rows)
     for note in notes:
         logger.warning(note)
-    fitter = _numba_fits if config.engine == "numba" else _sklearn_fits
-    raw_fits = fitter(values, k_values, config, progress)
+    raw_fits = fit_k_values(values, k_values, config, progress)
     if n_rows > config.silhouette_sample:
         rng = np.random.default_rng(config.seed)
         sample = np.sort(rng.choice(n_rows, size=config.silhouette_sample, replace=False))

@@ -172,6 +172,112 @@ class DeployConfig(_Section):
     waiter_delay_s: Annotated[int, Field(ge=1)] = 30
 
 
+class MonitorConfig(_Section):
+    """`popseg monitor`: label-free drift of new data against a model's training data.
+
+    A check reports drift when its score crosses its threshold. With ``significance`` set,
+    the PSI and share-shift thresholds are raised, where the samples are small, to what
+    sampling noise alone reaches with that probability (Bonferroni over features and
+    segments), so a handful of rows does not raise a false alarm."""
+
+    psi_threshold: Annotated[float, Field(gt=0.0)] = 0.2
+    segment_share_shift: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    distance_shift: Annotated[float, Field(gt=1.0)] = 1.5
+    missing_rate_increase: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    min_rows: Annotated[int, Field(ge=2)] = 30
+    bins: Annotated[int, Field(ge=2, le=100)] = 10
+    min_bin_rows: Annotated[int, Field(ge=1)] = 10
+    significance: Annotated[float, Field(gt=0.0, lt=1.0)] | None = 0.01
+
+
+class OrchestrateConfig(_Section):
+    """How the Prefect flows run: retries on network steps, result caching, timeouts and the
+    registry lock that serialises concurrent register/promote steps."""
+
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+    retry_backoff_s: Annotated[float, Field(ge=0.0)] = 5.0
+    cache: bool = True
+    cache_expiration_h: Annotated[float, Field(gt=0.0)] = 168.0
+    task_timeout_s: Annotated[float, Field(gt=0.0)] = 3600.0
+    flow_timeout_s: Annotated[float, Field(gt=0.0)] = 14400.0
+    registry_lock_timeout_s: Annotated[float, Field(gt=0.0)] = 600.0
+
+
+_CRON_FIELDS = 5
+
+
+class ScheduleConfig(_Section):
+    """Cron schedules of the deployments `popseg serve` runs (and prefect.yaml declares)."""
+
+    timezone: str = "UTC"
+    train: str | None = "0 3 * * 1"
+    retrain: str | None = "0 4 * * *"
+    monitor: str | None = "0 * * * *"
+    monitor_data: str | None = None
+    deploy_target: Literal["local", "sagemaker", "none"] = "local"
+
+    @field_validator("train", "retrain", "monitor")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from datetime import datetime
+
+        from cronsim import CronSim, CronSimError
+
+        if len(value.split()) != _CRON_FIELDS:
+            raise ValueError(f"{value!r} is not a 5-field cron expression")
+        try:
+            CronSim(value, datetime(2000, 1, 1))
+        except CronSimError as error:
+            raise ValueError(f"{value!r} is not a valid cron expression ({error})") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)"
+            ) from None
+        return value
+
+
+_BYTES = r"^\s*\d+(\.\d+)?\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$"
+
+
+class DaskConfig(_Section):
+    """`popseg train --engine dask`: where the Dask cluster is and how the data is cut up.
+
+    With no ``scheduler`` the run starts a LocalCluster sized to the machine (or to
+    ``n_workers`` / ``threads_per_worker`` / ``memory_limit``) and stops it afterwards."""
+
+    scheduler: str | None = None  # tcp://host:8786; null = a LocalCluster on this machine
+    connect_timeout_s: Annotated[float, Field(gt=0.0)] = 10.0
+    n_workers: Annotated[int, Field(ge=1)] | None = None  # LocalCluster; null = sized to the cores
+    threads_per_worker: Annotated[int, Field(ge=1)] | None = None
+    memory_limit: str | None = None  # per worker, e.g. 1GB; null = machine memory / workers
+    processes: bool = True  # LocalCluster workers as processes (false: threads of this one)
+    kernel_threads: Annotated[int, Field(ge=1)] | None = None  # numba threads per task
+    blocksize: str = "16MiB"  # partition size when reading
+    sample_rows: Annotated[int, Field(ge=100)] = 50_000  # seeded sample kept in this process
+    persist: Literal["auto", "always", "never"] = "auto"  # prepared rows in worker memory
+    prefect_tasks: bool = True  # evaluation's parallel steps as Prefect tasks on the cluster
+
+    @field_validator("memory_limit", "blocksize")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and not re.match(_BYTES, str(value)):
+            raise ValueError("must be a size such as 64MiB or 1GB")
+        return value
+
+
 class Params(BaseModel):
     data: DataConfig = DataConfig()
     features: FeaturesConfig = FeaturesConfig()
@@ -185,6 +291,10 @@ class Params(BaseModel):
     register_: RegisterConfig = Field(default=RegisterConfig(), alias="register")
     promote: PromoteConfig = PromoteConfig()
     deploy: DeployConfig = DeployConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    orchestrate: OrchestrateConfig = OrchestrateConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    dask: DaskConfig = DaskConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

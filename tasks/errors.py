@@ -21,6 +21,12 @@ class DataError(PopsegError):
     exit_code = 3
 
 
+class SourceUnavailableError(DataError):
+    """The data source could not be reached (network, S3 endpoint): worth retrying."""
+
+    transient = True
+
+
 class DataValidationError(PopsegError):
     """The data failed the Great Expectations suite; `failures` lists each failed expectation."""
 
@@ -53,3 +59,22 @@ class EndpointError(PopsegError):
     """An endpoint that does not exist, is not running, or answered badly."""
 
     exit_code = 8
+
+
+class DriftDetected(PopsegError):
+    """`popseg monitor --fail-on-drift` found drift (without the flag drift is a result, exit 0)."""
+
+    exit_code = 9
+
+
+class ReportError(PopsegError):
+    """A report that cannot be written (bad output path, unwritable folder)."""
+
+    exit_code = 10
+
+
+class DistributedError(PopsegError):
+    """The Dask cluster: an unreachable scheduler, lost workers or a failed distributed step
+    (names the address and the step); nothing is registered."""
+
+    exit_code = 11

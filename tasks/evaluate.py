@@ -9,6 +9,8 @@ meaning across retrains; clusters left over get new ids after the champion's.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +37,12 @@ class Evaluation:
 
 def size_order_ids(labels: np.ndarray, k: int) -> np.ndarray:
     """Segment id per internal cluster index: 0 for the largest cluster, ties by index."""
-    counts = np.bincount(labels, minlength=k)
+    return size_order_ids_from_counts(np.bincount(labels, minlength=k))
+
+
+def size_order_ids_from_counts(counts: np.ndarray) -> np.ndarray:
+    """`size_order_ids` from the rows per internal cluster index."""
+    k = len(counts)
     order = sorted(range(k), key=lambda index: (-counts[index], index))
     ids = np.empty(k, dtype=np.int64)
     ids[order] = np.arange(k)
@@ -43,30 +50,44 @@ def size_order_ids(labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def match_to_champion(
-    labels: np.ndarray, champion_segments: np.ndarray, k: int
+    labels: np.ndarray, champion_rows: np.ndarray, champion: SegmentationChain, k: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Hungarian assignment of new clusters to champion segments by shared rows."""
+    """Renumber new clusters with the champion's segment ids: each new cluster's mean, taken
+    in the champion's model space (its rows through the champion's chain), is paired with a
+    champion centroid by Hungarian assignment on Euclidean distance. New clusters left over
+    (k above the champion's) get fresh ids, largest first.
+
+    ``champion_rows`` are the training rows as the champion receives them (original units).
+    The mapping records the per-segment distances, their sum (the match cost) and how many
+    rows keep the segment the champion gives them."""
     from scipy.optimize import linear_sum_assignment
 
-    champion_ids = np.unique(champion_segments)
-    overlap = np.zeros((k, len(champion_ids)), dtype=np.int64)
-    position = {segment: j for j, segment in enumerate(champion_ids)}
-    for label, segment in zip(labels, champion_segments, strict=True):
-        overlap[label, position[segment]] += 1
-    rows, columns = linear_sum_assignment(-overlap)
+    space = champion.transform(champion_rows)
+    counts = np.bincount(labels, minlength=k)
+    means = np.zeros((k, space.shape[1]))
+    np.add.at(means, labels, space)
+    means /= np.maximum(counts, 1)[:, None]
+    cost = np.linalg.norm(means[:, None, :] - champion.centroids[None, :, :], axis=2)
+    rows, columns = linear_sum_assignment(cost)
+    champion_ids = np.asarray(champion.segment_ids)
     ids = np.full(k, -1, dtype=np.int64)
     ids[rows] = champion_ids[columns]
     next_id = int(champion_ids.max()) + 1
-    counts = np.bincount(labels, minlength=k)
     for index in sorted(np.flatnonzero(ids < 0), key=lambda i: -counts[i]):
         ids[index] = next_id
         next_id += 1
-    matched = overlap[rows, columns].sum()
+    champion_segments, _ = champion.predict(champion_rows)
+    kept = float(np.mean(ids[labels] == champion_segments)) if len(labels) else 0.0
+    pair_cost = {
+        int(ids[r]): round(float(cost[r, c]), 6) for r, c in zip(rows, columns, strict=True)
+    }
     mapping = {
-        "method": "hungarian on shared training rows with the champion",
-        "matched_rows_fraction": float(matched / len(labels)),
-        "match_cost": int(len(labels) - matched),
+        "method": "hungarian on centroid distance in the champion's model space",
         "map": {int(internal): int(ids[internal]) for internal in range(k)},
+        "match_cost": round(float(cost[rows, columns].sum()), 6),
+        "segment_match_distance": pair_cost,
+        "new_segments": [int(ids[i]) for i in range(k) if i not in set(rows.tolist())],
+        "rows_keeping_segment": kept,
     }
     return ids, mapping
 
@@ -77,32 +98,49 @@ def bootstrap_stability(
     k: int,
     config: ClusterConfig,
     rounds: int,
+    mapper: Callable[..., list[float | None]] | None = None,
 ) -> list[float]:
     """ARI between the model's labels and refits on bootstrap resamples (each predicting all
-    rows). 1.0 = the same partition every time."""
-    from sklearn.metrics import adjusted_rand_score
-
+    rows). 1.0 = the same partition every time. ``mapper(function, round_indices, samples)``
+    may run the rounds elsewhere (in parallel); by default they run here, in order."""
     if rounds == 0:
         return []
+    rng = np.random.default_rng(config.seed)
+    samples = [rng.integers(0, len(values), size=len(values)) for _ in range(rounds)]
+    round_fit = functools.partial(bootstrap_round, values, labels, k, config)
+    if mapper is None:
+        scores = [round_fit(index, sample) for index, sample in enumerate(samples)]
+    else:
+        scores = mapper(round_fit, list(range(rounds)), samples)
+    return [score for score in scores if score is not None]
+
+
+def bootstrap_round(
+    values: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    config: ClusterConfig,
+    round_index: int,
+    sample: np.ndarray,
+) -> float | None:
+    """One bootstrap round: refit on ``values[sample]``, ARI of its prediction of every row
+    against ``labels``; None when the resample has fewer than k distinct rows."""
+    from sklearn.metrics import adjusted_rand_score
+
+    if len(np.unique(values[sample], axis=0)) < k:
+        return None
     if config.engine == "numba":
         from tasks.compute import KMeans
     else:
         from sklearn.cluster import KMeans
-    rng = np.random.default_rng(config.seed)
-    scores = []
-    for round_index in range(rounds):
-        sample = rng.integers(0, len(values), size=len(values))
-        if len(np.unique(values[sample], axis=0)) < k:
-            continue
-        model = KMeans(
-            n_clusters=k,
-            n_init=min(config.n_init, 3),
-            max_iter=config.max_iter,
-            tol=config.tol,
-            random_state=config.seed + round_index + 1,
-        ).fit(values[sample])
-        scores.append(float(adjusted_rand_score(labels, model.predict(values))))
-    return scores
+    model = KMeans(
+        n_clusters=k,
+        n_init=min(config.n_init, 3),
+        max_iter=config.max_iter,
+        tol=config.tol,
+        random_state=config.seed + round_index + 1,
+    ).fit(values[sample])
+    return float(adjusted_rand_score(labels, model.predict(values)))
 
 
 def profiles(
@@ -113,8 +151,21 @@ def profiles(
     frame = pd.DataFrame(raw_values, columns=names)
     frame["segment"] = segments
     means = frame.groupby("segment").mean()
-    population_mean = raw_values.mean(axis=0)
-    population_std = raw_values.std(axis=0)
+    return means, distinguishing_features(
+        means, raw_values.mean(axis=0), raw_values.std(axis=0), names, top
+    )
+
+
+def distinguishing_features(
+    means: pd.DataFrame,
+    population_mean: np.ndarray,
+    population_std: np.ndarray,
+    names: list[str],
+    top: int,
+) -> dict[int, list[dict[str, Any]]]:
+    """Per segment (a row of ``means``), the ``top`` features furthest from the population
+    mean in population standard deviations."""
+    population_std = np.array(population_std, dtype=np.float64, copy=True)
     population_std[population_std == 0] = 1.0
     distinguishing = {}
     for segment, row in means.iterrows():
@@ -130,7 +181,7 @@ def profiles(
             }
             for j in order
         ]
-    return means, distinguishing
+    return distinguishing
 
 
 def evaluate(
@@ -151,8 +202,7 @@ def evaluate(
     k = len(centroids)
     mapping: dict[str, Any] = {"method": "size order (no comparable champion)"}
     if champion is not None and champion.feature_names == names:
-        champion_segments, _ = champion.predict(raw_rows_for_champion)
-        segment_ids, mapping = match_to_champion(labels, champion_segments, k)
+        segment_ids, mapping = match_to_champion(labels, raw_rows_for_champion, champion, k)
         mapping["champion_version"] = champion.metadata.get("model_version")
     else:
         segment_ids = size_order_ids(labels, k)

@@ -54,9 +54,7 @@ def impute(features: pd.DataFrame, config: ImputeConfig, engine: str = "sklearn"
     values = features.to_numpy(dtype=np.float64, copy=True)
     names = list(features.columns)
     missing = np.isnan(values)
-    all_missing = [names[j] for j in np.flatnonzero(missing.all(axis=0))]
-    if all_missing:
-        raise DataError(f"column(s) {', '.join(all_missing)} have no values at all; cannot impute")
+    check_not_all_missing(names, missing.sum(axis=0), len(values))
     kept = np.ones(len(values), dtype=bool)
     strategy = config.strategy
     if strategy == "drop":
@@ -83,21 +81,43 @@ def impute(features: pd.DataFrame, config: ImputeConfig, engine: str = "sklearn"
         fill_values = column_statistics(values, strategy, config.fill_value)
     else:
         fill_values = filled.mean(axis=0)
+    report = impute_report(
+        strategy, names, missing.sum(axis=0), len(values), int((~kept).sum()), fill_values
+    )
+    return ImputeResult(
+        values=np.ascontiguousarray(filled), kept_rows=kept, fill_values=fill_values, report=report
+    )
+
+
+def check_not_all_missing(names: list[str], missing_counts: np.ndarray, n_rows: int) -> None:
+    all_missing = [
+        name for name, count in zip(names, missing_counts, strict=True) if count == n_rows
+    ]
+    if all_missing:
+        raise DataError(f"column(s) {', '.join(all_missing)} have no values at all; cannot impute")
+
+
+def impute_report(
+    strategy: str,
+    names: list[str],
+    missing_counts: np.ndarray,
+    n_rows: int,
+    rows_dropped: int,
+    fill_values: np.ndarray,
+) -> dict[str, Any]:
+    """What imputation did: per column the missing count and fraction and the serving fill."""
     per_column = {
         name: {
-            "missing": int(missing[:, j].sum()),
-            "missing_fraction": float(missing[:, j].mean()),
+            "missing": int(missing_counts[j]),
+            "missing_fraction": float(missing_counts[j] / n_rows) if n_rows else 0.0,
             "serving_fill_value": float(fill_values[j]),
         }
         for j, name in enumerate(names)
     }
-    report = {
+    return {
         "strategy": strategy,
-        "rows_in": len(values),
-        "rows_dropped": int((~kept).sum()),
-        "cells_filled": 0 if strategy == "drop" else int(missing.sum()),
+        "rows_in": int(n_rows),
+        "rows_dropped": int(rows_dropped),
+        "cells_filled": 0 if strategy == "drop" else int(np.sum(missing_counts)),
         "columns": per_column,
     }
-    return ImputeResult(
-        values=np.ascontiguousarray(filled), kept_rows=kept, fill_values=fill_values, report=report
-    )

@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pa_parquet
 
 from tasks.config import DataConfig, FeaturesConfig
-from tasks.errors import DataError
+from tasks.errors import DataError, SourceUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ class IngestedData:
     @property
     def ids(self) -> pd.Series:
         return self.frame[self.id_column]
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the whole data set (``frame`` holds them all here; the Dask engine's
+        data keeps a sample in ``frame`` and counts the rest)."""
+        return len(self.frame)
 
 
 def md5_bytes(payload: bytes) -> str:
@@ -137,8 +144,15 @@ def write_raw(frame: pd.DataFrame, raw_dir: str | Path, name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = frame.to_csv(index=False, lineterminator="\n").encode()
     if not path.exists() or path.read_bytes() != payload:
-        path.write_bytes(payload)
+        _write_atomically(path, payload)
     return path
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    """Readers (a concurrent run, DVC) see the old file or the new one, never half of it."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(payload)
+    os.replace(partial, path)
 
 
 def ingest_bundled(config: DataConfig) -> RawTable:
@@ -154,6 +168,7 @@ def ingest_bundled(config: DataConfig) -> RawTable:
 def _read_bytes(path: str) -> bytes:
     if path.startswith("s3://"):
         import s3fs
+        from botocore.exceptions import BotoCoreError
 
         try:
             with s3fs.S3FileSystem().open(path, "rb") as handle:
@@ -164,6 +179,8 @@ def _read_bytes(path: str) -> bytes:
             raise DataError(f"{path}: access denied ({exc})") from None
         except OSError as exc:
             raise DataError(f"{path}: cannot read from S3: {exc}") from None
+        except BotoCoreError as exc:  # endpoint unreachable, timeouts: transient
+            raise SourceUnavailableError(f"{path}: cannot reach S3: {exc}") from None
     file_path = Path(path)
     if not file_path.exists():
         raise DataError(f"{path}: file not found")
@@ -263,7 +280,11 @@ def _read_csv(payload: bytes, path: str, delimiter: str) -> pd.DataFrame:
 
 def read_table(path: str, delimiter: str = ",") -> RawTable:
     """Read a CSV or Parquet file (local path or s3:// URL) with clear errors."""
-    payload = _read_bytes(path)
+    return parse_table(_read_bytes(path), path, delimiter)
+
+
+def parse_table(payload: bytes, path: str, delimiter: str = ",") -> RawTable:
+    """Parse the bytes of a CSV or Parquet file; ``path`` names it in error messages."""
     if not payload.strip():
         raise DataError(f"{path}: the file is empty")
     is_parquet = payload[:4] == _PARQUET_MAGIC or path.lower().endswith((".parquet", ".pq"))
@@ -281,11 +302,39 @@ def read_table(path: str, delimiter: str = ",") -> RawTable:
     return RawTable(frame=frame, source=path, md5=md5_bytes(payload), path=path)
 
 
-def ingest(config: DataConfig) -> RawTable:
-    """The `ingest` stage: the configured user file, or the bundled dataset."""
+def raw_path(config: DataConfig) -> Path:
+    """Where ingest keeps its copy of the input under ``raw_dir`` (the file DVC tracks)."""
     if config.path:
-        return read_table(config.path, config.delimiter)
-    return ingest_bundled(config)
+        name = config.path.rstrip("/").rsplit("/", 1)[-1]
+        return Path(config.raw_dir) / name
+    return Path(config.raw_dir) / f"{config.dataset}.csv"
+
+
+def ingest(config: DataConfig) -> RawTable:
+    """The `ingest` stage: the configured user file, or the bundled dataset, read and kept
+    byte for byte under ``raw_dir`` so DVC versions exactly what was trained on."""
+    if not config.path:
+        return ingest_bundled(config)
+    payload = _read_bytes(config.path)
+    # Parse before copying: a bad file is reported against its own path and never lands
+    # in data/raw.
+    table = parse_table(payload, config.path, config.delimiter)
+    copy = raw_path(config)
+    if not config.path.startswith("s3://") and copy.resolve() == Path(config.path).resolve():
+        return table
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    if not copy.exists() or copy.read_bytes() != payload:
+        _write_atomically(copy, payload)
+    return replace(table, path=str(copy))
+
+
+def read_raw(config: DataConfig) -> RawTable:
+    """Read ingest's copy back (the later DVC stages start from it, not from the source)."""
+    path = raw_path(config)
+    if not path.exists():
+        raise DataError(f"{path}: no ingested data; run `popseg stage ingest` (or `dvc repro`)")
+    table = read_table(str(path), config.delimiter)
+    return replace(table, source=config.path or table.source)
 
 
 # --------------------------------------------------------------------------- features

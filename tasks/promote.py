@@ -22,6 +22,7 @@ from tasks.register import (
     configure_mlflow,
     load_chain,
     load_training_frame,
+    registry_lock,
     resolve_version,
 )
 
@@ -122,8 +123,18 @@ def promote(
     config: PromoteConfig,
     sample: int = 5000,
     seed: int = 0,
+    lock_timeout_s: float = 600.0,
 ) -> GateDecision:
-    """Run the gate on a registered version (default: alias challenger); move champion if it passes."""
+    """Run the gate on a registered version (default: alias challenger); move champion if it
+    passes. Under the registry lock: the champion compared against is still the champion
+    when the alias moves."""
+    with registry_lock(lock_timeout_s):
+        return _promote(model_name, version, config, sample, seed)
+
+
+def _promote(
+    model_name: str, version: str | None, config: PromoteConfig, sample: int, seed: int
+) -> GateDecision:
     import mlflow
 
     configure_mlflow()

@@ -46,17 +46,53 @@ def reduce(values: np.ndarray, names: list[str], config: ReduceConfig) -> Reduce
     from sklearn.decomposition import PCA
 
     n, d = values.shape
-    target = _target(config, d)
     max_components = min(n, d)
     # Full PCA always runs (cheap at d x d) so the scree plot shows every component.
     solver = "covariance_eigh" if n >= 4 * d else "full"
     pca = PCA(n_components=max_components, svd_solver=solver).fit(values)
-    ratios = pca.explained_variance_ratio_
+    return reduce_from_pca(
+        values, pca.mean_, pca.components_, pca.explained_variance_ratio_, n, config
+    )
+
+
+def pca_from_covariance(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(components (d, d), explained variance ratios (d,)) from a covariance matrix, as
+    scikit-learn's ``PCA(svd_solver="covariance_eigh")`` derives them from the data's: the
+    eigenvectors by decreasing eigenvalue, negative eigenvalues set to 0, signs flipped so
+    each component's largest-magnitude loading is positive. For data summed chunk by chunk
+    (the covariance reduced across partitions); in memory, `reduce` fits scikit-learn's PCA."""
+    from sklearn.utils.extmath import svd_flip
+
+    covariance = np.asarray(covariance, dtype=np.float64)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    eigenvalues = eigenvalues[::-1].copy()
+    eigenvectors = eigenvectors[:, ::-1]
+    eigenvalues[eigenvalues < 0.0] = 0.0
+    _, components = svd_flip(None, np.ascontiguousarray(eigenvectors.T), u_based_decision=False)
+    total = eigenvalues.sum()
+    ratios = eigenvalues / total if total > 0 else np.full_like(eigenvalues, np.nan)
+    return components, ratios
+
+
+def reduce_from_pca(
+    values: np.ndarray,
+    mean: np.ndarray,
+    all_components: np.ndarray,
+    ratios: np.ndarray,
+    n_rows: int,
+    config: ReduceConfig,
+) -> ReduceResult:
+    """Keep the components ``reduce.n_components`` asks for out of a fitted full PCA (every
+    component, by decreasing variance) of ``n_rows`` rows with column means ``mean``, and
+    project ``values`` (the rows kept in memory: all of them, or a sample)."""
+    d = values.shape[1]
+    target = _target(config, d)
+    max_components = min(n_rows, d)
     if target is None:
         identity = np.eye(d)
         return ReduceResult(
-            values=values - values.mean(axis=0),
-            mean=values.mean(axis=0),
+            values=values - mean,
+            mean=mean,
             components=identity,
             explained_variance_ratio=np.full(d, np.nan),
             full_explained_variance_ratio=ratios,
@@ -72,8 +108,7 @@ def reduce(values: np.ndarray, names: list[str], config: ReduceConfig) -> Reduce
         if keep < target:
             logger.warning("reduce.n_components=%d capped at %d (rows/features)", target, keep)
         reason = f"reduce.n_components={target}"
-    components = pca.components_[:keep]
-    mean = pca.mean_
+    components = all_components[:keep]
     reduced = (values - mean) @ components.T
     return ReduceResult(
         values=reduced,

@@ -7,6 +7,7 @@ chain registered as a pyfunc model version with alias ``challenger``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,8 +38,14 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
 
 
+_INITIALISED_STORES: set[str] = set()
+
+
 def configure_mlflow() -> str:
-    """Point MLflow at the project store (``MLFLOW_TRACKING_URI`` overrides it)."""
+    """Point MLflow at the project store (``MLFLOW_TRACKING_URI`` overrides it).
+
+    A new sqlite store is created under the registry lock: two processes starting at once
+    would otherwise both run MLflow's schema migrations on the same file."""
     import mlflow
 
     uri = tracking_uri()
@@ -46,7 +53,56 @@ def configure_mlflow() -> str:
     mlflow.set_registry_uri(uri)
     # The sagemaker plugin logs header noise on every registry call.
     logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+    if uri.startswith("sqlite:///") and uri not in _INITIALISED_STORES:
+        with registry_lock():
+            mlflow.MlflowClient().search_experiments(max_results=1)
+        _INITIALISED_STORES.add(uri)
     return uri
+
+
+def registry_lock_path() -> Path:
+    """One lock per tracking store: next to a sqlite file, else in the project's .popseg/."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///") + ".lock")
+    return Path(".popseg") / "registry.lock"
+
+
+_LOCKS: dict[str, Any] = {}
+
+
+def _file_lock(path: Path):
+    """One lock object per file in this process: re-entrant (a step holding it may call code
+    that takes it again) while still excluding other processes."""
+    from filelock import FileLock
+
+    key = str(path.resolve())
+    if key not in _LOCKS:
+        _LOCKS[key] = FileLock(key)
+    return _LOCKS[key]
+
+
+@contextlib.contextmanager
+def registry_lock(timeout_s: float = 600.0):
+    """Serialise the steps that write the registry (log + register, gate + alias move) across
+    processes, so two runs at once never interleave their writes to the store or both move
+    ``champion`` past the same old champion."""
+    from filelock import Timeout
+
+    path = registry_lock_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _file_lock(path)
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise RegistryError(
+            f"{path}: another run has held the registry lock for over {timeout_s:g} s "
+            "(orchestrate.registry_lock_timeout_s); nothing was registered"
+        ) from None
+    try:
+        yield path
+    finally:
+        lock.release()
 
 
 def ensure_experiment(name: str) -> str:
@@ -121,12 +177,23 @@ def _json_default(value: Any) -> Any:
 
 
 def register_training(
-    record: TrainingRecord, experiment: str, model_name: str, log_data_max_mb: float
+    record: TrainingRecord,
+    experiment: str,
+    model_name: str,
+    log_data_max_mb: float,
+    lock_timeout_s: float = 600.0,
 ) -> Registration:
     """Log the parent run (+ nested runs per k), register the model, set alias challenger.
 
     The registration happens last; if anything before it fails the run is marked FAILED and
-    no model version exists."""
+    no model version exists. Holds the registry lock throughout."""
+    with registry_lock(lock_timeout_s):
+        return _register_training(record, experiment, model_name, log_data_max_mb)
+
+
+def _register_training(
+    record: TrainingRecord, experiment: str, model_name: str, log_data_max_mb: float
+) -> Registration:
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types.utils import _infer_schema

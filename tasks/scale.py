@@ -37,9 +37,18 @@ def skewness(values: np.ndarray) -> np.ndarray:
 def choose_log1p(values: np.ndarray, names: list[str], config: ScaleConfig) -> np.ndarray:
     if config.log1p == "none":
         return np.zeros(len(names), dtype=bool)
-    minimum = values.min(axis=0)
+    skew = skewness(values) if config.log1p == "auto" else None
+    return log1p_from_stats(values.min(axis=0), skew, names, config)
+
+
+def log1p_from_stats(
+    minimum: np.ndarray, skew: np.ndarray | None, names: list[str], config: ScaleConfig
+) -> np.ndarray:
+    """The log1p columns from per-column minimum and skewness (``skew`` only for ``auto``)."""
+    if config.log1p == "none":
+        return np.zeros(len(names), dtype=bool)
     if config.log1p == "auto":
-        return (minimum >= 0) & (np.abs(skewness(values)) > config.skew_threshold)
+        return (minimum >= 0) & (np.abs(skew) > config.skew_threshold)
     unknown = [name for name in config.log1p if name not in names]
     if unknown:
         raise ConfigError(f"scale.log1p names unknown feature(s): {', '.join(unknown)}")
@@ -54,21 +63,49 @@ def choose_log1p(values: np.ndarray, names: list[str], config: ScaleConfig) -> n
     return mask
 
 
+#: The column statistics each scaling method needs (see `affine_from_stats`).
+AFFINE_STATISTICS = {
+    "standard": ("mean", "std"),
+    "minmax": ("min", "max"),
+    "minmax_sym": ("min", "max"),
+    "robust": ("quartiles",),
+    "maxabs": ("absmax",),
+    "none": (),
+}
+
+
 def affine_parameters(values: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
-    d = values.shape[1]
+    statistics = {
+        "mean": lambda: values.mean(axis=0),
+        "std": lambda: values.std(axis=0),
+        "min": lambda: values.min(axis=0),
+        "max": lambda: values.max(axis=0),
+        "quartiles": lambda: np.percentile(values, [25, 50, 75], axis=0),
+        "absmax": lambda: np.abs(values).max(axis=0),
+    }
+    needed = {name: statistics[name]() for name in AFFINE_STATISTICS[method]}
+    return affine_from_stats(method, values.shape[1], needed)
+
+
+def affine_from_stats(
+    method: str, d: int, stats: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(center, scale) of a method from its column statistics (`AFFINE_STATISTICS`): mean and
+    population std, min/max, the 25/50/75th percentiles (``quartiles``, shape (3, d)), or
+    the largest absolute value."""
     if method == "standard":
-        center, scale = values.mean(axis=0), values.std(axis=0)
+        center, scale = stats["mean"], stats["std"]
     elif method == "minmax":
-        low, high = values.min(axis=0), values.max(axis=0)
+        low, high = stats["min"], stats["max"]
         center, scale = low, high - low
     elif method == "minmax_sym":
-        low, high = values.min(axis=0), values.max(axis=0)
+        low, high = stats["min"], stats["max"]
         center, scale = (high + low) / 2.0, (high - low) / 2.0
     elif method == "robust":
-        q25, median, q75 = np.percentile(values, [25, 50, 75], axis=0)
+        q25, median, q75 = stats["quartiles"]
         center, scale = median, q75 - q25
     elif method == "maxabs":
-        center, scale = np.zeros(d), np.abs(values).max(axis=0)
+        center, scale = np.zeros(d), stats["absmax"]
     else:
         center, scale = np.zeros(d), np.ones(d)
     # A constant column keeps scale 1 (as scikit-learn does) instead of dividing by zero.
@@ -87,13 +124,27 @@ def scale(values: np.ndarray, names: list[str], config: ScaleConfig) -> ScaleRes
         transformed = np.clip(transformed, clip_low, clip_high)
     center, scale_ = affine_parameters(transformed, config.method)
     scaled = (transformed - center) / scale_
+    return scale_result(scaled, names, config, log1p_mask, clip_low, clip_high, center, scale_)
+
+
+def scale_result(
+    values: np.ndarray,
+    names: list[str],
+    config: ScaleConfig,
+    log1p_mask: np.ndarray,
+    clip_low: np.ndarray,
+    clip_high: np.ndarray,
+    center: np.ndarray,
+    scale_: np.ndarray,
+) -> ScaleResult:
+    """The fitted scaling with its report; ``values`` are the scaled rows kept in memory."""
     report = {
         "method": config.method,
         "log1p_columns": [name for name, flag in zip(names, log1p_mask, strict=True) if flag],
         "clip_quantiles": list(config.clip_quantiles) if config.clip_quantiles else None,
     }
     return ScaleResult(
-        values=scaled,
+        values=values,
         log1p_mask=log1p_mask,
         clip_low=np.asarray(clip_low, dtype=np.float64),
         clip_high=np.asarray(clip_high, dtype=np.float64),

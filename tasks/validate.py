@@ -40,7 +40,9 @@ class ValidationReport:
     def summary_lines(self) -> list[str]:
         return [_describe_failure(failure) for failure in self.failures]
 
-    def write_json(self, path: str | Path) -> Path:
+    def write_json(self, path: str | Path, include_result: bool = True) -> Path:
+        """The outcome as JSON; without ``include_result`` (GX's full result, with its run
+        ids and times) the file is the same bytes for the same data and suite."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -48,8 +50,9 @@ class ValidationReport:
             "suite": self.suite_name,
             "evaluated_expectations": self.evaluated,
             "failures": self.failures,
-            "result": self.result,
         }
+        if include_result:
+            payload["result"] = self.result
         path.write_text(json.dumps(payload, indent=2, default=str))
         return path
 
@@ -260,3 +263,23 @@ def require_valid(report: ValidationReport, source: str) -> None:
     ]
     lines += [f"  - {line}" for line in report.summary_lines()]
     raise DataValidationError("\n".join(lines), report.failures)
+
+
+def failure_entry(
+    expectation: Any,
+    observed: Any,
+    unexpected_count: int | None = None,
+    examples: list[Any] | None = None,
+) -> dict[str, Any]:
+    """A failed expectation of the suite, in the same form as the failures GX reports (for
+    expectations checked outside GX, e.g. by the Dask engine's reductions over all rows)."""
+    config = expectation.configuration if hasattr(expectation, "configuration") else expectation
+    kwargs = dict(config.kwargs)
+    return {
+        "expectation": config.type,
+        "column": kwargs.get("column"),
+        "expected": _expected_text(kwargs),
+        "observed": _jsonable(observed),
+        "unexpected_count": unexpected_count,
+        "examples": _jsonable(list(examples or [])[:5]),
+    }

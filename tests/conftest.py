@@ -39,6 +39,29 @@ def _restore_root_logging():
     root.setLevel(level)
 
 
+def _forget_mlflow_uris() -> None:
+    """MLflow keeps the last tracking/registry URI in module globals (and copies them into
+    os.environ); drop them so each test's MLFLOW_TRACKING_URI (set by `project_dir`) is what
+    a bare `mlflow.MlflowClient()` uses."""
+    import sys
+
+    if "mlflow" not in sys.modules:
+        return
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    mlflow.set_tracking_uri(None)
+    registry_utils._registry_uri = None
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_mlflow_uris():
+    _forget_mlflow_uris()
+    yield
+    _forget_mlflow_uris()
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """One Prefect test server for the whole session (~10 s to start)."""

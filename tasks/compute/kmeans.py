@@ -37,14 +37,24 @@ from tasks.compute._kmeans_kernels import (
 )
 from tasks.compute._threads import kernel_threads
 
-__all__ = ["KMeans", "KMeansSweep", "MiniBatchKMeans"]
+__all__ = [
+    "KMeans",
+    "KMeansSweep",
+    "MiniBatchKMeans",
+    "absolute_tolerance",
+    "assign_partial",
+    "lloyd_partial_sums",
+    "lloyd_update",
+    "relocate_empty_clusters",
+    "stack_centers",
+]
 
 
 # --------------------------------------------------------------------------- helpers
 def _tolerance(X, tol):
     if tol == 0:
         return 0.0
-    return float(np.mean(np.var(X, axis=0)) * tol)
+    return absolute_tolerance(np.var(X, axis=0), tol)
 
 
 def _n_local_trials(k: int) -> int:
@@ -162,13 +172,7 @@ def _relocate_empty(X, sample_weight, old_centers, S, W, n_chunks):
     labels, _, dist = _assign(X, sample_weight, C, CT, half, offsets, n_chunks, True)
     labels, dist = labels[0], dist[0]
     far = np.argpartition(dist, -n_empty)[: -n_empty - 1 : -1]
-    for new_id, idx in zip(empty, far, strict=False):
-        w = float(sample_weight[idx])
-        old_id = labels[idx]
-        S[old_id] -= X[idx] * w
-        S[new_id] = X[idx] * w
-        W[new_id] = w
-        W[old_id] -= w
+    relocate_empty_clusters(S, W, X[far], sample_weight[far], labels[far])
 
 
 def _fake_run(centers):
@@ -192,12 +196,11 @@ def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, n_chunks):
         still = []
         for b, r in enumerate(active):
             sl = slice(offsets[b], offsets[b + 1])
-            Sb, Wb = S[sl], W[sl]
-            if (Wb == 0).any():
-                Sb, Wb = Sb.copy(), Wb.copy()
-                _relocate_empty(X, sample_weight, r.centers, Sb, Wb, n_chunks)
-            new = (Sb / Wb[:, None]).astype(X.dtype)
-            shift = float(((new.astype(np.float64) - r.centers.astype(np.float64)) ** 2).sum())
+
+            def relocate(Sb, Wb, old=r.centers):
+                _relocate_empty(X, sample_weight, old, Sb, Wb, n_chunks)
+
+            new, shift = lloyd_update(r.centers, S[sl], W[sl], relocate)
             r.centers = new
             r.n_iter = it + 1
             if shift > tol:
@@ -264,6 +267,139 @@ def _labels_inertia(X, sample_weight, centers):
     with kernel_threads(X.shape[0] * X.shape[1] * centers.shape[0]):
         labels, inertia, _ = _assign(X, sample_weight, C, CT, half, offsets, n_chunks, False)
     return labels[0].astype(np.int32), float(inertia[0])
+
+
+# ------------------------------------------------------------- one chunk of a larger data set
+# The pieces of a Lloyd iteration for data that is not in one array (Dask partitions, files
+# read in turn): each chunk gives its partial sums, the caller adds them up in a fixed order
+# and takes the step. The same kernels as the in-memory fit, and the same update rule.
+
+
+def absolute_tolerance(variances, tol) -> float:
+    """scikit-learn's stopping tolerance: ``tol`` times the mean per-feature variance."""
+    if tol == 0:
+        return 0.0
+    return float(np.mean(variances) * tol)
+
+
+def stack_centers(blocks):
+    """Several clusterings' centroids stacked into one ``(K_total, d)`` array, and the
+    ``offsets`` (n_blocks + 1) of each block (block b = rows ``offsets[b]:offsets[b+1]``)."""
+    blocks = [np.asarray(b, dtype=np.float64) for b in blocks]
+    if not blocks:
+        raise ValueError("stack_centers needs at least one block of centroids.")
+    d = blocks[0].shape[1] if blocks[0].ndim == 2 else -1
+    for b in blocks:
+        if b.ndim != 2 or b.shape[0] < 1 or b.shape[1] != d:
+            raise ValueError(
+                f"every block of centroids must be 2-D with {d} columns and at least one row, "
+                f"got shape {b.shape}."
+            )
+    C = np.ascontiguousarray(np.concatenate(blocks, axis=0))
+    offsets = np.zeros(len(blocks) + 1, dtype=np.int64)
+    np.cumsum([b.shape[0] for b in blocks], out=offsets[1:])
+    return C, offsets
+
+
+def _check_chunk(X, C, offsets):
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be a 2-D array, got {X.ndim} dimension(s).")
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"X must be numeric, got dtype {X.dtype}.")
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    C = np.ascontiguousarray(C, dtype=np.float64)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    if C.ndim != 2 or C.shape[1] != X.shape[1]:
+        raise ValueError(
+            f"centers must have shape (K, {X.shape[1]}) to match X, got {np.shape(C)}."
+        )
+    if (
+        offsets.ndim != 1
+        or offsets.shape[0] < 2
+        or offsets[0] != 0
+        or offsets[-1] != C.shape[0]
+        or (np.diff(offsets) < 1).any()
+    ):
+        raise ValueError(
+            f"offsets must run from 0 to {C.shape[0]} in increasing steps, got {offsets.tolist()}."
+        )
+    if X.shape[0] and not np.isfinite(X).all():
+        raise ValueError("X contains NaN or infinity; impute or drop missing values first.")
+    return X, C, offsets
+
+
+def lloyd_partial_sums(X, centers, offsets):
+    """One chunk's share of a Lloyd step for every clustering in ``centers`` at once.
+
+    ``centers`` / ``offsets`` as from :func:`stack_centers`. Each row of ``X`` goes to its
+    nearest centroid within each block. Returns ``sums`` (K, d): the sum of the rows
+    assigned to each centroid, and ``counts`` (K,), both float64. Adding these over all
+    chunks (in a fixed order) and calling :func:`lloyd_update` is one Lloyd iteration.
+    An empty chunk gives zeros.
+    """
+    X, C, offsets = _check_chunk(X, centers, offsets)
+    n, d = X.shape
+    if n == 0:
+        return np.zeros((C.shape[0], d)), np.zeros(C.shape[0])
+    sw = np.ones(n)
+    half = 0.5 * np.einsum("ij,ij->i", C, C)
+    with kernel_threads(n * d * C.shape[0]):
+        sums, weights = _lloyd_accumulate(X, sw, C, half, offsets, n_chunks_for(n))
+    return sums.sum(axis=0), weights.sum(axis=0)
+
+
+def assign_partial(X, centers, offsets, want_dist=True):
+    """Nearest centroid of every row of ``X`` within each block of ``centers``.
+
+    Returns ``labels`` (n_blocks, n) int32 (indices local to the block), ``sq_dist``
+    (n_blocks, n) float64 squared distances to the assigned centroid (None unless
+    ``want_dist``) and ``inertia`` (n_blocks,) float64.
+    """
+    X, C, offsets = _check_chunk(X, centers, offsets)
+    n, d = X.shape
+    n_blocks = offsets.shape[0] - 1
+    if n == 0:
+        empty = np.zeros((n_blocks, 0))
+        return np.zeros((n_blocks, 0), np.int32), (empty if want_dist else None), np.zeros(n_blocks)
+    sw = np.ones(n)
+    half = 0.5 * np.einsum("ij,ij->i", C, C)
+    with kernel_threads(n * d * C.shape[0]):
+        labels, inertia, dist = _assign(
+            X, sw, C, np.ascontiguousarray(C.T), half, offsets, n_chunks_for(n), bool(want_dist)
+        )
+    return labels, (dist if want_dist else None), inertia
+
+
+def relocate_empty_clusters(sums, counts, points, point_weights, point_labels):
+    """scikit-learn's empty-cluster rule on one clustering's Lloyd sums, in place.
+
+    ``points``: the rows farthest from their centroid (farthest first), with their weights
+    and current labels. Each empty centroid (count 0) takes one of them, which leaves the
+    centroid it was assigned to."""
+    empty = np.flatnonzero(counts == 0)
+    for new_id, point, weight, old_id in zip(
+        empty, points, point_weights, point_labels, strict=False
+    ):
+        w = float(weight)
+        sums[old_id] -= point * w
+        sums[new_id] = point * w
+        counts[new_id] = w
+        counts[old_id] -= w
+
+
+def lloyd_update(centers, sums, counts, relocate):
+    """One clustering's new centroids from the summed Lloyd pieces, and the squared shift
+    (summed over centroids) from ``centers``.
+
+    If a centroid got no rows, ``relocate(sums, counts)`` is called on copies of the two
+    arrays and must fill them (see :func:`relocate_empty_clusters`)."""
+    if (counts == 0).any():
+        sums, counts = sums.copy(), counts.copy()
+        relocate(sums, counts)
+    new = (sums / counts[:, None]).astype(centers.dtype)
+    shift = float(((new.astype(np.float64) - centers.astype(np.float64)) ** 2).sum())
+    return new, shift
 
 
 # ------------------------------------------------------------------------ estimators

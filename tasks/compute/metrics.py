@@ -6,6 +6,9 @@
 * :func:`davies_bouldin_score`, :func:`calinski_harabasz_score` - scikit-learn's own
   (they are O(n * k) and already at the memory-bandwidth limit); wrapped only to give
   the same validation and error messages as the rest of this package.
+* :func:`calinski_harabasz_from_stats`, :func:`davies_bouldin_from_stats` - the same two
+  scores from per-cluster sums (counts, means, squared / plain distances to the mean), for
+  data summed chunk by chunk that is never in one array.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from tasks.compute._threads import kernel_threads
 from tasks.compute._validation import as_2d_float, check_labels
 
 __all__ = [
+    "calinski_harabasz_from_stats",
     "calinski_harabasz_score",
+    "davies_bouldin_from_stats",
     "davies_bouldin_score",
     "dunn_index",
     "silhouette_samples",
@@ -151,3 +156,50 @@ def _check_label_count(labels, n):
         raise ValueError(
             f"Number of labels is {n_labels}. Valid values are 2 to n_samples - 1 (inclusive)."
         )
+
+
+def _cluster_stats(counts, means, per_cluster):
+    counts = np.asarray(counts, dtype=np.float64).ravel()
+    means = np.asarray(means, dtype=np.float64)
+    per_cluster = np.asarray(per_cluster, dtype=np.float64).ravel()
+    if means.ndim != 2 or means.shape[0] != counts.shape[0] or per_cluster.shape != counts.shape:
+        raise ValueError(
+            f"counts (k,), means (k, d) and per-cluster sums (k,) must agree, got shapes "
+            f"{counts.shape}, {means.shape}, {per_cluster.shape}."
+        )
+    present = counts > 0
+    n, n_labels = counts.sum(), int(present.sum())
+    if not 1 < n_labels < n:
+        raise ValueError(
+            f"Number of labels is {n_labels}. Valid values are 2 to n_samples - 1 (inclusive)."
+        )
+    return counts[present], means[present], per_cluster[present], float(n), n_labels
+
+
+def calinski_harabasz_from_stats(counts, means, intra_ss) -> float:
+    """Calinski-Harabasz index from per-cluster row counts, means (k, d) and within-cluster
+    sums of squared distances to the mean; the value of scikit-learn's score on the rows.
+    Empty clusters are ignored, as absent labels are there."""
+    counts, means, intra_ss, n, n_labels = _cluster_stats(counts, means, intra_ss)
+    overall = counts @ means / n
+    extra = float((counts * ((means - overall) ** 2).sum(axis=1)).sum())
+    intra = float(intra_ss.sum())
+    if intra == 0.0:
+        return 1.0
+    return float(extra * (n - n_labels) / (intra * (n_labels - 1.0)))
+
+
+def davies_bouldin_from_stats(counts, means, intra_dist_sums) -> float:
+    """Davies-Bouldin index from per-cluster row counts, means (k, d) and sums of the
+    (Euclidean, not squared) distances of each cluster's rows to its mean; the value of
+    scikit-learn's score on the rows. Empty clusters are ignored."""
+    counts, means, sums, _, _ = _cluster_stats(counts, means, intra_dist_sums)
+    intra = sums / counts
+    centroid_distances = np.sqrt(
+        np.maximum(((means[:, None, :] - means[None, :, :]) ** 2).sum(axis=2), 0.0)
+    )
+    if np.allclose(intra, 0.0) or np.allclose(centroid_distances, 0.0):
+        return 0.0
+    centroid_distances[centroid_distances == 0] = np.inf
+    combined = intra[:, None] + intra
+    return float(np.mean(np.max(combined / centroid_distances, axis=1)))

@@ -104,6 +104,11 @@ def test_request_formats_match_pyfunc_and_training_labels(served, trained_projec
     gap = _invoke(client, "Murder,Assault\n13.2,236\n")
     assert isinstance(gap[0]["closest_cluster"], int)
     # Capture: one JSON line per invocation, SageMaker data-capture shape.
+    # Captured after the response is sent (as SageMaker's asynchronous capture): allow the
+    # server a moment to append the last line.
+    deadline = time.monotonic() + 10
+    while len(capture.read_text().splitlines()) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
     lines = [json.loads(line) for line in capture.read_text().splitlines()]
     assert len(lines) == 1 + 4 + 1  # the smoke test, 4 formats, the gap row
     last = lines[-1]

@@ -27,6 +27,18 @@ def _client():
     return mlflow.MlflowClient()
 
 
+def _assignments(client, run_id):
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="reports/assignments.csv"
+    )
+    return pd.read_csv(path, index_col=0)
+
+
+def _segments_report(client, run_id):
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="reports/segments.json")
+    return json.loads(open(path).read())
+
+
 @pytest.fixture
 def trained(prefect_server, project_dir):
     return _train()
@@ -111,11 +123,24 @@ def test_second_run_is_gated_against_the_champion(trained, project_dir):
     second = _train("cluster.seed=1")
     assert second.model_version == "2"
     assert any("champion on the same data" in r for r in second.gate_reasons)
+    # Stable ids: another seed on the same population finds (nearly) the same clusters,
+    # renumbered to the champion's ids, so rows keep their segment; mapping and cost logged.
+    client = _client()
+    first_rows = _assignments(client, trained.run_id)
+    second_rows = _assignments(client, second.run_id)
+    assert second.k == trained.k
+    kept = float((second_rows["segment"] == first_rows["segment"]).mean())
+    mapping = _segments_report(client, second.run_id)["id_mapping"]
+    assert mapping["method"].startswith("hungarian on centroid distance")
+    assert mapping["champion_version"] == "1"
+    assert mapping["rows_keeping_segment"] == pytest.approx(kept) and kept >= 0.95
+    assert client.get_run(second.run_id).data.metrics["segment_match_cost"] == pytest.approx(
+        mapping["match_cost"]
+    )
     # A threshold nobody meets: the gate fails and the champion stays put.
     third = _train("promote.min_silhouette=0.99")
     assert not third.promoted
     assert any("< promote.min_silhouette 0.99" in r for r in third.gate_reasons)
-    client = _client()
     champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
     assert champion in ("1", "2") and champion != "3"
     assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "3"

@@ -32,12 +32,33 @@ def test_size_order_ids():
     assert size_order_ids(labels, 3).tolist() == [2, 1, 0]
 
 
-def test_match_to_champion_keeps_ids_and_names_leftovers():
-    champion = np.array([5, 5, 5, 1, 1, 1, 0, 0])
-    new = np.array([0, 0, 0, 2, 2, 2, 1, 3])  # new cluster 3 has no champion partner
-    ids, mapping = match_to_champion(new, champion, 4)
-    assert ids.tolist() == [5, 0, 1, 6]
-    assert mapping["match_cost"] == 1 and mapping["matched_rows_fraction"] == pytest.approx(7 / 8)
+def test_match_to_champion_pairs_centroids_in_the_champion_space():
+    # Champion: identity chain, segments 5, 1, 0 at (0,0), (10,0), (0,10).
+    champion = _chain([[0, 0], [10, 0], [0, 10]], segment_ids=np.array([5, 1, 0]))
+    rows = np.array(
+        [[0.5, 0], [-0.5, 0], [10, 1], [10, -1], [0, 9], [0, 11], [30, 30]], dtype=float
+    )
+    # New internal clusters: 0 ~ (10,0), 1 ~ (0,10), 2 ~ (0,0), 3 = the far-away point.
+    labels = np.array([2, 2, 0, 0, 1, 1, 3])
+    ids, mapping = match_to_champion(labels, rows, champion, 4)
+    assert ids.tolist() == [1, 0, 5, 6]
+    assert mapping["new_segments"] == [6]
+    assert mapping["match_cost"] == pytest.approx(0.0)
+    assert mapping["segment_match_distance"] == {1: 0.0, 0: 0.0, 5: 0.0}
+    # The far point is nearest the champion's segment 1 but is in a new segment now.
+    assert mapping["rows_keeping_segment"] == pytest.approx(6 / 7)
+
+
+def test_match_to_champion_uses_the_champion_transform():
+    # The champion scales feature a by 1/10: distances are measured in its space, so new
+    # cluster means are compared after the same scaling.
+    champion = _chain(
+        [[0, 0], [1, 0]], segment_ids=np.array([3, 4]), scale_scale=np.array([10.0, 1.0])
+    )
+    rows = np.array([[10.0, 0], [12, 0], [0, 0], [-1, 0]])
+    ids, mapping = match_to_champion(np.array([0, 0, 1, 1]), rows, champion, 2)
+    assert ids.tolist() == [4, 3]
+    assert mapping["match_cost"] == pytest.approx(0.1 + 0.05)
 
 
 def test_evaluate_profiles_stability_and_examples(blobs):

@@ -1,0 +1,122 @@
+"""Prefect run options built from `params.yaml`'s `orchestrate` section: retries with
+exponential backoff on the steps that touch the network, result caching keyed on the input
+data hash + params + code, and timeouts. Wiring only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from tasks.config import OrchestrateConfig
+
+_CODE_ROOTS = ("tasks", "flows/stages.py")
+# Errors worth retrying: the network or a remote service, not the user's input.
+_TRANSIENT_NAMES = (
+    "ConnectionError",
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "TimeoutError",
+    "ConnectionResetError",
+    "ConnectionRefusedError",
+    "ThrottlingException",
+)
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """True for network trouble (and errors popseg marks ``transient``); False for bad input,
+    bugs and everything else, which fail at once."""
+    if error is None:
+        return False
+    if getattr(error, "transient", False):
+        return True
+    from tasks.errors import PopsegError
+
+    if isinstance(error, PopsegError):
+        return False
+    return any(kind.__name__ in _TRANSIENT_NAMES for kind in type(error).__mro__)
+
+
+def retry_when_transient(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry only transient failures."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    if error is None:
+        try:
+            state.result(raise_on_failure=True)
+        except BaseException as raised:  # the failed state's exception
+            error = raised
+    return is_transient(error)
+
+
+def network_options(config: OrchestrateConfig) -> dict[str, Any]:
+    """For tasks that read S3 or call endpoints: retries with backoff 1x, 2x, 4x ... the base."""
+    return {
+        "retries": config.retries,
+        "retry_delay_seconds": [config.retry_backoff_s * 2**i for i in range(config.retries)],
+        "retry_jitter_factor": 0.2 if config.retry_backoff_s > 0 else None,
+        "retry_condition_fn": retry_when_transient,
+        "timeout_seconds": config.task_timeout_s,
+    }
+
+
+def step_options(config: OrchestrateConfig) -> dict[str, Any]:
+    return {"timeout_seconds": config.task_timeout_s}
+
+
+@cache
+def code_fingerprint() -> str:
+    """md5 over the pipeline's source (tasks/ and the stage wiring): a code change is a new
+    cache key."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.md5()
+    for entry in _CODE_ROOTS:
+        path = root / entry
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.relative_to(root).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _key(kind: str, *parts: Any) -> str:
+    payload = json.dumps([kind, code_fingerprint(), *parts], sort_keys=True, default=str)
+    return f"popseg-{kind}-" + hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def prepare_cache_key(context, parameters: dict[str, Any]) -> str:
+    params, data = parameters["params"], parameters["data"]
+    sections = {name: params.to_dict()[name] for name in ("features", "impute", "scale", "reduce")}
+    return _key("prepare", data.md5, data.id_column, sections, params.cluster.engine)
+
+
+def train_cache_key(context, parameters: dict[str, Any]) -> str:
+    params, data, champion = parameters["params"], parameters["data"], parameters["champion"]
+    settings = params.to_dict()
+    sections = {
+        name: settings[name]
+        for name in ("features", "impute", "scale", "reduce", "cluster", "select", "evaluate")
+    }
+    # Segment ids are matched to the champion's: another champion is another result.
+    champion_key = None
+    if champion is not None:
+        champion_key = hashlib.md5(
+            champion.centroids.tobytes() + champion.segment_ids.tobytes()
+        ).hexdigest()
+    return _key("train", data.md5, data.id_column, sections, champion_key)
+
+
+def cache_options(config: OrchestrateConfig, key_fn) -> dict[str, Any]:
+    """Cached results persist in Prefect's local result storage (PREFECT_HOME)."""
+    if not config.cache:
+        return {}
+    from prefect.cache_policies import CacheKeyFnPolicy
+
+    return {
+        "cache_policy": CacheKeyFnPolicy(cache_key_fn=key_fn),
+        "cache_expiration": timedelta(hours=config.cache_expiration_h),
+        "persist_result": True,
+    }

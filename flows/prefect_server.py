@@ -1,0 +1,102 @@
+"""A local Prefect server for `popseg serve`, started only when no API is configured.
+
+Set PREFECT_API_URL to use an existing server (or Prefect Cloud); otherwise
+`prefect server start` runs on 127.0.0.1 with its database under PREFECT_HOME (.prefect/),
+and is stopped when serving stops. Must run before Prefect is imported: Prefect reads its
+settings at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from tasks.errors import PopsegError
+
+STARTUP_TIMEOUT_S = 180.0
+
+
+class PrefectServerError(PopsegError):
+    """The local Prefect server did not start."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def ensure_server(port: int = 0, log_path: Path | None = None) -> Iterator[tuple[str, bool]]:
+    """Yield ``(api_url, started_here)``. A configured PREFECT_API_URL is used as is (and
+    must answer); else a local server is started, PREFECT_API_URL pointed at it, and it is
+    stopped on exit."""
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        if not _healthy(configured):
+            raise PrefectServerError(
+                f"PREFECT_API_URL={configured}: no Prefect API answers there; start it "
+                "(`prefect server start`) or unset PREFECT_API_URL to let popseg start one"
+            )
+        yield configured, False
+        return
+    port = port or _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    prefect_cli = Path(sys.executable).with_name("prefect")
+    log_path = log_path or Path(os.environ.get("PREFECT_HOME", ".prefect")) / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [str(prefect_cli), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in the terminal reaches popseg, which stops it
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not _healthy(api_url):
+            if process.poll() is not None:
+                raise PrefectServerError(
+                    f"prefect server exited with {process.returncode} while starting "
+                    f"(port {port}); see {log_path}"
+                )
+            if time.monotonic() > deadline:
+                raise PrefectServerError(
+                    f"prefect server did not answer on {api_url} within "
+                    f"{STARTUP_TIMEOUT_S:g} s; see {log_path}"
+                )
+            time.sleep(0.5)
+        os.environ["PREFECT_API_URL"] = api_url
+        yield api_url, True
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

@@ -1,0 +1,441 @@
+"""The pipeline's stages: ingest -> validate -> prepare -> train, then register and promote.
+
+These are the units shared by the Prefect training flow (each one a task), the
+`popseg stage ...` commands and the matching stages of ``dvc.yaml``: one wiring of the
+``tasks/`` step functions, whichever tool runs it. Between DVC stages the results go
+through files (``data/raw``, ``data/prepared``, ``models``, ``metrics``, ``plots``); in the
+Prefect flow they stay in memory. No Prefect or MLflow imports at module level.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks import cluster, evaluate, impute, ingest, plots, reduce, register, scale, select
+from tasks.chain import SegmentationChain
+from tasks.config import Params
+from tasks.errors import DataError
+from tasks.ingest import IngestedData
+from tasks.package import build_chain
+from tasks.validate import ValidationReport, run_validation
+
+# Where the DVC stages keep their results (declared as outs in dvc.yaml).
+PREPARED_DIR = Path("data/prepared")
+MODEL_DIR = Path("models/chain")
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+VALIDATION_JSON = Path("reports/validation.json")
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def ingest_stage(params: Params) -> IngestedData:
+    """Read the configured data (kept byte for byte under data/raw) and pick the features."""
+    raw = ingest.ingest(params.data)
+    return ingest.select_features(raw, params.data, params.features)
+
+
+def load_ingested(params: Params) -> IngestedData:
+    """The ingested table as the later DVC stages see it: read back from data/raw."""
+    raw = ingest.read_raw(params.data)
+    return ingest.select_features(raw, params.data, params.features)
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def suite_name(params: Params) -> str:
+    if params.data.path:
+        stem = Path(params.data.path.rstrip("/")).stem or "user-data"
+        return f"popseg-{stem}"
+    return f"popseg-{params.data.dataset}"
+
+
+def validate_stage(params: Params, data: IngestedData) -> ValidationReport:
+    return run_validation(data, params.data, params.validate_, suite_name(params))
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+@dataclass
+class Prepared:
+    """Impute -> scale -> reduce, fitted: the values the sweep clusters and every parameter
+    the serving chain needs."""
+
+    names: list[str]
+    imputed: impute.ImputeResult
+    scaled: scale.ScaleResult
+    reduced: reduce.ReduceResult
+
+    def save(self, folder: str | Path) -> Path:
+        """Arrays to ``prepared.npz`` (no pickle), reports to ``prepared.json``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "imputed_values": self.imputed.values,
+            "kept_rows": self.imputed.kept_rows,
+            "fill_values": self.imputed.fill_values,
+            "scaled_values": self.scaled.values,
+            "log1p_mask": self.scaled.log1p_mask,
+            "clip_low": self.scaled.clip_low,
+            "clip_high": self.scaled.clip_high,
+            "scale_center": self.scaled.center,
+            "scale_scale": self.scaled.scale,
+            "reduced_values": self.reduced.values,
+            "pca_mean": self.reduced.mean,
+            "pca_components": self.reduced.components,
+            "explained_variance_ratio": self.reduced.explained_variance_ratio,
+            "full_explained_variance_ratio": self.reduced.full_explained_variance_ratio,
+        }
+        with open(folder / "prepared.npz", "wb") as handle:
+            np.savez(handle, **arrays)
+        reports = {
+            "feature_names": self.names,
+            "pca_applied": self.reduced.applied,
+            "impute": self.imputed.report,
+            "scale": self.scaled.report,
+            "reduce": self.reduced.report,
+        }
+        (folder / "prepared.json").write_text(json.dumps(reports, indent=2, default=str) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Prepared:
+        folder = Path(folder)
+        npz, meta = folder / "prepared.npz", folder / "prepared.json"
+        for path in (npz, meta):
+            if not path.exists():
+                raise DataError(f"{path}: missing; run `popseg stage prepare` (or `dvc repro`)")
+        reports = json.loads(meta.read_text())
+        with np.load(npz, allow_pickle=False) as arrays:
+            a = {name: arrays[name] for name in arrays.files}
+        return cls(
+            names=list(reports["feature_names"]),
+            imputed=impute.ImputeResult(
+                values=a["imputed_values"],
+                kept_rows=a["kept_rows"],
+                fill_values=a["fill_values"],
+                report=reports["impute"],
+            ),
+            scaled=scale.ScaleResult(
+                values=a["scaled_values"],
+                log1p_mask=a["log1p_mask"],
+                clip_low=a["clip_low"],
+                clip_high=a["clip_high"],
+                center=a["scale_center"],
+                scale=a["scale_scale"],
+                report=reports["scale"],
+            ),
+            reduced=reduce.ReduceResult(
+                values=a["reduced_values"],
+                mean=a["pca_mean"],
+                components=a["pca_components"],
+                explained_variance_ratio=a["explained_variance_ratio"],
+                full_explained_variance_ratio=a["full_explained_variance_ratio"],
+                applied=bool(reports["pca_applied"]),
+                report=reports["reduce"],
+            ),
+        )
+
+
+def prepare_stage(params: Params, data: IngestedData) -> Prepared:
+    names = data.feature_columns
+    imputed = impute.impute(data.features, params.impute, params.cluster.engine)
+    scaled = scale.scale(imputed.values, names, params.scale)
+    reduced = reduce.reduce(scaled.values, names, params.reduce)
+    return Prepared(names=names, imputed=imputed, scaled=scaled, reduced=reduced)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def current_champion(model_name: str) -> SegmentationChain | None:
+    """The champion's chain (its segment ids are what a new model's are matched to)."""
+    version = register.alias_version(model_name, register.CHAMPION)
+    if version is None:
+        return None
+    import mlflow
+
+    model_version = mlflow.MlflowClient().get_model_version(model_name, version)
+    chain = register.load_chain(model_version.run_id)
+    chain.metadata["model_version"] = version
+    return chain
+
+
+@dataclass
+class Trained:
+    """The sweep, the chosen k, its evaluation and the serving chain built from them."""
+
+    swept: cluster.SweepResult
+    selection: select.Selection
+    evaluation: evaluate.Evaluation
+    chain: SegmentationChain
+    metrics: dict[str, float]
+    kept_frame: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def train_stage(
+    params: Params,
+    data: IngestedData,
+    prepared: Prepared,
+    champion: SegmentationChain | None = None,
+) -> Trained:
+    """Sweep k, select one, evaluate it (segment ids matched to the champion's when there
+    is one) and build the serving chain."""
+    names = prepared.names
+    swept = cluster.sweep(prepared.reduced.values, params.cluster)
+    selection = select.select_k(swept, params.select.criterion)
+    chosen = swept.fits[selection.k]
+    kept_frame = data.frame[prepared.imputed.kept_rows].reset_index(drop=True)
+    evaluation = evaluate.evaluate(
+        prepared.reduced.values,
+        chosen.labels,
+        chosen.centroids,
+        prepared.imputed.values,
+        kept_frame[names].to_numpy(dtype=np.float64),
+        names,
+        kept_frame[data.id_column].tolist(),
+        params.cluster,
+        params.evaluate,
+        champion,
+    )
+    return assemble_trained(params, data, prepared, swept, selection, evaluation, kept_frame)
+
+
+def assemble_trained(
+    params: Params,
+    data: IngestedData,
+    prepared: Prepared,
+    swept: cluster.SweepResult,
+    selection: select.Selection,
+    evaluation: evaluate.Evaluation,
+    kept_frame: pd.DataFrame,
+    metadata: dict[str, Any] | None = None,
+) -> Trained:
+    """The serving chain of the chosen k and the training's metrics (every engine's last
+    train step: the in-memory one above, the Dask engine's in flows/dask_stages.py)."""
+    chosen = swept.fits[selection.k]
+    chain = build_chain(
+        prepared.names,
+        prepared.imputed,
+        prepared.scaled,
+        prepared.reduced,
+        chosen.centroids,
+        evaluation.segment_ids,
+        metadata={
+            "k": selection.k,
+            "engine": params.cluster.engine,
+            "criterion": params.select.criterion,
+            "data_md5": data.md5,
+            "id_column": data.id_column,
+            **(metadata or {}),
+        },
+    )
+    metrics = {**chosen.metrics, "k": float(selection.k), "stability": evaluation.stability}
+    if "match_cost" in evaluation.id_mapping:
+        metrics["segment_match_cost"] = evaluation.id_mapping["match_cost"]
+    return Trained(
+        swept=swept,
+        selection=selection,
+        evaluation=evaluation,
+        chain=chain,
+        metrics={name: float(value) for name, value in metrics.items()},
+        kept_frame=kept_frame,
+        notes=list(swept.notes),
+    )
+
+
+def training_tags(params: Params, data: IngestedData) -> dict[str, str]:
+    """Lineage tags of a training run: the DVC md5 of the input file and the git commit."""
+    tags = {
+        "data_md5": data.md5,
+        "data_source": data.source,
+        "git_commit": register.git_commit(),
+        "engine": params.cluster.engine,
+        "id_column": data.id_column,
+    }
+    if data.path and not data.path.startswith("s3://"):
+        tags["data_path"] = _relative(data.path)
+    tags.update(getattr(data, "engine_tags", {}))  # the Dask engine: cluster, sample size
+    return tags
+
+
+def _relative(path: str) -> str:
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
+
+
+def training_record(
+    params: Params,
+    data: IngestedData,
+    prepared: Prepared,
+    trained: Trained,
+    validation_json: Path | None,
+    plots_dir: Path,
+    tags: dict[str, str],
+    notes: list[str],
+) -> register.TrainingRecord:
+    """Everything a training logs to MLflow: params, metrics, plots, reports, the chain."""
+    names = prepared.names
+    selection, evaluation, swept = trained.selection, trained.evaluation, trained.swept
+    per_k = sweep_table(swept)
+    return register.TrainingRecord(
+        params_flat=params.flat(),
+        tags={**tags, "criterion": params.select.criterion, "k": str(selection.k)},
+        chosen_metrics=trained.metrics,
+        per_k_metrics={k: fit.metrics for k, fit in swept.fits.items()},
+        chain=trained.chain,
+        training_frame=data.frame,
+        plots=make_plots(plots_dir, trained, prepared),
+        json_artifacts={
+            "reports/selection.json": {
+                "k": selection.k,
+                "criterion": selection.criterion,
+                "reason": selection.reason,
+                "votes": selection.votes,
+                "details": selection.details,
+            },
+            "reports/impute.json": prepared.imputed.report,
+            "reports/scale.json": prepared.scaled.report,
+            "reports/reduce.json": {
+                **prepared.reduced.report,
+                "explained_variance_ratio": prepared.reduced.full_explained_variance_ratio,
+            },
+            "reports/segments.json": {
+                "sizes": evaluation.sizes,
+                "distinguishing": evaluation.distinguishing,
+                "examples": evaluation.examples,
+                "stability": evaluation.stability,
+                "stability_rounds": evaluation.stability_rounds,
+                "id_mapping": evaluation.id_mapping,
+            },
+            "reports/notes.json": notes,
+        },
+        csv_artifacts={
+            "reports/sweep_metrics.csv": per_k,
+            "reports/segment_profiles.csv": evaluation.profiles,
+            "reports/pca_loadings.csv": prepared.reduced.loadings(names),
+            "reports/assignments.csv": pd.DataFrame(
+                {"segment": evaluation.segments, "distance_to_cluster": evaluation.distances},
+                index=pd.Index(trained.kept_frame[data.id_column], name=data.id_column),
+            ),
+        },
+        validation_json=validation_json,
+    )
+
+
+def sweep_table(swept: cluster.SweepResult) -> pd.DataFrame:
+    per_k = pd.DataFrame({k: fit.metrics for k, fit in swept.fits.items()}).T
+    per_k.index.name = "k"
+    return per_k
+
+
+def make_plots(folder: Path, trained: Trained, prepared: Prepared) -> list[Path]:
+    swept, k, evaluation = trained.swept, trained.selection.k, trained.evaluation
+    names, reduced, values = prepared.names, prepared.reduced, prepared.imputed.values
+    profile = evaluation.profiles
+    population_std = values.std(axis=0)
+    population_std[population_std == 0] = 1.0
+    standardized = (profile - values.mean(axis=0)) / population_std
+    paths = [
+        plots.metric_by_k(
+            swept, "inertia", k, folder / "elbow_inertia_by_k.png", "Elbow: inertia by k"
+        ),
+        plots.metric_by_k(
+            swept, "silhouette", k, folder / "silhouette_by_k.png", "Silhouette by k"
+        ),
+        plots.metric_by_k(
+            swept,
+            "calinski_harabasz",
+            k,
+            folder / "calinski_harabasz_by_k.png",
+            "Calinski-Harabasz by k",
+        ),
+        plots.metric_by_k(
+            swept,
+            "davies_bouldin",
+            k,
+            folder / "davies_bouldin_by_k.png",
+            "Davies-Bouldin by k (lower is better)",
+        ),
+        plots.pca_variance(
+            reduced.full_explained_variance_ratio,
+            reduced.components.shape[0] if reduced.applied else 0,
+            folder / "pca_explained_variance.png",
+        ),
+        plots.heatmap(
+            reduced.loadings(names),
+            folder / "pca_component_makeup.png",
+            "Component makeup (loadings)",
+            color_label="loading",
+        )
+        if reduced.applied
+        else None,
+        plots.heatmap(
+            standardized,
+            folder / "centroid_heatmap.png",
+            "Attribute value by centroid (original units)",
+            annotate=profile,
+            color_label="segment mean vs population (sd)",
+        ),
+        plots.cluster_sizes(evaluation.sizes, folder / "cluster_sizes.png"),
+    ]
+    return [path for path in paths if path is not None]
+
+
+# --------------------------------------------------------------------------- DVC outputs
+
+
+def write_train_outputs(
+    trained: Trained, prepared: Prepared, registration: register.Registration | None
+) -> dict[str, Any]:
+    """The train stage's files: the chain (models/chain), metrics/train.json and the data
+    series behind the plots (plots/*.csv) that `dvc plots diff` compares."""
+    trained.chain.save(str(MODEL_DIR))
+    metrics = {
+        "k": trained.selection.k,
+        "criterion": trained.selection.criterion,
+        **{
+            name: round(value, 6)
+            for name, value in trained.metrics.items()
+            if name != "k" and np.isfinite(value)
+        },
+        "n_rows": len(trained.kept_frame),
+        "smallest_segment_share": round(
+            min(trained.evaluation.sizes.values()) / len(trained.kept_frame), 6
+        ),
+    }
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    (METRICS_DIR / "train.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    PLOTS_DIR.mkdir(parents=True, exist_ok=True)
+    sweep_table(trained.swept).round(6).to_csv(PLOTS_DIR / "sweep_metrics.csv")
+    ratio = prepared.reduced.full_explained_variance_ratio
+    pd.DataFrame(
+        {
+            "component": np.arange(1, len(ratio) + 1),
+            "explained_variance_ratio": np.round(ratio, 6),
+            "cumulative": np.round(np.cumsum(ratio), 6),
+        }
+    ).to_csv(PLOTS_DIR / "pca_variance.csv", index=False)
+    pd.DataFrame(
+        {
+            "segment": list(trained.evaluation.sizes),
+            "rows": list(trained.evaluation.sizes.values()),
+        }
+    ).to_csv(PLOTS_DIR / "segment_sizes.csv", index=False)
+    if registration is not None:
+        metrics["model_version"] = registration.model_version
+        metrics["run_id"] = registration.run_id
+    return metrics

@@ -1,0 +1,601 @@
+"""Monitor: label-free drift of new data against a registered model's training data.
+
+Four checks, thresholds from the ``monitor:`` section of params.yaml:
+
+- per-feature PSI (`tasks.compute.population_stability_index`, bins from the training
+  quantiles) on the raw feature columns the model uses;
+- the share of rows per segment (both sides predicted with the model's chain) and the PSI
+  over those shares;
+- the distance of each row to its assigned centroid (median and p90 ratio, PSI);
+- the missing-value rate per feature.
+
+New data is a CSV/Parquet table (local or s3://) or the local endpoint's capture log (JSON
+lines written by ``tasks/serving/server.py --capture``, parsed with the endpoint's own request
+parser). `compute_drift` is pure (arrays in, a `DriftReport` out); `log_monitor_run` records a
+monitoring run in MLflow with the convention other readers rely on (`RUN_TYPE_TAG`,
+`ARTIFACT_PATH`, model-version tags `last_monitor_run_id` / `last_monitor_drift`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.chain import ChainInputError, SegmentationChain
+from tasks.compute import population_stability_index
+from tasks.compute.drift import PSI_EPSILON
+from tasks.config import MonitorConfig
+from tasks.errors import DataError, RegistryError
+
+logger = logging.getLogger(__name__)
+
+RUN_TYPE_TAG = "popseg.run_type"
+RUN_TYPE = "monitor"
+ARTIFACT_PATH = "monitor/monitor.json"
+LAST_RUN_TAG = "last_monitor_run_id"
+LAST_DRIFT_TAG = "last_monitor_drift"
+CAPTURE_SUFFIXES = (".jsonl", ".jsonlines")
+
+
+# ----------------------------------------------------------------------------- new data
+
+
+@dataclass(frozen=True)
+class MonitorData:
+    """New rows to monitor: raw feature values in the model's feature order."""
+
+    values: np.ndarray  # (n, n_features), NaN = missing
+    source: str
+    md5: str
+    kind: str  # "table" | "capture"
+    notes: list[str] = field(default_factory=list)
+
+
+def feature_matrix(frame: pd.DataFrame, feature_names: list[str], source: str) -> np.ndarray:
+    """The model's feature columns of ``frame`` as floats (NaN = missing). Missing columns,
+    non-numeric values and infinities are `DataError`s naming ``source`` and the column."""
+    frame = frame.copy()
+    present = set(map(str, frame.columns))
+    # One-hot features ("colour=red") are rebuilt from their raw column as in training.
+    for name in feature_names:
+        base, sep, level = name.partition("=")
+        if name not in present and sep and base in present:
+            values = frame[base].astype("object").where(frame[base].notna(), "Unknown")
+            frame[name] = (values.astype(str) == level).astype(float)
+            present.add(name)
+    missing = [name for name in feature_names if name not in present]
+    if missing:
+        raise DataError(
+            f"{source}: missing feature column(s) {', '.join(missing)} that the model uses; "
+            f"the data has {', '.join(map(str, frame.columns))}"
+        )
+    columns = []
+    for name in feature_names:
+        column = frame[name]
+        if pd.api.types.is_bool_dtype(column):
+            column = column.astype(float)
+        elif not pd.api.types.is_numeric_dtype(column):
+            converted = pd.to_numeric(column, errors="coerce")
+            bad = converted.isna() & column.notna()
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise DataError(
+                    f"{source}: feature column {name!r} is not numeric: data row {row + 1} "
+                    f"holds {column.iloc[row]!r}"
+                )
+            column = converted
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        if np.isinf(values).any():
+            row = int(np.flatnonzero(np.isinf(values))[0])
+            raise DataError(f"{source}: feature column {name!r} is infinite in data row {row + 1}")
+        columns.append(values)
+    return np.column_stack(columns) if columns else np.empty((len(frame), 0))
+
+
+def is_capture_log(path: str, payload: bytes) -> bool:
+    """A capture log by its suffix (.jsonl / .jsonlines) or by its first line (a JSON object
+    with ``captureData``)."""
+    if path.lower().endswith(CAPTURE_SUFFIXES):
+        return True
+    first = payload.lstrip()[:1]
+    if first != b"{":
+        return False
+    line = payload.lstrip().split(b"\n", 1)[0]
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "captureData" in record
+
+
+def read_capture_log(payload: bytes, source: str, chain: SegmentationChain) -> MonitorData:
+    """The requests of an endpoint capture log as feature rows. Every captured body is parsed
+    by the endpoint's own request parser (`tasks.serving.inference`); failed invocations (a
+    status other than 200) are skipped and counted in the notes."""
+    from tasks.ingest import md5_bytes
+    from tasks.serving import inference
+
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{source}: not UTF-8 text; expected a capture log (JSON lines)") from None
+    if not text.strip():
+        raise DataError(f"{source}: the file is empty")
+    blocks: list[np.ndarray] = []
+    skipped = 0
+    notes = []
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            captured = record["captureData"]["endpointInput"]
+            body, content_type = captured["data"], captured["observedContentType"]
+        except ValueError:
+            if number == len(lines) and not text.endswith("\n") and blocks:
+                # The endpoint is still appending to the log: its last line is incomplete.
+                notes.append(f"ignored the incomplete last line {number} of the capture log")
+                break
+            raise DataError(
+                f"{source}: line {number} is not JSON; expected a capture log"
+            ) from None
+        except (KeyError, TypeError):
+            raise DataError(
+                f"{source}: line {number} is not an endpoint capture record "
+                "(no captureData.endpointInput with data and observedContentType)"
+            ) from None
+        metadata = record.get("eventMetadata") or {}
+        if metadata.get("status", 200) != 200:
+            skipped += 1
+            continue
+        if captured.get("encoding") == "BASE64":
+            body = base64.b64decode(body)
+        try:
+            rows = inference.input_fn(body, content_type).rows(chain)
+        except inference.RequestError as error:
+            raise DataError(
+                f"{source}: line {number}: the captured request does not fit the model: {error}"
+            ) from None
+        blocks.append(rows)
+    if skipped:
+        notes.append(f"skipped {skipped} failed invocation(s) in the capture log")
+    if not blocks:
+        raise DataError(
+            f"{source}: the capture log holds no successful invocations"
+            + (f" ({skipped} failed)" if skipped else "")
+        )
+    return MonitorData(
+        values=np.vstack(blocks), source=source, md5=md5_bytes(payload), kind="capture", notes=notes
+    )
+
+
+def read_monitor_data(path: str, chain: SegmentationChain, delimiter: str = ",") -> MonitorData:
+    """New data for monitoring: a CSV/Parquet table (local or s3://) or a capture log."""
+    from tasks import ingest
+
+    payload = ingest._read_bytes(path)
+    if is_capture_log(path, payload):
+        return read_capture_log(payload, path, chain)
+    table = ingest.parse_table(payload, path, delimiter)
+    values = feature_matrix(table.frame, chain.feature_names, path)
+    return MonitorData(values=values, source=path, md5=table.md5, kind="table")
+
+
+# ----------------------------------------------------------------------------- the checks
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    name: str
+    psi: float | None  # None: no values on one side
+    psi_threshold: float | None
+    bins: int
+    missing_rate_ref: float
+    missing_rate_new: float
+    psi_drifted: bool
+    missing_drifted: bool
+
+    @property
+    def drifted(self) -> bool:
+        return self.psi_drifted or self.missing_drifted
+
+
+@dataclass(frozen=True)
+class SegmentShift:
+    segment: int
+    ref_share: float
+    new_share: float
+    threshold: float
+    drifted: bool
+
+    @property
+    def shift(self) -> float:
+        return self.new_share - self.ref_share
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """What `compute_drift` found; ``reasons`` names every threshold that was crossed."""
+
+    n_rows: int
+    n_reference: int
+    features: list[FeatureDrift]
+    segments: list[SegmentShift]
+    segment_psi: float
+    segment_psi_threshold: float
+    distance: dict[str, float | None]
+    distance_drifted: bool
+    reasons: list[str]
+    thresholds: dict[str, Any]
+
+    @property
+    def drift(self) -> bool:
+        return bool(self.reasons)
+
+    @property
+    def max_psi(self) -> float:
+        values = [f.psi for f in self.features if f.psi is not None]
+        return max(values) if values else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "drift": self.drift,
+            "n_rows": self.n_rows,
+            "n_reference": self.n_reference,
+            "max_psi": _round(self.max_psi),
+            "features": {
+                f.name: {
+                    "psi": _round(f.psi),
+                    "psi_threshold": _round(f.psi_threshold),
+                    "bins": f.bins,
+                    "missing_rate_ref": _round(f.missing_rate_ref),
+                    "missing_rate_new": _round(f.missing_rate_new),
+                    "drifted": f.drifted,
+                }
+                for f in self.features
+            },
+            "segments": [
+                {
+                    "segment": s.segment,
+                    "ref_share": _round(s.ref_share),
+                    "new_share": _round(s.new_share),
+                    "shift": _round(s.shift),
+                    "shift_threshold": _round(s.threshold),
+                    "drifted": s.drifted,
+                }
+                for s in self.segments
+            ],
+            "segment_psi": {
+                "psi": _round(self.segment_psi),
+                "threshold": _round(self.segment_psi_threshold),
+                "drifted": self.segment_psi > self.segment_psi_threshold,
+            },
+            "distance": {
+                **{key: _round(value) for key, value in self.distance.items()},
+                "drifted": self.distance_drifted,
+            },
+            "reasons": list(self.reasons),
+            "thresholds": dict(self.thresholds),
+        }
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+def _bins(n_expected: int, n_actual: int, config: MonitorConfig) -> int:
+    """Fewer PSI bins where the smaller sample has under ``min_bin_rows`` rows per bin."""
+    return int(max(2, min(config.bins, min(n_expected, n_actual) // config.min_bin_rows)))
+
+
+def psi_threshold(n_expected: int, n_actual: int, bins: int, alpha: float | None, base: float):
+    """``base``, raised to the (1 - alpha) quantile of the PSI of two samples of this size from
+    the same population: PSI ~ (1/n + 1/m) * chi2(bins - 1) (Yurdakul 2018)."""
+    if alpha is None or bins < 2:
+        return base
+    from scipy.stats import chi2
+
+    noise = (1.0 / n_expected + 1.0 / n_actual) * float(chi2.ppf(1.0 - alpha, bins - 1))
+    return max(base, noise)
+
+
+def share_threshold(share: float, n_expected: int, n_actual: int, alpha: float | None, base):
+    """``base``, raised to the two-sided (1 - alpha) bound of a share's sampling noise."""
+    if alpha is None or share <= 0.0 or share >= 1.0:
+        return base
+    from scipy.stats import norm
+
+    spread = math.sqrt(share * (1.0 - share) * (1.0 / n_expected + 1.0 / n_actual))
+    return max(base, float(norm.ppf(1.0 - alpha / 2.0)) * spread)
+
+
+def categorical_psi(expected_shares: np.ndarray, actual_shares: np.ndarray) -> float:
+    """PSI over categories (segment shares), shares floored as the numeric kernel does."""
+    e = np.maximum(np.asarray(expected_shares, dtype=np.float64), PSI_EPSILON)
+    a = np.maximum(np.asarray(actual_shares, dtype=np.float64), PSI_EPSILON)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _ratio(new: float, ref: float) -> float | None:
+    if ref > 0:
+        return new / ref
+    return None if new == 0 else math.inf
+
+
+def compute_drift(
+    chain: SegmentationChain,
+    reference: np.ndarray,
+    new: np.ndarray,
+    config: MonitorConfig,
+    source: str = "new data",
+) -> DriftReport:
+    """Compare ``new`` raw feature rows with the ``reference`` (training) rows of ``chain``."""
+    names = chain.feature_names
+    reference = np.asarray(reference, dtype=np.float64)
+    new = np.asarray(new, dtype=np.float64)
+    for what, values in (("reference", reference), (source, new)):
+        if values.ndim != 2 or values.shape[1] != len(names):
+            raise DataError(
+                f"{what}: expected {len(names)} feature columns ({', '.join(names)}), "
+                f"got shape {values.shape}"
+            )
+    n_ref, n_new = len(reference), len(new)
+    if n_new == 0:
+        raise DataError(f"{source}: no rows to monitor")
+    if n_new < config.min_rows:
+        raise DataError(
+            f"{source}: {n_new} row(s); monitoring needs at least monitor.min_rows="
+            f"{config.min_rows}"
+        )
+    if n_ref < 2:
+        raise DataError(f"the training reference has {n_ref} row(s); monitoring needs 2 or more")
+    alpha = config.significance
+    reasons: list[str] = []
+
+    # Per feature: PSI and missing-value rate.
+    features: list[FeatureDrift] = []
+    feature_alpha = None if alpha is None else alpha / len(names)
+    for j, name in enumerate(names):
+        e, a = reference[:, j], new[:, j]
+        e_present, a_present = int((~np.isnan(e)).sum()), int((~np.isnan(a)).sum())
+        missing_ref, missing_new = 1.0 - e_present / n_ref, 1.0 - a_present / n_new
+        bins = _bins(e_present, a_present, config)
+        psi = threshold = None
+        if e_present and a_present:
+            psi = float(population_stability_index(e, a, bins=bins))
+            threshold = psi_threshold(
+                e_present, a_present, bins, feature_alpha, config.psi_threshold
+            )
+        psi_drifted = psi is not None and psi > threshold
+        increase = missing_new - missing_ref
+        missing_drifted = increase > config.missing_rate_increase
+        if psi_drifted:
+            reasons.append(
+                f"feature {name}: PSI {psi:.3g} > {threshold:.3g}"
+                + _raised(threshold, config.psi_threshold, e_present, a_present)
+            )
+        if missing_drifted:
+            reasons.append(
+                f"feature {name}: missing rate {missing_ref:.3g} -> {missing_new:.3g} "
+                f"(+{increase:.3g} > {config.missing_rate_increase:.3g})"
+            )
+        features.append(
+            FeatureDrift(
+                name, psi, threshold, bins, missing_ref, missing_new, psi_drifted, missing_drifted
+            )
+        )
+
+    # Segment shares: both sides through the model's chain.
+    try:
+        ref_segments, ref_distances = chain.predict(reference)
+        new_segments, new_distances = chain.predict(new)
+    except ChainInputError as error:
+        raise DataError(f"{source}: {error}") from None
+    ids = sorted(int(s) for s in chain.segment_ids)
+    ref_shares = np.array([(ref_segments == s).mean() for s in ids])
+    new_shares = np.array([(new_segments == s).mean() for s in ids])
+    segment_alpha = None if alpha is None else alpha / len(ids)
+    segments: list[SegmentShift] = []
+    for segment, ref_share, new_share in zip(ids, ref_shares, new_shares, strict=True):
+        threshold = share_threshold(
+            float(ref_share), n_ref, n_new, segment_alpha, config.segment_share_shift
+        )
+        shift = float(new_share - ref_share)
+        drifted = abs(shift) > threshold
+        if drifted:
+            reasons.append(
+                f"segment {segment}: share {ref_share:.3g} -> {new_share:.3g}, "
+                f"|shift| {abs(shift):.3g} > {threshold:.3g}"
+                + _raised(threshold, config.segment_share_shift, n_ref, n_new)
+            )
+        segments.append(
+            SegmentShift(segment, float(ref_share), float(new_share), threshold, drifted)
+        )
+    segment_psi = categorical_psi(ref_shares, new_shares)
+    segment_psi_threshold = psi_threshold(n_ref, n_new, len(ids), alpha, config.psi_threshold)
+    if segment_psi > segment_psi_threshold:
+        reasons.append(
+            f"segment shares: PSI {segment_psi:.3g} > {segment_psi_threshold:.3g}"
+            + _raised(segment_psi_threshold, config.psi_threshold, n_ref, n_new)
+        )
+
+    # Distance to the assigned centroid.
+    ref_median, new_median = float(np.median(ref_distances)), float(np.median(new_distances))
+    ref_p90 = float(np.quantile(ref_distances, 0.9))
+    new_p90 = float(np.quantile(new_distances, 0.9))
+    distance_bins = _bins(n_ref, n_new, config)
+    distance = {
+        "ref_median": ref_median,
+        "new_median": new_median,
+        "median_ratio": _ratio(new_median, ref_median),
+        "ref_p90": ref_p90,
+        "new_p90": new_p90,
+        "p90_ratio": _ratio(new_p90, ref_p90),
+        "ref_mean": float(ref_distances.mean()),
+        "new_mean": float(new_distances.mean()),
+        "psi": float(population_stability_index(ref_distances, new_distances, bins=distance_bins)),
+    }
+    distance_drifted = False
+    for label, ratio, ref_value, new_value in (
+        ("median", distance["median_ratio"], ref_median, new_median),
+        ("p90", distance["p90_ratio"], ref_p90, new_p90),
+    ):
+        if ratio is not None and ratio > config.distance_shift:
+            distance_drifted = True
+            reasons.append(
+                f"distance to assigned centroid: {label} {ref_value:.3g} -> {new_value:.3g} "
+                f"(ratio {ratio:.3g} > {config.distance_shift:.3g})"
+            )
+    return DriftReport(
+        n_rows=n_new,
+        n_reference=n_ref,
+        features=features,
+        segments=segments,
+        segment_psi=segment_psi,
+        segment_psi_threshold=segment_psi_threshold,
+        distance=distance,
+        distance_drifted=distance_drifted,
+        reasons=reasons,
+        thresholds=config.model_dump(mode="json"),
+    )
+
+
+def _raised(threshold: float, base: float, n_expected: int, n_actual: int) -> str:
+    if threshold <= base:
+        return ""
+    return (
+        f" (threshold {base:.3g} raised to the sampling noise of {n_expected} vs {n_actual} rows)"
+    )
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class MonitoredModel:
+    """A registered version, its chain and its training rows (the reference)."""
+
+    model_name: str
+    model_version: str
+    run_id: str
+    chain: SegmentationChain
+    reference: np.ndarray
+
+
+def load_monitored_model(model_name: str, version: str | None) -> MonitoredModel:
+    """The given version (default: alias champion), its chain and its logged training data."""
+    from tasks import register
+
+    if version is None and register.alias_version(model_name, register.CHAMPION) is None:
+        raise RegistryError(
+            f"model {model_name!r} has no champion in the registry at {register.tracking_uri()}: "
+            "train and promote one first (`popseg train`, `popseg promote`), or pass "
+            "--model-version"
+        )
+    model_version = register.resolve_version(model_name, version, alias=register.CHAMPION)
+    run_id = model_version.run_id
+    chain = register.load_chain(run_id)
+    frame = register.load_training_frame(run_id)
+    reference = feature_matrix(
+        frame,
+        chain.feature_names,
+        f"training data of run {run_id} (version {model_version.version})",
+    )
+    return MonitoredModel(model_name, str(model_version.version), run_id, chain, reference)
+
+
+def metric_key(name: str) -> str:
+    """A feature name as MLflow accepts it in a metric key (letters, digits, _ - . / space)."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+
+
+def log_monitor_run(
+    report: DriftReport,
+    payload: dict[str, Any],
+    experiment: str,
+    model_name: str,
+    model_version: str,
+    data_source: str,
+    data_md5: str,
+    reference_run_id: str,
+) -> tuple[str, str]:
+    """Record a monitoring run and tag the model version with it.
+
+    Run: tags ``popseg.run_type=monitor``, ``model_name``, ``model_version``, ``data_source``,
+    ``data_md5``, ``drift`` (true/false); metrics ``drift``, ``max_psi``, ``n_rows``,
+    ``n_reasons``, ``psi_<feature>``; artifact ``monitor/monitor.json`` = ``payload`` with
+    ``monitor_run_id`` and ``experiment_id``. Model version tags ``last_monitor_run_id``, ``last_monitor_drift``.
+    Returns (run id, experiment id)."""
+    import mlflow
+
+    from tasks import register
+
+    register.configure_mlflow()
+    experiment_id = register.ensure_experiment(experiment)
+    drift = "true" if report.drift else "false"
+    metrics = {
+        "drift": 1.0 if report.drift else 0.0,
+        "max_psi": report.max_psi,
+        "n_rows": float(report.n_rows),
+        "n_reasons": float(len(report.reasons)),
+        "segment_psi": report.segment_psi,
+    }
+    for key in ("median_ratio", "p90_ratio"):
+        value = report.distance.get(key)
+        if value is not None and math.isfinite(value):
+            metrics[f"distance_{key}"] = value
+    used: set[str] = set(metrics)
+    for feature in report.features:
+        if feature.psi is None:
+            continue
+        key = f"psi_{metric_key(feature.name)}"
+        while key in used:  # two names that sanitise alike
+            key += "_"
+        used.add(key)
+        metrics[key] = feature.psi
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"monitor-v{model_version}") as run:
+        run_id = run.info.run_id
+        mlflow.set_tags(
+            {
+                RUN_TYPE_TAG: RUN_TYPE,
+                "model_name": model_name,
+                "model_version": str(model_version),
+                "data_source": data_source,
+                "data_md5": data_md5,
+                "drift": drift,
+                "reference_run_id": reference_run_id,
+            }
+        )
+        mlflow.log_params({f"monitor.{key}": value for key, value in report.thresholds.items()})
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(
+            {**payload, "monitor_run_id": run_id, "experiment_id": experiment_id}, ARTIFACT_PATH
+        )
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(model_name, str(model_version), LAST_RUN_TAG, run_id)
+    client.set_model_version_tag(model_name, str(model_version), LAST_DRIFT_TAG, drift)
+    return run_id, experiment_id
+
+
+def update_monitor_run(run_id: str, payload: dict[str, Any], tags: dict[str, str]) -> None:
+    """Rewrite a monitoring run's ``monitor/monitor.json`` (e.g. with the retraining outcome)."""
+    import mlflow
+
+    from tasks import register
+
+    register.configure_mlflow()
+    client = mlflow.MlflowClient()
+    client.log_dict(run_id, payload, ARTIFACT_PATH)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
