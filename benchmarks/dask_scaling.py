@@ -1,14 +1,15 @@
 """Dask engine: rows/s with 1 and 2 workers, and the largest data set trained here.
 
-    uv run python -m benchmarks.dask_scaling             # scaling on 4M rows, then ~3 GB
-    uv run python -m benchmarks.dask_scaling --quick     # smoke run: 300k rows, ~200 MB
-    uv run python -m benchmarks.dask_scaling --rows 2000000 --largest-rows 20000000
+    uv run python -m benchmarks.dask_scaling             # scaling on 4M rows, then ~3 GB (~15 min)
+    uv run python -m benchmarks.dask_scaling --quick     # smoke run: 300k rows, then 2.5M
+    uv run python -m benchmarks.dask_scaling --rows 10000000 --repeat 1 --skip-largest
 
 Writes a seeded synthetic Parquet data set (one file per ``--rows-per-file`` rows: Gaussian
 blobs with skewed count columns and missing values, like the pipeline's ``synthetic``) to a
 temporary folder and trains it with the Dask engine: first with 1 worker, then 2 workers
 (1 thread and ``--memory-limit`` each, one numba thread per task, so the two runs differ
-in workers only), then the largest data set with 2 workers. Timed: the engine's stages
+in workers only; ``--repeat`` interleaved runs each, the best kept, as other processes on
+the machine come and go), then the largest data set with 2 workers. Timed: the engine's stages
 (ingest, validate, prepare, train = the k sweep 2..12 with its evaluation), default params;
 registration/promotion are the in-memory engine's code and not timed. While a run goes,
 worker memory (the scheduler's view, each second), spilled bytes and restarts are recorded.
@@ -84,6 +85,13 @@ class MemoryWatch(threading.Thread):
             self.stop.wait(1.0)
 
 
+def _cpu_seconds() -> float:
+    import psutil
+
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
 def train(
     folder: Path, workers: int, memory_limit: str, project: Path, overrides: list[str]
 ) -> dict:
@@ -123,6 +131,7 @@ def train(
             watch.stop.set()
             watch.join(timeout=5)
         total = time.perf_counter() - started
+        worker_cpu = sum(session.client.run(_cpu_seconds).values())
     iterations = max(fit.n_iter for fit in trained.swept.fits.values())
     return {
         "workers": workers,
@@ -130,6 +139,9 @@ def train(
         "partitions": data.table.npartitions,
         "seconds": total,
         "rows_per_s": data.n_rows / total,
+        # Cores the workers actually got (CPU seconds / wall seconds): on a shared machine,
+        # what other processes leave over.
+        "worker_cores_used": worker_cpu / total,
         "stages_s": times,
         "validation_passed": report.success,
         "k": trained.selection.k,
@@ -152,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-limit", default="1GB", help="per worker")
     parser.add_argument("--skip-largest", action="store_true")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--name", default=None, help="results file stem (default dask_scaling)")
+    parser.add_argument("--repeat", type=int, default=2, help="scaling runs per worker count")
     parser.add_argument(
         "--set", action="append", default=[], help="a params override, e.g. dask.persist=never"
     )
@@ -174,11 +188,21 @@ def main(argv: list[str] | None = None) -> None:
             small = scratch / "scaling"
             small_bytes = write_dataset(small, rows, min(args.rows_per_file, max(rows // 8, 1)))
             print(f"scaling data: {rows:,} rows, {small_bytes / 1e6:.0f} MB", flush=True)
-            for workers in (1, 2):
-                result = train(small, workers, args.memory_limit, project, args.set)
-                result["bytes_on_disk"] = small_bytes
-                results.append(result)
-                print(f"{workers} worker(s): {result['seconds']:.1f} s", flush=True)
+            # Interleaved repeats, best of each: the machine's other load varies over time.
+            best: dict[int, dict] = {}
+            for repeat in range(args.repeat):
+                for workers in (1, 2):
+                    result = train(small, workers, args.memory_limit, project, args.set)
+                    result["bytes_on_disk"] = small_bytes
+                    result["repeats"] = args.repeat
+                    print(
+                        f"{workers} worker(s), run {repeat + 1}: {result['seconds']:.1f} s "
+                        f"({result['worker_cores_used']:.2f} cores used)",
+                        flush=True,
+                    )
+                    if workers not in best or result["seconds"] < best[workers]["seconds"]:
+                        best[workers] = result
+            results += [best[1], best[2]]
             shutil.rmtree(small)
         if not args.skip_largest:
             big = scratch / "largest"
@@ -199,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     text = report(results, args, load_start)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "dask_scaling-quick" if args.quick else "dask_scaling"
+    stem = args.name or ("dask_scaling-quick" if args.quick else "dask_scaling")
     (RESULTS / f"{stem}.md").write_text(text + "\n")
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
@@ -211,11 +235,13 @@ def report(results: list[dict], args, load_start) -> str:
         f"Machine: {os.cpu_count()} cores; LocalCluster workers of 1 thread, "
         f"{args.memory_limit} memory limit each, one numba thread per task. Default params "
         "(k 2..12, n_init 10, median imputation, log1p auto, z-score, PCA 80%, 20 bootstrap "
-        "rounds); dask.sample_rows 50000. Timed: ingest + validate + prepare + train.",
+        "rounds); dask.sample_rows 50000. Timed: ingest + validate + prepare + train; "
+        "scaling runs: best of the interleaved repeats. Cores used: the workers' CPU seconds "
+        "over the wall time (what the shared machine left them).",
         "",
         "| data | on disk | workers | partitions | time (s) | rows/s | speed-up vs 1 worker "
-        "| peak worker memory (MB) | spilled (MB) | restarts | k |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| cores used | peak worker memory (MB) | spilled (MB) | restarts | k |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     base = next((r for r in results if r["workers"] == 1), None)
     for r in results:
@@ -226,7 +252,8 @@ def report(results: list[dict], args, load_start) -> str:
         lines.append(
             f"| {r['rows']:,} rows{' (largest)' if r.get('largest') else ''} "
             f"| {r['bytes_on_disk'] / 1e9:.2f} GB | {r['workers']} | {r['partitions']} "
-            f"| {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {speedup} | {peaks} "
+            f"| {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {speedup} "
+            f"| {r['worker_cores_used']:.2f} | {peaks} "
             f"(limit {r['worker_memory_limit_mb']}) | {r['spilled_to_disk_mb']} "
             f"| {r['worker_restarts']} | {r['k']} |"
         )
