@@ -13,6 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.cli_common import ParamsOption, SetOption
+from flows.cli_common import fail as _fail
+from flows.cli_common import load_cli_params as _params
 from tasks.errors import ConfigError, PopsegError
 
 app = typer.Typer(
@@ -23,15 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ParamsOption = Annotated[
-    Path | None, typer.Option("--params", help="params file (default: ./params.yaml)")
-]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="print one JSON object on stdout; logs go to stderr")
-]
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-S", help="override a params key: section.key=value (repeatable)"),
 ]
 
 
@@ -43,11 +39,6 @@ def main(
 
     configure_environment()
     configure_logging(verbose)
-
-
-def _fail(error: PopsegError) -> None:
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(error.exit_code)
 
 
 @contextlib.contextmanager
@@ -320,12 +311,6 @@ VersionOption = Annotated[
     str | None,
     typer.Option("--model-version", help="registered model version (default: alias champion)"),
 ]
-
-
-def _params(params_path: Path | None, overrides: list[str] | None):
-    from tasks.config import load_params
-
-    return load_params(params_path, overrides or [])
 
 
 @app.command()

@@ -15,6 +15,9 @@ from typing import Annotated
 
 import typer
 
+from flows.cli_common import ParamsOption, SetOption
+from flows.cli_common import fail as _fail
+from flows.cli_common import load_cli_params as _params
 from tasks.errors import DataError, DataValidationError, PopsegError
 
 logger = logging.getLogger("flows.stage")
@@ -26,25 +29,6 @@ stage_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-ParamsOption = Annotated[
-    Path | None, typer.Option("--params", help="params file (default: ./params.yaml)")
-]
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-S", help="override a params key: section.key=value (repeatable)"),
-]
-
-
-def _params(params_path: Path | None, overrides: list[str] | None):
-    from tasks.config import load_params
-
-    return load_params(params_path, overrides or [])
-
-
-def _fail(error: PopsegError) -> None:
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(error.exit_code)
 
 
 @stage_app.command("ingest")
