@@ -10,7 +10,6 @@ from tasks.compute.impute import KNNImputer
 from tasks.compute.kmeans import (
     KMeans,
     KMeansSweep,
-    MiniBatchKMeans,
     absolute_tolerance,
     assign_partial,
     lloyd_partial_sums,
@@ -27,6 +26,7 @@ from tasks.compute.metrics import (
     silhouette_samples,
     silhouette_score,
 )
+from tasks.compute.minibatch import MiniBatchKMeans
 from tasks.compute.stats import column_moments
 
 __all__ = [

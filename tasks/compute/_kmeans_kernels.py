@@ -204,6 +204,17 @@ def _assign(X, sample_weight, C, CT, half_cnorm, offsets, n_chunks, want_dist): 
     return labels, out, min_dist
 
 
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _tile_min_pot(g, c_sq, x_sq, w, cl):  # pragma: no cover
+    """sum over the tile's rows of w * min(cl, max(x_sq + c_sq - 2 g, 0)): contiguous
+    arrays, so the loop vectorises."""
+    acc = 0.0
+    for r in range(g.shape[0]):
+        dist = max(x_sq[r] + c_sq - 2.0 * np.float64(g[r]), 0.0)
+        acc += np.float64(w[r]) * min(np.float64(cl[r]), dist)
+    return acc
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
 def _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owner, n_chunks):  # pragma: no cover
     """k-means++ trial step for several independent initialisations at once.
@@ -211,16 +222,17 @@ def _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owner, n_chunks): 
     ``closest`` (n_jobs, n): current squared distance of each row to the nearest chosen
     centre of each job; ``cand`` (n_cand,) row indices of candidate centres; ``owner``
     (n_cand,) the job of each candidate. Returns the potential (sum of w * min(closest,
-    d(x, cand))) of every candidate, float64.
+    d(x, cand))) of every candidate, float64. A candidate's distance to itself is
+    taken as exactly 0.
     """
     n, d = X.shape
     n_cand = cand.shape[0]
-    CT = np.empty((d, n_cand), dtype=X.dtype)
+    Cc = np.empty((n_cand, d), dtype=X.dtype)
     c_sq = np.empty(n_cand)
     for t in range(n_cand):
         c_sq[t] = x_sq[cand[t]]
         for f in range(d):
-            CT[f, t] = X[cand[t], f]
+            Cc[t, f] = X[cand[t], f]
     n_tiles = (n + _TILE - 1) // _TILE
     tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
     pots = np.zeros((n_chunks, n_cand))
@@ -231,16 +243,17 @@ def _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owner, n_chunks): 
         for t in range(t0, t1):
             i0 = t * _TILE
             i1 = min(n, i0 + _TILE)
-            G = np.dot(X[i0:i1], CT)
-            for r in range(i1 - i0):
-                i = i0 + r
-                w = sample_weight[i]
-                for c in range(n_cand):
-                    dist = max(x_sq[i] + c_sq[c] - 2.0 * G[r, c], 0.0)
-                    if cand[c] == i:
-                        dist = 0.0
-                    cl = closest[owner[c], i]
-                    p_loc[c] += w * min(cl, dist)
+            # candidates x rows, so that each candidate's loop runs over contiguous rows
+            GT = np.dot(Cc, X[i0:i1].T)
+            for c in range(n_cand):
+                j = owner[c]
+                p_loc[c] += _tile_min_pot(
+                    GT[c], c_sq[c], x_sq[i0:i1], sample_weight[i0:i1], closest[j, i0:i1]
+                )
+                i = cand[c]
+                if i0 <= i < i1:  # the candidate's own row: distance 0, not rounding noise
+                    dist = max(x_sq[i] + c_sq[c] - 2.0 * np.float64(GT[c, i - i0]), 0.0)
+                    p_loc[c] -= np.float64(sample_weight[i]) * min(np.float64(closest[j, i]), dist)
         pots[ch] = p_loc
     out = np.zeros(n_cand)
     for ch in range(n_chunks):
@@ -249,23 +262,38 @@ def _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owner, n_chunks): 
     return out
 
 
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _tile_update_closest(g, c_sq, x_sq, w, cl):  # pragma: no cover
+    """cl = min(cl, max(x_sq + c_sq - 2 g, 0)) over the tile's rows (in place); returns
+    the sum of w * cl (the stored values, X's dtype)."""
+    acc = 0.0
+    for r in range(g.shape[0]):
+        dist = max(x_sq[r] + c_sq - 2.0 * np.float64(g[r]), 0.0)
+        v = min(cl[r], dist)
+        cl[r] = v
+        acc += np.float64(w[r]) * np.float64(cl[r])
+    return acc
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
 def _pp_update_closest(X, x_sq, sample_weight, closest, chosen, n_chunks):  # pragma: no cover
     """``closest[j] = min(closest[j], d(x, X[chosen[j]]))`` for each job j (in place).
 
     ``chosen[j] < 0`` leaves job j's distances untouched. With ``closest`` filled with
     +inf this also initialises it. Returns the per-chunk sums of
-    ``sample_weight * closest`` (n_jobs, n_chunks), used by :func:`_pp_search`.
+    ``sample_weight * closest`` (n_jobs, n_chunks; 0 for untouched jobs, which have
+    no further steps), used by :func:`_pp_search`.
     """
     n, d = X.shape
     n_jobs = chosen.shape[0]
-    CT = np.zeros((d, n_jobs), dtype=X.dtype)
-    c_sq = np.zeros(n_jobs)
-    for j in range(n_jobs):
-        if chosen[j] >= 0:
-            c_sq[j] = x_sq[chosen[j]]
-            for f in range(d):
-                CT[f, j] = X[chosen[j], f]
+    jobs = np.flatnonzero(chosen >= 0)
+    Cc = np.zeros((jobs.shape[0], d), dtype=X.dtype)
+    c_sq = np.zeros(jobs.shape[0])
+    for q in range(jobs.shape[0]):
+        i = chosen[jobs[q]]
+        c_sq[q] = x_sq[i]
+        for f in range(d):
+            Cc[q, f] = X[i, f]
     n_tiles = (n + _TILE - 1) // _TILE
     tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
     chunk_sums = np.zeros((n_jobs, n_chunks))
@@ -276,19 +304,15 @@ def _pp_update_closest(X, x_sq, sample_weight, closest, chosen, n_chunks):  # pr
         for t in range(t0, t1):
             i0 = t * _TILE
             i1 = min(n, i0 + _TILE)
-            G = np.dot(X[i0:i1], CT)
-            for r in range(i1 - i0):
-                i = i0 + r
-                w = sample_weight[i]
-                for j in range(n_jobs):
-                    if chosen[j] >= 0:
-                        dist = max(x_sq[i] + c_sq[j] - 2.0 * G[r, j], 0.0)
-                        if chosen[j] == i:
-                            dist = 0.0
-                        if dist < closest[j, i]:
-                            closest[j, i] = dist
-                    # the stored value (X's dtype): the sums must match what _pp_search reads
-                    loc[j] += w * np.float64(closest[j, i])
+            GT = np.dot(Cc, X[i0:i1].T)
+            for q in range(jobs.shape[0]):
+                j = jobs[q]
+                i = chosen[j]
+                if i0 <= i < i1:  # the chosen row itself: distance exactly 0
+                    closest[j, i] = 0.0
+                loc[j] += _tile_update_closest(
+                    GT[q], c_sq[q], x_sq[i0:i1], sample_weight[i0:i1], closest[j, i0:i1]
+                )
         for j in range(n_jobs):
             chunk_sums[j, ch] = loc[j]
     return chunk_sums
@@ -329,6 +353,49 @@ def _pp_search(closest, sample_weight, chunk_sums, job, targets, n_chunks):  # p
     return out
 
 
+@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
+def _column_sums(X, n_chunks):  # pragma: no cover
+    """Per-chunk column sums (n_chunks, d), float64 (reduced by the caller in order)."""
+    n, d = X.shape
+    n_tiles = (n + _TILE - 1) // _TILE
+    rows_per_chunk = ((n_tiles + n_chunks - 1) // n_chunks) * _TILE
+    out = np.zeros((n_chunks, d))
+    for ch in prange(n_chunks):
+        acc = np.zeros(d)
+        for i in range(ch * rows_per_chunk, min(n, (ch + 1) * rows_per_chunk)):
+            for f in range(d):
+                acc[f] += np.float64(X[i, f])
+        out[ch] = acc
+    return out
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
+def _center(X, mean, n_chunks):  # pragma: no cover
+    """``X - mean`` in X's dtype, its squared row norms (float64), and the per-chunk
+    column sums of squared deviations (n_chunks, d) - one pass instead of numpy's three
+    (subtract, variance, norms)."""
+    n, d = X.shape
+    n_tiles = (n + _TILE - 1) // _TILE
+    rows_per_chunk = ((n_tiles + n_chunks - 1) // n_chunks) * _TILE
+    Xc = np.empty_like(X)
+    x_sq = np.empty(n)
+    ss = np.zeros((n_chunks, d))
+    for ch in prange(n_chunks):
+        acc = np.zeros(d)
+        for i in range(ch * rows_per_chunk, min(n, (ch + 1) * rows_per_chunk)):
+            s = 0.0
+            for f in range(d):
+                v = X[i, f] - mean[f]
+                Xc[i, f] = v
+                v64 = np.float64(Xc[i, f])
+                s += v64 * v64
+                dev = np.float64(X[i, f]) - np.float64(mean[f])
+                acc[f] += dev * dev
+            x_sq[i] = s
+        ss[ch] = acc
+    return Xc, x_sq, ss
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _row_sq_norms(X):  # pragma: no cover
     n, d = X.shape
@@ -340,57 +407,3 @@ def _row_sq_norms(X):  # pragma: no cover
             s += v * v
         out[i] = s
     return out
-
-
-@njit(cache=True, nogil=True)
-def _minibatch_step(X, sample_weight, idx, centers, weight_sums, labels_buf):  # pragma: no cover
-    """One mini-batch k-means update (scikit-learn's rule) on rows ``idx``, in place.
-
-    Each centre moves to the weighted mean of its previous position (weighted by the
-    total weight it has seen so far, ``weight_sums``) and the batch rows assigned to
-    it. Returns the batch inertia (sum of w * ||x - c||^2 before the update).
-    """
-    b = idx.shape[0]
-    K, d = centers.shape
-    hc = np.empty(K)
-    for c in range(K):
-        s = 0.0
-        for f in range(d):
-            s += np.float64(centers[c, f]) * centers[c, f]
-        hc[c] = 0.5 * s
-    inertia = 0.0
-    for r in range(b):
-        i = idx[r]
-        best = np.inf
-        bi = 0
-        for c in range(K):
-            dot = 0.0
-            for f in range(d):
-                dot += np.float64(X[i, f]) * centers[c, f]
-            v = hc[c] - dot
-            if v < best:
-                best = v
-                bi = c
-        labels_buf[r] = bi
-        dist = 0.0
-        for f in range(d):
-            diff = np.float64(X[i, f]) - centers[bi, f]
-            dist += diff * diff
-        inertia += sample_weight[i] * dist
-    # centre update
-    sums = np.zeros((K, d))
-    wb = np.zeros(K)
-    for r in range(b):
-        i = idx[r]
-        c = labels_buf[r]
-        w = sample_weight[i]
-        wb[c] += w
-        for f in range(d):
-            sums[c, f] += w * X[i, f]
-    for c in range(K):
-        if wb[c] > 0:
-            tot = weight_sums[c] + wb[c]
-            for f in range(d):
-                centers[c, f] = (centers[c, f] * weight_sums[c] + sums[c, f]) / tot
-            weight_sums[c] = tot
-    return inertia

@@ -3,14 +3,17 @@
 * :class:`KMeans` - Lloyd's algorithm with assignment and centroid update fused into one
   parallel pass over the data; scikit-learn's k-means++ (same random draws, so the same
   ``random_state`` gives the same seeds as :class:`sklearn.cluster.KMeans` up to
-  floating-point rounding), scikit-learn's tolerance and empty-cluster rules.
+  floating-point rounding), scikit-learn's tolerance and empty-cluster rules. After the
+  first pass, Hamerly's distance bounds skip the rows that cannot have changed cluster
+  and the centroid sums are updated only by the rows that moved: the same iterations and
+  answers as plain Lloyd (tests compare the trajectory with scikit-learn's
+  ``algorithm="lloyd"``), at a fraction of the work once the centroids settle.
 * :class:`KMeansSweep` - fits many ``k`` (and all their ``n_init`` runs) at once: every
   Lloyd iteration is one pass over the data for the whole sweep (all centroids stacked),
   k-means++ seeding of all runs proceeds in lockstep (one pass per seeding step), and
   converged runs drop out of the pass.
-* :class:`MiniBatchKMeans` - scikit-learn's mini-batch rule (per-centre learning rate
-  1 / seen weight, early stopping on the smoothed batch inertia, low-count centre
-  reassignment) with uniform batch sampling in a numba step.
+
+:class:`~tasks.compute.minibatch.MiniBatchKMeans` lives in :mod:`tasks.compute.minibatch`.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ from sklearn.metrics import euclidean_distances
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from tasks.compute._hamerly_kernels import _bound_stats, _bounded_pass
 from tasks.compute._kmeans_kernels import (
     _assign,
+    _center,
+    _column_sums,
     _lloyd_accumulate,
-    _minibatch_step,
     _pp_candidate_pots,
     _pp_search,
     _pp_update_closest,
-    _row_sq_norms,
     n_chunks_for,
 )
 from tasks.compute._threads import kernel_threads
@@ -40,7 +44,6 @@ from tasks.compute._threads import kernel_threads
 __all__ = [
     "KMeans",
     "KMeansSweep",
-    "MiniBatchKMeans",
     "absolute_tolerance",
     "assign_partial",
     "lloyd_partial_sums",
@@ -181,34 +184,135 @@ def _fake_run(centers):
     return r
 
 
-def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, n_chunks):
-    """Lloyd iterations for all runs; one fused pass over X per iteration for all of
-    the still-active runs (converged runs leave the pass). Returns
-    (labels (n_runs, n), inertia (n_runs,)) computed with the final centroids."""
-    active = list(runs)
+#: Memory for the per-row bounds and labels of the bounded Lloyd passes (12 bytes per row
+#: and run); runs beyond it are fitted in further groups, each with its own passes.
+_BOUNDS_BYTES_MAX = 1 << 30
+#: A clustering whose bounds left more than this share of rows unsettled in the last pass
+#: gets its next pass dense (every distance, one BLAS call for all such clusterings):
+#: gathering most rows and calling BLAS per clustering costs more than that.
+_DENSE_SHARE = 0.5
+
+
+def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq):
+    """Lloyd iterations for all runs; one pass over X per iteration for all of the
+    still-active runs (converged runs leave the pass). Returns (labels (n_runs, n),
+    inertia (n_runs,)) computed with the final centroids.
+
+    The first pass computes every distance (BLAS); later passes use Hamerly's bounds
+    (see :mod:`tasks.compute._hamerly_kernels`), which give the same assignments while
+    skipping the rows that cannot have changed cluster. ``x_sq``: squared row norms of X.
+    """
+    n = X.shape[0]
+    labels = np.empty((len(runs), n), dtype=np.int32)
+    inertia = np.empty(len(runs))
+    group = max(1, _BOUNDS_BYTES_MAX // max(1, 12 * n))
+    for g0 in range(0, len(runs), group):
+        g1 = min(len(runs), g0 + group)
+        inertia[g0:g1] = _lloyd_bounded(
+            X, sample_weight, runs[g0:g1], max_iter, tol, n_chunks, x_sq, labels[g0:g1]
+        )
+    return labels, inertia
+
+
+def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq, labels):
+    """:func:`_lloyd_lockstep` for one group of runs; fills ``labels`` (n_runs, n) and
+    returns the inertia per run."""
+    n = X.shape[0]
+    n_runs = len(runs)
+    offsets = _stack(runs)[3]
+    upper = np.empty((n_runs, n), dtype=np.float32)
+    lower = np.empty((n_runs, n), dtype=np.float32)
+    S = np.zeros((offsets[-1], X.shape[1]))
+    W = np.zeros(offsets[-1])
+    shift = np.zeros(offsets[-1])
+    full = np.ones(n_runs, dtype=np.bool_)  # the first pass computes every distance
+    active = np.arange(n_runs, dtype=np.int64)
+
+    # share of rows the bound test sent to a distance computation in the last pass
+    unsure_share = np.ones(n_runs)
+
+    def run_pass(active, final):
+        C, _CT, half, _ = _stack(runs)
+        C64 = C.astype(np.float64)
+        s_half, max1, arg1, max2 = _bound_stats(C64, offsets, shift, active)
+        dense = [b for b in active if full[b] or unsure_share[b] > _DENSE_SHARE]
+        dense_at = np.full(n_runs, -1, dtype=np.int64)
+        parts, pos = [], 0
+        for b in dense:
+            dense_at[b] = pos
+            parts.append(C[offsets[b] : offsets[b + 1]])
+            pos += offsets[b + 1] - offsets[b]
+        C_dense = np.concatenate(parts) if parts else np.empty((0, X.shape[1]), X.dtype)
+        half_dense = (
+            np.concatenate([half[offsets[b] : offsets[b + 1]] for b in dense])
+            if dense
+            else np.empty(0, half.dtype)
+        )
+        sums, wts, inertia, unsure = _bounded_pass(
+            X,
+            sample_weight,
+            C,
+            half,
+            C64,
+            offsets,
+            x_sq,
+            active,
+            labels,
+            upper,
+            lower,
+            shift,
+            s_half,
+            max1,
+            arg1,
+            max2,
+            full,
+            C_dense,
+            half_dense,
+            dense_at,
+            final,
+            n_chunks,
+        )
+        was_full = full[active].copy()
+        unsure_share[active] = np.where(was_full, 1.0, unsure.sum(axis=0)[active] / n)
+        return sums, wts, inertia
+
     for it in range(max_iter):
-        if not active:
-            break
-        C, _CT, half, offsets = _stack(active)
-        sums, wts = _lloyd_accumulate(X, sample_weight, C, half, offsets, n_chunks)
-        S = sums.sum(axis=0)
-        W = wts.sum(axis=0)
+        dS, dW, _ = run_pass(active, False)
+        dS = dS.sum(axis=0)
+        dW = dW.sum(axis=0)
         still = []
-        for b, r in enumerate(active):
+        for b in active:
+            r = runs[b]
             sl = slice(offsets[b], offsets[b + 1])
+            if full[b]:
+                S[sl], W[sl] = dS[sl], dW[sl]
+                full[b] = False
+            else:
+                S[sl] += dS[sl]
+                W[sl] += dW[sl]
+            Sb, Wb = S[sl], W[sl]
+            # running sums: a cluster that lost all its rows may keep a rounding residue
+            gone = Wb <= 1e-12 * max(float(Wb.sum()), 1e-300)
+            if gone.any():
+                Sb[gone] = 0.0
+                Wb[gone] = 0.0
+                full[b] = True  # relocation moves rows between clusters: rebuild the sums
 
             def relocate(Sb, Wb, old=r.centers):
                 _relocate_empty(X, sample_weight, old, Sb, Wb, n_chunks)
 
-            new, shift = lloyd_update(r.centers, S[sl], W[sl], relocate)
+            new, sq_shift = lloyd_update(r.centers, Sb, Wb, relocate)
+            moved = new.astype(np.float64) - r.centers.astype(np.float64)
+            shift[sl] = np.sqrt(np.einsum("ij,ij->i", moved, moved))
             r.centers = new
             r.n_iter = it + 1
-            if shift > tol:
-                still.append(r)
-        active = still
-    C, CT, half, offsets = _stack(runs)
-    labels, inertia, _ = _assign(X, sample_weight, C, CT, half, offsets, n_chunks, False)
-    return labels, inertia
+            if sq_shift > tol:
+                still.append(b)
+        active = np.asarray(still, dtype=np.int64)
+        if active.shape[0] == 0:
+            break
+    # final assignment with the final centroids, and the exact inertia
+    return run_pass(np.arange(n_runs, dtype=np.int64), True)[2].sum(axis=0)
 
 
 def _fit_runs(X, sample_weight, specs, init, max_iter, tol):
@@ -219,10 +323,10 @@ def _fit_runs(X, sample_weight, specs, init, max_iter, tol):
     """
     n = X.shape[0]
     n_chunks = n_chunks_for(n)
-    X_mean = X.mean(axis=0)
-    Xc = X - X_mean
-    x_sq = _row_sq_norms(Xc)
-    tol_abs = _tolerance(X, tol)
+    with kernel_threads(n * X.shape[1] * 8):
+        X_mean = (_column_sums(X, n_chunks).sum(axis=0) / n).astype(X.dtype)
+        Xc, x_sq, sq_dev = _center(X, X_mean, n_chunks)
+    tol_abs = absolute_tolerance(sq_dev.sum(axis=0) / n, tol)
     groups = []
     all_runs = []
     for k, n_init, rs in specs:
@@ -242,7 +346,9 @@ def _fit_runs(X, sample_weight, specs, init, max_iter, tol):
         all_runs.extend(group)
     with kernel_threads(n * X.shape[1] * sum(r.k for r in all_runs)):
         _kmeanspp_lockstep(Xc, x_sq, sample_weight, all_runs, n_chunks)
-        labels, inertia = _lloyd_lockstep(Xc, sample_weight, all_runs, max_iter, tol_abs, n_chunks)
+        labels, inertia = _lloyd_lockstep(
+            Xc, sample_weight, all_runs, max_iter, tol_abs, n_chunks, x_sq
+        )
     out = []
     pos = 0
     for group in groups:
@@ -590,142 +696,3 @@ class KMeansSweep(BaseEstimator):
         self.k_values_ = ks
         self.inertias_ = {k: self.models_[k].inertia_ for k in ks}
         return self
-
-
-class MiniBatchKMeans(_BaseKMeans):
-    """Mini-batch k-means on numba kernels (scikit-learn's update rule).
-
-    Batches are drawn uniformly (with replacement) from the data; centres are moved
-    by the per-centre learning rate ``batch weight / total seen weight``. Stops after
-    ``max_iter`` epochs or when the exponentially weighted batch inertia has not
-    improved for ``max_no_improvement`` consecutive batches, or (``tol > 0``) when
-    the centre shift is small. Centres seen too rarely are reassigned to random batch
-    points (``reassignment_ratio``). ``labels_`` / ``inertia_`` are computed on the
-    full data at the end (one parallel pass).
-    """
-
-    def __init__(
-        self,
-        n_clusters=8,
-        *,
-        init="k-means++",
-        max_iter=100,
-        batch_size=1024,
-        tol=0.0,
-        max_no_improvement=10,
-        init_size=None,
-        n_init="auto",
-        reassignment_ratio=0.01,
-        random_state=None,
-    ):
-        self.n_clusters = n_clusters
-        self.init = init
-        self.max_iter = max_iter
-        self.batch_size = batch_size
-        self.tol = tol
-        self.max_no_improvement = max_no_improvement
-        self.init_size = init_size
-        self.n_init = n_init
-        self.reassignment_ratio = reassignment_ratio
-        self.random_state = random_state
-
-    def fit(self, X, y=None, sample_weight=None):
-        """Compute the centroids of ``X`` by mini-batch k-means."""
-        _check_init_params(self.n_clusters, self.init, self.n_init, self.max_iter, self.tol)
-        if (
-            isinstance(self.batch_size, bool)
-            or not isinstance(self.batch_size, numbers.Integral)
-            or self.batch_size < 1
-        ):
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}.")
-        X, sw = self._validate_fit_input(X, sample_weight)
-        n = X.shape[0]
-        k = self.n_clusters
-        rs = check_random_state(self.random_state)
-        batch = min(self.batch_size, n)
-        init_size = self.init_size if self.init_size is not None else 3 * batch
-        init_size = max(min(init_size, n), k)
-        n_init = (
-            1
-            if not isinstance(self.init, str)
-            else (
-                (1 if self.init == "k-means++" else 3)
-                if self.n_init == "auto"
-                else int(self.n_init)
-            )
-        )
-        # candidate initialisations on a random subset, best by inertia on a validation batch
-        val_idx = rs.randint(0, n, init_size)
-        X_val, sw_val = np.ascontiguousarray(X[val_idx]), np.ascontiguousarray(sw[val_idx])
-        best_centers, best_inertia = None, np.inf
-        for _ in range(n_init):
-            idx = rs.randint(0, n, init_size)
-            X_init = np.ascontiguousarray(X[idx])
-            sw_init = np.ascontiguousarray(sw[idx])
-            if isinstance(self.init, str) and self.init == "k-means++":
-                r = _Run(k)
-                r.draws = rs.random_sample(1 + (k - 1) * _n_local_trials(k))
-                x_sq = _row_sq_norms(X_init)
-                with kernel_threads(init_size * X.shape[1] * k):
-                    _kmeanspp_lockstep(X_init, x_sq, sw_init, [r], n_chunks_for(init_size))
-                centers = r.centers
-            elif isinstance(self.init, str):
-                centers = X_init[rs.choice(init_size, size=k, replace=False)].copy()
-            else:
-                centers = np.array(self.init, dtype=X.dtype)
-            inertia = _labels_inertia(X_val, sw_val, centers)[1]
-            if inertia < best_inertia:
-                best_centers, best_inertia = centers, inertia
-        centers = np.ascontiguousarray(best_centers, dtype=X.dtype)
-        weight_sums = np.zeros(k)
-        n_steps = (self.max_iter * n) // batch
-        ewa, ewa_min, no_improve = None, None, 0
-        alpha = min(1.0, batch * 2.0 / (n + 1))
-        tol_abs = _tolerance(X, self.tol) if self.tol else 0.0
-        labels_buf = np.empty(batch, dtype=np.int64)
-        since_reassign = 0
-        n_steps_done = 0
-        for step in range(n_steps):
-            idx = rs.randint(0, n, batch)
-            old = centers.copy() if tol_abs else None
-            inertia = _minibatch_step(X, sw, idx, centers, weight_sums, labels_buf) / batch
-            n_steps_done = step + 1
-            since_reassign += batch
-            if self.reassignment_ratio > 0 and (
-                since_reassign >= 10 * k or (weight_sums == 0).any()
-            ):
-                since_reassign = 0
-                self._reassign(X, idx, centers, weight_sums, rs)
-            if step == 0:
-                continue  # first batch inertia is the init's: not used (as scikit-learn)
-            ewa = inertia if ewa is None else ewa * (1 - alpha) + inertia * alpha
-            if tol_abs and ((centers - old) ** 2).sum() <= tol_abs:
-                break
-            if ewa_min is None or ewa < ewa_min:
-                ewa_min, no_improve = ewa, 0
-            else:
-                no_improve += 1
-            if self.max_no_improvement is not None and no_improve >= self.max_no_improvement:
-                break
-        self.cluster_centers_ = centers
-        self.n_steps_ = n_steps_done
-        self.n_iter_ = int(np.ceil(n_steps_done * batch / n))
-        self.labels_, self.inertia_ = _labels_inertia(X, sw, centers)
-        self._warn_distinct()
-        return self
-
-    def _reassign(self, X, idx, centers, weight_sums, rs):
-        """scikit-learn's rule: centres whose seen weight is below
-        ``reassignment_ratio * max`` move to random points of the current batch."""
-        to_reassign = weight_sums < self.reassignment_ratio * weight_sums.max()
-        n_re = int(to_reassign.sum())
-        if n_re == 0 or n_re == centers.shape[0]:
-            return
-        max_re = int(0.5 * idx.shape[0])
-        if n_re > max_re:
-            keep = np.argsort(weight_sums)[max_re:]
-            to_reassign[keep] = False
-            n_re = max_re
-        new = rs.choice(idx.shape[0], size=n_re, replace=False)
-        centers[to_reassign] = X[idx[new]]
-        weight_sums[to_reassign] = weight_sums[~to_reassign].min()

@@ -59,6 +59,11 @@ def _prepare(X, labels, *, min_labels: int, max_labels_rule: bool):
 
 _ROW_TILE = 64
 _COL_TILE = 1024
+# Silhouette's register-blocked kernel: a row tile (a multiple of 4 rows) is processed 4
+# rows at a time against strips of _SIL_COL_TILE columns. 256 to 1024 columns measured the
+# same (20 features); much shorter strips pay the set-up of the vectorised loops per call.
+_SIL_ROW_TILE = 64
+_SIL_COL_TILE = 512
 # per-thread column-sum buffers (threads x n x n_clusters float64) up to 256 MiB
 _SYM_BUFFER_MAX = 32 * 1024 * 1024
 
@@ -70,16 +75,28 @@ def silhouette_samples(X, labels) -> np.ndarray:
     samples in singleton clusters get 0. Memory is O(n * n_clusters).
     """
     XT, codes, order, counts, starts = _prepare(X, labels, min_labels=2, max_labels_rule=True)
-    Xs = np.ascontiguousarray(XT.T)
-    sq = np.einsum("ij,ij->i", Xs, Xs)
+    n, d = XT.shape[1], XT.shape[0]
     sorted_codes = codes[order].astype(np.int64)
     n_threads = numba.get_num_threads()
-    with kernel_threads(Xs.shape[0] ** 2 * Xs.shape[1]):
-        if n_threads * Xs.shape[0] * (starts.shape[0] - 1) <= _SYM_BUFFER_MAX:
+    with kernel_threads(n * n * d):
+        if n_threads * n * (starts.shape[0] - 1) <= _SYM_BUFFER_MAX:
+            # rows and features zero-padded to multiples of 4 for the 4 x 4 micro-kernel
+            Xp = np.zeros((-(-n // 4) * 4, -(-d // 4) * 4))
+            Xp[:n, :d] = XT.T
+            sq = np.einsum("ij,ij->i", Xp[:n], Xp[:n])
             sums_sorted = _cluster_distance_sums_sym(
-                Xs, sq, starts, sorted_codes, _ROW_TILE, _COL_TILE, n_threads
+                Xp,
+                np.ascontiguousarray(Xp[:n].T),
+                sq,
+                starts,
+                sorted_codes,
+                _SIL_ROW_TILE,
+                _SIL_COL_TILE,
+                n_threads,
             )
         else:  # very many clusters: no per-thread column buffers, 2x the work
+            Xs = np.ascontiguousarray(XT.T)
+            sq = np.einsum("ij,ij->i", Xs, Xs)
             sums_sorted = _cluster_distance_sums(Xs, sq, starts, sorted_codes, _ROW_TILE, _COL_TILE)
     sums = np.empty_like(sums_sorted)
     sums[order] = sums_sorted

@@ -1,11 +1,11 @@
-"""KMeans, KMeansSweep and MiniBatchKMeans against scikit-learn."""
+"""KMeans and KMeansSweep against scikit-learn (MiniBatchKMeans: test_compute_minibatch)."""
 
 import numpy as np
 import pytest
 import sklearn.cluster as skc
 from sklearn.datasets import make_blobs
 
-from tasks.compute import KMeans, KMeansSweep, MiniBatchKMeans
+from tasks.compute import KMeans, KMeansSweep
 
 
 @pytest.fixture(scope="module")
@@ -113,24 +113,3 @@ def test_sweep_bad_input(blobs):
         KMeansSweep([2, 5000]).fit(blobs[:100])
     with pytest.raises(ValueError, match="empty"):
         KMeansSweep([]).fit(blobs)
-
-
-def test_minibatch_close_to_sklearn(blobs):
-    ours = MiniBatchKMeans(5, batch_size=256, random_state=0, n_init=3).fit(blobs)
-    ref = skc.MiniBatchKMeans(5, batch_size=256, random_state=0, n_init=3).fit(blobs)
-    assert ours.inertia_ <= 1.02 * ref.inertia_
-    np.testing.assert_array_equal(ours.predict(blobs), ours.labels_)
-    f32 = MiniBatchKMeans(5, random_state=0).fit(blobs.astype(np.float32))
-    assert f32.cluster_centers_.dtype == np.float32
-
-
-def test_minibatch_fixed_steps_and_params():
-    X, _ = make_blobs(n_samples=5000, n_features=4, centers=4, random_state=2)
-    m = MiniBatchKMeans(4, batch_size=100, max_iter=1, max_no_improvement=None, random_state=0).fit(
-        X
-    )
-    assert m.n_steps_ == 50  # one epoch: n_samples // batch_size steps
-    ref = skc.KMeans(4, n_init=3, random_state=0).fit(X)
-    assert m.inertia_ <= 1.05 * ref.inertia_
-    with pytest.raises(ValueError, match="batch_size"):
-        MiniBatchKMeans(2, batch_size=0).fit(X)

@@ -115,3 +115,42 @@ def test_dunn_index_across_tiles_matches_brute_force():
     D = cdist(X, X)
     same = y[:, None] == y[None, :]
     assert dunn_index(X, y) == pytest.approx(D[~same].min() / D[same].max(), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "k"),
+    [
+        (3, 2, 2),  # fewer rows than one 4-row block (rows padded to 4)
+        (9, 1, 3),  # one feature: padded to 4, no chunk before the fused one
+        (1234, 3, 5),  # n, d not multiples of 4; several column strips
+        (2501, 5, 7),  # d = 5 -> 8: one plain chunk then the fused one; tail row tile
+        (1103, 20, 60),  # many clusters: many short cluster segments per strip
+    ],
+)
+def test_silhouette_shapes_match_sklearn(n, d, k):
+    # the register-blocked kernel's padding (rows, features to multiples of 4), 4-row
+    # blocks that straddle two clusters, strips cut by cluster boundaries, the diagonal
+    # block, and row tiles shared between threads
+    rng = np.random.default_rng(n + d + k)
+    y = rng.integers(0, k, size=n)
+    y[:k] = np.arange(k)  # every label present
+    X = rng.normal(size=(k, d))[y] * 3.0 + rng.normal(size=(n, d))
+    np.testing.assert_allclose(silhouette_samples(X, y), skm.silhouette_samples(X, y), atol=1e-9)
+    assert abs(silhouette_score(X, y) - skm.silhouette_score(X, y)) < 1e-9
+
+
+def test_silhouette_single_thread_same_as_parallel():
+    # one numba thread and the default threads (row tiles shared between threads, column
+    # sums in several per-thread buffers) agree
+    import numba
+
+    X, y = make_blobs(n_samples=1800, n_features=6, centers=4, random_state=5)
+    ref = silhouette_samples(X, y)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        single = silhouette_samples(X, y)
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_allclose(single, ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ref, skm.silhouette_samples(X, y), atol=1e-9)

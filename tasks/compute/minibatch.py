@@ -1,0 +1,255 @@
+"""Mini-batch k-means on numba kernels, scikit-learn compatible.
+
+:class:`MiniBatchKMeans` replays :class:`sklearn.cluster.MiniBatchKMeans`' random stream
+(scikit-learn 1.9): the same ``random_state`` picks the same validation set, init
+subset, k-means++ seeds, batches and reassignments, so both take the same steps and
+stop at the same step, up to floating-point rounding. What differs is the cost of a
+step: scikit-learn's ``RandomState.choice(n, batch, p=w / w.sum())`` rebuilds an O(n)
+cumulative sum every step; here the cdf is built once and each batch is mapped through
+it by a local search (:mod:`tasks.compute._minibatch_kernels`).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+from tasks.compute._kmeans_kernels import _row_sq_norms, n_chunks_for
+from tasks.compute._minibatch_kernels import (
+    _exact_equal_step,
+    _label_counts,
+    _minibatch_step,
+    _sampling_cdf,
+    _searchsorted_right,
+)
+from tasks.compute._threads import blas_single_thread, kernel_threads
+from tasks.compute.kmeans import (
+    _BaseKMeans,
+    _check_init_params,
+    _kmeanspp_lockstep,
+    _labels_inertia,
+    _n_local_trials,
+    _Run,
+    _tolerance,
+)
+
+__all__ = ["MiniBatchKMeans"]
+
+
+def _check_int(value, name, low, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        extra = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be an integer >= {low}{extra}, got {value!r}.")
+
+
+class MiniBatchKMeans(_BaseKMeans):
+    """Mini-batch k-means on numba kernels; drop-in for :class:`sklearn.cluster.MiniBatchKMeans`.
+
+    scikit-learn's algorithm and random stream: batches of ``batch_size`` rows drawn
+    with replacement, with probability proportional to ``sample_weight`` (the rows then
+    count with unit weight), centres moved by the per-centre learning rate
+    ``1 / rows seen``. Stops after ``max_iter`` epochs, when the exponentially weighted
+    batch inertia has not improved for ``max_no_improvement`` consecutive batches, or
+    (``tol > 0``) when the centre shift is small. Centres seen too rarely move to
+    random batch rows (``reassignment_ratio``). The initialisation (k-means++ by
+    default) runs on ``init_size`` random rows; with ``n_init > 1`` the best one on a
+    random validation subset is kept. ``labels_`` / ``inertia_`` are computed on the
+    full data at the end (one parallel pass). ``n_steps_``: batches processed;
+    ``n_iter_``: epochs started.
+    """
+
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        init="k-means++",
+        max_iter=100,
+        batch_size=1024,
+        tol=0.0,
+        max_no_improvement=10,
+        init_size=None,
+        n_init="auto",
+        reassignment_ratio=0.01,
+        random_state=None,
+    ):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.tol = tol
+        self.max_no_improvement = max_no_improvement
+        self.init_size = init_size
+        self.n_init = n_init
+        self.reassignment_ratio = reassignment_ratio
+        self.random_state = random_state
+
+    def _check_params(self):
+        _check_init_params(self.n_clusters, self.init, self.n_init, self.max_iter, self.tol)
+        _check_int(self.batch_size, "batch_size", 1)
+        _check_int(self.max_no_improvement, "max_no_improvement", 0, allow_none=True)
+        _check_int(self.init_size, "init_size", 1, allow_none=True)
+        r = self.reassignment_ratio
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not r >= 0:
+            raise ValueError(f"reassignment_ratio must be a number >= 0, got {r!r}.")
+
+    def _resolve_sizes(self, n):
+        """scikit-learn's ``_batch_size``, ``_init_size`` and ``_n_init`` rules."""
+        k = self.n_clusters
+        batch = min(self.batch_size, n)
+        init_size = self.init_size
+        if init_size is None:
+            init_size = 3 * batch
+            if init_size < k:
+                init_size = 3 * k
+        elif init_size < k:
+            warnings.warn(
+                f"init_size={init_size} should be larger than n_clusters={k}. "
+                "Setting it to min(3*n_clusters, n_samples)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            init_size = 3 * k
+        init_size = min(init_size, n)
+        if isinstance(self.init, str):
+            if self.n_init == "auto":
+                n_init = 1 if self.init == "k-means++" else 3
+            else:
+                n_init = int(self.n_init)
+        else:
+            n_init = 1 if self.n_init == "auto" else int(self.n_init)
+            if n_init != 1:
+                warnings.warn(
+                    "Explicit initial center position passed: performing only one init "
+                    f"in {type(self).__name__} instead of n_init={n_init}.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                n_init = 1
+        return batch, init_size, n_init
+
+    def _init_centers(self, X, sw, init_size, rs):
+        """scikit-learn's ``_init_centroids``: a random subset of ``init_size`` rows
+        (drawn only when smaller than the data), then k-means++ / random rows / the
+        given array."""
+        n, d = X.shape
+        k = self.n_clusters
+        if init_size < n:
+            sub = rs.randint(0, n, init_size)
+            X, sw = np.ascontiguousarray(X[sub]), np.ascontiguousarray(sw[sub])
+        if isinstance(self.init, str) and self.init == "k-means++":
+            r = _Run(k)
+            # k-means++'s draws: one for the first centre, n_local_trials per next one
+            r.draws = rs.random_sample(1 + (k - 1) * _n_local_trials(k))
+            with kernel_threads(X.shape[0] * d * k):
+                _kmeanspp_lockstep(X, _row_sq_norms(X), sw, [r], n_chunks_for(X.shape[0]))
+            return r.centers
+        if isinstance(self.init, str):  # "random"
+            seeds = rs.choice(X.shape[0], size=k, replace=False, p=sw / sw.sum())
+            return X[seeds]
+        return np.array(self.init, dtype=X.dtype, order="C")
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Compute the centroids of ``X`` by mini-batch k-means."""
+        self._check_params()
+        X, sw = self._validate_fit_input(X, sample_weight)
+        n = X.shape[0]
+        k = self.n_clusters
+        total = np.sum(sw)
+        if sample_weight is not None and not (np.all(sw >= 0) and total > 0):
+            raise ValueError("sample_weight must be >= 0 with a positive sum.")
+        batch, init_size, n_init = self._resolve_sizes(n)
+        rs = check_random_state(self.random_state)
+
+        # validation subset (drawn even with one init, to keep the random stream)
+        val_idx = rs.randint(0, n, init_size)
+        best_centers, best_inertia = None, np.inf
+        for _ in range(n_init):
+            centers = self._init_centers(X, sw, init_size, rs)
+            if n_init == 1:
+                best_centers = centers
+                break
+            inertia = _labels_inertia(
+                np.ascontiguousarray(X[val_idx]), np.ascontiguousarray(sw[val_idx]), centers
+            )[1]
+            if inertia < best_inertia:
+                best_centers, best_inertia = centers, inertia
+        centers = np.array(best_centers, dtype=X.dtype, order="C")
+
+        # seen weight per centre, X's dtype like scikit-learn's (it sets the rounding of
+        # the learning rate and of the reassignment threshold)
+        weight_sums = np.zeros(k, dtype=X.dtype)
+        # the batches' cdf: scikit-learn draws from p = sw / sum(sw) (in sw's dtype)
+        p = float((sw[:1] / total)[0])
+        if sample_weight is not None or not _exact_equal_step(p, n):
+            cdf = _sampling_cdf(sw, total)
+        else:
+            cdf = np.empty(0)  # equal weights: the exact cdf in closed form, no O(n) pass
+        idx = np.empty(batch, dtype=np.int64)
+        labels_buf = np.empty(batch, dtype=np.int64)
+        Xb = np.empty((batch, X.shape[1]), dtype=X.dtype)
+        n_steps = (self.max_iter * n) // batch
+        alpha = min(1.0, batch * 2.0 / (n + 1))
+        tol_abs = _tolerance(X, self.tol)
+        ratio = self.reassignment_ratio
+        ewa, ewa_min, no_improve = None, None, 0
+        since_reassign = 0
+        step = 0
+        # BLAS on one thread for the small per-step gemm (as scikit-learn)
+        with blas_single_thread():
+            for step in range(n_steps):
+                _searchsorted_right(cdf, p, n, rs.random_sample(batch), idx)
+                # scikit-learn's _random_reassign(): decided before the step, on the counts
+                # before the update
+                since_reassign += batch
+                reassign = False
+                if (weight_sums == 0).any() or since_reassign >= 10 * k:
+                    since_reassign = 0
+                    reassign = True
+                old = centers.copy() if tol_abs > 0 else None
+                inertia = _minibatch_step(X, idx, centers, weight_sums, labels_buf, Xb) / batch
+                if reassign and ratio > 0:
+                    self._reassign(X, idx, centers, weight_sums, rs)
+                if step == 0:
+                    continue  # the first batch inertia is the init's: not used (as scikit-learn)
+                ewa = inertia if ewa is None else ewa * (1 - alpha) + inertia * alpha
+                if tol_abs > 0 and np.sum((centers - old) ** 2) <= tol_abs:
+                    break
+                if ewa_min is None or ewa < ewa_min:
+                    ewa_min, no_improve = ewa, 0
+                else:
+                    no_improve += 1
+                if self.max_no_improvement is not None and no_improve >= self.max_no_improvement:
+                    break
+        self.cluster_centers_ = centers
+        self.n_steps_ = step + 1
+        self.n_iter_ = int(np.ceil((step + 1) * batch / n))
+        self.labels_, self.inertia_ = _labels_inertia(X, sw, centers)
+        self._warn_distinct()
+        return self
+
+    def _warn_distinct(self):
+        # the base class's np.unique sorts all labels; counting is O(n)
+        if np.count_nonzero(_label_counts(self.labels_, self.n_clusters)) < self.n_clusters:
+            super()._warn_distinct()
+
+    def _reassign(self, X, idx, centers, weight_sums, rs):
+        """scikit-learn's rule (after the update): centres whose seen weight is below
+        ``reassignment_ratio * max`` move to random rows of the batch (at most half the
+        batch, the least seen first) and get the smallest remaining seen weight."""
+        b = idx.shape[0]
+        to_reassign = weight_sums < self.reassignment_ratio * weight_sums.max()
+        if to_reassign.sum() > 0.5 * b:
+            to_reassign[np.argsort(weight_sums)[int(0.5 * b) :]] = False
+        n_re = int(to_reassign.sum())
+        if n_re == 0:
+            return
+        if n_re == centers.shape[0]:
+            return  # reassignment_ratio > 1: scikit-learn fails here (min of nothing)
+        new = rs.choice(b, replace=False, size=n_re)
+        centers[to_reassign] = X[idx[new]]
+        weight_sums[to_reassign] = np.min(weight_sums[~to_reassign])
