@@ -114,7 +114,9 @@ def bench_sweep(n, d, ks, rows):
 def _bench_lloyd_passes(X, ks, rows):
     """Time per Lloyd iteration against the stream floor (time to read X once).
 
-    The fit's first pass computes every distance (BLAS, ``_bounded_pass`` with every
+    The plain fused pass (``_lloyd_accumulate``: assignment and centroid sums, what the
+    Dask engine runs per partition) reads X once and computes every distance. The fit's
+    first pass computes every distance (BLAS, ``_bounded_pass`` with every
     clustering "full"); later passes use the distance bounds and recompute only the rows
     the bounds cannot settle. Both are timed on k-means++ seeds of X: the first pass,
     then the second pass after one real centroid update (its state copied before each
@@ -130,18 +132,24 @@ def _bench_lloyd_passes(X, ks, rows):
     nch = kk.n_chunks_for(n)
     x_sq = kk._row_sq_norms(X)
 
-    def one_pass(runs, state, shift, full, stacked):
+    def one_pass(runs, state, shift, full, dense):
+        """One pass of every run: ``dense`` = every distance (one BLAS call per tile for
+        all runs), else the bounded pass."""
         C, _CT, half, off = _stack(runs)
         C64 = C.astype(np.float64)
         active = np.arange(len(runs), dtype=np.int64)
         s_half, m1, a1, m2 = _bound_stats(C64, off, shift, active)
         labels, upper, lower = state
+        if dense:
+            C_dense, half_dense, dense_at = C, half, off[:-1].copy()
+        else:
+            C_dense, half_dense = np.empty((0, d), X.dtype), np.empty(0, half.dtype)
+            dense_at = np.full(len(runs), -1, dtype=np.int64)
         return _bounded_pass(
             X,
             sw,
             C,
             half,
-            C64,
             off,
             x_sq,
             active,
@@ -154,8 +162,9 @@ def _bench_lloyd_passes(X, ks, rows):
             a1,
             m2,
             full,
-            stacked,
-            False,
+            C_dense,
+            half_dense,
+            dense_at,
             nch,
         )
 
@@ -174,10 +183,14 @@ def _bench_lloyd_passes(X, ks, rows):
         )
         full = np.ones(R, dtype=np.bool_)
         with blas_single_thread():  # as inside KMeans.fit
+            C, _CT, half, off = _stack(runs)
+            t_plain = min(
+                _time(partial(kk._lloyd_accumulate, X, sw, C, half, off, nch))[0] for _ in range(5)
+            )
             t_first = min(
                 _time(partial(one_pass, runs, state, np.zeros(K), full, True))[0] for _ in range(5)
             )
-            sums, weights, _ = one_pass(runs, state, np.zeros(K), full, True)
+            sums, weights, _, _ = one_pass(runs, state, np.zeros(K), full, True)
             S, W = sums.sum(axis=0), weights.sum(axis=0)
             new_centers = (S / W[:, None]).astype(X.dtype)
             old = np.concatenate([r.centers for r in runs]).astype(np.float64)
@@ -193,7 +206,8 @@ def _bench_lloyd_passes(X, ks, rows):
                     t_second, _time(partial(one_pass, runs, copy, shift, not_full, False))[0]
                 )
         for name, t, goal in (
-            ("first pass, every distance", t_first, label == "k=8"),
+            ("plain fused pass (assign + sums, no bounds)", t_plain, label == "k=8"),
+            ("first pass of a fit, every distance + bounds", t_first, label == "k=8"),
             ("later pass, with distance bounds", t_second, label == "k=8"),
         ):
             rows.append(

@@ -160,10 +160,13 @@ def _store_assignment(
     absolute,
     xw,
     ws,
+    xs,
     s_loc,
     w_loc,
+    q_loc,
 ):  # pragma: no cover
-    """New centroid and bounds of the ``m`` rows ``rows`` of clustering b. With
+    """New centroid and bounds of the ``m`` rows ``rows`` of clustering b (``xs``: their
+    |x|^2, summed per centroid into ``q_loc`` for the inertia). With
     ``absolute`` every row is added to the sums (``xw``/``ws``: the tile's weighted rows
     in float64 and weights); otherwise only rows that changed centroid move their weight
     between the two sums."""
@@ -177,6 +180,7 @@ def _store_assignment(
         labels[b, i] = lab[j]
         if absolute:
             w_loc[new] += ws[j]
+            q_loc[new] += ws[j] * xs[j]
             srow = s_loc[new]
             xr = xw[j]
             for f in range(d):
@@ -185,10 +189,75 @@ def _store_assignment(
             w = np.float64(sample_weight[i])
             w_loc[new] += w
             w_loc[old] -= w
+            q_loc[new] += w * xs[j]
+            q_loc[old] -= w * xs[j]
             for f in range(d):
                 v = w * np.float64(X[i, f])
                 s_loc[new, f] += v
                 s_loc[old, f] -= v
+
+
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _store_tile(
+    X,
+    sample_weight,
+    c0,
+    k_b,
+    i0,
+    m,
+    lab,
+    ub,
+    lb,
+    lab_row,
+    up_row,
+    lo_row,
+    absolute,
+    xw,
+    ws,
+    xs,
+    s_loc,
+    w_loc,
+    q_loc,
+):  # pragma: no cover
+    """:func:`_store_assignment` for the contiguous rows ``i0:i0+m`` of a tile
+    (``lab_row``/``up_row``/``lo_row``: clustering b's rows of labels and bounds): the
+    sums first (the changes need the old labels), then plain contiguous stores, which
+    vectorise."""
+    d = X.shape[1]
+    old_lab = lab_row[i0 : i0 + m]
+    if absolute:
+        for j in range(m):
+            new = c0 + lab[j]
+            w_loc[new] += ws[j]
+            q_loc[new] += ws[j] * xs[j]
+            srow = s_loc[new]
+            xr = xw[j]
+            for f in range(d):
+                srow[f] += xr[f]
+    else:
+        for j in range(m):
+            if lab[j] != old_lab[j]:
+                new = c0 + lab[j]
+                old = c0 + old_lab[j]
+                i = i0 + j
+                w = np.float64(sample_weight[i])
+                w_loc[new] += w
+                w_loc[old] -= w
+                q_loc[new] += w * xs[j]
+                q_loc[old] -= w * xs[j]
+                for f in range(d):
+                    v = w * np.float64(X[i, f])
+                    s_loc[new, f] += v
+                    s_loc[old, f] -= v
+    up_t = up_row[i0 : i0 + m]
+    lo_t = lo_row[i0 : i0 + m]
+    for j in range(m):
+        old_lab[j] = lab[j]
+        up_t[j] = ub[j]
+        lo_t[j] = lb[j]
+    if k_b == 1:
+        for j in range(m):
+            lo_t[j] = np.inf
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
@@ -207,20 +276,6 @@ def _load_rows(X, sample_weight, x_sq, i0, i1, rows, xs, xw, ws, with_rows):  # 
             ws[j] = w
             for f in range(d):
                 xw[j, f] = w * np.float64(X[i, f])
-
-
-@njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _exact_inertia(X, sample_weight, C64, labels, b, c0, i0, i1):  # pragma: no cover
-    d = X.shape[1]
-    acc = 0.0
-    for i in range(i0, i1):
-        c = c0 + labels[b, i]
-        s = 0.0
-        for f in range(d):
-            t = np.float64(X[i, f]) - C64[c, f]
-            s += t * t
-        acc += np.float64(sample_weight[i]) * s
-    return acc
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
@@ -248,6 +303,7 @@ def _gathered_batch(
     lower,
     s_loc,
     w_loc,
+    q_loc,
 ):  # pragma: no cover
     """Distances of the ``m`` gathered rows ``rows`` to clustering b's centroids (one
     BLAS call), then their new centroid, fresh bounds and the sum changes."""
@@ -277,8 +333,10 @@ def _gathered_batch(
         False,
         xg,
         xs,
+        xs,
         s_loc,
         w_loc,
+        q_loc,
     )
 
 
@@ -293,7 +351,6 @@ def _bounded_pass(
     sample_weight,
     C,
     half_cnorm,
-    C64,
     offsets,
     x_sq,
     active,
@@ -309,7 +366,6 @@ def _bounded_pass(
     C_dense,
     half_dense,
     dense_at,
-    final,
     n_chunks,
 ):  # pragma: no cover
     """One Lloyd pass (assignment + centroid sums) of the ``active`` clusterings;
@@ -327,8 +383,8 @@ def _bounded_pass(
     A clustering with ``full[b]`` set (first pass, or its sums were rebuilt after an
     empty cluster was relocated) gets complete sums; the others get only the changes
     from rows that moved. Returns ``sums`` (n_chunks, K, d), ``weights`` (n_chunks, K),
-    ``inertia`` (n_chunks, n_blocks; with ``final``: every row's exact weighted squared
-    distance to its centroid in ``C64``, the float64 copy of ``C``) and ``unsure``
+    ``sq_sums`` (n_chunks, K: the weighted |x|^2 of each centroid's rows, from which the
+    caller gets the inertia without another pass over X) and ``unsure``
     (n_chunks, n_blocks): how many rows failed the bound test (for dense clusterings
     with valid bounds: how many would have).
     """
@@ -349,12 +405,12 @@ def _bounded_pass(
     rows_per_chunk = ((n_tiles + n_chunks - 1) // n_chunks) * _TILE
     sums = np.zeros((n_chunks, K, d))
     weights = np.zeros((n_chunks, K))
-    inertia = np.zeros((n_chunks, n_blocks))
+    sq_sums = np.zeros((n_chunks, K))
     unsure = np.zeros((n_chunks, n_blocks), dtype=np.int64)
     for ch in prange(n_chunks):
         s_loc = np.zeros((K, d))
         w_loc = np.zeros(K)
-        in_loc = np.zeros(n_blocks)
+        q_loc = np.zeros(K)
         un_loc = np.zeros(n_blocks, dtype=np.int64)
         xg = np.empty((_BTILE, d), dtype=X.dtype)
         xw = np.empty((_BTILE, d))
@@ -415,25 +471,26 @@ def _bounded_pass(
                 else:
                     continue
                 _fresh_bounds(xs_t, best, best2, mt, margin_c, ub, lb)
-                _store_assignment(
+                _store_tile(
                     X,
                     sample_weight,
-                    b,
                     c0,
                     c1 - c0,
-                    rows_t,
+                    i0,
                     mt,
                     lab,
                     ub,
                     lb,
-                    labels,
-                    upper,
-                    lower,
+                    labels[b],
+                    upper[b],
+                    lower[b],
                     full[b],
                     xw,
                     ws,
+                    xs_t,
                     s_loc,
                     w_loc,
+                    q_loc,
                 )
         # bounded clusterings: the rows the bounds cannot settle, gathered across tiles so
         # that each BLAS call gets a full batch
@@ -472,6 +529,7 @@ def _bounded_pass(
                         lower,
                         s_loc,
                         w_loc,
+                        q_loc,
                     )
                     m = 0
                 k_new = _select_unsure(
@@ -516,13 +574,10 @@ def _bounded_pass(
                     lower,
                     s_loc,
                     w_loc,
+                    q_loc,
                 )
-        if final:
-            for q in range(active.shape[0]):
-                b = active[q]
-                in_loc[b] += _exact_inertia(X, sample_weight, C64, labels, b, offsets[b], r0, r_end)
         sums[ch] = s_loc
         weights[ch] = w_loc
-        inertia[ch] = in_loc
+        sq_sums[ch] = q_loc
         unsure[ch] = un_loc
-    return sums, weights, inertia, unsure
+    return sums, weights, sq_sums, unsure

@@ -222,8 +222,10 @@ def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq, labels
     offsets = _stack(runs)[3]
     upper = np.empty((n_runs, n), dtype=np.float32)
     lower = np.empty((n_runs, n), dtype=np.float32)
+    # running per-centroid sums of the rows (S), their weights (W) and |x|^2 (Q)
     S = np.zeros((offsets[-1], X.shape[1]))
     W = np.zeros(offsets[-1])
+    Q = np.zeros(offsets[-1])
     shift = np.zeros(offsets[-1])
     full = np.ones(n_runs, dtype=np.bool_)  # the first pass computes every distance
     active = np.arange(n_runs, dtype=np.int64)
@@ -231,7 +233,8 @@ def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq, labels
     # share of rows the bound test sent to a distance computation in the last pass
     unsure_share = np.ones(n_runs)
 
-    def run_pass(active, final):
+    def run_pass(active):
+        """One pass of the ``active`` runs; adds its changes to S, W and Q."""
         C, _CT, half, _ = _stack(runs)
         C64 = C.astype(np.float64)
         s_half, max1, arg1, max2 = _bound_stats(C64, offsets, shift, active)
@@ -248,12 +251,11 @@ def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq, labels
             if dense
             else np.empty(0, half.dtype)
         )
-        sums, wts, inertia, unsure = _bounded_pass(
+        sums, wts, sq_sums, unsure = _bounded_pass(
             X,
             sample_weight,
             C,
             half,
-            C64,
             offsets,
             x_sq,
             active,
@@ -269,27 +271,26 @@ def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq, labels
             C_dense,
             half_dense,
             dense_at,
-            final,
             n_chunks,
         )
-        was_full = full[active].copy()
-        unsure_share[active] = np.where(was_full, 1.0, unsure.sum(axis=0)[active] / n)
-        return sums, wts, inertia
-
-    for it in range(max_iter):
-        dS, dW, _ = run_pass(active, False)
-        dS = dS.sum(axis=0)
-        dW = dW.sum(axis=0)
-        still = []
+        unsure_share[active] = np.where(full[active], 1.0, unsure.sum(axis=0)[active] / n)
+        dS, dW, dQ = sums.sum(axis=0), wts.sum(axis=0), sq_sums.sum(axis=0)
         for b in active:
-            r = runs[b]
             sl = slice(offsets[b], offsets[b + 1])
             if full[b]:
-                S[sl], W[sl] = dS[sl], dW[sl]
+                S[sl], W[sl], Q[sl] = dS[sl], dW[sl], dQ[sl]
                 full[b] = False
             else:
                 S[sl] += dS[sl]
                 W[sl] += dW[sl]
+                Q[sl] += dQ[sl]
+
+    for it in range(max_iter):
+        run_pass(active)
+        still = []
+        for b in active:
+            r = runs[b]
+            sl = slice(offsets[b], offsets[b + 1])
             Sb, Wb = S[sl], W[sl]
             # running sums: a cluster that lost all its rows may keep a rounding residue
             gone = Wb <= 1e-12 * max(float(Wb.sum()), 1e-300)
@@ -311,8 +312,17 @@ def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq, labels
         active = np.asarray(still, dtype=np.int64)
         if active.shape[0] == 0:
             break
-    # final assignment with the final centroids, and the exact inertia
-    return run_pass(np.arange(n_runs, dtype=np.int64), True)[2].sum(axis=0)
+    # final assignment with the final centroids; the inertia from the per-centroid sums:
+    # sum over rows of w |x - c|^2 = Q - 2 c.S + W |c|^2 (X is centred, so no cancellation
+    # beyond float64's reach)
+    run_pass(np.arange(n_runs, dtype=np.int64))
+    inertia = np.empty(n_runs)
+    for b, r in enumerate(runs):
+        sl = slice(offsets[b], offsets[b + 1])
+        c = r.centers.astype(np.float64)
+        per_centroid = Q[sl] - 2.0 * np.einsum("ij,ij->i", c, S[sl]) + W[sl] * (c * c).sum(axis=1)
+        inertia[b] = max(float(per_centroid.sum()), 0.0)
+    return inertia
 
 
 def _fit_runs(X, sample_weight, specs, init, max_iter, tol):
