@@ -1,5 +1,8 @@
 """Lloyd iterations with Hamerly's bounds give plain Lloyd's answers (scikit-learn's
-``algorithm="lloyd"`` from the same initial centroids)."""
+``algorithm="lloyd"`` from the same initial centroids).
+
+The bounded passes are used from ``_BOUNDED_MIN_ROWS`` rows on; these tests lower that
+to 0 so that they run on small data."""
 
 import numpy as np
 import pytest
@@ -8,6 +11,11 @@ from sklearn.datasets import make_blobs
 
 from tasks.compute import KMeans, KMeansSweep
 from tasks.compute import kmeans as kmeans_module
+
+
+@pytest.fixture(autouse=True)
+def _bounded_from_the_first_row(monkeypatch):
+    monkeypatch.setattr(kmeans_module, "_BOUNDED_MIN_ROWS", 0)
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +90,14 @@ def test_runs_split_into_groups_give_the_same_sweep(overlapping, monkeypatch):
         np.testing.assert_array_equal(whole.models_[k].labels_, split.models_[k].labels_)
         assert whole.models_[k].inertia_ == pytest.approx(split.models_[k].inertia_, rel=1e-12)
         assert whole.models_[k].n_iter_ == split.models_[k].n_iter_
+
+
+def test_bounded_and_plain_passes_agree(overlapping, monkeypatch):
+    bounded = KMeansSweep(range(2, 10), n_init=1, random_state=2).fit(overlapping)
+    monkeypatch.setattr(kmeans_module, "_BOUNDED_MIN_ROWS", overlapping.shape[0] + 1)
+    plain = KMeansSweep(range(2, 10), n_init=1, random_state=2).fit(overlapping)
+    for k in range(2, 10):
+        a, b = bounded.models_[k], plain.models_[k]
+        np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=0, atol=1e-8)
+        assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-10)
+        assert a.n_iter_ == b.n_iter_
