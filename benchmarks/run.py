@@ -35,7 +35,7 @@ from tasks.compute._threads import blas_single_thread
 
 RESULTS = Path(__file__).parent / "results"
 #: each timing is the best of REPEAT runs (both sides), to damp noise from other processes
-REPEAT = 2
+REPEAT = 3
 
 
 def _cpu_model() -> str:
