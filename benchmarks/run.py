@@ -124,7 +124,7 @@ def _bench_lloyd_passes(X, ks, rows):
     """
     from tasks.compute import _kmeans_kernels as kk
     from tasks.compute._hamerly_kernels import _bound_stats, _bounded_pass
-    from tasks.compute.kmeans import _Run, _stack
+    from tasks.compute.kmeans import _Run, _stack, _stack_dense
 
     n, d = X.shape
     floor = _stream_floor(X)
@@ -140,11 +140,9 @@ def _bench_lloyd_passes(X, ks, rows):
         active = np.arange(len(runs), dtype=np.int64)
         s_half, m1, a1, m2 = _bound_stats(C64, off, shift, active)
         labels, upper, lower = state
-        if dense:
-            C_dense, half_dense, dense_at = C, half, off[:-1].copy()
-        else:
-            C_dense, half_dense = np.empty((0, d), X.dtype), np.empty(0, half.dtype)
-            dense_at = np.full(len(runs), -1, dtype=np.int64)
+        C_dense, half_dense, dense_at = _stack_dense(
+            C, half, off, list(active) if dense else [], len(runs)
+        )
         return _bounded_pass(
             X,
             sw,

@@ -91,10 +91,12 @@ def _bound_stats(C64, offsets, shift, active):  # pragma: no cover
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
 def _select_unsure(
-    labels, upper, lower, b, c0, i0, i1, shift, s_half, max1, arg1, max2, gidx
+    labels, upper, lower, b, c0, i0, i1, shift, s_half, max1, arg1, max2, gidx, keep
 ):  # pragma: no cover
-    """Rows ``i0:i1`` whose bounds cannot rule out a change of centroid in clustering b
-    go to ``gidx`` (their count is returned); the others get their loosened bounds."""
+    """How many of rows ``i0:i1`` the bounds of clustering b cannot rule out a change of
+    centroid for. With ``keep`` those rows go to ``gidx`` and the others get their
+    loosened bounds; without, nothing is written (a dense pass, which recomputes every
+    row anyway, only wants the count)."""
     m = 0
     m1 = max1[b]
     m2 = max2[b]
@@ -104,29 +106,12 @@ def _select_unsure(
         u = np.float64(upper[b, i]) + shift[ga]
         lo = np.float64(lower[b, i]) - (m2 if ga == a1 else m1)
         if u > max(lo, s_half[ga]):
-            gidx[m] = i
+            if keep:
+                gidx[m] = i
             m += 1
-        else:
+        elif keep:
             upper[b, i] = u * _UP
             lower[b, i] = max(lo, 0.0) * _DOWN  # 0 is always a valid lower bound
-    return m
-
-
-@njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _count_unsure(
-    labels, upper, lower, b, c0, i0, i1, shift, s_half, max1, arg1, max2
-):  # pragma: no cover
-    """How many of rows ``i0:i1`` the bound test of clustering b would send to a
-    distance computation (used to choose between dense and bounded passes)."""
-    m = 0
-    m1 = max1[b]
-    m2 = max2[b]
-    a1 = arg1[b]
-    for i in range(i0, i1):
-        ga = c0 + labels[b, i]
-        u = np.float64(upper[b, i]) + shift[ga]
-        lo = np.float64(lower[b, i]) - (m2 if ga == a1 else m1)
-        m += u > max(lo, s_half[ga])
     return m
 
 
@@ -340,8 +325,8 @@ def _gathered_batch(
     )
 
 
-#: Rows per BLAS call in the bounded pass (the rows left after the bound test are
-#: gathered).
+#: Rows per tile; the rows the bound test leaves are gathered into batches of one to two
+#: tiles' worth per BLAS call.
 _BTILE = 256
 
 
@@ -412,19 +397,19 @@ def _bounded_pass(
         w_loc = np.zeros(K)
         q_loc = np.zeros(K)
         un_loc = np.zeros(n_blocks, dtype=np.int64)
-        xg = np.empty((_BTILE, d), dtype=X.dtype)
+        xg = np.empty((2 * _BTILE, d), dtype=X.dtype)
         xw = np.empty((_BTILE, d))
         # the tile's rows (dense clusterings, full sums) and the gathered ones (bounded)
         rows_t = np.empty(_BTILE, dtype=np.int64)
         xs_t = np.empty(_BTILE)
         ws = np.empty(_BTILE)
-        rows_g = np.empty(_BTILE, dtype=np.int64)
-        xs_g = np.empty(_BTILE)
-        best = np.empty(_BTILE, dtype=X.dtype)
-        best2 = np.empty(_BTILE, dtype=X.dtype)
-        lab = np.empty(_BTILE, dtype=np.int32)
-        ub = np.empty(_BTILE)
-        lb = np.empty(_BTILE)
+        rows_g = np.empty(2 * _BTILE, dtype=np.int64)
+        xs_g = np.empty(2 * _BTILE)
+        best = np.empty(2 * _BTILE, dtype=X.dtype)
+        best2 = np.empty(2 * _BTILE, dtype=X.dtype)
+        lab = np.empty(2 * _BTILE, dtype=np.int32)
+        ub = np.empty(2 * _BTILE)
+        lb = np.empty(2 * _BTILE)
         r0 = ch * rows_per_chunk
         r_end = min(n, r0 + rows_per_chunk)
         # dense clusterings (and full ones): tile by tile, every row
@@ -441,7 +426,7 @@ def _bounded_pass(
                 at = dense_at[b]
                 if at >= 0:
                     if not full[b]:
-                        un_loc[b] += _count_unsure(
+                        un_loc[b] += _select_unsure(
                             labels,
                             upper,
                             lower,
@@ -454,6 +439,8 @@ def _bounded_pass(
                             max1,
                             arg1,
                             max2,
+                            rows_g,
+                            False,
                         )
                     _tile_block_argmin2(
                         GT_dense[at : at + c1 - c0],
@@ -503,8 +490,26 @@ def _bounded_pass(
             m = 0
             for i0 in range(r0, r_end, _BTILE):
                 i1 = min(r_end, i0 + _BTILE)
-                # at most _BTILE rows fit: flush first if this tile could overflow
-                if m + (i1 - i0) > _BTILE and m > 0:
+                k_new = _select_unsure(
+                    labels,
+                    upper,
+                    lower,
+                    b,
+                    c0,
+                    i0,
+                    i1,
+                    shift,
+                    s_half,
+                    max1,
+                    arg1,
+                    max2,
+                    rows_g[m:],
+                    True,
+                )
+                un_loc[b] += k_new
+                m += k_new
+                # a batch holds up to 2 tiles' rows: flush once it has one tile's worth
+                if m >= _BTILE or (i1 == r_end and m > 0):
                     _gathered_batch(
                         X,
                         sample_weight,
@@ -532,50 +537,6 @@ def _bounded_pass(
                         q_loc,
                     )
                     m = 0
-                k_new = _select_unsure(
-                    labels,
-                    upper,
-                    lower,
-                    b,
-                    c0,
-                    i0,
-                    i1,
-                    shift,
-                    s_half,
-                    max1,
-                    arg1,
-                    max2,
-                    rows_g[m:],
-                )
-                un_loc[b] += k_new
-                m += k_new
-            if m > 0:
-                _gathered_batch(
-                    X,
-                    sample_weight,
-                    C,
-                    half_cnorm,
-                    x_sq,
-                    margin_c,
-                    b,
-                    c0,
-                    c1,
-                    rows_g,
-                    m,
-                    xg,
-                    xs_g,
-                    best,
-                    best2,
-                    lab,
-                    ub,
-                    lb,
-                    labels,
-                    upper,
-                    lower,
-                    s_loc,
-                    w_loc,
-                    q_loc,
-                )
         sums[ch] = s_loc
         weights[ch] = w_loc
         sq_sums[ch] = q_loc

@@ -221,6 +221,36 @@ def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq):
     return labels, inertia
 
 
+def _lloyd_step(X, sample_weight, run, sums, counts, it, n_chunks):
+    """Move ``run``'s centroids to the means of its Lloyd sums (scikit-learn's
+    empty-cluster rule) as iteration ``it``. Returns the squared shift summed over the
+    centroids (the convergence test) and each centroid's move (Euclidean)."""
+
+    def relocate(S, W):
+        _relocate_empty(X, sample_weight, run.centers, S, W, n_chunks)
+
+    new, sq_shift = lloyd_update(run.centers, sums, counts, relocate)
+    moved = new.astype(np.float64) - run.centers.astype(np.float64)
+    run.centers = new
+    run.n_iter = it + 1
+    return sq_shift, np.sqrt(np.einsum("ij,ij->i", moved, moved))
+
+
+def _stack_dense(C, half, offsets, dense, n_runs):
+    """The centroids (and |c|^2 / 2) of the runs in ``dense`` stacked for one BLAS call
+    per tile, and where each run's start in that stack (-1: not dense)."""
+    dense_at = np.full(n_runs, -1, dtype=np.int64)
+    pos = 0
+    for b in dense:
+        dense_at[b] = pos
+        pos += offsets[b + 1] - offsets[b]
+    if not len(dense):
+        return np.empty((0, C.shape[1]), C.dtype), np.empty(0, half.dtype), dense_at
+    C_dense = np.concatenate([C[offsets[b] : offsets[b + 1]] for b in dense])
+    half_dense = np.concatenate([half[offsets[b] : offsets[b + 1]] for b in dense])
+    return C_dense, half_dense, dense_at
+
+
 def _lloyd_plain(X, sample_weight, runs, max_iter, tol, n_chunks):
     """:func:`_lloyd_lockstep` with every distance in every pass (one fused pass over X
     per iteration for all the still-active runs)."""
@@ -235,14 +265,7 @@ def _lloyd_plain(X, sample_weight, runs, max_iter, tol, n_chunks):
         still = []
         for b, r in enumerate(active):
             sl = slice(offsets[b], offsets[b + 1])
-
-            def relocate(Sb, Wb, old=r.centers):
-                _relocate_empty(X, sample_weight, old, Sb, Wb, n_chunks)
-
-            new, shift = lloyd_update(r.centers, S[sl], W[sl], relocate)
-            r.centers = new
-            r.n_iter = it + 1
-            if shift > tol:
+            if _lloyd_step(X, sample_weight, r, S[sl], W[sl], it, n_chunks)[0] > tol:
                 still.append(r)
         active = still
     C, CT, half, offsets = _stack(runs)
@@ -275,18 +298,7 @@ def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq, labels
         C64 = C.astype(np.float64)
         s_half, max1, arg1, max2 = _bound_stats(C64, offsets, shift, active)
         dense = [b for b in active if full[b] or unsure_share[b] > _DENSE_SHARE]
-        dense_at = np.full(n_runs, -1, dtype=np.int64)
-        parts, pos = [], 0
-        for b in dense:
-            dense_at[b] = pos
-            parts.append(C[offsets[b] : offsets[b + 1]])
-            pos += offsets[b + 1] - offsets[b]
-        C_dense = np.concatenate(parts) if parts else np.empty((0, X.shape[1]), X.dtype)
-        half_dense = (
-            np.concatenate([half[offsets[b] : offsets[b + 1]] for b in dense])
-            if dense
-            else np.empty(0, half.dtype)
-        )
+        C_dense, half_dense, dense_at = _stack_dense(C, half, offsets, dense, n_runs)
         sums, wts, sq_sums, unsure = _bounded_pass(
             X,
             sample_weight,
@@ -334,15 +346,7 @@ def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq, labels
                 Sb[gone] = 0.0
                 Wb[gone] = 0.0
                 full[b] = True  # relocation moves rows between clusters: rebuild the sums
-
-            def relocate(Sb, Wb, old=r.centers):
-                _relocate_empty(X, sample_weight, old, Sb, Wb, n_chunks)
-
-            new, sq_shift = lloyd_update(r.centers, Sb, Wb, relocate)
-            moved = new.astype(np.float64) - r.centers.astype(np.float64)
-            shift[sl] = np.sqrt(np.einsum("ij,ij->i", moved, moved))
-            r.centers = new
-            r.n_iter = it + 1
+            sq_shift, shift[sl] = _lloyd_step(X, sample_weight, r, Sb, Wb, it, n_chunks)
             if sq_shift > tol:
                 still.append(b)
         active = np.asarray(still, dtype=np.int64)
