@@ -1,5 +1,5 @@
 """Issue 13, deploy: endpoint names follow SageMaker's rule everywhere (refused before anything
-is written), and two `popseg deploy` to one name at the same moment end with one server."""
+is written), and two deploys to one name at the same moment end with one server."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tasks import deploy
-from tests.e2e.helpers import invoke, run_popseg
+from tests.conftest import ROOT
+from tests.e2e.helpers import invoke
 
 
 def _files(root: Path) -> dict[str, tuple[int, int]]:
@@ -63,21 +65,61 @@ def _servers(name: str) -> list[int]:
     return found
 
 
-@pytest.mark.slow
-def test_two_concurrent_deploys_end_with_one_tracked_server(trained_project):
+# A real process running the deploy step itself; it waits at a start line (a file) after its
+# imports, so both reach "read the state" within milliseconds of each other.
+_RACER = """
+import json, sys, time
+from pathlib import Path
+from tasks.deploy import deploy_local
+from tasks.package import RegisteredChain
+name, run_id, chain_dir, ready, go = sys.argv[1:]
+registered = RegisteredChain("popseg-segmentation", "2", run_id, Path(chain_dir))
+Path(ready).touch()
+while not Path(go).exists():
+    time.sleep(0.002)
+print(json.dumps(deploy_local(name, registered, project=Path.cwd()).to_json()))
+"""
+
+
+def test_concurrent_deploys_end_with_one_tracked_server(trained_project, tmp_path_factory):
+    from tasks.package import fetch_registered_chain
+
     name = "race"
+    scratch = tmp_path_factory.mktemp("race")
+    registered = fetch_registered_chain("popseg-segmentation", "2", scratch / "chain")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    go = scratch / "go"
+    racers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _RACER,
+                name,
+                registered.run_id,
+                str(registered.chain_dir),
+                str(scratch / f"ready-{i}"),
+                str(go),
+            ],
+            cwd=trained_project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
-        with ThreadPoolExecutor(2) as pool:
-            runs = list(
-                pool.map(
-                    lambda _: run_popseg(["deploy", "-n", name, "--json"], trained_project),
-                    range(2),
-                )
-            )
-        for run in runs:
-            assert run.returncode == 0, run.stderr[-2000:]
-        results = [json.loads(run.stdout) for run in runs]
-        # The second deploy waited for the first and swapped into its server.
+        deadline = time.monotonic() + 60
+        while not all((scratch / f"ready-{i}").exists() for i in range(2)):
+            assert time.monotonic() < deadline and all(r.poll() is None for r in racers)
+            time.sleep(0.01)
+        go.touch()
+        outputs = [racer.communicate(timeout=120) for racer in racers]
+        for racer, (_, err) in zip(racers, outputs, strict=True):
+            assert racer.returncode == 0, err[-2000:]
+        results = [json.loads(out) for out, _ in outputs]
+        # One started the server; the other waited for the lock and swapped into it.
         assert sorted(r["action"] for r in results) == ["created", "reloaded"]
         assert len({r["details"]["pid"] for r in results}) == 1
         state = deploy.read_state(name)
@@ -92,6 +134,9 @@ def test_two_concurrent_deploys_end_with_one_tracked_server(trained_project):
         assert _servers(name) == []
         assert deploy.read_state(name) is None
     finally:
+        for racer in racers:
+            if racer.poll() is None:
+                racer.kill()
         for pid in _servers(name):  # orphans of a failed run
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
