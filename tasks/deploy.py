@@ -448,10 +448,9 @@ def refuse_contract_change(
     if changes:
         raise DeployError(
             f"endpoint {name!r} serves version {served_version}, whose input contract differs "
-            f"from version {version}'s: {'; '.join(changes)}; not swapped (the endpoint still "
-            "serves version "
-            f"{served_version}); --allow-contract-change or promote.allow_contract_change=true "
-            "swaps it anyway"
+            f"from version {version}'s: {'; '.join(changes)}; not swapped, the endpoint still "
+            f"serves version {served_version} (--allow-contract-change or "
+            "promote.allow_contract_change=true swaps it anyway)"
         )
 
 
