@@ -253,16 +253,30 @@ def train(
     )
 
 
+AllowContractChangeOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-contract-change",
+        help="accept a model whose input contract (features, their order) differs from the "
+        "champion's / the served model's (default: promote.allow_contract_change)",
+    ),
+]
+
+
 @app.command()
 def promote(
     version: Annotated[
         str | None, typer.Option("--version", help="model version (default: alias challenger)")
     ] = None,
+    allow_contract_change: AllowContractChangeOption = False,
     params_path: ParamsOption = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run the promotion gate on a registered version; moves alias champion if it passes."""
+    """Run the promotion gate on a registered version; moves alias champion if it passes.
+    A refusal exits 12 (GateRefused) in text and --json mode alike."""
+    from tasks.errors import GateRefused
+
     try:
         params = _params(params_path, overrides)
         with _stdout_to_stderr(as_json):
@@ -274,6 +288,8 @@ def promote(
                 params.promote,
                 params.cluster.silhouette_sample,
                 params.cluster.seed,
+                params.orchestrate.registry_lock_timeout_s,
+                allow_contract_change or None,
             )
     except PopsegError as error:
         _fail(error)
@@ -288,17 +304,24 @@ def promote(
     }
     if as_json:
         _emit_json(payload)
-        return
-    verdict = (
-        "promoted to champion"
-        if decision.promoted
-        else ("already champion" if decision.passed else "NOT promoted (champion unchanged)")
-    )
-    typer.echo(f"{decision.model_name} version {decision.version}: {verdict}")
-    for reason in decision.reasons:
-        typer.echo(f"  - {reason}")
+    else:
+        verdict = (
+            "promoted to champion"
+            if decision.promoted
+            else ("already champion" if decision.passed else "NOT promoted (champion unchanged)")
+        )
+        typer.echo(f"{decision.model_name} version {decision.version}: {verdict}")
+        for reason in decision.reasons:
+            typer.echo(f"  - {reason}")
     if not decision.passed:
-        raise typer.Exit(1)
+        raise typer.Exit(GateRefused.exit_code)
+
+
+def _endpoint_name(name: str, what: str) -> None:
+    """Checked before anything is loaded or written: the name becomes a file name."""
+    from tasks.deploy import validate_endpoint_name
+
+    validate_endpoint_name(name, what)
 
 
 TargetOption = Annotated[
@@ -368,19 +391,33 @@ def deploy(
     role_arn: Annotated[
         str | None, typer.Option("--role-arn", help="sagemaker: execution role ARN")
     ] = None,
+    allow_contract_change: AllowContractChangeOption = False,
     params_path: ParamsOption = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Deploy a registered version (default: champion) to an endpoint and smoke-test it. An
-    existing endpoint is updated in place; on failure the previous model keeps serving."""
+    existing endpoint is updated in place; on failure the previous model keeps serving. A
+    running endpoint is not swapped to a model with another input contract without
+    --allow-contract-change."""
     from flows.deploy import deploy as run_deploy
 
     try:
+        if endpoint_name is not None:
+            _endpoint_name(endpoint_name, "--endpoint-name")
         params = _params(params_path, overrides)
         with _stdout_to_stderr(as_json):
             result = run_deploy(
-                params, version, target, endpoint_name, capture, port, region, bucket, role_arn
+                params,
+                version,
+                target,
+                endpoint_name,
+                capture,
+                port,
+                region,
+                bucket,
+                role_arn,
+                allow_contract_change or None,
             )
     except PopsegError as error:
         _fail(error)
@@ -412,6 +449,7 @@ def undeploy(
     from flows.deploy import undeploy as run_undeploy
 
     try:
+        _endpoint_name(endpoint_name, "endpoint name")
         params = _params(params_path, None)
         payload = run_undeploy(params, endpoint_name, target, region)
     except PopsegError as error:
@@ -460,6 +498,7 @@ def rollback(
     role_arn: Annotated[
         str | None, typer.Option("--role-arn", help="sagemaker: execution role ARN")
     ] = None,
+    allow_contract_change: AllowContractChangeOption = False,
     params_path: ParamsOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -467,9 +506,18 @@ def rollback(
     from flows.deploy import rollback as run_rollback
 
     try:
+        _endpoint_name(endpoint_name, "endpoint name")
         params = _params(params_path, None)
         with _stdout_to_stderr(as_json):
-            payload = run_rollback(params, endpoint_name, target, region, bucket, role_arn)
+            payload = run_rollback(
+                params,
+                endpoint_name,
+                target,
+                region,
+                bucket,
+                role_arn,
+                allow_contract_change or None,
+            )
     except PopsegError as error:
         _fail(error)
     if as_json:

@@ -63,11 +63,17 @@ def deploy(
     region: str | None = None,
     bucket: str | None = None,
     role_arn: str | None = None,
+    allow_contract_change: bool | None = None,
 ) -> local.DeployResult:
-    """Deploy a registered version (default: alias champion) and smoke-test it."""
+    """Deploy a registered version (default: alias champion) and smoke-test it. A running
+    endpoint whose model has another input contract is left as it is unless
+    ``allow_contract_change`` (None: ``promote.allow_contract_change``, the setting that let
+    the gate accept the change)."""
     config = params.deploy
     target = target or config.target
-    name = endpoint_name or config.endpoint_name
+    name = local.validate_endpoint_name(endpoint_name or config.endpoint_name)
+    if allow_contract_change is None:
+        allow_contract_change = params.promote.allow_contract_change
     if target not in TARGETS:
         raise DeployError(f"--target {target!r}: choose local or sagemaker")
     with tempfile.TemporaryDirectory(prefix="popseg-deploy-") as scratch:
@@ -82,16 +88,20 @@ def deploy(
                 capture=capture or config.capture,
                 max_body_mb=config.max_body_mb,
                 start_timeout_s=config.start_timeout_s,
+                allow_contract_change=allow_contract_change,
             )
         from tasks import sagemaker
 
         settings = sagemaker.resolve_settings(config, region, bucket, role_arn)
-        return sagemaker.deploy_sagemaker(name, registered, config, settings, sample)
+        return sagemaker.deploy_sagemaker(
+            name, registered, config, settings, sample, allow_contract_change
+        )
 
 
 def undeploy(
     params: Params, name: str, target: str | None = None, region: str | None = None
 ) -> dict[str, Any]:
+    local.validate_endpoint_name(name)
     target = target or params.deploy.target
     if target == "local":
         return local.undeploy_local(name)
@@ -128,12 +138,15 @@ def rollback(
     region: str | None = None,
     bucket: str | None = None,
     role_arn: str | None = None,
+    allow_contract_change: bool | None = None,
 ) -> dict[str, Any]:
-    """Serve the previous version again and move alias ``champion`` back to it."""
+    """Serve the previous version again and move alias ``champion`` back to it (a previous
+    version with another input contract needs ``allow_contract_change``, as for deploy)."""
     import mlflow
 
     from tasks.register import CHAMPION, alias_version, configure_mlflow, registry_lock
 
+    local.validate_endpoint_name(name)
     target = target or params.deploy.target
     model_name = params.register_.model_name
     if target == "local":
@@ -167,6 +180,7 @@ def rollback(
         region=region,
         bucket=bucket,
         role_arn=role_arn,
+        allow_contract_change=allow_contract_change,
     )
     with registry_lock(params.orchestrate.registry_lock_timeout_s):
         champion_before = alias_version(model_name, CHAMPION)

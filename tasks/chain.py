@@ -9,6 +9,7 @@ scikit-learn 1.2-1 serving image), so it is copied as-is into ``model.tar.gz``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -83,6 +84,12 @@ class SegmentationChain:
     @property
     def k(self) -> int:
         return int(self.centroids.shape[0])
+
+    def input_contract(self) -> Dict[str, Any]:
+        """What a request must look like: the feature names in order. One-hot columns are
+        features, so a categorical's levels are part of it. Equal contracts accept the same
+        requests; a different one breaks clients built for the other."""
+        return {"features": list(self.feature_names)}
 
     # ------------------------------------------------------------------ inference
 
@@ -197,6 +204,12 @@ class SegmentationChain:
             metadata=description.get("metadata", {}),
             **values,
         )
+
+
+def contract_digest(contract: Dict[str, Any]) -> str:
+    """sha256 of a contract's canonical JSON: short enough for a SageMaker tag (256 chars)."""
+    canonical = json.dumps(contract, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _to_float(value: Any, index: int, name: str) -> float:

@@ -139,6 +139,9 @@ class PromoteConfig(_Section):
     min_silhouette: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.25
     min_stability: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.6
     max_silhouette_drop: Annotated[float, Field(ge=0.0)] = 0.0
+    # A challenger whose input contract (features, their order) differs from the champion's is
+    # refused unless this is true; it also lets deploy hot-swap a running endpoint to it.
+    allow_contract_change: bool = False
 
 
 class DeployConfig(_Section):

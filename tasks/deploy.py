@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -33,12 +34,15 @@ from typing import Any
 import numpy as np
 
 from tasks.chain import SegmentationChain
-from tasks.errors import DeployError, EndpointError, PopsegError
+from tasks.errors import ConfigError, DeployError, EndpointError, PopsegError
 from tasks.package import RegisteredChain, build_package, unpack_package
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = Path(".popseg") / "endpoints"
+# SageMaker's endpoint-name rule; local names follow it too, which also keeps them plain file
+# names (no "/", "..") inside STATE_DIR.
+ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 LOCAL_REGION = "us-east-1"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,6 +96,16 @@ class LocalEndpoint:
         return payload
 
 
+def validate_endpoint_name(name: str, what: str = "endpoint name") -> str:
+    """``name`` when it follows SageMaker's rule, else a ConfigError naming the value."""
+    if not isinstance(name, str) or ENDPOINT_NAME.fullmatch(name) is None:
+        raise ConfigError(
+            f"{what} {name!r}: use 1-63 letters, digits and hyphens, starting and ending with "
+            "a letter or digit (SageMaker's rule ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$)"
+        )
+    return name
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -101,7 +115,29 @@ def state_dir(project: Path | None = None) -> Path:
 
 
 def _state_path(name: str, project: Path | None = None) -> Path:
-    return state_dir(project) / f"{name}.json"
+    return state_dir(project) / f"{validate_endpoint_name(name)}.json"
+
+
+@contextlib.contextmanager
+def endpoint_lock(name: str, project: Path | None = None, timeout_s: float = 600.0):
+    """One deploy/undeploy of endpoint ``name`` at a time, across processes: read state ->
+    start or swap -> write state is one step, so two at once end with one tracked server."""
+    from filelock import FileLock, Timeout
+
+    path = state_dir(project) / f"{validate_endpoint_name(name)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise DeployError(
+            f"local endpoint {name!r}: another deploy has held {path} for over {timeout_s:g} s; "
+            "nothing was changed"
+        ) from None
+    try:
+        yield path
+    finally:
+        lock.release()
 
 
 def read_state(name: str, project: Path | None = None) -> LocalEndpoint | None:
@@ -387,6 +423,37 @@ def _prune_models(state: LocalEndpoint, keep: int = 3) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def served_contract(state: LocalEndpoint) -> dict[str, Any] | None:
+    """The input contract of the model a local endpoint serves (None when its files are gone)."""
+    try:
+        return SegmentationChain.load(state.model_dir).input_contract()
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def refuse_contract_change(
+    name: str,
+    served: dict[str, Any] | None,
+    served_version: str | None,
+    chain: SegmentationChain,
+    version: str,
+) -> None:
+    """DeployError when the served model's contract is known and differs from ``chain``'s:
+    clients built for the served features would break on the swap."""
+    from tasks.promote import contract_changes
+
+    if served is None:
+        return
+    changes = contract_changes(served, chain.input_contract())
+    if changes:
+        raise DeployError(
+            f"endpoint {name!r} serves version {served_version}, whose input contract differs "
+            f"from version {version}'s: {'; '.join(changes)}; not swapped, the endpoint still "
+            f"serves version {served_version} (--allow-contract-change or "
+            "promote.allow_contract_change=true swaps it anyway)"
+        )
+
+
 def deploy_local(
     name: str,
     registered: RegisteredChain,
@@ -396,13 +463,49 @@ def deploy_local(
     max_body_mb: float = 6.0,
     start_timeout_s: float = 60.0,
     project: Path | None = None,
+    allow_contract_change: bool = False,
 ) -> DeployResult:
     """Start the endpoint, or swap the new version into the running one; smoke-test; on a
-    failed smoke test the previous model keeps serving (or a new server is stopped)."""
+    failed smoke test the previous model keeps serving (or a new server is stopped). A running
+    endpoint is not swapped to a model with another input contract unless allowed. Holds the
+    endpoint's lock throughout."""
+    validate_endpoint_name(name)
     chain = _load_chain(registered)
     rows = sample if sample is not None else smoke_rows(chain)
+    # The lock may wait for another deploy's start + smoke test.
+    with endpoint_lock(name, project, timeout_s=start_timeout_s + 120.0):
+        return _deploy_local(
+            name,
+            registered,
+            chain,
+            rows,
+            port,
+            capture,
+            max_body_mb,
+            start_timeout_s,
+            project,
+            allow_contract_change,
+        )
+
+
+def _deploy_local(
+    name: str,
+    registered: RegisteredChain,
+    chain: SegmentationChain,
+    rows: np.ndarray,
+    port: int,
+    capture: str | None,
+    max_body_mb: float,
+    start_timeout_s: float,
+    project: Path | None,
+    allow_contract_change: bool,
+) -> DeployResult:
     state = read_state(name, project)
     status = endpoint_status(state) if state is not None else None
+    if state is not None and status == "running" and not allow_contract_change:
+        refuse_contract_change(
+            name, served_contract(state), state.model_version, chain, registered.model_version
+        )
     model_dir = _stage_model(name, registered, project)
     entry = {
         "model_version": registered.model_version,
@@ -496,13 +599,16 @@ def deploy_local(
 
 
 def undeploy_local(name: str, project: Path | None = None) -> dict[str, Any]:
-    state = read_state(name, project)
-    if state is None:
+    if read_state(name, project) is None:  # no lock file for a name that was never deployed
         raise EndpointError(f"no local endpoint named {name!r} (see `popseg endpoints`)")
-    status = endpoint_status(state)
-    _stop_process(state.pid, name)
-    _state_path(name, project).unlink(missing_ok=True)
-    shutil.rmtree(state_dir(project) / name, ignore_errors=True)
+    with endpoint_lock(name, project):
+        state = read_state(name, project)
+        if state is None:
+            raise EndpointError(f"no local endpoint named {name!r} (see `popseg endpoints`)")
+        status = endpoint_status(state)
+        _stop_process(state.pid, name)
+        _state_path(name, project).unlink(missing_ok=True)
+        shutil.rmtree(state_dir(project) / name, ignore_errors=True)
     return {"endpoint_name": name, "target": "local", "status_before": status, "stopped": True}
 
 
@@ -512,6 +618,8 @@ def list_local(project: Path | None = None) -> list[dict[str, Any]]:
     if not folder.is_dir():
         return rows
     for path in sorted(folder.glob("*.json")):
+        if ENDPOINT_NAME.fullmatch(path.stem) is None:  # not ours
+            continue
         state = read_state(path.stem, project)
         if state is None:
             continue

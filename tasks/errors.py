@@ -49,6 +49,12 @@ class PackageError(PopsegError):
     exit_code = 6
 
 
+class GateRefused(PopsegError):
+    """The promotion gate refused a version; champion unchanged (the reasons say why)."""
+
+    exit_code = 12
+
+
 class DeployError(PopsegError):
     """A deployment step failed (names the step); the previous endpoint keeps serving."""
 

@@ -4,6 +4,11 @@ A version passes when its data validation passed, its silhouette and bootstrap s
 the thresholds, and it is not worse than the current champion on the same data (both models
 score the challenger's training rows, each in its own space). Passing moves ``champion``;
 failing leaves it untouched and says why.
+
+The input contract (``SegmentationChain.input_contract``: feature names in order) is part of
+the model: a challenger whose contract differs from the champion's would change what the
+endpoint accepts, so it is refused unless the change is allowed (``--allow-contract-change``
+or ``promote.allow_contract_change``); an allowed change is recorded in the reasons.
 """
 
 from __future__ import annotations
@@ -40,6 +45,39 @@ class GateDecision:
     previous_champion: str | None = None
 
 
+_NAMES_SHOWN = 10
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    more = len(names) - _NAMES_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def contract_changes(champion: dict[str, Any], challenger: dict[str, Any]) -> list[str]:
+    """How the challenger's input contract differs from the champion's, each part naming the
+    features (added, removed, reordered); empty when they are equal."""
+    old, new = list(champion["features"]), list(challenger["features"])
+    if old == new:
+        return []
+    changes = []
+    added = [name for name in new if name not in set(old)]
+    removed = [name for name in old if name not in set(new)]
+    if added:
+        changes.append(f"added {_names(added)}")
+    if removed:
+        changes.append(f"removed {_names(removed)}")
+    kept_old = [name for name in old if name in set(new)]
+    kept_new = [name for name in new if name in set(old)]
+    if kept_old != kept_new:
+        moved = [a for a, b in zip(kept_old, kept_new, strict=True) if a != b]
+        changes.append(
+            f"reordered {_names(moved)} (champion order {_names(kept_old)}; "
+            f"challenger order {_names(kept_new)})"
+        )
+    return changes
+
+
 def chain_silhouette(chain: SegmentationChain, rows: np.ndarray, sample: int, seed: int) -> float:
     """Silhouette of a chain's own assignment of ``rows`` in its own space."""
     from tasks.compute import silhouette_score
@@ -62,6 +100,7 @@ def evaluate_gate(
     rows: np.ndarray | None = None,
     sample: int = 5000,
     seed: int = 0,
+    allow_contract_change: bool = False,
 ) -> tuple[bool, list[str], dict[str, Any]]:
     """Pure gate logic: (passed, reasons, the numbers checked)."""
     reasons: list[str] = []
@@ -93,13 +132,21 @@ def evaluate_gate(
         reasons.append("stability not measured (evaluate.bootstrap_rounds=0)")
     if champion is None:
         reasons.append("no current champion")
-    elif challenger is not None and rows is not None:
-        if champion.feature_names != challenger.feature_names:
+    elif challenger is not None:
+        changes = contract_changes(champion.input_contract(), challenger.input_contract())
+        checks["contract_changes"] = changes
+        if changes and not allow_contract_change:
+            passed = False
             reasons.append(
-                "champion uses different features; not comparable on the same data "
-                "(comparison skipped)"
+                f"input contract differs from the champion's: {'; '.join(changes)} "
+                "(--allow-contract-change or promote.allow_contract_change=true accepts it)"
             )
-        else:
+        elif changes:
+            reasons.append(
+                f"input contract change allowed: {'; '.join(changes)}; not comparable with "
+                "the champion on the same data (comparison skipped)"
+            )
+        elif rows is not None:
             ours = chain_silhouette(challenger, rows, sample, seed)
             theirs = chain_silhouette(champion, rows, sample, seed)
             checks["challenger_silhouette_same_data"] = ours
@@ -124,16 +171,24 @@ def promote(
     sample: int = 5000,
     seed: int = 0,
     lock_timeout_s: float = 600.0,
+    allow_contract_change: bool | None = None,
 ) -> GateDecision:
     """Run the gate on a registered version (default: alias challenger); move champion if it
     passes. Under the registry lock: the champion compared against is still the champion
-    when the alias moves."""
+    when the alias moves. ``allow_contract_change`` None: ``config.allow_contract_change``."""
+    if allow_contract_change is None:
+        allow_contract_change = config.allow_contract_change
     with registry_lock(lock_timeout_s):
-        return _promote(model_name, version, config, sample, seed)
+        return _promote(model_name, version, config, sample, seed, allow_contract_change)
 
 
 def _promote(
-    model_name: str, version: str | None, config: PromoteConfig, sample: int, seed: int
+    model_name: str,
+    version: str | None,
+    config: PromoteConfig,
+    sample: int,
+    seed: int,
+    allow_contract_change: bool,
 ) -> GateDecision:
     import mlflow
 
@@ -156,7 +211,15 @@ def _promote(
         passed, reasons, checks = True, [f"version {version} is already the champion"], {}
         return GateDecision(model_name, version, True, False, reasons, checks, current)
     passed, reasons, checks = evaluate_gate(
-        metrics, validation_passed, config, challenger_chain, champion_chain, rows, sample, seed
+        metrics,
+        validation_passed,
+        config,
+        challenger_chain,
+        champion_chain,
+        rows,
+        sample,
+        seed,
+        allow_contract_change,
     )
     client.set_model_version_tag(model_name, version, "gate_passed", str(passed).lower())
     client.set_model_version_tag(model_name, version, "gate_reasons", "; ".join(reasons))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.chain import SegmentationChain
+from tasks.chain import SegmentationChain, contract_digest
 from tasks.errors import RegistryError
 
 logger = logging.getLogger(__name__)
@@ -261,6 +261,7 @@ def _register_training(
             if key in record.tags:
                 client.set_model_version_tag(model_name, version, key, record.tags[key])
         client.set_model_version_tag(model_name, version, "k", str(k))
+        _tag_contract(client, model_name, version, record.chain)
         mlflow.set_tag("model_version", version)
         return Registration(
             run_id=parent.info.run_id,
@@ -269,6 +270,22 @@ def _register_training(
             model_version=version,
             model_uri=f"models:/{model_name}/{version}",
         )
+
+
+CONTRACT_TAG = "input_contract"
+CONTRACT_DIGEST_TAG = "input_contract_sha256"
+_CONTRACT_TAG_MAX = 4000  # MLflow caps tag values; the chain artifact always has the full list
+
+
+def _tag_contract(client, model_name: str, version: str, chain: SegmentationChain) -> None:
+    """The input contract on the version: its digest, and the feature list when it fits."""
+    contract = chain.input_contract()
+    client.set_model_version_tag(
+        model_name, version, CONTRACT_DIGEST_TAG, contract_digest(contract)
+    )
+    listed = json.dumps(contract["features"])
+    if len(listed) <= _CONTRACT_TAG_MAX:
+        client.set_model_version_tag(model_name, version, CONTRACT_TAG, listed)
 
 
 # ----------------------------------------------------------------------------- registry reads

@@ -5,7 +5,13 @@ upload ``model.tar.gz`` to S3 -> ``create_model`` (SageMaker scikit-learn 1.2-1 
 code travels inside the model archive) -> ``create_endpoint_config`` -> ``create_endpoint``, or
 ``update_endpoint`` with a blue/green ``DeploymentConfig`` (automatic rollback on the given
 CloudWatch alarms) -> wait for InService (boto3 waiter) -> smoke test through
-``sagemaker-runtime`` -> tags (model name, version, run id, deploy history).
+``sagemaker-runtime`` -> tags (model name, version, run id, deploy history, input contract
+digest).
+
+An endpoint is not updated to a model whose input contract differs from the served one's
+(``popseg:input-contract-sha256`` tag) unless the change is allowed; the refusal comes before
+any upload or AWS change. An endpoint deployed before that tag existed has no recorded
+contract: it is updated as before, with a warning.
 
 The image URI comes from a small table of the AWS accounts that host the SageMaker
 scikit-learn images (the same table as the sagemaker SDK's ``image_uris`` config). We do not
@@ -30,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.chain import SegmentationChain
+from tasks.chain import SegmentationChain, contract_digest
 from tasks.config import DeployConfig
 from tasks.deploy import DeployResult, check_predictions, invoke, rows_to_csv, runtime_client
 from tasks.errors import DeployError, EndpointError, PopsegError
@@ -74,6 +80,8 @@ TAG_MODEL_VERSION = "popseg:model-version"
 TAG_RUN_ID = "popseg:run-id"
 TAG_ENDPOINT = "popseg:endpoint"
 TAG_HISTORY = "popseg:history"  # space-separated versions, oldest first (last 20)
+# sha256 of the served model's input contract (a tag value holds 256 chars, not the list).
+TAG_CONTRACT = "popseg:input-contract-sha256"
 ROLE_ENV = "POPSEG_SAGEMAKER_ROLE_ARN"
 BUCKET_ENV = "POPSEG_DEPLOY_BUCKET"
 
@@ -150,10 +158,36 @@ def _tags(registered: RegisteredChain, endpoint_name: str, history: list[str] | 
         {"Key": TAG_MODEL_VERSION, "Value": registered.model_version},
         {"Key": TAG_RUN_ID, "Value": registered.run_id},
         {"Key": TAG_ENDPOINT, "Value": endpoint_name},
+        {"Key": TAG_CONTRACT, "Value": contract_digest(registered_contract(registered))},
     ]
     if history is not None:
         tags.append({"Key": TAG_HISTORY, "Value": " ".join(history[-20:])})
     return tags
+
+
+def registered_contract(registered: RegisteredChain) -> dict[str, Any]:
+    return SegmentationChain.load(str(registered.chain_dir)).input_contract()
+
+
+def _refuse_contract_change(
+    endpoint_name: str, old_tags: dict[str, str], chain: SegmentationChain, version: str
+) -> None:
+    served = old_tags.get(TAG_CONTRACT)
+    if served is None:
+        logger.warning(
+            "endpoint %r has no %s tag (deployed before contracts were recorded): its input "
+            "contract cannot be compared; updating it",
+            endpoint_name,
+            TAG_CONTRACT,
+        )
+        return
+    if served != contract_digest(chain.input_contract()):
+        raise DeployError(
+            f"endpoint {endpoint_name!r} serves version {old_tags.get(TAG_MODEL_VERSION)}, whose "
+            f"input contract (sha256 {served[:12]}) differs from version {version}'s "
+            f"({', '.join(chain.feature_names)}); not updated (nothing uploaded or changed); "
+            "--allow-contract-change or promote.allow_contract_change=true updates it anyway"
+        )
 
 
 def _tag_dict(sagemaker, arn: str) -> dict[str, str]:
@@ -260,6 +294,7 @@ def deploy_sagemaker(
     config: DeployConfig,
     settings: dict[str, str],
     sample: np.ndarray | None = None,
+    allow_contract_change: bool = False,
 ) -> DeployResult:
     region, bucket, role_arn = settings["region"], settings["bucket"], settings["role_arn"]
     s3, sagemaker = _clients(region)
@@ -280,6 +315,8 @@ def deploy_sagemaker(
             f"endpoint {endpoint_name!r} is {existing.get('EndpointStatus')}; wait for it to "
             "settle before deploying again"
         )
+    if existing and not allow_contract_change:
+        _refuse_contract_change(endpoint_name, old_tags, chain, registered.model_version)
 
     key = f"{config.prefix.strip('/')}/{registered.model_name}/v{registered.model_version}/{stamp}/model.tar.gz"
     with tempfile.TemporaryDirectory(prefix="popseg-sm-") as scratch:

@@ -5,7 +5,7 @@ from sklearn.metrics import adjusted_rand_score
 from tasks.chain import ChainInputError, SegmentationChain
 from tasks.config import load_params
 from tasks.evaluate import evaluate, match_to_champion, size_order_ids
-from tasks.promote import evaluate_gate
+from tasks.promote import contract_changes, evaluate_gate
 
 
 def _chain(centroids, **overrides):
@@ -172,7 +172,7 @@ def test_chain_module_is_numpy_and_stdlib_only():
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module
     }
-    assert imported <= {"__future__", "json", "os", "typing", "numpy"}
+    assert imported <= {"__future__", "hashlib", "json", "os", "typing", "numpy"}
 
 
 def test_gate_thresholds_and_champion_comparison(blobs):
@@ -209,3 +209,71 @@ def test_gate_thresholds_and_champion_comparison(blobs):
         rows=values,
     )
     assert passed
+
+
+def _features(*names):
+    return {"features": list(names)}
+
+
+def test_contract_changes_name_added_removed_and_reordered_features():
+    assert contract_changes(_features("a", "b"), _features("a", "b")) == []
+    assert contract_changes(_features("a", "b"), _features("a", "b", "c")) == ["added c"]
+    assert contract_changes(_features("a", "b", "c"), _features("a")) == ["removed b, c"]
+    assert contract_changes(_features("a", "b"), _features("b", "a")) == [
+        "reordered a, b (champion order a, b; challenger order b, a)"
+    ]
+    mixed = contract_changes(_features("a", "b", "c"), _features("c", "b", "d"))
+    assert mixed == [
+        "added d",
+        "removed a",
+        "reordered b, c (champion order b, c; challenger order c, b)",
+    ]
+    many = contract_changes(_features("a"), _features("a", *[f"x{i}" for i in range(20)]))
+    assert many == ["added x0, x1, x2, x3, x4, x5, x6, x7, x8, x9 and 10 more"]
+
+
+def test_gate_refuses_another_contract_unless_allowed(blobs):
+    values, _ = blobs
+    config = load_params().promote
+    champion = _chain([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    swapped = _chain([[0.0, 0.0], [0.0, 10.0], [10.0, 0.0]], feature_names=["b", "a"])
+    metrics = {"silhouette": 0.9, "stability": 0.9}
+    passed, reasons, checks = evaluate_gate(
+        metrics, True, config, challenger=swapped, champion=champion, rows=values[:, ::-1]
+    )
+    assert not passed
+    assert checks["contract_changes"] == [
+        "reordered a, b (champion order a, b; challenger order b, a)"
+    ]
+    assert any(
+        r.startswith("input contract differs from the champion's: reordered a, b") for r in reasons
+    )
+    assert not any("comparison skipped" in r for r in reasons)
+    passed, reasons, _ = evaluate_gate(
+        metrics,
+        True,
+        config,
+        challenger=swapped,
+        champion=champion,
+        rows=values[:, ::-1],
+        allow_contract_change=True,
+    )
+    assert passed
+    assert any(r.startswith("input contract change allowed: reordered a, b") for r in reasons)
+    # Equal contracts still go through the same-data comparison.
+    _, reasons, checks = evaluate_gate(
+        metrics, True, config, challenger=champion, champion=champion, rows=values
+    )
+    assert "contract_changes" in checks and checks["contract_changes"] == []
+    assert any("not worse than the champion" in r for r in reasons)
+
+
+def test_input_contract_and_digest_follow_the_feature_order():
+    from tasks.chain import contract_digest
+
+    chain = _chain([[0.0, 0.0], [1.0, 1.0]])
+    swapped = _chain([[0.0, 0.0], [1.0, 1.0]], feature_names=["b", "a"])
+    assert chain.input_contract() == {"features": ["a", "b"]}
+    digest = contract_digest(chain.input_contract())
+    assert len(digest) == 64 and digest == contract_digest({"features": ["a", "b"]})
+    assert digest != contract_digest(swapped.input_contract())
