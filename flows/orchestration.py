@@ -13,7 +13,8 @@ from typing import Any
 
 from tasks.config import OrchestrateConfig
 
-_CODE_ROOTS = ("tasks", "flows/stages.py")
+# The cache's file format (flows/result_cache.py) is part of the key: a new format, new keys.
+_CODE_ROOTS = ("tasks", "flows/stages.py", "flows/result_cache.py")
 # Errors worth retrying: the network or a remote service, not the user's input.
 _TRANSIENT_NAMES = (
     "ConnectionError",
@@ -110,13 +111,18 @@ def train_cache_key(context, parameters: dict[str, Any]) -> str:
 
 
 def cache_options(config: OrchestrateConfig, key_fn) -> dict[str, Any]:
-    """Cached results persist in Prefect's local result storage (PREFECT_HOME)."""
+    """Cached results persist in Prefect's local result folder (PREFECT_HOME/storage) as
+    signed JSON + npz, never pickle: see flows/result_cache.py."""
     if not config.cache:
         return {}
     from prefect.cache_policies import CacheKeyFnPolicy
+
+    from flows import result_cache
 
     return {
         "cache_policy": CacheKeyFnPolicy(cache_key_fn=key_fn),
         "cache_expiration": timedelta(hours=config.cache_expiration_h),
         "persist_result": True,
+        "result_serializer": result_cache.PopsegJsonSerializer(),
+        "result_storage": result_cache.saved_storage(),
     }
