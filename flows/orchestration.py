@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from tasks.config import OrchestrateConfig
+
+logger = logging.getLogger(__name__)
 
 # The cache's file format (flows/result_cache.py) is part of the key: a new format, new keys.
 _CODE_ROOTS = ("tasks", "flows/stages.py", "flows/result_cache.py")
@@ -115,14 +118,24 @@ def cache_options(config: OrchestrateConfig, key_fn) -> dict[str, Any]:
     signed JSON + npz, never pickle: see flows/result_cache.py."""
     if not config.cache:
         return {}
+    import httpx
     from prefect.cache_policies import CacheKeyFnPolicy
+    from prefect.exceptions import PrefectException
+    from prefect.settings import get_current_settings
 
     from flows import result_cache
 
+    try:
+        storage = result_cache.saved_storage()
+    except (OSError, PrefectException, httpx.HTTPError) as error:
+        # The cache only saves time: without its storage the steps run uncached.
+        folder = get_current_settings().results.local_storage_path
+        logger.warning("%s: result cache unavailable (%s); steps run uncached", folder, error)
+        return {}
     return {
         "cache_policy": CacheKeyFnPolicy(cache_key_fn=key_fn),
         "cache_expiration": timedelta(hours=config.cache_expiration_h),
         "persist_result": True,
         "result_serializer": result_cache.PopsegJsonSerializer(),
-        "result_storage": result_cache.saved_storage(),
+        "result_storage": storage,
     }

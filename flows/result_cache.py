@@ -517,7 +517,14 @@ def saved_storage() -> SignedResultStorage:
     api = str(get_current_settings().api.url)
     memo = (api, storage.basepath, storage.key_path)
     if memo not in _saved:
+        from prefect.exceptions import ObjectAlreadyExists
+
         name = "popseg-cache-" + hashlib.sha256(storage.basepath.encode()).hexdigest()[:16]
-        storage.save(name, overwrite=True, _sync=True)
+        try:
+            storage.save(name, overwrite=True, _sync=True)
+        except ObjectAlreadyExists:
+            # Another run registered the block type or schema between our read and create
+            # (two first runs at once); now it exists, so the second try reads it.
+            storage.save(name, overwrite=True, _sync=True)
         _saved[memo] = storage
     return _saved[memo]

@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ import pytest
 from flows import result_cache, stages
 from tasks.config import load_params
 
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ["cluster.k_max=5", "evaluate.bootstrap_rounds=3", "impute.strategy=knn"]
 
 
@@ -62,10 +64,7 @@ def stage_results(tmp_path_factory):
     frame.to_csv(csv, index=False)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        params = load_params(stages.Path(__file__).parents[2] / "params.yaml", FAST)
-        params = load_params(
-            stages.Path(__file__).parents[2] / "params.yaml", [*FAST, f"data.path={csv}"]
-        )
+        params = load_params(ROOT / "params.yaml", [*FAST, f"data.path={csv}"])
         data = stages.ingest_stage(params)
         prepared = stages.prepare_stage(params, data)
         trained = stages.train_stage(params, data, prepared)
