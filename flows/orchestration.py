@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
@@ -13,7 +14,10 @@ from typing import Any
 
 from tasks.config import OrchestrateConfig
 
-_CODE_ROOTS = ("tasks", "flows/stages.py")
+logger = logging.getLogger(__name__)
+
+# The cache's file format (flows/result_cache.py) is part of the key: a new format, new keys.
+_CODE_ROOTS = ("tasks", "flows/stages.py", "flows/result_cache.py")
 # Errors worth retrying: the network or a remote service, not the user's input.
 _TRANSIENT_NAMES = (
     "ConnectionError",
@@ -110,13 +114,28 @@ def train_cache_key(context, parameters: dict[str, Any]) -> str:
 
 
 def cache_options(config: OrchestrateConfig, key_fn) -> dict[str, Any]:
-    """Cached results persist in Prefect's local result storage (PREFECT_HOME)."""
+    """Cached results persist in Prefect's local result folder (PREFECT_HOME/storage) as
+    signed JSON + npz, never pickle: see flows/result_cache.py."""
     if not config.cache:
         return {}
+    import httpx
     from prefect.cache_policies import CacheKeyFnPolicy
+    from prefect.exceptions import PrefectException
+    from prefect.settings import get_current_settings
 
+    from flows import result_cache
+
+    try:
+        storage = result_cache.saved_storage()
+    except (OSError, PrefectException, httpx.HTTPError) as error:
+        # The cache only saves time: without its storage the steps run uncached.
+        folder = get_current_settings().results.local_storage_path
+        logger.warning("%s: result cache unavailable (%s); steps run uncached", folder, error)
+        return {}
     return {
         "cache_policy": CacheKeyFnPolicy(cache_key_fn=key_fn),
         "cache_expiration": timedelta(hours=config.cache_expiration_h),
         "persist_result": True,
+        "result_serializer": result_cache.PopsegJsonSerializer(),
+        "result_storage": storage,
     }

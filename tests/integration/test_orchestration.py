@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,18 @@ def test_prepare_and_train_are_cached_on_data_hash_params_and_code(prefect_serve
     assert second.k == first.k and second.metrics == first.metrics
     assert any("reused cached results of: prepare, train" in n for n in second.notes)
     assert third.k >= 3
+    # Persisted as signed JSON + npz (flows/result_cache.py), never pickle; files 0600.
+    from prefect.settings import get_current_settings
+
+    storage = Path(get_current_settings().results.local_storage_path)
+    entries = sorted(storage.glob("popseg-*"))
+    assert {entry.name.split("-")[1] for entry in entries} == {"prepare", "train"}
+    for entry in entries:
+        signature, _, record = entry.read_bytes().partition(b"\n")
+        assert signature.startswith(b"popseg-cache 1 ")
+        assert json.loads(record)["metadata"]["serializer"] == {"type": "popseg-json"}
+        assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert stat.S_IMODE(storage.stat().st_mode) == 0o700
 
 
 def test_network_step_retries_with_backoff_then_fails_clearly(

@@ -1,0 +1,135 @@
+"""The signed result storage the cached steps persist to: what Prefect's own ResultStore does
+with it, file modes, a refused key file, and a record that names another serializer."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import pickle
+import stat
+
+import pytest
+from prefect.results import ResultStore
+
+from flows import result_cache
+from flows.stages import Prepared
+from tasks.impute import ImputeResult
+
+
+class _Touch:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def storage(tmp_path):
+    (tmp_path / "storage").mkdir(mode=0o755)
+    return result_cache.SignedResultStorage(
+        basepath=str(tmp_path / "storage"), key_path=str(tmp_path / "popseg-cache.key")
+    )
+
+
+def _store(storage):
+    # A fresh ResultStore each time: nothing served from Prefect's in-memory cache.
+    return ResultStore(
+        result_storage=storage,
+        serializer=result_cache.PopsegJsonSerializer(),
+        cache_result_in_memory=False,
+    )
+
+
+def _sample():
+    import numpy as np
+
+    imputed = ImputeResult(np.ones((2, 2)), np.array([True, True]), np.zeros(2), {"n": 1})
+    return {"names": ["a", "b"], "imputed": imputed}
+
+
+def test_prefect_writes_and_reads_back_through_the_signed_storage(storage, tmp_path):
+    _store(storage).write(_sample(), key="popseg-prepare-abc")
+    assert _store(storage).exists("popseg-prepare-abc")
+    back = _store(storage).read("popseg-prepare-abc").result
+    assert back["names"] == ["a", "b"] and back["imputed"].report == {"n": 1}
+    folder = tmp_path / "storage"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert [path.name for path in folder.iterdir()] == ["popseg-prepare-abc"]
+    assert stat.S_IMODE((folder / "popseg-prepare-abc").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "popseg-cache.key").stat().st_mode) == 0o600
+    record = json.loads((folder / "popseg-prepare-abc").read_bytes().partition(b"\n")[2])
+    assert record["metadata"]["serializer"] == {"type": "popseg-json"}
+
+
+def test_a_signed_record_that_names_pickle_is_refused_unread(storage, tmp_path, caplog):
+    marker = tmp_path / "pwned"
+    record = {
+        "metadata": {
+            "storage_key": "popseg-train-abc",
+            "expiration": None,
+            "serializer": {"type": "pickle", "picklelib": "pickle"},
+            "prefect_version": "3.8.8",
+            "storage_block_id": None,
+        },
+        "result": base64.encodebytes(pickle.dumps(_Touch(marker))).decode(),
+    }
+    # Even signed with the project's key (a bug, or a leaked key), it is not loaded.
+    storage.write_path("popseg-train-abc", json.dumps(record).encode(), _sync=True)
+    with caplog.at_level(logging.WARNING, logger="flows.result_cache"):
+        assert not _store(storage).exists("popseg-train-abc")
+        with pytest.raises(result_cache.CacheFormatError, match="names serializer"):
+            _store(storage).read("popseg-train-abc")
+    assert not marker.exists()
+    assert "popseg-train-abc: rejected cached result" in caplog.text
+
+
+def test_an_entry_copied_under_another_key_is_refused(storage, tmp_path):
+    _store(storage).write(_sample(), key="popseg-prepare-one")
+    folder = tmp_path / "storage"
+    (folder / "popseg-prepare-two").write_bytes((folder / "popseg-prepare-one").read_bytes())
+    assert _store(storage).exists("popseg-prepare-one")
+    assert not _store(storage).exists("popseg-prepare-two")
+
+
+def test_a_key_file_others_can_read_is_replaced(storage, tmp_path, caplog):
+    _store(storage).write(_sample(), key="popseg-prepare-abc")
+    key = tmp_path / "popseg-cache.key"
+    old = key.read_bytes()
+    key.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="flows.result_cache"):
+        # Entries signed with a key others could read are no longer trusted: a miss.
+        assert not _store(storage).exists("popseg-prepare-abc")
+    assert f"{key}: cache key refused (mode 644" in caplog.text
+    assert key.read_bytes() != old and stat.S_IMODE(key.stat().st_mode) == 0o600
+    _store(storage).write(_sample(), key="popseg-prepare-abc")
+    assert _store(storage).exists("popseg-prepare-abc")
+
+
+@pytest.mark.parametrize("name", ["../escape", "/etc/passwd", "sub/dir", ".hidden", ""])
+def test_paths_outside_the_folder_are_refused(storage, name):
+    with pytest.raises(ValueError, match="not a cache entry name"):
+        storage.write_path(name, b"{}", _sync=True)
+    with pytest.raises(ValueError, match="not a cache entry name"):
+        storage.read_path(name, _sync=True)
+
+
+def test_the_prepared_dataclass_is_allow_listed():
+    assert result_cache._result_types()["Prepared"] is Prepared
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_fifo_or_symlink_in_place_of_an_entry_is_refused_without_blocking(
+    storage, tmp_path, kind, caplog
+):
+    _store(storage).write(_sample(), key="popseg-prepare-abc")
+    entry = tmp_path / "storage" / "popseg-prepare-xyz"
+    if kind == "fifo":
+        os.mkfifo(entry)  # opening it for reading without O_NONBLOCK would wait forever
+    else:
+        entry.symlink_to(tmp_path / "storage" / "popseg-prepare-abc")
+    with caplog.at_level(logging.WARNING, logger="flows.result_cache"):
+        assert not _store(storage).exists("popseg-prepare-xyz")
+    assert "popseg-prepare-xyz: rejected cached result" in caplog.text
