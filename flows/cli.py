@@ -64,6 +64,21 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _preflight(params, data: str | None = None, write_store: bool = True) -> None:
+    """What a command needs from this machine, checked before Prefect starts or any work is
+    done: the data file (or s3:// credentials), then the tracking store. The store check
+    imports tasks.register (pandas), so a bad data path is refused before that cost."""
+    from tasks import preflight
+
+    if data is not None:
+        preflight.check_data_path(data)
+    from tasks.register import ARTIFACT_DIR, tracking_uri
+
+    preflight.check_tracking_store(
+        tracking_uri(), Path.cwd() / ARTIFACT_DIR, params.register_.experiment, write_store
+    )
+
+
 def _train_outcome(
     params_path: Path | None,
     overrides: list[str],
@@ -74,6 +89,7 @@ def _train_outcome(
 ):
     try:
         params = _params(params_path, overrides)
+        _preflight(params, params.data.path)
         with _stdout_to_stderr(as_json):
             from flows.training import run_training
 
@@ -378,6 +394,12 @@ def deploy(
 
     try:
         params = _params(params_path, overrides)
+        if (target or params.deploy.target) == "sagemaker":
+            from tasks.errors import DeployError
+            from tasks.preflight import check_aws_credentials
+
+            check_aws_credentials("sagemaker deploy", DeployError)
+        _preflight(params, write_store=False)
         with _stdout_to_stderr(as_json):
             result = run_deploy(
                 params, version, target, endpoint_name, capture, port, region, bucket, role_arn
@@ -495,6 +517,7 @@ def score(
 
     try:
         params = _params(params_path, None)
+        _preflight(params, data, write_store=False)
         payload = run_score(params, data, str(output), version)
     except PopsegError as error:
         _fail(error)
@@ -539,6 +562,7 @@ def monitor(
 
     try:
         params = _params(params_path, overrides)
+        _preflight(params, data)
         with _stdout_to_stderr(as_json):
             from flows.monitoring import monitor_flow
 
