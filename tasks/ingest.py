@@ -19,7 +19,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pa_parquet
 
 from tasks.config import DataConfig, FeaturesConfig
-from tasks.errors import DataError, SourceUnavailableError
+from tasks.errors import CredentialsError, DataError, SourceUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -168,17 +168,22 @@ def ingest_bundled(config: DataConfig) -> RawTable:
 def _read_bytes(path: str) -> bytes:
     if path.startswith("s3://"):
         import s3fs
-        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import BotoCoreError, NoCredentialsError, PartialCredentialsError
 
         try:
             with s3fs.S3FileSystem().open(path, "rb") as handle:
                 return handle.read()
         except FileNotFoundError:
             raise DataError(f"{path}: no such object in S3") from None
-        except PermissionError as exc:
-            raise DataError(f"{path}: access denied ({exc})") from None
+        except PermissionError as exc:  # AccessDenied, InvalidAccessKeyId, ExpiredToken ...
+            raise CredentialsError(f"{path}: access denied ({exc})") from None
         except OSError as exc:
             raise DataError(f"{path}: cannot read from S3: {exc}") from None
+        except (NoCredentialsError, PartialCredentialsError) as exc:  # never worth a retry
+            raise CredentialsError(
+                f"{path}: no usable AWS credentials ({exc}); set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            ) from None
         except BotoCoreError as exc:  # endpoint unreachable, timeouts: transient
             raise SourceUnavailableError(f"{path}: cannot reach S3: {exc}") from None
     file_path = Path(path)
