@@ -66,14 +66,12 @@ def _json_default(value: Any) -> Any:
 
 def _preflight(params, data: str | None = None, write_store: bool = True) -> None:
     """What a command needs from this machine, checked before Prefect starts or any work is
-    done: the data file (or s3:// credentials), then the tracking store. The store check
-    imports tasks.register (pandas), so a bad data path is refused before that cost."""
+    done: the data file (or s3:// credentials), then the tracking store."""
     from tasks import preflight
+    from tasks.tracking import ARTIFACT_DIR, tracking_uri
 
     if data is not None:
         preflight.check_data_path(data)
-    from tasks.register import ARTIFACT_DIR, tracking_uri
-
     preflight.check_tracking_store(
         tracking_uri(), Path.cwd() / ARTIFACT_DIR, params.register_.experiment, write_store
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import subprocess
 import tempfile
@@ -23,20 +22,15 @@ import pandas as pd
 
 from tasks.chain import SegmentationChain
 from tasks.errors import RegistryError
+from tasks.tracking import ARTIFACT_DIR, DEFAULT_TRACKING_URI, tracking_uri  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-ARTIFACT_DIR = "mlartifacts"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 TRAINING_DATA_ARTIFACT = "data/training.parquet"
 _PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 _CHAIN_FILE = Path(__file__).with_name("chain.py")
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
 
 
 _INITIALISED_STORES: set[str] = set()
