@@ -395,7 +395,9 @@ def deploy(
         if (target or params.deploy.target) == "sagemaker":
             from tasks.errors import DeployError
             from tasks.preflight import check_aws_credentials
+            from tasks.sagemaker import resolve_settings
 
+            resolve_settings(params.deploy, region, bucket, role_arn)  # settings, then secrets
             check_aws_credentials("sagemaker deploy", DeployError)
         _preflight(params, write_store=False)
         with _stdout_to_stderr(as_json):

@@ -122,7 +122,7 @@ def _recorded_artifact_folder(uri: str, database: Path, experiment: str | None) 
     artifact folder recorded for ``experiment`` is returned when it is a local one."""
     try:
         with contextlib.closing(
-            sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+            sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
         ) as connection:
             connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
             row = None
@@ -130,7 +130,11 @@ def _recorded_artifact_folder(uri: str, database: Path, experiment: str | None) 
                 row = connection.execute(
                     "SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)
                 ).fetchone()
-    except sqlite3.DatabaseError as error:
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error):  # another run is writing: the store is alive
+            return None
+        raise RegistryError(f"MLflow tracking store {uri}: {database}: {error}") from None
+    except sqlite3.DatabaseError as error:  # not a database, corrupt
         raise RegistryError(f"MLflow tracking store {uri}: {database}: {error}") from None
     if row is None or not str(row[0]).startswith("file:"):
         return None
@@ -191,6 +195,8 @@ def check_aws_credentials(purpose: str, error_type: type[PopsegError]) -> None:
     import botocore.session
     from botocore.exceptions import BotoCoreError
 
+    profile = os.environ.get("AWS_PROFILE")
+    named_profile = f" (AWS_PROFILE={profile})" if profile else ""
     try:
         session = botocore.session.Session()
         resolver = session.get_component("credential_provider")
@@ -199,18 +205,16 @@ def check_aws_credentials(purpose: str, error_type: type[PopsegError]) -> None:
                 resolver.remove(name)
         credentials = resolver.load_credentials()
     except BotoCoreError as error:  # partial credentials, an unknown AWS_PROFILE
-        raise error_type(f"{purpose}: unusable AWS credentials: {error}") from None
+        raise error_type(f"{purpose}: unusable AWS credentials: {error}{named_profile}") from None
     if credentials is not None:
         return
     if any(os.environ.get(name) for name in _CONTAINER_VARIABLES) or _on_ec2():
         return
     shared = os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")
     config = os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")
-    profile = os.environ.get("AWS_PROFILE")
     raise error_type(
         f"{purpose}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
-        f"AWS_SECRET_ACCESS_KEY, or a profile in {shared} or {config}"
-        + (f" (AWS_PROFILE={profile})" if profile else "")
+        f"AWS_SECRET_ACCESS_KEY, or a profile in {shared} or {config}{named_profile}"
     )
 
 

@@ -208,7 +208,8 @@ def test_partial_credentials_name_what_is_missing(project_dir, tmp_path, moto_se
 
 def test_sagemaker_deploy_without_credentials_fails_at_once(project_dir, tmp_path, moto_server):
     env = _no_aws_credentials(tmp_path, moto_server)
-    result, seconds = _popseg(["deploy", "--target", "sagemaker"], project_dir, **env)
+    settings = ["--region", "us-east-1", "--bucket", "b", "--role-arn", "arn:aws:iam::1:role/r"]
+    result, seconds = _popseg(["deploy", "--target", "sagemaker", *settings], project_dir, **env)
     assert result.returncode == 7
     assert "sagemaker deploy: no AWS credentials found" in _one_error_line(result)
     assert seconds < FAST_S, f"{seconds:.1f} s"
