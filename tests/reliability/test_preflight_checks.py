@@ -91,3 +91,36 @@ def test_aws_credentials_sources(bare_aws, monkeypatch):
     # A container's credential endpoint counts by its variable; it is not called.
     monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:1/creds")
     check_aws_credentials("s3://b/k", CredentialsError)
+
+
+def test_full_store_folder_is_refused(tmp_path):
+    """A store folder without room for 1 MiB: as root a 256 KiB tmpfs; as another user
+    (who may not mount) a 256 KiB file-size limit on this process."""
+    import os
+    import resource
+    import subprocess
+
+    folder = tmp_path / "full"
+    folder.mkdir()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    if os.geteuid() == 0:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], check=True
+        )
+        try:
+            with pytest.raises(RegistryError, match="No space left on device") as excinfo:
+                check_tracking_store(uri, tmp_path / "mlartifacts", "popseg")
+            leftovers = list(folder.iterdir())
+        finally:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+    else:
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, limits[1]))
+        try:
+            with pytest.raises(RegistryError, match="File too large") as excinfo:
+                check_tracking_store(uri, tmp_path / "mlartifacts", "popseg")
+            leftovers = list(folder.iterdir())
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    assert f"store folder {folder} cannot take 1 MiB" in str(excinfo.value)
+    assert leftovers == []  # the probe file is removed
