@@ -64,14 +64,17 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _preflight(params, data: str | None = None, write_store: bool = True) -> None:
+def _preflight(
+    params, data: str | None = None, write_store: bool = True, folders: bool = False
+) -> None:
     """What a command needs from this machine, checked before Prefect starts or any work is
-    done: the data file (or s3:// credentials), then the tracking store."""
+    done: the data file (a folder or glob too with ``folders``: the Dask engine) or s3://
+    credentials, then the tracking store."""
     from tasks import preflight
     from tasks.tracking import ARTIFACT_DIR, tracking_uri
 
     if data is not None:
-        preflight.check_data_path(data)
+        preflight.check_data_path(data, folders)
     preflight.check_tracking_store(
         tracking_uri(), Path.cwd() / ARTIFACT_DIR, params.register_.experiment, write_store
     )
@@ -87,7 +90,9 @@ def _train_outcome(
 ):
     try:
         params = _params(params_path, overrides)
-        _preflight(params, params.data.path)
+        # A Dask cluster elsewhere reads the data on its workers' file system, not this one.
+        remote = engine == "dask" and bool(scheduler or params.dask.scheduler)
+        _preflight(params, None if remote else params.data.path, folders=engine == "dask")
         with _stdout_to_stderr(as_json):
             from flows.training import run_training
 

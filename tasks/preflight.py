@@ -11,6 +11,7 @@ providers, and an http(s) tracking server with one request. No Prefect, no MLflo
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import sqlite3
 import tempfile
@@ -45,15 +46,22 @@ def _reason(error: OSError) -> str:
 # ----------------------------------------------------------------------------- data
 
 
-def check_data_path(path: str) -> None:
-    """A local path must be a readable file; an s3:// URL needs AWS credentials."""
+def check_data_path(path: str, folders: bool = False) -> None:
+    """A local path must be a readable file (with ``folders``, as the Dask engine reads: also
+    a folder or a glob that matches something); an s3:// URL needs AWS credentials."""
     if path.startswith("s3://"):
         check_aws_credentials(path, CredentialsError)
+        return
+    if folders and glob.has_magic(path):
+        if not glob.glob(path):
+            raise DataError(f"{path}: file not found")
         return
     file_path = Path(path)
     if not file_path.exists():
         raise DataError(f"{path}: file not found")
     if file_path.is_dir():
+        if folders:
+            return
         raise DataError(f"{path}: is a directory, expected a CSV or Parquet file")
     try:
         with open(file_path, "rb") as handle:

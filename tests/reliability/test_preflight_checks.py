@@ -19,6 +19,11 @@ def test_data_path(tmp_path):
         check_data_path(str(tmp_path / "t2.csv"))
     with pytest.raises(DataError, match="is a directory"):
         check_data_path(str(tmp_path))
+    # The Dask engine reads folders and globs.
+    check_data_path(str(tmp_path), folders=True)
+    check_data_path(str(tmp_path / "*.csv"), folders=True)
+    with pytest.raises(DataError, match=r"\*\.parquet: file not found$"):
+        check_data_path(str(tmp_path / "*.parquet"), folders=True)
 
 
 def test_sqlite_store_that_is_not_a_database(tmp_path):
