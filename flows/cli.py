@@ -64,6 +64,22 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _preflight(
+    params, data: str | None = None, write_store: bool = True, folders: bool = False
+) -> None:
+    """What a command needs from this machine, checked before Prefect starts or any work is
+    done: the data file (a folder or glob too with ``folders``: the Dask engine) or s3://
+    credentials, then the tracking store."""
+    from tasks import preflight
+    from tasks.tracking import ARTIFACT_DIR, tracking_uri
+
+    if data is not None:
+        preflight.check_data_path(data, folders)
+    preflight.check_tracking_store(
+        tracking_uri(), Path.cwd() / ARTIFACT_DIR, params.register_.experiment, write_store
+    )
+
+
 def _train_outcome(
     params_path: Path | None,
     overrides: list[str],
@@ -74,6 +90,9 @@ def _train_outcome(
 ):
     try:
         params = _params(params_path, overrides)
+        # A Dask cluster elsewhere reads the data on its workers' file system, not this one.
+        remote = engine == "dask" and bool(scheduler or params.dask.scheduler)
+        _preflight(params, None if remote else params.data.path, folders=engine == "dask")
         with _stdout_to_stderr(as_json):
             from flows.training import run_training
 
@@ -406,6 +425,14 @@ def deploy(
         if endpoint_name is not None:
             _endpoint_name(endpoint_name, "--endpoint-name")
         params = _params(params_path, overrides)
+        if (target or params.deploy.target) == "sagemaker":
+            from tasks.errors import DeployError
+            from tasks.preflight import check_aws_credentials
+            from tasks.sagemaker import resolve_settings
+
+            resolve_settings(params.deploy, region, bucket, role_arn)  # settings, then secrets
+            check_aws_credentials("sagemaker deploy", DeployError)
+        _preflight(params, write_store=False)
         with _stdout_to_stderr(as_json):
             result = run_deploy(
                 params,
@@ -543,6 +570,7 @@ def score(
 
     try:
         params = _params(params_path, None)
+        _preflight(params, data, write_store=False)
         payload = run_score(params, data, str(output), version)
     except PopsegError as error:
         _fail(error)
@@ -587,6 +615,7 @@ def monitor(
 
     try:
         params = _params(params_path, overrides)
+        _preflight(params, data)
         with _stdout_to_stderr(as_json):
             from flows.monitoring import monitor_flow
 

@@ -29,12 +29,56 @@ _TRANSIENT_NAMES = (
     "ConnectionRefusedError",
     "ThrottlingException",
 )
+# Missing, refused or expired credentials: no retry can fix them, so they fail at once, even
+# when wrapped in an error that is otherwise worth retrying.
+_CREDENTIAL_NAMES = ("NoCredentialsError", "PartialCredentialsError", "CredentialsError")
+_CREDENTIAL_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+    }
+)
+
+
+# The same faults as a botocore ClientError's code rather than a modeled exception class.
+_TRANSIENT_CODES = frozenset(
+    {"ThrottlingException", "Throttling", "SlowDown", "RequestTimeout", "ServiceUnavailable"}
+)
+
+
+def _error_code(error: BaseException) -> str | None:
+    response = getattr(error, "response", None)  # botocore ClientError
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+
+
+def _credential_error(error: BaseException) -> bool:
+    if any(kind.__name__ in _CREDENTIAL_NAMES for kind in type(error).__mro__):
+        return True
+    return _error_code(error) in _CREDENTIAL_CODES
+
+
+def _chain(error: BaseException):
+    """The error and the ones it was raised from or while handling (``from None`` hides
+    them from tracebacks, not from ``__context__``)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def is_transient(error: BaseException | None) -> bool:
     """True for network trouble (and errors popseg marks ``transient``); False for bad input,
-    bugs and everything else, which fail at once."""
+    credential and permission errors, bugs and everything else, which fail at once."""
     if error is None:
+        return False
+    if any(_credential_error(link) for link in _chain(error)):
         return False
     if getattr(error, "transient", False):
         return True
@@ -42,6 +86,8 @@ def is_transient(error: BaseException | None) -> bool:
 
     if isinstance(error, PopsegError):
         return False
+    if _error_code(error) in _TRANSIENT_CODES:
+        return True
     return any(kind.__name__ in _TRANSIENT_NAMES for kind in type(error).__mro__)
 
 

@@ -27,6 +27,11 @@ class SourceUnavailableError(DataError):
     transient = True
 
 
+class CredentialsError(DataError):
+    """No usable AWS credentials for an s3:// path (names where they were looked for), or a
+    credential refused by AWS: never retried."""
+
+
 class DataValidationError(PopsegError):
     """The data failed the Great Expectations suite; `failures` lists each failed expectation."""
 

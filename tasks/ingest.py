@@ -19,13 +19,18 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pa_parquet
 
 from tasks.config import DataConfig, FeaturesConfig
-from tasks.errors import DataError, SourceUnavailableError
+from tasks.errors import CredentialsError, DataError, SourceUnavailableError
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_DATASETS = ("crime", "counties", "synthetic")
 DEFAULT_ID_COLUMN = "row_id"
 _ID_LIKE_NAMES = {"id", "rownames", "index", "unnamed: 0", ""}
+# A text column named like this, or this unique, was meant as the row id: its duplicates are
+# reported rather than the column silently demoted to a dropped text column.
+_ID_WORDS = {"id", "key", "name"}
+_MOSTLY_UNIQUE = 0.95
+_SHOWN_DUPLICATES = 3
 _PARQUET_MAGIC = b"PAR1"
 
 
@@ -168,17 +173,22 @@ def ingest_bundled(config: DataConfig) -> RawTable:
 def _read_bytes(path: str) -> bytes:
     if path.startswith("s3://"):
         import s3fs
-        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import BotoCoreError, NoCredentialsError, PartialCredentialsError
 
         try:
             with s3fs.S3FileSystem().open(path, "rb") as handle:
                 return handle.read()
         except FileNotFoundError:
             raise DataError(f"{path}: no such object in S3") from None
-        except PermissionError as exc:
-            raise DataError(f"{path}: access denied ({exc})") from None
+        except PermissionError as exc:  # AccessDenied, InvalidAccessKeyId, ExpiredToken ...
+            raise CredentialsError(f"{path}: access denied ({exc})") from None
         except OSError as exc:
             raise DataError(f"{path}: cannot read from S3: {exc}") from None
+        except (NoCredentialsError, PartialCredentialsError) as exc:  # never worth a retry
+            raise CredentialsError(
+                f"{path}: no usable AWS credentials ({exc}); set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            ) from None
         except BotoCoreError as exc:  # endpoint unreachable, timeouts: transient
             raise SourceUnavailableError(f"{path}: cannot reach S3: {exc}") from None
     file_path = Path(path)
@@ -364,11 +374,11 @@ def _detect_id_column(frame: pd.DataFrame, source: str, configured: str | None) 
         if column.isna().any():
             row = int(np.flatnonzero(column.isna().to_numpy())[0])
             raise DataError(f"{source}: id column {configured!r} is empty in data row {row + 1}")
-        duplicated = column[column.duplicated()]
-        if len(duplicated):
+        duplicates = _duplicates(column)
+        if duplicates:
             raise DataError(
-                f"{source}: id column {configured!r} has duplicate values, e.g. "
-                f"{duplicated.iloc[0]!r}; ids must be unique"
+                f"{source}: id column {configured!r} has duplicate values: "
+                f"{duplicates}; ids must be unique"
             )
         return configured
     for name in frame.columns:
@@ -385,6 +395,50 @@ def _detect_id_column(frame: pd.DataFrame, source: str, configured: str | None) 
     return None
 
 
+def _duplicates(column: pd.Series) -> str:
+    """'N values occur more than once: 'a' (3 times), ...' or '' when all are unique."""
+    counts = column.dropna().value_counts(sort=True)
+    repeated = counts[counts > 1]
+    if repeated.empty:
+        return ""
+    shown = ", ".join(
+        f"{value!r} ({count} times)" for value, count in repeated.head(_SHOWN_DUPLICATES).items()
+    )
+    more = ", ..." if len(repeated) > _SHOWN_DUPLICATES else ""
+    plural = "values occur" if len(repeated) > 1 else "value occurs"
+    return f"{len(repeated)} {plural} more than once: {shown}{more}"
+
+
+def _named_like_id(name: object) -> bool:
+    lowered = str(name).strip().lower()
+    return lowered in _ID_WORDS or lowered in _ID_LIKE_NAMES or lowered.endswith("_id")
+
+
+def _duplicate_id_warnings(frame: pd.DataFrame, id_column: str | None) -> list[str]:
+    """Text columns that look like row ids (by name, or >= 95 % unique) but repeat values:
+    they cannot be the row id, and the user should hear why."""
+    warnings = []
+    for name in frame.columns:
+        column = frame[name]
+        if name == id_column or _is_numeric(column) or column.isna().all():
+            continue
+        values = column.dropna()
+        unique_share = values.nunique() / len(values)
+        if unique_share == 1.0:
+            continue
+        if _named_like_id(name):
+            why = "named like an id"
+        elif unique_share >= _MOSTLY_UNIQUE:
+            why = f"{unique_share:.0%} unique"
+        else:
+            continue
+        warnings.append(
+            f"column {name!r} looks like a row id ({why}) but has duplicate values, so it "
+            f"is not used as one: {_duplicates(column)}"
+        )
+    return warnings
+
+
 def select_features(
     raw: RawTable, data_config: DataConfig, features_config: FeaturesConfig
 ) -> IngestedData:
@@ -393,6 +447,9 @@ def select_features(
     source = raw.source
     warnings: list[str] = []
     id_column = _detect_id_column(frame, source, data_config.id_column)
+    for message in _duplicate_id_warnings(frame, id_column):
+        warnings.append(message)
+        logger.warning("%s: %s", source, message)
     if id_column is None:
         id_column = DEFAULT_ID_COLUMN
         while id_column in frame.columns:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -22,20 +22,15 @@ import pandas as pd
 
 from tasks.chain import SegmentationChain, contract_digest
 from tasks.errors import RegistryError
+from tasks.tracking import ARTIFACT_DIR, DEFAULT_TRACKING_URI, tracking_uri  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-ARTIFACT_DIR = "mlartifacts"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 TRAINING_DATA_ARTIFACT = "data/training.parquet"
 _PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 _CHAIN_FILE = Path(__file__).with_name("chain.py")
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
 
 
 _INITIALISED_STORES: set[str] = set()
@@ -186,9 +181,41 @@ def register_training(
     """Log the parent run (+ nested runs per k), register the model, set alias challenger.
 
     The registration happens last; if anything before it fails the run is marked FAILED and
-    no model version exists. Holds the registry lock throughout."""
-    with registry_lock(lock_timeout_s):
+    no model version exists. Holds the registry lock throughout. A store that refuses writes
+    (read-only, full, gone) is one `RegistryError` line naming it."""
+    with _store_errors(), registry_lock(lock_timeout_s):
         return _register_training(record, experiment, model_name, log_data_max_mb)
+
+
+@contextlib.contextmanager
+def _store_errors():
+    """Store failures (SQLAlchemy, MLflow, the file system) become a `RegistryError` with the
+    store's URI and the reason in one line. MLflow's own ERROR log of the SQLAlchemy error, a
+    traceback repeating what is raised here, is held back meanwhile."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    level = db_log.level
+    db_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except (MlflowException, SQLAlchemyError, OSError) as error:
+        raise RegistryError(f"MLflow tracking store {tracking_uri()}: {_reason(error)}") from error
+    finally:
+        db_log.setLevel(level)
+
+
+def _reason(error: BaseException) -> str:
+    """The database driver's own words when SQLAlchemy wrapped them ("(sqlite3.OperationalError)
+    attempt to write a readonly database"), else the first line; never the SQL."""
+    text = str(error)
+    for line in text.splitlines():
+        match = re.match(r"\(([\w.]+)\) (.+)", line.strip())
+        if match:
+            return f"{match.group(2)} ({match.group(1)})"[:300]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return (first or type(error).__name__)[:300]
 
 
 def _register_training(

@@ -148,3 +148,50 @@ def test_no_numeric_columns(tmp_path):
     path.write_text("name,colour\na,red\nb,blue\n")
     with pytest.raises(DataError, match="no numeric feature columns"):
         _ingest(path)
+
+
+@pytest.mark.parametrize("name", ["id", "ID", "customer_id", "Key", "name"])
+def test_id_named_text_column_with_duplicates_is_reported(tmp_path, name, caplog):
+    """Demoted to a dropped text column as before, but the duplicates are now named."""
+    path = tmp_path / "dup.csv"
+    ids = ["a", "b", "a", "c", "d", "b", "e", "a"]
+    path.write_text(f"{name},x\n" + "".join(f"{v},{i}\n" for i, v in enumerate(ids)))
+    with caplog.at_level("WARNING", logger="tasks.ingest"):
+        data = _ingest(path)
+    assert data.id_column == "row_id" and data.dropped_columns == [name]
+    warning = next(w for w in data.warnings if "duplicate" in w)
+    assert f"column {name!r}" in warning
+    assert "2 values occur more than once" in warning
+    assert "'a' (3 times)" in warning and "'b' (2 times)" in warning
+    assert warning in caplog.text
+
+
+def test_mostly_unique_text_column_with_duplicates_is_reported(tmp_path):
+    """Not named like an id, but 95 % unique: an id with a few repeats."""
+    path = tmp_path / "codes.csv"
+    codes = [f"C{i:03d}" for i in range(40)] + ["C007", "C011"]
+    path.write_text("code,x\n" + "".join(f"{c},{i}\n" for i, c in enumerate(codes)))
+    data = _ingest(path)
+    warning = next(w for w in data.warnings if "duplicate" in w)
+    assert "column 'code'" in warning and "95% unique" in warning
+    assert "2 values occur more than once" in warning and "'C007'" in warning
+
+
+def test_category_columns_are_not_mistaken_for_ids(tmp_path):
+    path = tmp_path / "cat.csv"
+    path.write_text("id,x,colour\na,1,red\nb,2,blue\nc,3,red\nd,4,blue\n")
+    data = _ingest(path)
+    assert data.id_column == "id"
+    assert not any("duplicate" in w for w in data.warnings)
+
+
+def test_configured_id_column_with_duplicates_names_them(tmp_path):
+    path = tmp_path / "f.csv"
+    path.write_text("name,x\na,1\na,2\nb,3\nc,4\nb,5\nd,6\n")
+    with pytest.raises(DataError) as excinfo:
+        _ingest(path, "data.id_column=name")
+    message = str(excinfo.value)
+    assert str(path) in message and "id column 'name'" in message
+    assert "2 values occur more than once" in message
+    assert "'a' (2 times)" in message and "'b' (2 times)" in message
+    assert "\n" not in message
