@@ -86,6 +86,8 @@ _ERROR_CODES = {
 
 def _short(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     """ASCII (non-ASCII and control characters escaped), at most ``limit`` characters."""
+    if len(message) <= limit and message.isascii() and message.isprintable():
+        return message
     text = message.encode("ascii", "backslashreplace").decode("ascii")
     text = "".join(c if " " <= c <= "~" else "\\x%02x" % ord(c) for c in text)
     if len(text) > limit:
