@@ -156,7 +156,7 @@ class DeployConfig(_Section):
     request_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
     idle_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 10.0
     capture: str | None = None  # JSON lines file for request/response capture
-    capture_max_mb: Annotated[float, Field(gt=0.0, le=1_048_576.0)] = 64.0
+    capture_max_mb: Annotated[float, Field(gt=0.0, le=1_048_576.0)] = 16.0
     capture_keep: Annotated[int, Field(ge=0, le=1000)] = 4
     start_timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
     # sagemaker

@@ -100,7 +100,7 @@ class ServerLimits:
     max_connections: int = 32
     request_timeout_s: float = 30.0
     idle_timeout_s: float = 10.0
-    capture_max_mb: float = 64.0
+    capture_max_mb: float = 16.0
     capture_keep: int = 4
 
     @classmethod

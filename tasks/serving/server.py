@@ -56,15 +56,16 @@ DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's real-time invocation lim
 DEFAULT_MAX_CONNECTIONS = 32
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 DEFAULT_IDLE_TIMEOUT_S = 10.0
-DEFAULT_CAPTURE_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_CAPTURE_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_CAPTURE_KEEP = 4
 TOKEN_ENV = "POPSEG_ADMIN_TOKEN"
 MAX_MESSAGE_CHARS = 300  # error messages and log lines: never echo a client's megabytes back
 MAX_HEADER_BYTES = 64 * 1024  # request line excluded (the stdlib caps that at 64 KiB)
 # After a refused body the connection is closed; what the client is still sending is discarded
-# (never stored) for at most this long / this much, so that it reads the answer instead of a
-# connection reset.
-LINGER_S = 1.0
+# (never stored) for at most this long / this much, and only while it keeps coming, so that it
+# reads the answer instead of a connection reset (boto3 sends its whole body before reading).
+LINGER_S = 3.0
+LINGER_IDLE_S = 0.5
 LINGER_BYTES = 16 * 1024 * 1024
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _ERROR_CODES = {
@@ -237,8 +238,12 @@ class EndpointServer(HTTPServer):
             return previous, fresh
 
     def capture(self, record: dict[str, Any]) -> None:
-        if self.capture_log is not None:
+        if self.capture_log is None:
+            return
+        try:
             self.capture_log.write(record)
+        except OSError as error:  # a full disk loses capture lines, not answers
+            sys.stderr.write("capture: could not write %s: %s\n" % (self.capture_log.path, error))
 
     def server_close(self) -> None:
         super().server_close()
@@ -438,7 +443,7 @@ class Handler(BaseHTTPRequestHandler):
             left = LINGER_BYTES
             scratch = bytearray(1 << 16)
             while left > 0:
-                timeout = deadline - time.monotonic()
+                timeout = min(deadline - time.monotonic(), LINGER_IDLE_S)
                 if timeout <= 0:
                     break
                 self.connection.settimeout(timeout)

@@ -5,6 +5,7 @@ client input earns a 5xx or an oversized answer, and the SageMaker contract stil
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
@@ -96,7 +97,7 @@ def test_huge_content_length_without_a_body_is_413_at_once_and_closed(endpoint):
         answered = time.monotonic() - started
         closed = wait_closed(sock, limit=5.0)
     assert status == 413 and "over the endpoint's limit" in json.loads(answer)["message"]
-    assert answered < 1.0 and closed < 3.0
+    assert answered < 2.0 and closed < 3.0
 
 
 @pytest.mark.parametrize(
@@ -133,20 +134,22 @@ def test_slowloris_is_cut_by_the_request_timeout(endpoint):
     request = _head(["Content-Type: text/csv", f"Content-Length: {len(ROW)}"]) + ROW
     with endpoint.connect(timeout=10) as sock:
         started = time.monotonic()
-        try:
-            for byte in request:  # one byte every 0.25 s: each recv is quick, the whole is not
-                sock.sendall(bytes([byte]))
-                time.sleep(0.25)
-        except OSError:
-            pass
+        for byte in request:  # one byte every 0.25 s: each recv is quick, the whole is not
+            sock.sendall(bytes([byte]))
+            if select.select([sock], [], [], 0.25)[0]:  # the server answered
+                break
+        answered = time.monotonic() - started
         status, _, answer = read_response(sock)
-        elapsed = time.monotonic() - started
+        closed = wait_closed(sock, limit=5.0)
     assert status == 408 and "did not arrive within 2s" in json.loads(answer)["message"]
-    assert elapsed < REQUEST_S + 1.5
+    assert REQUEST_S - 0.2 < answered < REQUEST_S + 1.5 and closed < 1.5
 
 
 def test_300_half_open_sockets_do_not_make_300_threads(endpoint_factory):
-    served = endpoint_factory(*LIMITS, "--max-connections", "8")
+    # Timeouts longer than the test: the first 8 sockets hold every slot throughout.
+    served = endpoint_factory(
+        "--idle-timeout-s", "30", "--request-timeout-s", "30", "--max-connections", "8"
+    )
     baseline = served.threads()
     sockets = [served.connect(timeout=10) for _ in range(300)]
     try:

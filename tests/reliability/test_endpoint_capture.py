@@ -26,16 +26,23 @@ def _records(paths) -> list[dict]:
 
 
 def _wait_lines(path, count: int) -> None:
-    """Records are appended after the answer is sent (as SageMaker's capture): wait for them."""
+    """Records are appended after the answer is sent (as SageMaker's capture): wait for them,
+    in the file and the ones it rotated to."""
+
+    def lines() -> int:
+        files = path.parent.glob(path.name + "*")
+        return sum(len(f.read_bytes().splitlines()) for f in files)
+
     deadline = time.monotonic() + 10
-    while len(path.read_bytes().splitlines()) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while lines() < count and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def test_capture_rotates_at_its_size_keeps_n_files_mode_0600(endpoint_factory):
     served = endpoint_factory("--capture-max-bytes", "4096", "--capture-keep", "2", capture=True)
     for _ in range(40):  # ~1 KB per record: ~10 files' worth, 3 kept
         assert served.post(INVOKE, ROW)[0] == 200
+    time.sleep(0.2)  # the last record is appended after the answer
     capture = served.capture
     files = sorted(capture.parent.glob(capture.name + "*"))
     assert [f.name for f in files] == [capture.name, capture.name + ".1", capture.name + ".2"]
@@ -53,9 +60,13 @@ def test_refused_requests_are_captured_as_metadata_without_their_bodies(endpoint
     big = MARKER * 5000  # 90 KB: over the limit
     bad = MARKER + b",1,2,3,4\n"  # in the limit, not a number
     head = f"POST {INVOKE} HTTP/1.1\r\nContent-Type: text/csv\r\nContent-Length: -1\r\n\r\n"
+    # One at a time: each record is appended just after its answer.
     assert served.post(INVOKE, big)[0] == 413
+    _wait_lines(served.capture, 1)
     assert served.post(INVOKE, bad)[0] == 400
+    _wait_lines(served.capture, 2)
     assert served.request(head.encode() + MARKER)[0] == 400
+    _wait_lines(served.capture, 3)
     assert served.post(INVOKE, ROW)[0] == 200
     _wait_lines(served.capture, 4)
     lines = served.capture.read_bytes().splitlines()
@@ -82,8 +93,9 @@ def test_monitor_reads_the_rotated_capture_files(endpoint_factory, model_dir):
     for index in range(30):
         body = ",".join(str(v) for v in rows[index % 2]).encode() + b"\n"
         assert served.post(INVOKE, body)[0] == 200
+        _wait_lines(served.capture, index + 1)  # in order
     assert served.post(INVOKE, b"nope\n")[0] == 400  # skipped by monitor
-    time.sleep(0.2)  # the last record is appended after the answer
+    _wait_lines(served.capture, 31)
     assert (served.capture.parent / (served.capture.name + ".3")).exists()
     data = read_monitor_data(str(served.capture), SegmentationChain.load(str(model_dir)))
     assert data.kind == "capture" and data.values.shape == (30, 5)
