@@ -322,12 +322,11 @@ class Handler(BaseHTTPRequestHandler):
     server: EndpointServer
     protocol_version = "HTTP/1.1"
     server_version = "popseg-endpoint"
-    # Headers and body go out as two writes: without TCP_NODELAY, Nagle + the client's
-    # delayed ACK add ~40 ms to every keep-alive answer.
-    disable_nagle_algorithm = True
 
     def setup(self) -> None:
         self.connection = self.request
+        # Headers and body go out as two writes: without TCP_NODELAY, Nagle + the client's
+        # delayed ACK add ~40 ms to every keep-alive answer.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         self._reader = _DeadlineReader(
             self.connection, self.server.idle_timeout, self.server.request_timeout
