@@ -1,12 +1,15 @@
-"""Bounded load against a local popseg endpoint on 127.0.0.1: latency (p50/p99) and rows/s.
+"""Bounded load against a local popseg endpoint on 127.0.0.1: latency (p50/p99), throughput
+and errors.
 
-    uv run python -m benchmarks.endpoint_load [--requests 1000] [--concurrency 4]
-        [--batch 1 --batch 100] [--endpoint NAME]   # NAME: an endpoint already deployed
+    uv run python -m benchmarks.endpoint_load [--requests 2000] [--concurrency 8]
+        [--max-seconds 60] [--batch 1 --batch 100] [--endpoint NAME]   # NAME: already deployed
 
 Without --endpoint it serves a synthetic 8-feature, k=5 chain (no MLflow needed) from a
 temporary project and stops it afterwards. Each client thread keeps one HTTP/1.1 connection
 (http.client) and sends CSV bodies of ``batch`` rows to /endpoints/NAME/invocations; one extra
-pass goes through the boto3 sagemaker-runtime client to show its per-call overhead.
+pass goes through the boto3 sagemaker-runtime client to show its per-call overhead. Bounded
+both ways: each batch size stops after ``--requests`` requests or ``--max-seconds``,
+whichever comes first; errors (non-200 answers, broken connections) are counted, not retried.
 """
 
 from __future__ import annotations
@@ -44,10 +47,20 @@ def _synthetic_chain(directory: Path, n_features: int = 8, k: int = 5):
     return chain
 
 
-def _worker(port: int, path: str, body: bytes, count: int, latencies: list, errors: list):
+def _worker(
+    port: int,
+    path: str,
+    body: bytes,
+    count: int,
+    latencies: list,
+    errors: list,
+    deadline: float = float("inf"),
+):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Content-Type": "text/csv", "Accept": "application/json"}
     for _ in range(count):
+        if time.perf_counter() > deadline:
+            break
         started = time.perf_counter()
         try:
             connection.request("POST", path, body=body, headers=headers)
@@ -63,7 +76,15 @@ def _worker(port: int, path: str, body: bytes, count: int, latencies: list, erro
     connection.close()
 
 
-def run_load(port: int, name: str, n_features: int, requests: int, concurrency: int, batch: int):
+def run_load(
+    port: int,
+    name: str,
+    n_features: int,
+    requests: int,
+    concurrency: int,
+    batch: int,
+    max_seconds: float = 60.0,
+):
     rng = np.random.default_rng(1)
     rows = rng.normal(size=(batch, n_features))
     body = ("\n".join(",".join(f"{v:.6f}" for v in row) for row in rows) + "\n").encode()
@@ -72,23 +93,28 @@ def run_load(port: int, name: str, n_features: int, requests: int, concurrency: 
     latencies: list[float] = []
     errors: list = []
     per_thread = max(1, requests // concurrency)
+    started = time.perf_counter()
+    deadline = started + max_seconds
     threads = [
-        threading.Thread(target=_worker, args=(port, path, body, per_thread, latencies, errors))
+        threading.Thread(
+            target=_worker, args=(port, path, body, per_thread, latencies, errors, deadline)
+        )
         for _ in range(concurrency)
     ]
-    started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000.0
-    total = per_thread * concurrency
+    total = len(latencies)
     return {
         "batch_rows": batch,
         "concurrency": concurrency,
         "requests": total,
+        "seconds": round(elapsed, 2),
         "errors": len(errors),
+        "error_kinds": sorted({str(error)[:80] for error in errors})[:5],
         "p50_ms": round(float(np.percentile(ms, 50)), 3),
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
         "requests_per_s": round(total / elapsed, 1),
@@ -119,8 +145,9 @@ def boto3_latency(url: str, name: str, n_features: int, requests: int = 200):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="per batch size")
     parser.add_argument("--batch", type=int, action="append")
     parser.add_argument("--endpoint", help="an already deployed local endpoint (cwd project)")
     parser.add_argument("--output", help="write the results as JSON here")
@@ -147,7 +174,15 @@ def main() -> None:
             name, port, url = "load", result.details["port"], result.endpoint_url
         try:
             results = [
-                run_load(port, name, n_features, options.requests, options.concurrency, batch)
+                run_load(
+                    port,
+                    name,
+                    n_features,
+                    options.requests,
+                    options.concurrency,
+                    batch,
+                    options.max_seconds,
+                )
                 for batch in batches
             ]
             results.append(boto3_latency(url, name, n_features))

@@ -86,7 +86,7 @@ def deploy(
                 sample=sample,
                 port=config.port if port is None else port,
                 capture=capture or config.capture,
-                max_body_mb=config.max_body_mb,
+                limits=local.ServerLimits.from_config(config),
                 start_timeout_s=config.start_timeout_s,
                 allow_contract_change=allow_contract_change,
             )

@@ -155,7 +155,12 @@ class DeployConfig(_Section):
     # local
     port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0 = a free port
     max_body_mb: Annotated[float, Field(gt=0.0, le=1024.0)] = 6.0
+    max_connections: Annotated[int, Field(ge=1, le=1024)] = 32
+    request_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
+    idle_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 10.0
     capture: str | None = None  # JSON lines file for request/response capture
+    capture_max_mb: Annotated[float, Field(gt=0.0, le=1_048_576.0)] = 16.0
+    capture_keep: Annotated[int, Field(ge=0, le=1000)] = 4
     start_timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
     # sagemaker
     region: str | None = None

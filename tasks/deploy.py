@@ -106,6 +106,38 @@ def validate_endpoint_name(name: str, what: str = "endpoint name") -> str:
     return name
 
 
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one client may cost the local server (``deploy`` section of params.yaml)."""
+
+    max_body_mb: float = 6.0
+    max_connections: int = 32
+    request_timeout_s: float = 30.0
+    idle_timeout_s: float = 10.0
+    capture_max_mb: float = 16.0
+    capture_keep: int = 4
+
+    @classmethod
+    def from_config(cls, config: Any) -> ServerLimits:
+        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+
+    def arguments(self) -> list[str]:
+        return [
+            "--max-body-bytes",
+            str(int(self.max_body_mb * 1024 * 1024)),
+            "--max-connections",
+            str(self.max_connections),
+            "--request-timeout-s",
+            str(self.request_timeout_s),
+            "--idle-timeout-s",
+            str(self.idle_timeout_s),
+            "--capture-max-bytes",
+            str(max(1, int(self.capture_max_mb * 1024 * 1024))),
+            "--capture-keep",
+            str(self.capture_keep),
+        ]
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -224,7 +256,7 @@ def _start_server(
     version: str,
     port: int,
     capture: str | None,
-    max_body_bytes: int,
+    limits: ServerLimits,
     token: str,
     log_path: Path,
     timeout: float,
@@ -244,8 +276,7 @@ def _start_server(
         str(port),
         "--ready-file",
         str(ready),
-        "--max-body-bytes",
-        str(max_body_bytes),
+        *limits.arguments(),
     ]
     if capture:
         command += ["--capture", str(Path(capture).resolve())]
@@ -460,7 +491,7 @@ def deploy_local(
     sample: np.ndarray | None = None,
     port: int = 0,
     capture: str | None = None,
-    max_body_mb: float = 6.0,
+    limits: ServerLimits | None = None,
     start_timeout_s: float = 60.0,
     project: Path | None = None,
     allow_contract_change: bool = False,
@@ -481,7 +512,7 @@ def deploy_local(
             rows,
             port,
             capture,
-            max_body_mb,
+            limits or ServerLimits(),
             start_timeout_s,
             project,
             allow_contract_change,
@@ -495,7 +526,7 @@ def _deploy_local(
     rows: np.ndarray,
     port: int,
     capture: str | None,
-    max_body_mb: float,
+    limits: ServerLimits,
     start_timeout_s: float,
     project: Path | None,
     allow_contract_change: bool,
@@ -550,7 +581,7 @@ def _deploy_local(
             registered.model_version,
             port,
             capture_path,
-            int(max_body_mb * 1024 * 1024),
+            limits,
             token,
             log_path,
             start_timeout_s,

@@ -22,6 +22,7 @@ import base64
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,11 +179,30 @@ def read_capture_log(payload: bytes, source: str, chain: SegmentationChain) -> M
     )
 
 
+def rotated_capture_files(path: str) -> list[str]:
+    """The files the endpoint rotated a local capture log to (``PATH.1`` newest ..
+    ``PATH.N``), oldest first; none for a remote path."""
+    if "://" in path:
+        return []
+    found = []
+    while os.path.exists(f"{path}.{len(found) + 1}"):
+        found.append(f"{path}.{len(found) + 1}")
+    return found[::-1]
+
+
+def _whole_lines(payload: bytes) -> bytes:
+    return payload if not payload or payload.endswith(b"\n") else payload + b"\n"
+
+
 def read_monitor_data(path: str, chain: SegmentationChain, delimiter: str = ",") -> MonitorData:
-    """New data for monitoring: a CSV/Parquet table (local or s3://) or a capture log."""
+    """New data for monitoring: a CSV/Parquet table (local or s3://) or a capture log (with
+    the files the endpoint rotated it to, oldest first)."""
     from tasks import ingest
 
     payload = ingest._read_bytes(path)
+    older = b"".join(_whole_lines(ingest._read_bytes(p)) for p in rotated_capture_files(path))
+    if older and is_capture_log(path, older):
+        return read_capture_log(older + payload, path, chain)
     if is_capture_log(path, payload):
         return read_capture_log(payload, path, chain)
     table = ingest.parse_table(payload, path, delimiter)

@@ -36,6 +36,9 @@ JSON = "application/json"
 CSV = "text/csv"
 SUPPORTED_CONTENT_TYPES = (CSV, JSON)
 MAX_ROWS = 100000
+# Requests are at most 4 levels deep; the JSON decoder recurses per level, so a body nested
+# 100k deep is refused before it is decoded (a RecursionError is not a client's 400).
+MAX_JSON_DEPTH = 64
 
 
 class RequestError(ValueError):
@@ -146,10 +149,26 @@ def _vector(values: Any, row: int, names: Sequence[str]) -> List[float]:
     return [_number(value, row, names[i]) for i, value in enumerate(values)]
 
 
+def _json_depth(text: str) -> int:
+    """How deep arrays and objects nest in ``text`` (brackets inside strings not counted)."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be deeper than the limit: skip the scan
+    if "\\" in text:  # escapes: pairs of backslashes first, then what is left is \" (quote)
+        text = text.replace("\\\\", "__").replace('\\"', "__")
+    codes = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    # Without escapes every quote opens or closes a string: odd running count = inside one.
+    outside = (np.cumsum(codes == ord('"')) & 1) == 0
+    opens = ((codes == ord("[")) | (codes == ord("{"))) & outside
+    closes = ((codes == ord("]")) | (codes == ord("}"))) & outside
+    return int(np.cumsum(opens.astype(np.int64) - closes).max(initial=0))
+
+
 def _parse_json(text: str, chain: SegmentationChain) -> np.ndarray:
+    if _json_depth(text) > MAX_JSON_DEPTH:
+        raise RequestError("the request body nests JSON deeper than %d levels" % MAX_JSON_DEPTH)
     try:
         payload = json.loads(text)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise RequestError("the request body is not valid JSON: %s" % error) from None
     if isinstance(payload, dict):
         if "instances" not in payload:

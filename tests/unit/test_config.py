@@ -74,3 +74,30 @@ def test_unknown_section_and_bad_yaml(tmp_path):
         load_params(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_params(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "deploy.max_connections=0",
+        "deploy.request_timeout_s=0",
+        "deploy.idle_timeout_s=-1",
+        "deploy.capture_max_mb=0",
+        "deploy.capture_keep=-1",
+    ],
+)
+def test_endpoint_limits_are_validated(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_params(overrides=[override])
+
+
+def test_endpoint_limits_reach_the_server_command_line():
+    from tasks.deploy import ServerLimits
+
+    params = load_params(overrides=["deploy.max_connections=7", "deploy.capture_max_mb=0.5"])
+    arguments = ServerLimits.from_config(params.deploy).arguments()
+    options = dict(zip(arguments[::2], arguments[1::2], strict=True))
+    assert options["--max-connections"] == "7"
+    assert options["--capture-max-bytes"] == str(512 * 1024)
+    assert options["--request-timeout-s"] == "30.0" and options["--idle-timeout-s"] == "10.0"

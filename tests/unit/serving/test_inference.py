@@ -128,6 +128,27 @@ def test_too_many_rows_is_413(chain, monkeypatch):
     assert caught.value.status == 413
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"instances": ' * 5000 + "[]" + "}" * 5000,
+        '[{"a": ' * 65 + "1" + "}]" * 65,
+    ],
+)
+def test_deeply_nested_json_is_400_not_a_recursion_error(chain, body):
+    with pytest.raises(RequestError) as caught:
+        inference.handle(chain, body, "application/json", None)
+    assert caught.value.status == 400
+    assert "nests JSON deeper than 64 levels" in str(caught.value)
+
+
+def test_brackets_inside_json_strings_do_not_count_as_nesting(chain):
+    label = '[\\"\\\\' * 40  # brackets, escaped quotes and backslashes in a string
+    body = json.dumps([{"features": [10, 0, 0], "id": label}] * 70)
+    assert [p["closest_cluster"] for p in answer(chain, body, "application/json")] == [8] * 70
+
+
 def test_model_fn_loads_the_saved_chain(chain, tmp_path):
     chain.save(str(tmp_path))
     loaded = inference.model_fn(str(tmp_path))
