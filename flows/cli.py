@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,8 +33,11 @@ JsonOption = Annotated[
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
+    from flows.reaper import start_reaper
     from flows.runtime import configure_environment, configure_logging
 
+    # First: whatever kills popseg from here on, the servers it starts go with it.
+    start_reaper()
     configure_environment()
     configure_logging(verbose)
 
@@ -747,10 +748,9 @@ def ui(
         "--default-artifact-root",
         (Path.cwd() / ARTIFACT_DIR).resolve().as_uri(),
     ]
-    try:
-        raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    from flows.runtime import run_until_signalled
+
+    raise typer.Exit(run_until_signalled(command))
 
 
 def _register_subcommands() -> None:
