@@ -92,8 +92,9 @@ def owned_run(**start_run_kwargs) -> Iterator:
     an interrupt (KeyboardInterrupt, SystemExit, Prefect's TerminationSignal on SIGTERM)."""
     import mlflow
 
-    with mlflow.start_run(**start_run_kwargs) as run:
-        mlflow.set_tags(owner_tags())
+    # Tagged as it is created: a kill cannot fall between the run and its owner.
+    tags = {**(start_run_kwargs.pop("tags", None) or {}), **owner_tags()}
+    with mlflow.start_run(**start_run_kwargs, tags=tags) as run:
         try:
             yield run
         except Exception:
