@@ -274,3 +274,105 @@ def test_sigkill_of_popseg_ui_leaves_nothing_listening(crash_project):
     process.kill()
     process.wait(timeout=30)
     _assert_nothing_left(crash_project, [port])
+
+
+# ----------------------------------------------------------------------------- popseg serve
+
+
+def _api(api: str, path: str, payload: dict) -> list[dict]:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        api.rstrip("/") + path,
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _serve_until_a_flow_run_runs(project: Path, *settings: str):
+    process, log = _start(
+        project,
+        "serve",
+        "--only",
+        "train",
+        "--every",
+        "5",
+        "--port",
+        "0",
+        "--set",
+        f"data.path={project / 'data.csv'}",
+        *settings,
+    )
+    found = _wait_for(_log_has(log, r"Prefect API (\S+)"), "the Prefect API", process, log)
+    api = found.group(1)
+
+    def running():
+        try:
+            runs = _api(
+                api, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}
+            )
+        except OSError:
+            return None
+        return [run["id"] for run in runs if run["deployment_id"]]
+
+    (flow_run_id,) = _wait_for(running, "a scheduled flow run running", process, log, 300)
+    return process, log, api, flow_run_id
+
+
+def _state_of(states: dict[str, str], flow_run_id: str) -> str | None:
+    return states.get(flow_run_id) or states.get(flow_run_id.replace("-", ""))
+
+
+def _flow_run_states(project: Path) -> dict[str, str]:
+    prefect_db = project / ".prefect" / "prefect.db"
+    with contextlib.closing(sqlite3.connect(f"file:{prefect_db}?mode=ro", uri=True)) as c:
+        return dict(c.execute("select id, state_type from flow_run").fetchall())
+
+
+@pytest.mark.slow
+def test_sigterm_of_popseg_serve_lets_the_running_flow_finish_then_stops(crash_project):
+    process, log, api, flow_run_id = _serve_until_a_flow_run_runs(crash_project)
+    process.terminate()
+    assert process.wait(timeout=400) == 0, _tail(log)
+    output = log.read_text()
+    assert "Traceback" not in output, _tail(log)
+    assert re.search(r"^stopped \(SIGTERM: the running flow run finished\)$", output, re.M)
+    port = int(re.search(r":(\d+)/api", api).group(1))
+    _assert_nothing_left(crash_project, [port])
+    states = _flow_run_states(crash_project)
+    assert _state_of(states, flow_run_id) == "COMPLETED", states
+    assert not {"RUNNING", "PENDING"} & set(states.values()), states
+    _no_unfinished_run_left(crash_project)
+
+
+@pytest.mark.slow
+def test_sigterm_of_popseg_serve_cancels_a_flow_run_that_outlasts_the_timeout(crash_project):
+    process, log, api, flow_run_id = _serve_until_a_flow_run_runs(
+        crash_project, "--set", "schedule.stop_timeout_s=1"
+    )
+    process.terminate()
+    assert process.wait(timeout=400) == 0, _tail(log)
+    output = log.read_text()
+    assert "Traceback" not in output, _tail(log)
+    assert re.search(r"^stopped \(SIGTERM: flow run\(s\) \S+ cancelled\)$", output, re.M), output
+    port = int(re.search(r":(\d+)/api", api).group(1))
+    _assert_nothing_left(crash_project, [port])
+    states = _flow_run_states(crash_project)
+    assert _state_of(states, flow_run_id) in ("CANCELLED", "CRASHED"), states
+    assert not {"RUNNING", "PENDING"} & set(states.values()), states
+    _no_unfinished_run_left(crash_project)
+
+
+@pytest.mark.slow
+def test_sigkill_of_popseg_serve_leaves_no_server_nor_flow_run_process(crash_project):
+    process, _, api, _ = _serve_until_a_flow_run_runs(crash_project)
+    process.kill()
+    process.wait(timeout=30)
+    port = int(re.search(r":(\d+)/api", api).group(1))
+    _assert_nothing_left(crash_project, [port])
+    nxt = _run(crash_project, "promote", "--json")
+    assert "Traceback" not in nxt.stderr, nxt.stderr[-3000:]
+    _no_unfinished_run_left(crash_project)
