@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,8 +33,11 @@ JsonOption = Annotated[
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
+    from flows.reaper import start_reaper
     from flows.runtime import configure_environment, configure_logging
 
+    # First: whatever kills popseg from here on, the servers it starts go with it.
+    start_reaper()
     configure_environment()
     configure_logging(verbose)
 
@@ -722,18 +723,6 @@ def report(
     )
 
 
-def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM (a service manager, `kill`) both stop serving cleanly, also when the
-    shell started popseg with SIGINT ignored (a background job)."""
-    import signal
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 @app.command()
 def serve(
     params_path: ParamsOption = None,
@@ -789,14 +778,21 @@ def serve(
                     else f"cron {item.cron!r} {item.timezone}"
                 )
                 typer.echo(f"serving {item.name}: {when}", err=True)
-            typer.echo("Ctrl-C stops serving (schedules are paused, the server stopped)", err=True)
-            from prefect import serve as prefect_serve
+            typer.echo(
+                "Ctrl-C or SIGTERM stops serving: schedules paused, a running flow run given "
+                f"{params.schedule.stop_timeout_s:g} s (schedule.stop_timeout_s) to finish",
+                err=True,
+            )
+            from flows.schedules import serve_until_stopped
 
-            _stop_on_signals()
-            with contextlib.suppress(KeyboardInterrupt):
-                # One flow run at a time: a slow retrain is not overlapped by the next one.
-                prefect_serve(*built, print_starting_message=False, limit=1)
-        typer.echo("stopped", err=True)
+            # One flow run at a time: a slow retrain is not overlapped by the next one.
+            how = serve_until_stopped(
+                built,
+                params.schedule.stop_timeout_s,
+                limit=1,
+                notify=lambda line: typer.echo(line, err=True),
+            )
+        typer.echo(f"stopped ({how})", err=True)
     except PopsegError as error:
         _fail(error)
 
@@ -824,10 +820,9 @@ def ui(
         "--default-artifact-root",
         (Path.cwd() / ARTIFACT_DIR).resolve().as_uri(),
     ]
-    try:
-        raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    from flows.runtime import run_until_signalled
+
+    raise typer.Exit(run_until_signalled(command))
 
 
 def _register_subcommands() -> None:

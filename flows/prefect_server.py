@@ -66,7 +66,10 @@ def ensure_server(port: int = 0, log_path: Path | None = None) -> Iterator[tuple
             [str(prefect_cli), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C in the terminal reaches popseg, which stops it
+            # Its own process group, not session: Ctrl-C in the terminal reaches popseg, which
+            # stops it in order, while popseg's watchdog (flows/reaper.py, same session) still
+            # stops it if popseg is killed outright.
+            process_group=0,
         )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

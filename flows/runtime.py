@@ -104,3 +104,55 @@ def configure_logging(verbose: bool = False) -> None:
     logging.captureWarnings(True)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING if not verbose else logging.INFO)
+
+
+GROUP_STOP_GRACE_S = 10.0
+
+
+def run_until_signalled(command: list[str]) -> int:
+    """Run a server command (e.g. `mlflow ui`) until it exits or popseg gets SIGINT/SIGTERM;
+    either way its whole process group (its workers too) is stopped before returning. The
+    exit code is the command's, or 0 when a signal asked for the stop."""
+    import signal
+    import subprocess
+
+    # Its own process group, so one signal reaches it and every worker it forks; the
+    # terminal's Ctrl-C reaches popseg, which forwards it.
+    process = subprocess.Popen(command, env=os.environ.copy(), process_group=0)
+    stop_requested: list[int] = []
+
+    def forward(signum, frame):
+        stop_requested.append(signum)
+        _signal_group(process.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = process.wait()
+    finally:
+        _stop_group(process.pid)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0 if stop_requested else code
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _stop_group(pgid: int) -> None:
+    """SIGTERM what is left of the group (workers outlive their leader), SIGKILL after a grace."""
+    import signal
+    import time
+
+    if not _signal_group(pgid, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + GROUP_STOP_GRACE_S
+    while time.monotonic() < deadline:
+        if not _signal_group(pgid, 0):
+            return
+        time.sleep(0.1)
+    _signal_group(pgid, signal.SIGKILL)

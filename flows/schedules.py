@@ -204,3 +204,128 @@ def prefect_yaml(params: Params) -> str:
         "#   POPSEG_PROJECT_DIR=$PWD prefect worker start --pool popseg\n"
     )
     return header + yaml.safe_dump(document, sort_keys=False)
+
+
+_ACTIVE_STATES = ("PENDING", "RUNNING", "CANCELLING")
+RUNNER_STOP_S = 120.0
+
+
+def serve_until_stopped(built, stop_timeout_s: float, limit: int = 1, notify=logger.info) -> str:
+    """Serve deployments until SIGINT or SIGTERM, then stop in order: pause their schedules,
+    let a running flow run finish (up to ``stop_timeout_s``; a second signal cuts the wait),
+    cancel what still runs, stop the runner. Returns how it ended, in one line.
+
+    Prefect's own `serve` exits from its SIGTERM handler (`sys.exit` inside the event loop:
+    tracebacks, a flow run left "Running"); here the runner lives on a thread of its own and
+    the main thread, which owns the signals, drives the shutdown through the API."""
+    import asyncio
+    import signal
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.runner import Runner
+
+    runner = Runner(pause_on_shutdown=True, limit=limit)
+    deployment_ids = [runner.add_deployment(deployment) for deployment in built]
+    signals: list[int] = []
+    wake = threading.Event()
+    failure: list[BaseException] = []
+
+    def on_signal(signum, frame):
+        signals.append(signum)
+        wake.set()
+
+    def run_runner():
+        try:
+            asyncio.run(runner.start())
+        except BaseException as error:  # reported by the main thread
+            failure.append(error)
+        finally:
+            wake.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=run_runner, name="popseg-runner", daemon=True)
+    try:
+        thread.start()
+        while not wake.wait(1.0):
+            pass
+        if not signals:
+            if failure:
+                raise failure[0]
+            return "the runner stopped by itself"
+        name = signal.Signals(signals[0]).name
+        notify(f"{name}: schedules paused, no new flow run starts")
+        with get_client(sync_client=True) as client:
+            for deployment_id in deployment_ids:
+                client.pause_deployment(deployment_id)
+            waited = _wait_for_flow_runs(
+                client, runner, deployment_ids, stop_timeout_s, signals, notify
+            )
+        # The runner cannot be stopped before it has started (a signal at start-up).
+        deadline = time.monotonic() + RUNNER_STOP_S
+        while not runner.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if thread.is_alive() and runner.started:
+            # Cancels what still runs (flow runs end Cancelled), then ends runner.start().
+            runner.execute_in_background(runner.astop).result(timeout=RUNNER_STOP_S)
+        thread.join(timeout=RUNNER_STOP_S)
+        # Logs still queued for the API go now, while the server that takes them is up.
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
+        return f"{name}: {waited}"
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _runner_processes(runner) -> int:
+    """Flow-run processes the runner still tracks (one may outlive its final state by a
+    moment: stopping the runner then would cancel a finished run). Private API of the pinned
+    Prefect (3.8.8); 0 when it is not there."""
+    manager = getattr(runner, "_process_manager", None)
+    flow_run_ids = getattr(manager, "flow_run_ids", None)
+    return len(flow_run_ids()) if callable(flow_run_ids) else 0
+
+
+def _wait_for_flow_runs(
+    client, runner, deployment_ids, timeout_s: float, signals: list[int], notify
+) -> str:
+    import time
+
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    def active() -> list:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType(s) for s in _ACTIVE_STATES])
+                )
+            ),
+        )
+
+    runs = active()
+    if not runs and not _runner_processes(runner):
+        return "no flow run was running"
+    notify(
+        f"waiting up to {timeout_s:g} s (schedule.stop_timeout_s) for flow run(s) "
+        f"{', '.join(run.name for run in runs)} to finish; signal again to cancel now"
+    )
+    deadline = time.monotonic() + timeout_s
+    while (runs or _runner_processes(runner)) and len(signals) < 2:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+        runs = active()
+    if not runs and not _runner_processes(runner):
+        return "the running flow run finished"
+    return f"flow run(s) {', '.join(run.name for run in runs)} cancelled"

@@ -20,6 +20,7 @@ from tasks import promote, register
 from tasks.config import Params
 from tasks.errors import ConfigError
 from tasks.report import log_training_report
+from tasks.run_liveness import owned_run
 from tasks.validate import ValidationReport, require_valid
 
 logger = logging.getLogger("flows.training")
@@ -101,7 +102,7 @@ def _record_failed_validation(
 
     register.configure_mlflow()
     experiment_id = register.ensure_experiment(params.register_.experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="validation-failed") as run:
+    with owned_run(experiment_id=experiment_id, run_name="validation-failed") as run:
         mlflow.set_tags({**tags, "validation_success": "false"})
         mlflow.log_artifact(str(validation_json), artifact_path="validation")
         mlflow.log_metric("failed_expectations", len(report.failures))

@@ -223,6 +223,9 @@ class ScheduleConfig(_Section):
     monitor: str | None = "0 * * * *"
     monitor_data: str | None = None
     deploy_target: Literal["local", "sagemaker", "none"] = "local"
+    # On SIGINT/SIGTERM `popseg serve` pauses the schedules and lets a running flow run
+    # finish for up to this long before cancelling it.
+    stop_timeout_s: Annotated[float, Field(gt=0.0)] = 600.0
 
     @field_validator("train", "retrain", "monitor")
     @classmethod

@@ -584,7 +584,9 @@ def log_monitor_run(
             key += "_"
         used.add(key)
         metrics[key] = feature.psi
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"monitor-v{model_version}") as run:
+    from tasks.run_liveness import owned_run
+
+    with owned_run(experiment_id=experiment_id, run_name=f"monitor-v{model_version}") as run:
         run_id = run.info.run_id
         mlflow.set_tags(
             {

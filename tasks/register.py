@@ -22,6 +22,7 @@ import pandas as pd
 
 from tasks.chain import SegmentationChain, contract_digest
 from tasks.errors import RegistryError
+from tasks.run_liveness import owned_run
 from tasks.tracking import ARTIFACT_DIR, DEFAULT_TRACKING_URI, tracking_uri  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,16 @@ def configure_mlflow() -> str:
         with registry_lock():
             mlflow.MlflowClient().search_experiments(max_results=1)
         _INITIALISED_STORES.add(uri)
+    if uri not in _SWEPT_STORES:
+        # Once per process and store: runs left RUNNING by a killed process end FAILED.
+        _SWEPT_STORES.add(uri)
+        from tasks.run_liveness import sweep_dead_runs
+
+        sweep_dead_runs(mlflow.MlflowClient())
     return uri
+
+
+_SWEPT_STORES: set[str] = set()
 
 
 def registry_lock_path() -> Path:
@@ -228,7 +238,7 @@ def _register_training(
     configure_mlflow()
     experiment_id = ensure_experiment(experiment)
     k = record.chain.k
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-k{k}") as parent:
+    with owned_run(experiment_id=experiment_id, run_name=f"train-k{k}") as parent:
         mlflow.set_tags(record.tags)
         mlflow.log_params(record.params_flat)
         mlflow.log_metrics(
@@ -239,9 +249,7 @@ def _register_training(
             }
         )
         for k_value, metrics in sorted(record.per_k_metrics.items()):
-            with mlflow.start_run(
-                experiment_id=experiment_id, run_name=f"k={k_value}", nested=True
-            ):
+            with owned_run(experiment_id=experiment_id, run_name=f"k={k_value}", nested=True):
                 mlflow.log_param("k", k_value)
                 mlflow.set_tag("chosen", str(k_value == k).lower())
                 mlflow.log_metrics({n: v for n, v in metrics.items() if np.isfinite(v)})

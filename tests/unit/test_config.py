@@ -45,6 +45,8 @@ def test_overrides_are_typed(params, tmp_path):
         ("scale.clip_quantiles=[0.9, 0.1]", "scale.clip_quantiles"),
         ("impute.strategy=magic", "impute.strategy"),
         ("data.delimiter=;;", "data.delimiter"),
+        ("schedule.stop_timeout_s=0", "schedule.stop_timeout_s"),
+        ("schedule.stop_timeout_s=soon", "schedule.stop_timeout_s"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

@@ -1,0 +1,86 @@
+"""Runs left RUNNING by a process that is gone are found and ended; interrupted runs end KILLED
+(on the project's real sqlite MLflow store)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from tasks import run_liveness
+from tasks.register import configure_mlflow, ensure_experiment
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def _run_owned_by(experiment_id: str, tags: dict[str, str], name: str) -> str:
+    client = mlflow.MlflowClient()
+    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def _status(run_id: str) -> str:
+    return mlflow.MlflowClient().get_run(run_id).info.status
+
+
+def test_sweep_ends_the_runs_of_dead_processes_only(project_dir):
+    configure_mlflow()
+    experiment_id = ensure_experiment("popseg")
+    client = mlflow.MlflowClient()
+    mine = run_liveness.owner_tags()
+    dead = {**mine, run_liveness.PID_TAG: str(_dead_pid())}
+    # This process's pid, but a different start time: the pid now names another process.
+    reused = {**mine, run_liveness.PID_START_TAG: "1"}
+    elsewhere = {**dead, run_liveness.HOST_TAG: socket.gethostname() + "-other"}
+    killed = _run_owned_by(experiment_id, dead, "killed")
+    child = client.create_run(
+        experiment_id, run_name="k=2", tags={"mlflow.parentRunId": killed}
+    ).info.run_id
+    recycled = _run_owned_by(experiment_id, reused, "pid reused")
+    alive = _run_owned_by(experiment_id, mine, "alive")
+    remote = _run_owned_by(experiment_id, elsewhere, "other host")
+    client.create_registered_model("half")
+    client.create_model_version("half", f"runs:/{killed}/model", run_id=killed)
+
+    marked = run_liveness.sweep_dead_runs(client)
+
+    assert set(marked) == {killed, child, recycled}
+    assert [_status(r) for r in (killed, child, recycled)] == ["FAILED"] * 3
+    assert _status(alive) == "RUNNING" and _status(remote) == "RUNNING"
+    why = client.get_run(killed).data.tags[run_liveness.ENDED_BY_TAG]
+    assert (
+        why
+        == f"process {dead[run_liveness.PID_TAG]} on {socket.gethostname()} died while the run was RUNNING"
+    )
+    assert client.search_model_versions("name = 'half'") == []  # its run never finished
+    assert run_liveness.sweep_dead_runs(client) == []
+
+
+def test_interrupted_runs_end_killed_with_their_nested_runs_and_failures_failed(project_dir):
+    configure_mlflow()
+    experiment_id = ensure_experiment("popseg")
+    for interrupt in (KeyboardInterrupt, SystemExit):
+        with (
+            pytest.raises(interrupt),
+            run_liveness.owned_run(experiment_id=experiment_id) as parent,
+            run_liveness.owned_run(experiment_id=experiment_id, nested=True) as nested,
+        ):
+            raise interrupt()
+        assert _status(parent.info.run_id) == "KILLED"
+        assert _status(nested.info.run_id) == "KILLED"
+        tags = mlflow.MlflowClient().get_run(parent.info.run_id).data.tags
+        assert tags[run_liveness.PID_TAG] == str(os.getpid())
+        assert tags[run_liveness.ENDED_BY_TAG] == (
+            f"interrupted in process {os.getpid()} ({interrupt.__name__})"
+        )
+        assert mlflow.active_run() is None
+    with pytest.raises(ValueError), run_liveness.owned_run(experiment_id=experiment_id) as run:
+        raise ValueError("boom")
+    assert _status(run.info.run_id) == "FAILED"
