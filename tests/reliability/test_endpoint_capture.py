@@ -30,8 +30,13 @@ def _wait_lines(path, count: int) -> None:
     in the file and the ones it rotated to."""
 
     def lines() -> int:
-        files = path.parent.glob(path.name + "*")
-        return sum(len(f.read_bytes().splitlines()) for f in files)
+        count = 0
+        for file in path.parent.glob(path.name + "*"):
+            try:  # the server may rotate a listed file away before it is read
+                count += len(file.read_bytes().splitlines())
+            except FileNotFoundError:
+                return -1
+        return count
 
     deadline = time.monotonic() + 10
     while lines() < count and time.monotonic() < deadline:

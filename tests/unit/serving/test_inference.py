@@ -171,7 +171,19 @@ def test_serving_code_is_python_3_9(name):
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module
     }
-    allowed = {"__future__", "csv", "io", "json", "math", "os", "typing", "numpy", "chain", "tasks"}
+    allowed = {
+        "__future__",
+        "csv",
+        "hashlib",
+        "io",
+        "json",
+        "math",
+        "os",
+        "typing",
+        "numpy",
+        "chain",
+        "tasks",
+    }
     assert imported <= allowed, imported - allowed
     assert not {"pickle", "joblib", "cloudpickle"} & imported
 
