@@ -61,14 +61,15 @@ def contract_changes(champion: dict[str, Any], challenger: dict[str, Any]) -> li
     if old == new:
         return []
     changes = []
-    added = [name for name in new if name not in set(old)]
-    removed = [name for name in old if name not in set(new)]
+    old_set, new_set = set(old), set(new)
+    added = [name for name in new if name not in old_set]
+    removed = [name for name in old if name not in new_set]
     if added:
         changes.append(f"added {_names(added)}")
     if removed:
         changes.append(f"removed {_names(removed)}")
-    kept_old = [name for name in old if name in set(new)]
-    kept_new = [name for name in new if name in set(old)]
+    kept_old = [name for name in old if name in new_set]
+    kept_new = [name for name in new if name in old_set]
     if kept_old != kept_new:
         moved = [a for a, b in zip(kept_old, kept_new, strict=True) if a != b]
         changes.append(

@@ -152,25 +152,30 @@ def _step(name: str, call, *args, **kwargs):
         raise DeployError(f"sagemaker deploy failed at {name}: {_aws_message(error)}") from None
 
 
-def _tags(registered: RegisteredChain, endpoint_name: str, history: list[str] | None = None):
+def _tags(
+    registered: RegisteredChain,
+    endpoint_name: str,
+    contract_sha: str,
+    history: list[str] | None = None,
+):
     tags = [
         {"Key": TAG_MODEL_NAME, "Value": registered.model_name},
         {"Key": TAG_MODEL_VERSION, "Value": registered.model_version},
         {"Key": TAG_RUN_ID, "Value": registered.run_id},
         {"Key": TAG_ENDPOINT, "Value": endpoint_name},
-        {"Key": TAG_CONTRACT, "Value": contract_digest(registered_contract(registered))},
+        {"Key": TAG_CONTRACT, "Value": contract_sha},
     ]
     if history is not None:
         tags.append({"Key": TAG_HISTORY, "Value": " ".join(history[-20:])})
     return tags
 
 
-def registered_contract(registered: RegisteredChain) -> dict[str, Any]:
-    return SegmentationChain.load(str(registered.chain_dir)).input_contract()
-
-
 def _refuse_contract_change(
-    endpoint_name: str, old_tags: dict[str, str], chain: SegmentationChain, version: str
+    endpoint_name: str,
+    old_tags: dict[str, str],
+    chain: SegmentationChain,
+    contract_sha: str,
+    version: str,
 ) -> None:
     served = old_tags.get(TAG_CONTRACT)
     if served is None:
@@ -181,7 +186,7 @@ def _refuse_contract_change(
             TAG_CONTRACT,
         )
         return
-    if served != contract_digest(chain.input_contract()):
+    if served != contract_sha:
         raise DeployError(
             f"endpoint {endpoint_name!r} serves version {old_tags.get(TAG_MODEL_VERSION)}, whose "
             f"input contract (sha256 {served[:12]}) differs from version {version}'s "
@@ -300,6 +305,7 @@ def deploy_sagemaker(
     s3, sagemaker = _clients(region)
     chain = SegmentationChain.load(str(registered.chain_dir))
     rows = sample if sample is not None else chain.fill_values.reshape(1, -1)
+    contract_sha = contract_digest(chain.input_contract())
     image = config.image_uri or sklearn_image_uri(region, config.framework_version)
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.urandom(2).hex()}"
     suffix = f"-v{registered.model_version}-{stamp}"
@@ -316,7 +322,9 @@ def deploy_sagemaker(
             "settle before deploying again"
         )
     if existing and not allow_contract_change:
-        _refuse_contract_change(endpoint_name, old_tags, chain, registered.model_version)
+        _refuse_contract_change(
+            endpoint_name, old_tags, chain, contract_sha, registered.model_version
+        )
 
     key = f"{config.prefix.strip('/')}/{registered.model_name}/v{registered.model_version}/{stamp}/model.tar.gz"
     with tempfile.TemporaryDirectory(prefix="popseg-sm-") as scratch:
@@ -330,7 +338,7 @@ def deploy_sagemaker(
             ExtraArgs={"ServerSideEncryption": "AES256"},
         )
     model_data = f"s3://{bucket}/{key}"
-    tags = _tags(registered, endpoint_name)
+    tags = _tags(registered, endpoint_name, contract_sha)
     _step(
         "create_model",
         sagemaker.create_model,
@@ -370,7 +378,7 @@ def deploy_sagemaker(
             sagemaker.create_endpoint,
             EndpointName=endpoint_name,
             EndpointConfigName=resource_name,
-            Tags=_tags(registered, endpoint_name, history),
+            Tags=_tags(registered, endpoint_name, contract_sha, history),
         )
     else:
         action = "updated"
@@ -404,7 +412,7 @@ def deploy_sagemaker(
             "add_tags",
             sagemaker.add_tags,
             ResourceArn=endpoint_arn,
-            Tags=_tags(registered, endpoint_name, history),
+            Tags=_tags(registered, endpoint_name, contract_sha, history),
         )
     return DeployResult(
         endpoint_name=endpoint_name,
