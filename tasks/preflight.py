@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from tasks.errors import CredentialsError, DataError, PopsegError, RegistryError
+from tasks.tracking import sqlite_database
 
 # A store with less room than this cannot take a training's artifacts (plots, chain, data).
 PROBE_BYTES = 1 << 20
@@ -81,7 +82,7 @@ def check_tracking_store(
     file store's folder, or an http(s) tracking server. Other stores are not checked here."""
     scheme = urlparse(uri).scheme
     if scheme == "sqlite":
-        database = _sqlite_path(uri)
+        database = sqlite_database(uri)
         if database is None:  # in-memory
             return
         location = _check_sqlite(uri, database, experiment, write)
@@ -92,14 +93,6 @@ def check_tracking_store(
     elif scheme in ("file", "") and write:
         folder = Path(unquote(urlparse(uri).path)) if scheme == "file" else Path(uri)
         _check_writable_folder(uri, folder, "store folder")
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """sqlite:///relative.db, sqlite:////absolute.db (SQLAlchemy's form), query dropped."""
-    rest = uri.split("?", 1)[0].removeprefix("sqlite://")
-    if rest in ("", "/", "/:memory:"):
-        return None
-    return Path(rest[1:] if rest.startswith("/") else rest)
 
 
 def _check_sqlite(uri: str, database: Path, experiment: str | None, write: bool) -> Path | None:

@@ -23,7 +23,12 @@ import pandas as pd
 from tasks.chain import SegmentationChain, contract_digest
 from tasks.errors import RegistryError
 from tasks.run_liveness import owned_run
-from tasks.tracking import ARTIFACT_DIR, DEFAULT_TRACKING_URI, tracking_uri  # noqa: F401
+from tasks.tracking import (  # noqa: F401
+    ARTIFACT_DIR,
+    DEFAULT_TRACKING_URI,
+    sqlite_database,
+    tracking_uri,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +72,9 @@ _SWEPT_STORES: set[str] = set()
 
 def registry_lock_path() -> Path:
     """One lock per tracking store: next to a sqlite file, else in the project's .popseg/."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///") + ".lock")
+    database = sqlite_database(tracking_uri())
+    if database is not None:
+        return Path(f"{database}.lock")
     return Path(".popseg") / "registry.lock"
 
 
