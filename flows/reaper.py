@@ -31,16 +31,6 @@ TERM_GRACE_S = 5.0
 PARENT_POLL_S = 1.0
 
 
-def process_start_ticks(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot): a pid plus this names one process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def _session_of(pid: int) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -50,6 +40,10 @@ def _session_of(pid: int) -> int | None:
 
 
 def owner_token() -> str:
+    """``<pid>.<start time>``: names this one process. Called in popseg itself, never in the
+    isolated watchdog, which cannot import the project."""
+    from tasks.run_liveness import process_start_ticks
+
     pid = os.getpid()
     return f"{pid}.{process_start_ticks(pid) or 0}"
 

@@ -34,7 +34,7 @@ def _boot_id() -> str:
         return ""
 
 
-def _start_ticks(pid: int) -> str:
+def process_start_ticks(pid: int) -> str:
     """The process's start time in clock ticks since boot: with the pid, names one process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -49,7 +49,7 @@ def owner_tags() -> dict[str, str]:
     return {
         HOST_TAG: socket.gethostname(),
         PID_TAG: str(pid),
-        PID_START_TAG: _start_ticks(pid),
+        PID_START_TAG: process_start_ticks(pid),
         BOOT_TAG: _boot_id(),
     }
 
@@ -66,7 +66,7 @@ def owner_alive(tags: dict[str, str]) -> bool:
     except PermissionError:
         pass  # exists, another user's
     started = tags.get(PID_START_TAG)
-    return not started or _start_ticks(pid) == started
+    return not started or process_start_ticks(pid) == started
 
 
 def discard_versions_of(client, run_id: str) -> list[str]:
