@@ -190,17 +190,23 @@ def test_sigkill_during_the_sweep_leaves_no_server(crash_project):
     assert _store_rows(crash_project, "select run_uuid from runs") == []
 
 
-@pytest.mark.slow
-def test_sigkill_during_register_leaves_no_running_run_nor_half_registered_version(
-    crash_project,
-):
-    process, log = _start(crash_project, "train", "--data", "data.csv")
+def _start_train_until_its_run_is_in_the_store(project):
+    """A real `popseg train`, returned once its parent MLflow run exists: it is registering."""
+    process, log = _start(project, "train", "--data", "data.csv")
     _wait_for(
-        lambda: _store_rows(crash_project, "select run_uuid from runs where status = 'RUNNING'"),
+        lambda: _store_rows(project, "select run_uuid from runs where status = 'RUNNING'"),
         "the parent run in the store",
         process,
         log,
     )
+    return process, log
+
+
+@pytest.mark.slow
+def test_sigkill_during_register_leaves_no_running_run_nor_half_registered_version(
+    crash_project,
+):
+    process, log = _start_train_until_its_run_is_in_the_store(crash_project)
     process.kill()
     process.wait(timeout=30)
     _assert_nothing_left(crash_project, _prefect_port(log))
@@ -225,13 +231,7 @@ def test_sigkill_during_register_leaves_no_running_run_nor_half_registered_versi
 
 @pytest.mark.slow
 def test_sigterm_during_register_ends_the_run_killed_and_the_flow_run_crashed(crash_project):
-    process, log = _start(crash_project, "train", "--data", "data.csv")
-    _wait_for(
-        lambda: _store_rows(crash_project, "select run_uuid from runs where status = 'RUNNING'"),
-        "the parent run in the store",
-        process,
-        log,
-    )
+    process, log = _start_train_until_its_run_is_in_the_store(crash_project)
     process.terminate()
     process.wait(timeout=60)
     _assert_nothing_left(crash_project, _prefect_port(log))
