@@ -214,20 +214,28 @@ def run_validation(
     root: str | Path = ".",
 ) -> ValidationReport:
     """Run the suite; returns the report (success or not). Use `require_valid` to stop on failure."""
+    from filelock import FileLock
+
     _quiet_gx_environment()
     expectations = build_expectations(data, data_config, config)
-    context = _context(root)
-    suite = _get_or_update_suite(context, suite_name, expectations)
-    definition = _get_or_update_definition(
-        context, f"{suite_name}-validation", _batch_definition(context), suite
-    )
-    # GX prints progress to stdout in some code paths; keep stdout clean for --json.
-    stdout = sys.stdout
-    sys.stdout = sys.stderr
-    try:
-        result = definition.run(batch_parameters={"dataframe": data.frame})
-    finally:
-        sys.stdout = stdout
+    # The file context in gx/ is shared by every popseg process of the project, and GX's
+    # get-or-create of a suite is not atomic: two trainings at once both "add" it and one
+    # fails. One validation at a time per project (they take about a second).
+    lock_path = Path(root) / ".popseg" / "gx.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path)):
+        context = _context(root)
+        suite = _get_or_update_suite(context, suite_name, expectations)
+        definition = _get_or_update_definition(
+            context, f"{suite_name}-validation", _batch_definition(context), suite
+        )
+        # GX prints progress to stdout in some code paths; keep stdout clean for --json.
+        stdout = sys.stdout
+        sys.stdout = sys.stderr
+        try:
+            result = definition.run(batch_parameters={"dataframe": data.frame})
+        finally:
+            sys.stdout = stdout
     failures = []
     for item in result.results:
         if item.success:

@@ -1,4 +1,5 @@
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -104,3 +105,46 @@ def test_report_written_as_json(tmp_path):
     payload = json.loads(path.read_text())
     assert payload["success"] is True and payload["evaluated_expectations"] == report.evaluated
     assert payload["result"]["success"] is True
+
+
+_CONCURRENT_VALIDATION = """
+import sys, time
+from pathlib import Path
+import great_expectations  # imported before the start: GX's import time would stagger them
+from tests.unit.test_validate import _frame, _run
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.005)
+report = _run(_frame(), Path(sys.argv[1]))
+print(report.success)
+"""
+
+
+def test_processes_validating_at_once_share_the_gx_context(tmp_path):
+    """Two trainings of one project validate at the same moment: GX's get-or-create of the
+    suite in the shared file context is not atomic, so without popseg's lock one of them
+    failed ('Cannot add ExpectationSuite ... because it already exists')."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    go = tmp_path / "go"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONCURRENT_VALIDATION, str(tmp_path), str(go)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(8)  # both past their imports, waiting for the start file
+    go.touch()
+    outputs = [process.communicate(timeout=120) for process in processes]
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-2000:]
+        assert out.strip() == "True"
+    suites = list((tmp_path / "gx" / "expectations").glob("*.json"))
+    assert [path.name for path in suites] == ["test-suite.json"]
