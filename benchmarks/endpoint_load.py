@@ -124,7 +124,7 @@ def run_load(
 
 
 def boto3_latency(url: str, name: str, n_features: int, requests: int = 200):
-    from tasks.deploy import runtime_client
+    from tasks.deploy.local import runtime_client
 
     client = runtime_client(url)
     body = ",".join(["0.5"] * n_features)
@@ -154,7 +154,7 @@ def main() -> None:
     options = parser.parse_args()
     batches = options.batch or [1, 100]
 
-    from tasks import deploy
+    from tasks.deploy import local as deploy
     from tasks.package import RegisteredChain
 
     with tempfile.TemporaryDirectory(prefix="popseg-load-") as scratch:

@@ -339,7 +339,7 @@ def promote(
 
 def _endpoint_name(name: str, what: str) -> None:
     """Checked before anything is loaded or written: the name becomes a file name."""
-    from tasks.deploy import validate_endpoint_name
+    from tasks.deploy.local import validate_endpoint_name
 
     validate_endpoint_name(name, what)
 
@@ -427,9 +427,9 @@ def deploy(
             _endpoint_name(endpoint_name, "--endpoint-name")
         params = _params(params_path, overrides)
         if (target or params.deploy.target) == "sagemaker":
+            from tasks.deploy.sagemaker import resolve_settings
             from tasks.errors import DeployError
             from tasks.preflight import check_aws_credentials
-            from tasks.sagemaker import resolve_settings
 
             resolve_settings(params.deploy, region, bucket, role_arn)  # settings, then secrets
             check_aws_credentials("sagemaker deploy", DeployError)

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks import deploy as local
 from tasks.config import Params
+from tasks.deploy import local
 from tasks.errors import DeployError, EndpointError, RegistryError
 from tasks.package import RegisteredChain, fetch_registered_chain
 
@@ -90,7 +90,7 @@ def deploy(
                 start_timeout_s=config.start_timeout_s,
                 allow_contract_change=allow_contract_change,
             )
-        from tasks import sagemaker
+        from tasks.deploy import sagemaker
 
         settings = sagemaker.resolve_settings(config, region, bucket, role_arn)
         return sagemaker.deploy_sagemaker(
@@ -105,7 +105,7 @@ def undeploy(
     target = target or params.deploy.target
     if target == "local":
         return local.undeploy_local(name)
-    from tasks import sagemaker
+    from tasks.deploy import sagemaker
 
     return sagemaker.undeploy_sagemaker(name, _region(params, region))
 
@@ -117,7 +117,7 @@ def list_endpoints(
     if target in (None, "local"):
         rows += local.list_local()
     if target == "sagemaker":
-        from tasks import sagemaker
+        from tasks.deploy import sagemaker
 
         rows += sagemaker.list_sagemaker(_region(params, region))
     return rows
@@ -156,7 +156,7 @@ def rollback(
         current = state.model_version
         history = [entry["model_version"] for entry in state.history]
     else:
-        from tasks import sagemaker
+        from tasks.deploy import sagemaker
 
         current, history = sagemaker.endpoint_versions(name, _region(params, region))
     previous = _previous(history, current)

@@ -38,7 +38,7 @@ import numpy as np
 
 from tasks.chain import SegmentationChain, contract_digest
 from tasks.config import DeployConfig
-from tasks.deploy import DeployResult, check_predictions, invoke, rows_to_csv, runtime_client
+from tasks.deploy.local import DeployResult, check_predictions, invoke, rows_to_csv, runtime_client
 from tasks.errors import DeployError, EndpointError, PopsegError
 from tasks.package import RegisteredChain, build_package
 

@@ -6,7 +6,7 @@ Two targets share one contract (``tasks/serving/inference.py``):
   recorded in ``.popseg/endpoints/NAME.json`` (pid, port, version, deploy history) so any shell
   can list, update, roll back or stop it. Deploying to a running endpoint swaps the model in
   the live process (admin reload, atomic), smoke-tests it and swaps back on failure.
-- ``sagemaker``: ``tasks/sagemaker.py`` (boto3).
+- ``sagemaker``: ``tasks/deploy/sagemaker.py`` (boto3).
 
 The smoke test sends rows through the stock boto3 ``sagemaker-runtime`` client and checks the
 answers against the chain itself (same segments, same distances).
@@ -44,7 +44,7 @@ STATE_DIR = Path(".popseg") / "endpoints"
 # names (no "/", "..") inside STATE_DIR.
 ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 LOCAL_REGION = "us-east-1"
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- results
