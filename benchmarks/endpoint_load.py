@@ -124,7 +124,7 @@ def run_load(
 
 
 def boto3_latency(url: str, name: str, n_features: int, requests: int = 200):
-    from tasks.deploy import runtime_client
+    from tasks.deploy.contract import runtime_client
 
     client = runtime_client(url)
     body = ",".join(["0.5"] * n_features)
@@ -154,7 +154,7 @@ def main() -> None:
     options = parser.parse_args()
     batches = options.batch or [1, 100]
 
-    from tasks import deploy
+    from tasks.deploy import local as deploy
     from tasks.package import RegisteredChain
 
     with tempfile.TemporaryDirectory(prefix="popseg-load-") as scratch:
@@ -168,9 +168,10 @@ def main() -> None:
         else:
             project = Path(scratch)
             chain_dir = project / "chain"
-            n_features = _synthetic_chain(chain_dir).n_features
+            chain = _synthetic_chain(chain_dir)
+            n_features = chain.n_features
             registered = RegisteredChain("synthetic", "1", "none", chain_dir)
-            result = deploy.deploy_local("load", registered, project=project)
+            result = deploy.deploy_local("load", registered, project=project, chain=chain)
             name, port, url = "load", result.details["port"], result.endpoint_url
         try:
             results = [

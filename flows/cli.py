@@ -122,56 +122,22 @@ def _train(
 
 
 def _serve_sample(params, keep_serving: bool) -> dict[str, Any]:
-    """The main job's last step: the champion on a local endpoint, the first training rows sent
-    through the boto3 sagemaker-runtime client, the endpoint stopped (unless kept)."""
+    """The main job's last step: the champion on a local endpoint, its smoke test (the first
+    training rows through the boto3 sagemaker-runtime client) shown, the endpoint stopped
+    (unless kept)."""
     from flows import deploy as deploy_flow
-    from tasks.chain import SegmentationChain
-    from tasks.errors import RegistryError
-    from tasks.package import fetch_registered_chain
-    from tasks.register import CHAMPION, alias_version, load_training_frame
+    from tasks.register import CHAMPION, alias_version
 
-    model_name = params.register_.model_name
-    champion = alias_version(model_name, CHAMPION)
+    champion = alias_version(params.register_.model_name, CHAMPION)
     if champion is None:
         return {"deployed": False, "reason": "no champion: nothing to deploy"}
     name = params.deploy.endpoint_name
     result = deploy_flow.deploy(params, version=champion, target="local", endpoint_name=name)
-    try:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="popseg-run-") as scratch:
-            registered = fetch_registered_chain(model_name, champion, scratch)
-            chain = SegmentationChain.load(str(registered.chain_dir))
-        try:
-            frame = load_training_frame(registered.run_id).head(params.deploy.smoke_rows)
-        except RegistryError:
-            frame = None
-        if frame is not None:
-            rows = frame[chain.feature_names].to_numpy(dtype=float)
-            id_column = chain.metadata.get("id_column")
-            ids = (
-                frame[id_column].astype(str).tolist()
-                if id_column in frame.columns
-                else [f"row_{i + 1}" for i in range(len(frame))]
-            )
-        else:
-            rows = chain.fill_values.reshape(1, -1)
-            ids = ["training fill values"]
-        predictions = deploy_flow.invoke_rows(name, rows)
-    finally:
-        stopped = False
-        if not keep_serving:
-            deploy_flow.undeploy(params, name, "local")
-            stopped = True
-    return {
-        "deployed": True,
-        **result.to_json(),
-        "sample": [
-            {"id": row_id, **prediction}
-            for row_id, prediction in zip(ids, predictions, strict=True)
-        ],
-        "stopped": stopped,
-    }
+    stopped = False
+    if not keep_serving:
+        deploy_flow.undeploy(params, name, "local")
+        stopped = True
+    return {"deployed": True, **result.to_json(), "stopped": stopped}
 
 
 def _print_endpoint(payload: dict[str, Any]) -> None:
@@ -339,7 +305,7 @@ def promote(
 
 def _endpoint_name(name: str, what: str) -> None:
     """Checked before anything is loaded or written: the name becomes a file name."""
-    from tasks.deploy import validate_endpoint_name
+    from tasks.deploy.contract import validate_endpoint_name
 
     validate_endpoint_name(name, what)
 
@@ -420,19 +386,14 @@ def deploy(
     existing endpoint is updated in place; on failure the previous model keeps serving. A
     running endpoint is not swapped to a model with another input contract without
     --allow-contract-change."""
+    from flows.deploy import check_target
     from flows.deploy import deploy as run_deploy
 
     try:
         if endpoint_name is not None:
             _endpoint_name(endpoint_name, "--endpoint-name")
         params = _params(params_path, overrides)
-        if (target or params.deploy.target) == "sagemaker":
-            from tasks.errors import DeployError
-            from tasks.preflight import check_aws_credentials
-            from tasks.sagemaker import resolve_settings
-
-            resolve_settings(params.deploy, region, bucket, role_arn)  # settings, then secrets
-            check_aws_credentials("sagemaker deploy", DeployError)
+        check_target(params, target, region, bucket, role_arn)
         _preflight(params, write_store=False)
         with _stdout_to_stderr(as_json):
             result = run_deploy(

@@ -1,5 +1,7 @@
-"""Deploy wiring: which registered version, which target, smoke rows, rollback, batch scoring.
+"""Deploy wiring: which registered version, which target, rollback, batch scoring.
 
+A deploy loads the version once (``load_release``: chain and smoke rows) and hands it to the
+target looked up by name (``tasks.deploy.get_target``); nothing here depends on which target.
 Plain functions rather than a Prefect flow: every `popseg deploy` would otherwise start
 Prefect's ephemeral server (~13 s) for a handful of calls; the network steps retry through
 botocore's retry policy, and each step's failure is a `DeployError` naming it.
@@ -9,48 +11,59 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tasks import deploy as local
-from tasks.config import Params
-from tasks.errors import DeployError, EndpointError, RegistryError
-from tasks.package import RegisteredChain, fetch_registered_chain
+from tasks.config import DeployConfig, Params
+from tasks.deploy import get_target
+from tasks.deploy.contract import (
+    DeployResult,
+    Release,
+    Target,
+    TargetOptions,
+    load_release,
+    validate_endpoint_name,
+)
+from tasks.errors import EndpointError
+from tasks.package import fetch_registered_chain
 
 logger = logging.getLogger("flows.deploy")
 
-TARGETS = ("local", "sagemaker")
 
-
-def _sample_rows(registered: RegisteredChain, n: int) -> np.ndarray | None:
-    """The first ``n`` training rows of the version's run (None when not logged)."""
-    from tasks.chain import SegmentationChain
-    from tasks.register import load_training_frame
-
-    try:
-        frame = load_training_frame(registered.run_id)
-    except RegistryError:
-        return None
-    chain = SegmentationChain.load(str(registered.chain_dir))
-    return local.smoke_rows(chain, frame, n)
-
-
-def _region(params: Params, region: str | None) -> str:
-    import os
-
-    found = (
-        region
-        or params.deploy.region
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
+def target_for(
+    params: Params,
+    target: str | None = None,
+    port: int | None = None,
+    capture: str | None = None,
+    region: str | None = None,
+    bucket: str | None = None,
+    role_arn: str | None = None,
+) -> Target:
+    """The deploy target ``target`` (default: ``deploy.target``) with these options."""
+    options = TargetOptions(
+        port=port, capture=capture, region=region, bucket=bucket, role_arn=role_arn
     )
-    if not found:
-        raise DeployError(
-            "sagemaker needs a region (--region, deploy.region or AWS_DEFAULT_REGION)"
+    return get_target(target or params.deploy.target, params.deploy, options)
+
+
+def _serve(
+    params: Params,
+    step: Callable[[str, Release, bool], DeployResult],
+    name: str,
+    version: str | None,
+    allow_contract_change: bool | None,
+) -> DeployResult:
+    """Load ``version`` once and hand it to a target's deploy or rollback."""
+    if allow_contract_change is None:
+        allow_contract_change = params.promote.allow_contract_change
+    with tempfile.TemporaryDirectory(prefix="popseg-deploy-") as scratch:
+        release = load_release(
+            params.register_.model_name, version, scratch, params.deploy.smoke_rows
         )
-    return found
+        return step(name, release, allow_contract_change)
 
 
 def deploy(
@@ -64,71 +77,39 @@ def deploy(
     bucket: str | None = None,
     role_arn: str | None = None,
     allow_contract_change: bool | None = None,
-) -> local.DeployResult:
+) -> DeployResult:
     """Deploy a registered version (default: alias champion) and smoke-test it. A running
     endpoint whose model has another input contract is left as it is unless
     ``allow_contract_change`` (None: ``promote.allow_contract_change``, the setting that let
     the gate accept the change)."""
-    config = params.deploy
-    target = target or config.target
-    name = local.validate_endpoint_name(endpoint_name or config.endpoint_name)
-    if allow_contract_change is None:
-        allow_contract_change = params.promote.allow_contract_change
-    if target not in TARGETS:
-        raise DeployError(f"--target {target!r}: choose local or sagemaker")
-    with tempfile.TemporaryDirectory(prefix="popseg-deploy-") as scratch:
-        registered = fetch_registered_chain(params.register_.model_name, version, scratch)
-        sample = _sample_rows(registered, config.smoke_rows)
-        if target == "local":
-            return local.deploy_local(
-                name,
-                registered,
-                sample=sample,
-                port=config.port if port is None else port,
-                capture=capture or config.capture,
-                limits=local.ServerLimits.from_config(config),
-                start_timeout_s=config.start_timeout_s,
-                allow_contract_change=allow_contract_change,
-            )
-        from tasks import sagemaker
+    name = validate_endpoint_name(endpoint_name or params.deploy.endpoint_name)
+    site = target_for(params, target, port, capture, region, bucket, role_arn)
+    return _serve(params, site.deploy, name, version, allow_contract_change)
 
-        settings = sagemaker.resolve_settings(config, region, bucket, role_arn)
-        return sagemaker.deploy_sagemaker(
-            name, registered, config, settings, sample, allow_contract_change
-        )
+
+def check_target(
+    params: Params,
+    target: str | None = None,
+    region: str | None = None,
+    bucket: str | None = None,
+    role_arn: str | None = None,
+) -> None:
+    """What a deploy to ``target`` needs (settings, credentials), before anything is loaded."""
+    target_for(params, target, region=region, bucket=bucket, role_arn=role_arn).check()
 
 
 def undeploy(
     params: Params, name: str, target: str | None = None, region: str | None = None
 ) -> dict[str, Any]:
-    local.validate_endpoint_name(name)
-    target = target or params.deploy.target
-    if target == "local":
-        return local.undeploy_local(name)
-    from tasks import sagemaker
-
-    return sagemaker.undeploy_sagemaker(name, _region(params, region))
+    validate_endpoint_name(name)
+    return target_for(params, target, region=region).undeploy(name)
 
 
 def list_endpoints(
     params: Params, target: str | None = None, region: str | None = None
 ) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    if target in (None, "local"):
-        rows += local.list_local()
-    if target == "sagemaker":
-        from tasks import sagemaker
-
-        rows += sagemaker.list_sagemaker(_region(params, region))
-    return rows
-
-
-def _previous(history: list[str], current: str | None) -> str | None:
-    """The version served before ``current`` (skipping repeats of ``current``)."""
-    for version in reversed(history):
-        if version != current:
-            return version
-    return None
+    """The endpoints of ``target`` (default: local)."""
+    return target_for(params, target or "local", region=region).list()
 
 
 def rollback(
@@ -146,20 +127,11 @@ def rollback(
 
     from tasks.register import CHAMPION, alias_version, configure_mlflow, registry_lock
 
-    local.validate_endpoint_name(name)
-    target = target or params.deploy.target
+    validate_endpoint_name(name)
     model_name = params.register_.model_name
-    if target == "local":
-        state = local.read_state(name)
-        if state is None:
-            raise EndpointError(f"no local endpoint named {name!r} (see `popseg endpoints`)")
-        current = state.model_version
-        history = [entry["model_version"] for entry in state.history]
-    else:
-        from tasks import sagemaker
-
-        current, history = sagemaker.endpoint_versions(name, _region(params, region))
-    previous = _previous(history, current)
+    site = target_for(params, target, region=region, bucket=bucket, role_arn=role_arn)
+    described = site.describe(name)
+    current, previous = described.model_version, described.previous_version()
     configure_mlflow()
     client = mlflow.MlflowClient()
     if previous is None and current is not None:  # fall back on the promotion record
@@ -172,16 +144,7 @@ def rollback(
         raise EndpointError(
             f"endpoint {name!r} serves version {current} and has no earlier version to roll back to"
         )
-    result = deploy(
-        params,
-        version=previous,
-        target=target,
-        endpoint_name=name,
-        region=region,
-        bucket=bucket,
-        role_arn=role_arn,
-        allow_contract_change=allow_contract_change,
-    )
+    result = _serve(params, site.rollback, name, previous, allow_contract_change)
     with registry_lock(params.orchestrate.registry_lock_timeout_s):
         champion_before = alias_version(model_name, CHAMPION)
         client.set_registered_model_alias(model_name, CHAMPION, previous)
@@ -196,11 +159,12 @@ def rollback(
     }
 
 
-def invoke_rows(name: str, rows: np.ndarray) -> list[dict[str, Any]]:
-    """Send rows to a running local endpoint through the boto3 sagemaker-runtime client."""
-    state = local.local_endpoint(name)
-    answer = local.invoke(local.runtime_client(state.url), name, local.rows_to_csv(rows))
-    return answer["predictions"]
+def invoke_rows(
+    name: str, rows: np.ndarray, target: str = "local", region: str | None = None
+) -> list[dict[str, Any]]:
+    """Send rows to a running endpoint through the boto3 sagemaker-runtime client."""
+    options = TargetOptions(region=region)
+    return get_target(target, DeployConfig(), options).invoke(name, rows)
 
 
 def score(params: Params, data: str, output: str, version: str | None = None) -> dict[str, Any]:

@@ -215,7 +215,7 @@ def trained_project(project_dir, trained_store):
     shutil.copy(trained_store["dir"] / "mlflow.db", project_dir / "mlflow.db")
     shutil.copytree(trained_store["dir"] / "data", project_dir / "data")
     yield project_dir
-    from tasks import deploy
+    from tasks.deploy import local as deploy
 
     folder = deploy.state_dir(project_dir)
     for path in folder.glob("*.json") if folder.is_dir() else []:

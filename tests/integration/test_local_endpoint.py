@@ -18,8 +18,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from flows import deploy as deploy_flow
-from tasks import deploy
 from tasks.config import load_params
+from tasks.deploy import local as deploy
 from tasks.errors import DeployError, EndpointError
 
 MODEL = "popseg-segmentation"

@@ -14,8 +14,8 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from flows import deploy as deploy_flow
-from tasks import sagemaker
 from tasks.config import load_params
+from tasks.deploy import sagemaker
 from tasks.errors import DeployError, EndpointError
 from tasks.register import load_chain, load_training_frame
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import deploy
+from tasks.deploy import local as deploy
 from tests.conftest import ROOT
 from tests.e2e.helpers import invoke
 
@@ -55,7 +55,7 @@ def test_bad_endpoint_names_are_refused_before_anything_is_written(trained_proje
 
 
 def _servers(name: str) -> list[int]:
-    """Live endpoint-server processes for ``name`` (as `tasks.deploy` recognises them)."""
+    """Live endpoint-server processes for ``name`` (as `tasks.deploy.local` recognises them)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and deploy._pid_is_server(int(entry.name), name):
@@ -70,7 +70,7 @@ def _servers(name: str) -> list[int]:
 _RACER = """
 import json, sys, time
 from pathlib import Path
-from tasks.deploy import deploy_local
+from tasks.deploy.local import deploy_local
 from tasks.package import RegisteredChain
 name, run_id, chain_dir, ready, go = sys.argv[1:]
 registered = RegisteredChain("popseg-segmentation", "2", run_id, Path(chain_dir))

@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tasks import deploy
+from tasks.deploy import local as deploy
 from tests.e2e.helpers import invoke
 from tests.integration.test_sagemaker_deploy import stack  # noqa: F401 (fixture)
 

@@ -95,7 +95,7 @@ def test_endpoint_limits_are_validated(override):
 
 
 def test_endpoint_limits_reach_the_server_command_line():
-    from tasks.deploy import ServerLimits
+    from tasks.deploy.local import ServerLimits
 
     params = load_params(overrides=["deploy.max_connections=7", "deploy.capture_max_mb=0.5"])
     arguments = ServerLimits.from_config(params.deploy).arguments()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tasks.config import DeployConfig, load_params
+from tasks.deploy.sagemaker import deployment_config, resolve_settings, sklearn_image_uri
 from tasks.errors import ConfigError, DeployError
-from tasks.sagemaker import deployment_config, resolve_settings, sklearn_image_uri
 
 ROLE = "arn:aws:iam::123456789012:role/popseg-sagemaker-execution"
 

@@ -38,7 +38,18 @@ import numpy as np
 
 from tasks.chain import SegmentationChain, contract_digest
 from tasks.config import DeployConfig
-from tasks.deploy import DeployResult, check_predictions, invoke, rows_to_csv, runtime_client
+from tasks.deploy.contract import (
+    BaseTarget,
+    DeployResult,
+    EndpointDescription,
+    Release,
+    check_predictions,
+    invoke,
+    invoke_rows,
+    rows_to_csv,
+    runtime_client,
+    smoke_sample,
+)
 from tasks.errors import DeployError, EndpointError, PopsegError
 from tasks.package import RegisteredChain, build_package
 
@@ -97,6 +108,15 @@ def sklearn_image_uri(region: str, framework_version: str = "1.2-1") -> str:
     return f"{account}.dkr.ecr.{region}.{domain}/sagemaker-scikit-learn:{framework_version}-cpu-py3"
 
 
+def _default_region(config: DeployConfig, region: str | None) -> str | None:
+    return (
+        region
+        or config.region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+    )
+
+
 def resolve_settings(
     config: DeployConfig,
     region: str | None = None,
@@ -104,12 +124,7 @@ def resolve_settings(
     role_arn: str | None = None,
 ) -> dict[str, str]:
     """Flags win over params.yaml, which wins over the environment; missing ones are errors."""
-    region = (
-        region
-        or config.region
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-    )
+    region = _default_region(config, region)
     bucket = bucket or config.bucket or os.environ.get(BUCKET_ENV)
     role_arn = role_arn or config.role_arn or os.environ.get(ROLE_ENV)
     missing = []
@@ -300,11 +315,13 @@ def deploy_sagemaker(
     settings: dict[str, str],
     sample: np.ndarray | None = None,
     allow_contract_change: bool = False,
+    chain: SegmentationChain | None = None,
 ) -> DeployResult:
     region, bucket, role_arn = settings["region"], settings["bucket"], settings["role_arn"]
     s3, sagemaker = _clients(region)
-    chain = SegmentationChain.load(str(registered.chain_dir))
-    rows = sample if sample is not None else chain.fill_values.reshape(1, -1)
+    if chain is None:
+        chain = SegmentationChain.load(str(registered.chain_dir))
+    rows = sample if sample is not None else smoke_sample(chain).rows
     contract_sha = contract_digest(chain.input_contract())
     image = config.image_uri or sklearn_image_uri(region, config.framework_version)
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.urandom(2).hex()}"
@@ -514,11 +531,71 @@ def list_sagemaker(region: str) -> list[dict[str, Any]]:
     return rows
 
 
-def endpoint_versions(endpoint_name: str, region: str) -> tuple[str | None, list[str]]:
-    """(served version, deploy history) from the endpoint's tags."""
+def endpoint_description(endpoint_name: str, region: str) -> EndpointDescription:
+    """The served version and the deploy history, from the endpoint's tags."""
     _, sagemaker = _clients(region)
     current = describe(sagemaker, endpoint_name)
     if current is None:
         raise EndpointError(f"no SageMaker endpoint named {endpoint_name!r} in {region}")
     tags = _tag_dict(sagemaker, current["EndpointArn"])
-    return tags.get(TAG_MODEL_VERSION), tags.get(TAG_HISTORY, "").split()
+    return EndpointDescription(
+        name=endpoint_name,
+        target="sagemaker",
+        status=current.get("EndpointStatus"),
+        model_version=tags.get(TAG_MODEL_VERSION),
+        history=tags.get(TAG_HISTORY, "").split(),
+    )
+
+
+# ----------------------------------------------------------------------------- the target
+
+
+class SagemakerTarget(BaseTarget):
+    """``sagemaker`` behind the ``Target`` protocol: the functions above, with the region,
+    bucket and role resolved from the options, params.yaml and the environment."""
+
+    name = "sagemaker"
+
+    def _settings(self) -> dict[str, str]:
+        options = self.options
+        return resolve_settings(self.config, options.region, options.bucket, options.role_arn)
+
+    def _region(self) -> str:
+        found = _default_region(self.config, self.options.region)
+        if not found:
+            raise DeployError(
+                "sagemaker needs a region (--region, deploy.region or AWS_DEFAULT_REGION)"
+            )
+        return found
+
+    def check(self) -> None:
+        """The settings, then the credentials: a missing setting is named before secrets."""
+        from tasks.preflight import check_aws_credentials
+
+        self._settings()
+        check_aws_credentials("sagemaker deploy", DeployError)
+
+    def _deploy(
+        self, endpoint_name: str, release: Release, allow_contract_change: bool
+    ) -> DeployResult:
+        return deploy_sagemaker(
+            endpoint_name,
+            release.registered,
+            self.config,
+            self._settings(),
+            release.sample.rows,
+            allow_contract_change,
+            chain=release.chain,
+        )
+
+    def undeploy(self, endpoint_name: str) -> dict[str, Any]:
+        return undeploy_sagemaker(endpoint_name, self._region())
+
+    def describe(self, endpoint_name: str) -> EndpointDescription:
+        return endpoint_description(endpoint_name, self._region())
+
+    def list(self) -> list[dict[str, Any]]:
+        return list_sagemaker(self._region())
+
+    def invoke(self, endpoint_name: str, rows: np.ndarray) -> list[dict[str, Any]]:
+        return invoke_rows(runtime_client(region=self._region()), endpoint_name, rows)

@@ -1,15 +1,10 @@
-"""Deploy: serve a registered model version on an endpoint, smoke-test it, roll back on failure.
+"""The ``local`` deploy target: a background HTTP server process on 127.0.0.1
+(``tasks/serving/server.py``) serving exactly the model package SageMaker would receive.
 
-Two targets share one contract (``tasks/serving/inference.py``):
-
-- ``local``: a background HTTP server process on 127.0.0.1 (``tasks/serving/server.py``),
-  recorded in ``.popseg/endpoints/NAME.json`` (pid, port, version, deploy history) so any shell
-  can list, update, roll back or stop it. Deploying to a running endpoint swaps the model in
-  the live process (admin reload, atomic), smoke-tests it and swaps back on failure.
-- ``sagemaker``: ``tasks/sagemaker.py`` (boto3).
-
-The smoke test sends rows through the stock boto3 ``sagemaker-runtime`` client and checks the
-answers against the chain itself (same segments, same distances).
+Each endpoint is recorded in ``.popseg/endpoints/NAME.json`` (pid, port, version, deploy
+history) so any shell can list, update, roll back or stop it; one deploy/undeploy of a name
+runs at a time (a file lock). Deploying to a running endpoint swaps the model in the live
+process (admin reload, atomic), smoke-tests it and swaps back on failure.
 """
 
 from __future__ import annotations
@@ -18,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -34,37 +28,28 @@ from typing import Any
 import numpy as np
 
 from tasks.chain import SegmentationChain
-from tasks.errors import ConfigError, DeployError, EndpointError, PopsegError
+from tasks.deploy.contract import (
+    ENDPOINT_NAME,
+    BaseTarget,
+    DeployResult,
+    EndpointDescription,
+    Release,
+    check_predictions,
+    invoke,
+    invoke_rows,
+    refuse_contract_change,
+    rows_to_csv,
+    runtime_client,
+    smoke_sample,
+    validate_endpoint_name,
+)
+from tasks.errors import DeployError, EndpointError, PopsegError
 from tasks.package import RegisteredChain, build_package, unpack_package
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = Path(".popseg") / "endpoints"
-# SageMaker's endpoint-name rule; local names follow it too, which also keeps them plain file
-# names (no "/", "..") inside STATE_DIR.
-ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
-LOCAL_REGION = "us-east-1"
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass
-class DeployResult:
-    endpoint_name: str
-    target: str
-    model_name: str
-    model_version: str
-    run_id: str
-    endpoint_url: str | None = None
-    action: str = "created"  # created | updated | unchanged
-    previous_version: str | None = None
-    smoke_test: dict[str, Any] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -94,16 +79,6 @@ class LocalEndpoint:
         payload.pop("token")
         payload["endpoint_url"] = self.url
         return payload
-
-
-def validate_endpoint_name(name: str, what: str = "endpoint name") -> str:
-    """``name`` when it follows SageMaker's rule, else a ConfigError naming the value."""
-    if not isinstance(name, str) or ENDPOINT_NAME.fullmatch(name) is None:
-        raise ConfigError(
-            f"{what} {name!r}: use 1-63 letters, digits and hyphens, starting and ending with "
-            "a letter or digit (SageMaker's rule ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$)"
-        )
-    return name
 
 
 @dataclass(frozen=True)
@@ -335,102 +310,7 @@ def _admin_reload(state: LocalEndpoint, model_dir: Path, version: str) -> dict[s
         raise DeployError(f"local endpoint {state.name!r}: model swap failed: {error}") from None
 
 
-# ----------------------------------------------------------------------------- invoke + smoke
-
-
-def runtime_client(endpoint_url: str | None = None, region: str | None = None):
-    """The stock boto3 ``sagemaker-runtime`` client; for a local endpoint, pointed at it with
-    placeholder credentials (the local server does not check signatures)."""
-    import boto3
-    from botocore.config import Config
-
-    config = Config(retries={"max_attempts": 2, "mode": "standard"}, read_timeout=60)
-    if endpoint_url is not None:
-        return boto3.client(
-            "sagemaker-runtime",
-            endpoint_url=endpoint_url,
-            region_name=region or LOCAL_REGION,
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-            config=config,
-        )
-    return boto3.client("sagemaker-runtime", region_name=region, config=config)
-
-
-def rows_to_csv(rows: np.ndarray) -> str:
-    lines = []
-    for row in np.atleast_2d(rows):
-        lines.append(",".join("" if np.isnan(value) else repr(float(value)) for value in row))
-    return "\n".join(lines) + "\n"
-
-
-def invoke(
-    client,
-    endpoint_name: str,
-    body: str | bytes,
-    content_type: str = "text/csv",
-    custom_attributes: str | None = None,
-) -> dict[str, Any]:
-    """One invocation through the runtime client; returns the decoded JSON answer."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    extra = {"CustomAttributes": custom_attributes} if custom_attributes else {}
-    try:
-        reply = client.invoke_endpoint(
-            EndpointName=endpoint_name,
-            ContentType=content_type,
-            Accept="application/json",
-            Body=body,
-            **extra,
-        )
-    except ClientError as error:
-        message = error.response.get("Error", {}).get("Message") or str(error)
-        raise EndpointError(f"endpoint {endpoint_name!r} refused the request: {message}") from None
-    except BotoCoreError as error:
-        raise EndpointError(f"endpoint {endpoint_name!r} did not answer: {error}") from None
-    raw = reply["Body"].read()
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return {"_raw": raw.decode(errors="replace"), "_content_type": reply.get("ContentType")}
-
-
-def smoke_rows(chain: SegmentationChain, frame=None, n: int = 5) -> np.ndarray:
-    """The first ``n`` training rows when known, else one row of the training fill values."""
-    if frame is not None and all(name in frame.columns for name in chain.feature_names):
-        rows = frame[chain.feature_names].head(n).to_numpy(dtype=np.float64)
-        if len(rows):
-            return rows
-    return chain.fill_values.reshape(1, -1).copy()
-
-
-def check_predictions(
-    answer: dict[str, Any], chain: SegmentationChain, rows: np.ndarray
-) -> dict[str, Any]:
-    """Compare an endpoint's answer with the chain's own; raises DeployError on a mismatch."""
-    predictions = answer.get("predictions") if isinstance(answer, dict) else None
-    if not isinstance(predictions, list) or len(predictions) != len(rows):
-        raise DeployError(
-            f"smoke test: expected {len(rows)} predictions, got {str(answer)[:300]!r}"
-        )
-    segments, distances = chain.predict(rows)
-    got_segments = [p.get("closest_cluster") for p in predictions]
-    got_distances = [p.get("distance_to_cluster") for p in predictions]
-    if got_segments != segments.tolist() or not np.allclose(
-        np.asarray(got_distances, dtype=float), distances, rtol=1e-6, atol=1e-9
-    ):
-        raise DeployError(
-            f"smoke test: the endpoint answered {predictions} but the model gives "
-            f"segments {segments.tolist()} with distances {np.round(distances, 6).tolist()}"
-        )
-    return {"passed": True, "rows": len(rows), "segments": got_segments}
-
-
-# ----------------------------------------------------------------------------- local target
-
-
-def _load_chain(registered: RegisteredChain) -> SegmentationChain:
-    return SegmentationChain.load(str(registered.chain_dir))
+# ----------------------------------------------------------------------------- deploy
 
 
 def _stage_model(name: str, registered: RegisteredChain, project: Path | None) -> Path:
@@ -462,29 +342,6 @@ def served_contract(state: LocalEndpoint) -> dict[str, Any] | None:
         return None
 
 
-def refuse_contract_change(
-    name: str,
-    served: dict[str, Any] | None,
-    served_version: str | None,
-    chain: SegmentationChain,
-    version: str,
-) -> None:
-    """DeployError when the served model's contract is known and differs from ``chain``'s:
-    clients built for the served features would break on the swap."""
-    from tasks.promote import contract_changes
-
-    if served is None:
-        return
-    changes = contract_changes(served, chain.input_contract())
-    if changes:
-        raise DeployError(
-            f"endpoint {name!r} serves version {served_version}, whose input contract differs "
-            f"from version {version}'s: {'; '.join(changes)}; not swapped, the endpoint still "
-            f"serves version {served_version} (--allow-contract-change or "
-            "promote.allow_contract_change=true swaps it anyway)"
-        )
-
-
 def deploy_local(
     name: str,
     registered: RegisteredChain,
@@ -495,14 +352,16 @@ def deploy_local(
     start_timeout_s: float = 60.0,
     project: Path | None = None,
     allow_contract_change: bool = False,
+    chain: SegmentationChain | None = None,
 ) -> DeployResult:
     """Start the endpoint, or swap the new version into the running one; smoke-test; on a
     failed smoke test the previous model keeps serving (or a new server is stopped). A running
     endpoint is not swapped to a model with another input contract unless allowed. Holds the
-    endpoint's lock throughout."""
+    endpoint's lock throughout. ``chain``: the registered chain, when already loaded."""
     validate_endpoint_name(name)
-    chain = _load_chain(registered)
-    rows = sample if sample is not None else smoke_rows(chain)
+    if chain is None:
+        chain = SegmentationChain.load(str(registered.chain_dir))
+    rows = sample if sample is not None else smoke_sample(chain).rows
     # The lock may wait for another deploy's start + smoke test.
     with endpoint_lock(name, project, timeout_s=start_timeout_s + 120.0):
         return _deploy_local(
@@ -615,12 +474,10 @@ def _deploy_local(
         action = "created"
     write_state(state, project)
     _prune_models(state)
-    return DeployResult(
-        endpoint_name=name,
-        target="local",
-        model_name=registered.model_name,
-        model_version=registered.model_version,
-        run_id=registered.run_id,
+    return DeployResult.of(
+        registered,
+        name,
+        "local",
         endpoint_url=state.url,
         action=action,
         previous_version=previous_version,
@@ -629,13 +486,18 @@ def _deploy_local(
     )
 
 
-def undeploy_local(name: str, project: Path | None = None) -> dict[str, Any]:
-    if read_state(name, project) is None:  # no lock file for a name that was never deployed
+def existing_state(name: str, project: Path | None = None) -> LocalEndpoint:
+    """The state of endpoint ``name``; an EndpointError when there is none."""
+    state = read_state(name, project)
+    if state is None:
         raise EndpointError(f"no local endpoint named {name!r} (see `popseg endpoints`)")
+    return state
+
+
+def undeploy_local(name: str, project: Path | None = None) -> dict[str, Any]:
+    existing_state(name, project)  # no lock file for a name that was never deployed
     with endpoint_lock(name, project):
-        state = read_state(name, project)
-        if state is None:
-            raise EndpointError(f"no local endpoint named {name!r} (see `popseg endpoints`)")
+        state = existing_state(name, project)
         status = endpoint_status(state)
         _stop_process(state.pid, name)
         _state_path(name, project).unlink(missing_ok=True)
@@ -659,9 +521,8 @@ def list_local(project: Path | None = None) -> list[dict[str, Any]]:
 
 
 def local_endpoint(name: str, project: Path | None = None) -> LocalEndpoint:
-    state = read_state(name, project)
-    if state is None:
-        raise EndpointError(f"no local endpoint named {name!r} (see `popseg endpoints`)")
+    """The state of endpoint ``name`` when its server is running, else an EndpointError."""
+    state = existing_state(name, project)
     status = endpoint_status(state)
     if status != "running":
         raise EndpointError(
@@ -669,3 +530,51 @@ def local_endpoint(name: str, project: Path | None = None) -> LocalEndpoint:
             f"`popseg deploy --endpoint-name {name}` or remove it with `popseg undeploy {name}`"
         )
     return state
+
+
+# ----------------------------------------------------------------------------- the target
+
+
+class LocalTarget(BaseTarget):
+    """``local`` behind the ``Target`` protocol, in the current project folder."""
+
+    name = "local"
+
+    def check(self) -> None:
+        """Nothing to check before loading: the server starts from this interpreter."""
+
+    def _deploy(
+        self, endpoint_name: str, release: Release, allow_contract_change: bool
+    ) -> DeployResult:
+        config, options = self.config, self.options
+        return deploy_local(
+            endpoint_name,
+            release.registered,
+            sample=release.sample.rows,
+            port=config.port if options.port is None else options.port,
+            capture=options.capture or config.capture,
+            limits=ServerLimits.from_config(config),
+            start_timeout_s=config.start_timeout_s,
+            allow_contract_change=allow_contract_change,
+            chain=release.chain,
+        )
+
+    def undeploy(self, endpoint_name: str) -> dict[str, Any]:
+        return undeploy_local(endpoint_name)
+
+    def describe(self, endpoint_name: str) -> EndpointDescription:
+        state = existing_state(endpoint_name)
+        return EndpointDescription(
+            name=endpoint_name,
+            target=self.name,
+            status=endpoint_status(state),
+            model_version=state.model_version,
+            history=[entry["model_version"] for entry in state.history],
+        )
+
+    def list(self) -> list[dict[str, Any]]:
+        return list_local()
+
+    def invoke(self, endpoint_name: str, rows: np.ndarray) -> list[dict[str, Any]]:
+        state = local_endpoint(endpoint_name)
+        return invoke_rows(runtime_client(state.url), endpoint_name, rows)

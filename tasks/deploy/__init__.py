@@ -1,0 +1,26 @@
+"""Deploy targets behind one ``Target`` protocol (``contract.py``), looked up by name:
+
+- ``local`` (``local.py``): a server process on 127.0.0.1, state in ``.popseg/endpoints``;
+- ``sagemaker`` (``sagemaker.py``): S3 + a SageMaker endpoint, with boto3.
+
+A new target is one module with a class that follows the protocol, added to ``TARGETS``.
+"""
+
+from __future__ import annotations
+
+from tasks.config import DeployConfig
+from tasks.deploy.contract import Target, TargetOptions
+from tasks.deploy.local import LocalTarget
+from tasks.deploy.sagemaker import SagemakerTarget
+from tasks.errors import DeployError
+
+TARGETS: dict[str, type] = {LocalTarget.name: LocalTarget, SagemakerTarget.name: SagemakerTarget}
+
+
+def get_target(name: str, config: DeployConfig, options: TargetOptions | None = None) -> Target:
+    """The target called ``name``, built from the ``deploy`` config and per-call options."""
+    if name not in TARGETS:
+        raise DeployError(
+            f"--target {name!r}: no such deploy target; choose {' or '.join(TARGETS)}"
+        )
+    return TARGETS[name](config, options)
