@@ -91,7 +91,7 @@ def test_score_writes_id_segment_distance(trained_project):
     # Missing columns are named.
     (trained_project / "partial.csv").write_text("State,Murder\nA,1\nB,2\n")
     bad = invoke("score", "--data", "partial.csv", "--output", "x.csv")
-    assert bad.exit_code == 3 and "the model needs column(s) Assault" in bad.stderr
+    assert bad.exit_code == 3 and "partial.csv: missing feature column(s) Assault" in bad.stderr
 
 
 def test_run_serving_step_answers_like_training(trained_project):
