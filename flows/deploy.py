@@ -1,4 +1,4 @@
-"""Deploy wiring: which registered version, which target, smoke rows, rollback, batch scoring.
+"""Deploy wiring: which registered version, which target, smoke rows, rollback.
 
 Plain functions rather than a Prefect flow: every `popseg deploy` would otherwise start
 Prefect's ephemeral server (~13 s) for a handful of calls; the network steps retry through
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -201,22 +200,3 @@ def invoke_rows(name: str, rows: np.ndarray) -> list[dict[str, Any]]:
     state = local.local_endpoint(name)
     answer = local.invoke(local.runtime_client(state.url), name, local.rows_to_csv(rows))
     return answer["predictions"]
-
-
-def score(params: Params, data: str, output: str, version: str | None = None) -> dict[str, Any]:
-    """Batch scoring with a registered version (default: alias champion)."""
-    from tasks.chain import SegmentationChain
-    from tasks.score import score_frame, write_scores
-
-    with tempfile.TemporaryDirectory(prefix="popseg-score-") as scratch:
-        registered = fetch_registered_chain(params.register_.model_name, version, scratch)
-        chain = SegmentationChain.load(str(registered.chain_dir))
-    scores = score_frame(chain, data, params.data.delimiter)
-    path = write_scores(scores, output)
-    return {
-        "model_name": registered.model_name,
-        "model_version": registered.model_version,
-        "rows": len(scores),
-        "output": str(Path(path)),
-        "segments": {int(k): int(v) for k, v in scores["segment"].value_counts().items()},
-    }
