@@ -65,9 +65,11 @@ def score_rows(
             raise DataError(f"{source}: id column {ids.column!r} is empty in data row {row + 1}")
         id_values = column.astype(str).to_numpy(dtype=object)
     segments, distances = chain.predict(feature_matrix(frame, chain.feature_names, source))
-    return pd.DataFrame(
+    scores = pd.DataFrame(
         {ids.column: id_values, SCORE_COLUMNS[0]: segments, SCORE_COLUMNS[1]: distances}
     )
+    # Text even when there are no rows, so that every Parquet part has the same schema.
+    return scores.astype({ids.column: "str"})
 
 
 def score_frame(

@@ -215,15 +215,25 @@ def _check_replaceable(fs, final: str, output: str) -> None:
 
 def _publish(fs, staging: str, final: str, output: str) -> None:
     """Move the written parts into place (the earlier output, if any, removed after)."""
+    fs.invalidate_cache()  # the workers wrote the parts; a remote listing cache misses them
     old = None
     if fs.exists(final):
         old = f"{staging}.old"
-        fs.mv(final, old, recursive=True)
+        _move(fs, final, old)
     try:
-        fs.mv(staging, final, recursive=True)
+        _move(fs, staging, final)
     except OSError as error:
         if old is not None:
-            fs.mv(old, final, recursive=True)
+            _move(fs, old, final)
         raise DataError(f"--output {output}: cannot move the scores into place ({error})") from None
     if old is not None:
         fs.rm(old, recursive=True)
+
+
+def _move(fs, source: str, target: str) -> None:
+    if _is_local(fs):
+        fs.mv(source, target, recursive=True)  # one rename of the folder
+        return
+    for name in fs.find(source):  # object stores have no folders: part by part
+        fs.mv(name, f"{target}/{name.rsplit('/', 1)[-1]}")
+    fs.invalidate_cache()

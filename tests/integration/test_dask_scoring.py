@@ -104,6 +104,7 @@ def test_parquet_folder_scores_as_in_memory(session, chain, table, tmp_path):
     from tasks.dask_engine.scoring import score_to_parquet
 
     _split(table, tmp_path / "data", "parquet")
+    table.iloc[:0].to_parquet(tmp_path / "data" / "part-3.parquet", index=False)  # no rows
     whole = tmp_path / "whole.parquet"
     table.to_parquet(whole, index=False)
     memory = score_frame(chain, str(whole))
@@ -114,14 +115,16 @@ def test_parquet_folder_scores_as_in_memory(session, chain, table, tmp_path):
         session, chain, str(tmp_path / "data"), str(tmp_path / "scores"), blocksize="16KiB"
     )
     names, scores = _read_parts(tmp_path / "scores")
-    assert scored.parts == len(names) > 3
+    assert scored.parts == len(names) > 4
     assert names == [f"part-{i:05d}.parquet" for i in range(scored.parts)]
     assert scored.rows == len(table)
     _assert_same_scores(scores, memory)
+    # The parts read back as one data set (the empty part has the same column types).
+    _assert_same_scores(pd.read_parquet(tmp_path / "scores"), memory)
     assert scored.segments == memory["segment"].value_counts().sort_index().to_dict()
     # A second run replaces the earlier parts; no staging folder is left beside them.
     again = score_to_parquet(session, chain, str(tmp_path / "data"), str(tmp_path / "scores"))
-    assert again.parts == 3 and len(_read_parts(tmp_path / "scores")[0]) == 3
+    assert again.parts == 4 and len(_read_parts(tmp_path / "scores")[0]) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "scores", "whole.parquet"]
 
 
@@ -179,3 +182,29 @@ def test_bad_input_names_the_file_and_writes_nothing(session, chain, table, tmp_
     with pytest.raises(DataError, match=r"mine: the folder holds other files \(notes\.txt\)"):
         score(tmp_path / "data", "mine")
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_s3_folder_scored_into_an_s3_folder(session, chain, table, moto_s3, tmp_path):
+    import boto3
+    import s3fs
+
+    from tasks.dask_engine.scoring import score_to_parquet
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="popseg-scoring")
+    for path in _split(table, tmp_path / "data", "parquet"):
+        s3.upload_file(str(path), "popseg-scoring", f"customers/{path.name}")
+    table.to_parquet(tmp_path / "whole.parquet", index=False)
+    output = "s3://popseg-scoring/scores"
+    scored = score_to_parquet(session, chain, "s3://popseg-scoring/customers/", output)
+    assert scored.parts == 3 and scored.rows == len(table)
+    fs = s3fs.S3FileSystem()
+    # The parts moved into place; nothing staged is left beside them.
+    assert sorted(fs.ls("popseg-scoring", refresh=True)) == [
+        "popseg-scoring/customers",
+        "popseg-scoring/scores",
+    ]
+    names = sorted(fs.ls("popseg-scoring/scores", refresh=True))
+    assert [n.rsplit("/", 1)[-1] for n in names] == [f"part-0000{i}.parquet" for i in range(3)]
+    scores = pd.concat([pd.read_parquet(f"s3://{name}") for name in names], ignore_index=True)
+    _assert_same_scores(scores, score_frame(chain, str(tmp_path / "whole.parquet")))
