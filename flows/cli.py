@@ -521,27 +521,50 @@ def rollback(
 
 @app.command()
 def score(
-    data: Annotated[str, typer.Option("--data", help="CSV or Parquet file, local or s3://")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="CSV (or .parquet) to write")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="CSV or Parquet file, local or s3:// (--engine dask: also a folder or a glob)",
+        ),
+    ],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o", help="CSV (or .parquet) to write; --engine dask: a folder of parts"
+        ),
+    ],
     version: VersionOption = None,
+    engine: Annotated[
+        str, typer.Option("--engine", help="memory (one process) | dask (a Dask cluster)")
+    ] = "memory",
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786"),
+    ] = None,
     params_path: ParamsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Batch scoring with a registered version (default: champion): id, segment, distance."""
-    from flows.deploy import score as run_score
+    from flows.scoring import score as run_score
 
+    if scheduler and engine != "dask":
+        _fail(ConfigError("--scheduler needs --engine dask"))
     try:
         params = _params(params_path, None)
-        _preflight(params, data, write_store=False)
-        payload = run_score(params, data, str(output), version)
+        # A Dask cluster elsewhere reads the data on its workers' file system, not this one.
+        remote = engine == "dask" and bool(scheduler or params.dask.scheduler)
+        _preflight(params, None if remote else data, write_store=False, folders=engine == "dask")
+        payload = run_score(params, data, output, version, engine, scheduler)
     except PopsegError as error:
         _fail(error)
     if as_json:
         _emit_json(payload)
         return
+    parts = f" ({payload['parts']} parts)" if "parts" in payload else ""
     typer.echo(
         f"scored {payload['rows']} rows with {payload['model_name']} version "
-        f"{payload['model_version']} -> {payload['output']}"
+        f"{payload['model_version']} -> {payload['output']}{parts}"
     )
 
 

@@ -1,4 +1,5 @@
-"""Deploy wiring: which registered version, which target, rollback, batch scoring.
+"""Deploy wiring: which registered version, which target, rollback (batch scoring is
+flows/scoring.py).
 
 A deploy loads the version once (``load_release``: chain and smoke rows) and hands it to the
 target looked up by name (``tasks.deploy.get_target``); nothing here depends on which target.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,6 @@ from tasks.deploy.contract import (
     validate_endpoint_name,
 )
 from tasks.errors import EndpointError
-from tasks.package import fetch_registered_chain
 
 logger = logging.getLogger("flows.deploy")
 
@@ -165,22 +164,3 @@ def invoke_rows(
     """Send rows to a running endpoint through the boto3 sagemaker-runtime client."""
     options = TargetOptions(region=region)
     return get_target(target, DeployConfig(), options).invoke(name, rows)
-
-
-def score(params: Params, data: str, output: str, version: str | None = None) -> dict[str, Any]:
-    """Batch scoring with a registered version (default: alias champion)."""
-    from tasks.chain import SegmentationChain
-    from tasks.score import score_frame, write_scores
-
-    with tempfile.TemporaryDirectory(prefix="popseg-score-") as scratch:
-        registered = fetch_registered_chain(params.register_.model_name, version, scratch)
-        chain = SegmentationChain.load(str(registered.chain_dir))
-    scores = score_frame(chain, data, params.data.delimiter)
-    path = write_scores(scores, output)
-    return {
-        "model_name": registered.model_name,
-        "model_version": registered.model_version,
-        "rows": len(scores),
-        "output": str(Path(path)),
-        "segments": {int(k): int(v) for k, v in scores["segment"].value_counts().items()},
-    }

@@ -19,6 +19,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pa_parquet
 
 from tasks.config import DataConfig, FeaturesConfig
+from tasks.encoding import category_levels, onehot
 from tasks.errors import CredentialsError, DataError, SourceUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -363,7 +364,17 @@ def _first_non_numeric(series: pd.Series) -> tuple[int, object] | None:
     return position, series.iloc[position]
 
 
-def _detect_id_column(frame: pd.DataFrame, source: str, configured: str | None) -> str | None:
+def generated_id_column(columns) -> str:
+    """The name of the id column added to a table without one (not one of ``columns``)."""
+    name = DEFAULT_ID_COLUMN
+    while name in columns:
+        name = "_" + name
+    return name
+
+
+def detect_id_column(frame: pd.DataFrame, source: str, configured: str | None) -> str | None:
+    """The row id column: ``configured`` (checked: present, never empty, unique), else the
+    first unique text column, else a unique complete column named like an id; None if none."""
     if configured is not None:
         if configured not in frame.columns:
             raise DataError(
@@ -446,14 +457,12 @@ def select_features(
     frame = raw.frame.copy()
     source = raw.source
     warnings: list[str] = []
-    id_column = _detect_id_column(frame, source, data_config.id_column)
+    id_column = detect_id_column(frame, source, data_config.id_column)
     for message in _duplicate_id_warnings(frame, id_column):
         warnings.append(message)
         logger.warning("%s: %s", source, message)
     if id_column is None:
-        id_column = DEFAULT_ID_COLUMN
-        while id_column in frame.columns:
-            id_column = "_" + id_column
+        id_column = generated_id_column(frame.columns)
         frame.insert(0, id_column, [f"row_{i + 1}" for i in range(len(frame))])
     frame[id_column] = frame[id_column].astype(str)
 
@@ -512,19 +521,15 @@ def select_features(
             logger.warning("%s: %s", source, message)
         else:
             for name in categorical:
-                # Seed 002: missing categories become their own level.
-                values = frame[name].astype("object").where(frame[name].notna(), "Unknown")
-                levels = sorted(map(str, values.unique()))
+                levels = category_levels(frame[name])
                 if len(levels) > features_config.max_categories:
                     raise DataError(
                         f"{source}: categorical column {name!r} has {len(levels)} distinct values, "
                         f"more than features.max_categories={features_config.max_categories}"
                     )
-                for level in levels:
-                    dummy = f"{name}={level}"
-                    frame[dummy] = (values.astype(str) == level).astype(float)
-                    numeric.append(dummy)
-                frame = frame.drop(columns=[name])
+                encoded = onehot(frame[name], name, levels)
+                frame = frame.drop(columns=[name]).assign(**encoded)
+                numeric += list(encoded)
 
     if not numeric:
         raise DataError(

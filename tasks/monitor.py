@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from tasks.chain import ChainInputError, SegmentationChain
 from tasks.compute import population_stability_index
 from tasks.compute.drift import PSI_EPSILON
 from tasks.config import MonitorConfig
+from tasks.encoding import feature_matrix
 from tasks.errors import DataError, RegistryError
 
 logger = logging.getLogger(__name__)
@@ -58,47 +58,6 @@ class MonitorData:
     md5: str
     kind: str  # "table" | "capture"
     notes: list[str] = field(default_factory=list)
-
-
-def feature_matrix(frame: pd.DataFrame, feature_names: list[str], source: str) -> np.ndarray:
-    """The model's feature columns of ``frame`` as floats (NaN = missing). Missing columns,
-    non-numeric values and infinities are `DataError`s naming ``source`` and the column."""
-    frame = frame.copy()
-    present = set(map(str, frame.columns))
-    # One-hot features ("colour=red") are rebuilt from their raw column as in training.
-    for name in feature_names:
-        base, sep, level = name.partition("=")
-        if name not in present and sep and base in present:
-            values = frame[base].astype("object").where(frame[base].notna(), "Unknown")
-            frame[name] = (values.astype(str) == level).astype(float)
-            present.add(name)
-    missing = [name for name in feature_names if name not in present]
-    if missing:
-        raise DataError(
-            f"{source}: missing feature column(s) {', '.join(missing)} that the model uses; "
-            f"the data has {', '.join(map(str, frame.columns))}"
-        )
-    columns = []
-    for name in feature_names:
-        column = frame[name]
-        if pd.api.types.is_bool_dtype(column):
-            column = column.astype(float)
-        elif not pd.api.types.is_numeric_dtype(column):
-            converted = pd.to_numeric(column, errors="coerce")
-            bad = converted.isna() & column.notna()
-            if bad.any():
-                row = int(np.flatnonzero(bad.to_numpy())[0])
-                raise DataError(
-                    f"{source}: feature column {name!r} is not numeric: data row {row + 1} "
-                    f"holds {column.iloc[row]!r}"
-                )
-            column = converted
-        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-        if np.isinf(values).any():
-            row = int(np.flatnonzero(np.isinf(values))[0])
-            raise DataError(f"{source}: feature column {name!r} is infinite in data row {row + 1}")
-        columns.append(values)
-    return np.column_stack(columns) if columns else np.empty((len(frame), 0))
 
 
 def is_capture_log(path: str, payload: bytes) -> bool:

@@ -1,55 +1,83 @@
-"""Batch scoring with a registered model: a table in, one (id, segment, distance) row out per
-input row. Reads through `tasks.ingest` (same CSV/Parquet handling and errors as training)."""
+"""Batch scoring with a fitted chain: a table in, one (id, segment, distance_to_cluster) row out
+per input row. `score_rows` scores one frame (the whole table here, one partition on the Dask
+engine: `tasks.dask_engine.scoring`); `score_frame` reads a table through `tasks.ingest` (same
+CSV/Parquet handling and errors as training) and scores it in memory."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tasks.chain import ChainInputError, SegmentationChain
-from tasks.config import DataConfig, FeaturesConfig
+from tasks.chain import SegmentationChain
+from tasks.encoding import feature_matrix
 from tasks.errors import DataError
-from tasks.ingest import read_table, select_features
+from tasks.ingest import detect_id_column, generated_id_column, read_table
+
+SCORE_COLUMNS = ("segment", "distance_to_cluster")
+
+
+@dataclass(frozen=True)
+class ScoreIds:
+    """Where a scored row's id comes from: a column of the data, or (``generated``) its
+    position, ``row_<position + 1>`` as training numbers rows without an id column."""
+
+    column: str
+    generated: bool
+
+
+def score_ids(
+    frame: pd.DataFrame, chain: SegmentationChain, source: str, id_column: str | None = None
+) -> ScoreIds:
+    """The id column of a table to score: ``id_column``, else the model's when the table has
+    it, else the one training would detect (a unique text column), else generated ids."""
+    configured = id_column or chain.metadata.get("id_column")
+    if configured is not None and configured not in frame.columns:
+        configured = None
+    found = detect_id_column(frame, source, configured)
+    if found is None:
+        return ScoreIds(generated_id_column(frame.columns), generated=True)
+    return ScoreIds(str(found), generated=False)
+
+
+def score_rows(
+    frame: pd.DataFrame,
+    chain: SegmentationChain,
+    ids: ScoreIds,
+    source: str,
+    first_row: int = 0,
+) -> pd.DataFrame:
+    """Score the rows of ``frame`` (raw columns; ``first_row``: the position of its first row
+    in the whole data set, for generated ids): columns id, segment, distance_to_cluster."""
+    if ids.generated:
+        id_values = np.array([f"row_{first_row + i + 1}" for i in range(len(frame))], dtype=object)
+    else:
+        if ids.column not in frame.columns:
+            raise DataError(
+                f"{source}: no id column {ids.column!r}; the data has "
+                f"{', '.join(map(str, frame.columns))}"
+            )
+        column = frame[ids.column]
+        if column.isna().any():
+            row = int(np.flatnonzero(column.isna().to_numpy())[0])
+            raise DataError(f"{source}: id column {ids.column!r} is empty in data row {row + 1}")
+        id_values = column.astype(str).to_numpy(dtype=object)
+    segments, distances = chain.predict(feature_matrix(frame, chain.feature_names, source))
+    scores = pd.DataFrame(
+        {ids.column: id_values, SCORE_COLUMNS[0]: segments, SCORE_COLUMNS[1]: distances}
+    )
+    # Text even when there are no rows, so that every Parquet part has the same schema.
+    return scores.astype({ids.column: "str"})
 
 
 def score_frame(
     chain: SegmentationChain, path: str, delimiter: str = ",", id_column: str | None = None
 ) -> pd.DataFrame:
-    raw = read_table(path, delimiter)
-    configured_id = id_column or chain.metadata.get("id_column")
-    if configured_id is not None and configured_id not in raw.frame.columns:
-        configured_id = None
-    onehot = any("=" in name for name in chain.feature_names)
-    data = select_features(
-        raw,
-        DataConfig(path=path, id_column=configured_id, delimiter=delimiter),
-        FeaturesConfig(categorical="onehot" if onehot else "drop", max_categories=10_000),
-    )
-    frame = data.frame
-    missing = [name for name in chain.feature_names if name not in frame.columns]
-    dummies = [name for name in missing if "=" in name and name.split("=", 1)[0] in raw.frame]
-    for name in dummies:  # a category absent from this table: its indicator is 0
-        frame[name] = 0.0
-    missing = [name for name in missing if name not in dummies]
-    if missing:
-        raise DataError(
-            f"{path}: the model needs column(s) {', '.join(missing)}; "
-            f"the table has {', '.join(map(str, raw.frame.columns))}"
-        )
-    rows = frame[chain.feature_names].to_numpy(dtype=np.float64)
-    try:
-        segments, distances = chain.predict(rows)
-    except ChainInputError as error:
-        raise DataError(f"{path}: {error}") from None
-    return pd.DataFrame(
-        {
-            data.id_column: frame[data.id_column].to_numpy(),
-            "segment": segments,
-            "distance_to_cluster": distances,
-        }
-    )
+    """Read the table at ``path`` and score it in memory."""
+    frame = read_table(path, delimiter).frame
+    return score_rows(frame, chain, score_ids(frame, chain, path, id_column), path)
 
 
 def write_scores(scores: pd.DataFrame, output: str | Path) -> Path:

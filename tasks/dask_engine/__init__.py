@@ -1,7 +1,8 @@
 """The Dask engine: the pipeline's statistics and k-means on data that is never in one process.
 
 `popseg train --engine dask` runs the same stages as the in-memory engine (flows/dask_stages.py
-wires them); this package holds the distributed parts:
+wires them) and `popseg score --engine dask` the same scoring (flows/scoring.py); this package
+holds the distributed parts:
 
 * `session` - the cluster: a LocalCluster sized to the machine or an existing scheduler (with
   a connect timeout), and `DaskSession.compute`, which turns a lost worker, an unreachable
@@ -16,6 +17,8 @@ wires them); this package holds the distributed parts:
   `tasks.compute` (`lloyd_partial_sums`, `assign_partial`) and the sums reduced per iteration;
   then per-k statistics (inertia, Calinski-Harabasz, Davies-Bouldin, sizes, profiles, nearest
   members).
+* `scoring` - batch scoring of a fitted chain: each partition scored on a worker by
+  `tasks.score.score_rows` (as in memory) and written there as a Parquet part.
 
 Per-partition functions are module-level (picklable for process workers) and take the fitted
 parameters explicitly; nothing here imports Prefect or MLflow. Dask is imported lazily by the

@@ -141,7 +141,10 @@ def data_md5(session: DaskSession, path: str) -> str:
     return hashlib.md5(lines.encode(), usedforsecurity=False).hexdigest()
 
 
-def _read(path: str, data_config: DataConfig, blocksize: str):
+def read_frame(
+    path: str, data_config: DataConfig, blocksize: str, dtype: dict[str, str] | None = None
+):
+    """(format, the Dask DataFrame of ``path``); ``dtype`` fixes CSV columns' types."""
     import dask.dataframe as dd
 
     options = _storage_options(path)
@@ -152,6 +155,7 @@ def _read(path: str, data_config: DataConfig, blocksize: str):
                 blocksize=blocksize,
                 sep=data_config.delimiter,
                 assume_missing=True,  # integer columns with gaps further down stay float
+                dtype=dtype,
                 storage_options=options,
             )
         return "parquet", dd.read_parquet(path, blocksize=blocksize, storage_options=options)
@@ -170,7 +174,7 @@ def _read(path: str, data_config: DataConfig, blocksize: str):
         raise
 
 
-def _head(session: DaskSession, ddf, path: str) -> pd.DataFrame:
+def first_rows(session: DaskSession, ddf, path: str) -> pd.DataFrame:
     """The first rows (from the first partitions that have any)."""
     import dask
 
@@ -204,12 +208,12 @@ def open_table(
     engine chooses them (on the first rows); returns (table, dropped columns, warnings)."""
     import dask
 
-    fmt, ddf = _read(path, data_config, blocksize)
+    fmt, ddf = read_frame(path, data_config, blocksize)
     columns = [str(name) for name in ddf.columns]
     if len(set(columns)) != len(columns):
         duplicate = next(name for name in columns if columns.count(name) > 1)
         raise DataError(f"{path}: duplicate column name {duplicate!r}; column names must be unique")
-    head = _head(session, ddf, path)
+    head = first_rows(session, ddf, path)
     if len(head) == 0:
         raise DataError(f"{path}: has a header but no data rows")
     chosen = select_features(RawTable(head, path, "", path), data_config, features_config)

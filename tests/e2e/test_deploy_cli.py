@@ -8,6 +8,7 @@ import json
 import tarfile
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -91,7 +92,43 @@ def test_score_writes_id_segment_distance(trained_project):
     # Missing columns are named.
     (trained_project / "partial.csv").write_text("State,Murder\nA,1\nB,2\n")
     bad = invoke("score", "--data", "partial.csv", "--output", "x.csv")
-    assert bad.exit_code == 3 and "the model needs column(s) Assault" in bad.stderr
+    assert bad.exit_code == 3 and "partial.csv: missing feature column(s) Assault" in bad.stderr
+
+
+def test_score_dask_engine_writes_the_in_memory_scores(trained_project):
+    """`score --engine dask` on a folder of Parquet parts (a LocalCluster of one thread worker,
+    as params.yaml sets it) writes one part per input part, equal to the in-memory scores."""
+    params = trained_project / "params.yaml"
+    text = params.read_text().replace("  processes: true", "  processes: false")
+    params.write_text(text.replace("  n_workers: null ", "  n_workers: 1    "))
+    crime = pd.read_csv(trained_project / "data" / "raw" / "crime.csv")
+    (trained_project / "parts").mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(len(crime)), 3)):
+        crime.iloc[rows].to_parquet(trained_project / f"parts/part-{i}.parquet", index=False)
+    memory = _json(
+        invoke("score", "--data", "data/raw/crime.csv", "--output", "scores.csv", "--json")
+    )
+    dask = _json(
+        invoke("score", "--data", "parts", "--engine", "dask", "--output", "scored", "--json")
+    )
+    assert (dask["engine"], dask["rows"], dask["parts"]) == ("dask", 50, 3)
+    assert dask["model_version"] == memory["model_version"] == "2"
+    assert dask["segments"] == memory["segments"]
+    expected = pd.read_csv(trained_project / "scores.csv")
+    parts = sorted((trained_project / "scored").iterdir())
+    assert [p.name for p in parts] == [f"part-0000{i}.parquet" for i in range(3)]
+    scores = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    assert list(scores.columns) == ["State", "segment", "distance_to_cluster"]
+    assert scores["State"].tolist() == expected["State"].tolist()
+    assert scores["segment"].tolist() == expected["segment"].tolist()
+    np.testing.assert_allclose(
+        scores["distance_to_cluster"], expected["distance_to_cluster"], rtol=1e-9
+    )
+    wrong = invoke("score", "--data", "parts", "--output", "x.csv", "--scheduler", "tcp://h:1")
+    assert wrong.exit_code == 2 and "--scheduler needs --engine dask" in wrong.stderr
+    missing = invoke("score", "--data", "nope", "--engine", "dask", "--output", "x")
+    assert missing.exit_code == 3 and "nope: file not found" in missing.stderr
+    assert not (trained_project / "x").exists()
 
 
 def test_run_serving_step_answers_like_training(trained_project):

@@ -22,7 +22,6 @@ from tasks.config import MonitorConfig, load_params
 from tasks.errors import ConfigError, DataError
 from tasks.monitor import (
     compute_drift,
-    feature_matrix,
     is_capture_log,
     metric_key,
     psi_threshold,
@@ -173,32 +172,6 @@ def test_small_samples_raise_the_thresholds(chain):
 
 
 # ----------------------------------------------------------------------------- bad inputs
-
-
-def test_missing_feature_columns_name_file_and_columns():
-    frame = pd.DataFrame({"alpha": [1.0], "other": [2.0]})
-    with pytest.raises(DataError, match=r"new\.csv: missing feature column\(s\) beta, gamma"):
-        feature_matrix(frame, NAMES, "new.csv")
-
-
-def test_non_numeric_and_infinite_values_name_the_column():
-    frame = pd.DataFrame({"alpha": [1.0, 2.0], "beta": ["3", "lots"], "gamma": [1.0, 2.0]})
-    with pytest.raises(DataError, match=r"new\.csv: feature column 'beta' is not numeric: "):
-        feature_matrix(frame, NAMES, "new.csv")
-    frame["beta"] = [1.0, np.inf]
-    with pytest.raises(DataError, match="'beta' is infinite in data row 2"):
-        feature_matrix(frame, NAMES, "new.csv")
-    frame["beta"] = ["3", None]  # numbers as text and empty cells are fine
-    assert feature_matrix(frame, NAMES, "new.csv")[:, 1].tolist() == [
-        3.0,
-        pytest.approx(np.nan, nan_ok=True),
-    ]
-
-
-def test_onehot_features_are_rebuilt_from_the_raw_column():
-    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "colour": ["red", None, "blue"]})
-    values = feature_matrix(frame, ["x", "colour=blue", "colour=Unknown"], "t.csv")
-    assert values.tolist() == [[1.0, 0.0, 0.0], [2.0, 0.0, 1.0], [3.0, 1.0, 0.0]]
 
 
 def test_too_few_rows(chain, reference):
