@@ -154,7 +154,7 @@ def test_the_sklearn_container_serves_the_package_and_refuses_bad_requests_with_
     # model/, the code comes from SAGEMAKER_SUBMIT_DIRECTORY (as create_model sets it).
     base = tmp_path / "opt-ml"
     with tarfile.open(package) as archive:
-        archive.extractall(base / "model", filter="data")
+        archive.extractall(base / "model")  # our own package, built by the fixture
     environment = {
         **os.environ,
         "SAGEMAKER_BASE_DIR": str(base),
@@ -188,8 +188,10 @@ def test_the_sklearn_container_serves_the_package_and_refuses_bad_requests_with_
     assert served.returncode == 0, served.stderr[-4000:]
     result = json.loads((tmp_path / "answers.json").read_text())
     answers = result["answers"]
-    # The code came from the package, pip-installed into the environment as the image does.
-    assert "site-packages" in result["module_file"], result["module_file"]
+    # The code came from this package, pip-installed into the environment as the image does.
+    served_code = Path(result["module_file"])
+    assert served_code.parent.name == "site-packages", served_code
+    assert served_code.read_bytes() == (base / "model" / "code" / "inference.py").read_bytes()
 
     ping, *predictions = answers[: len(good)]
     assert ping["status"] == 200
