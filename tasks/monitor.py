@@ -120,7 +120,7 @@ def read_capture_log(payload: bytes, source: str, chain: SegmentationChain) -> M
         if captured.get("encoding") == "BASE64":
             body = base64.b64decode(body)
         try:
-            rows = inference.input_fn(body, content_type).rows(chain)
+            rows = inference.decode_request(body, content_type).rows(chain)
         except inference.RequestError as error:
             raise DataError(
                 f"{source}: line {number}: the captured request does not fit the model: {error}"

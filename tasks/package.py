@@ -1,7 +1,7 @@
 """Package: assemble the fitted stages into one `SegmentationChain` (npz + json artifact),
 and build the portable serving package ``model.tar.gz`` from a registered version.
 
-``model.tar.gz`` is what SageMaker's scikit-learn 1.2-1 serving container and the local
+``model.tar.gz`` is what SageMaker's scikit-learn serving container and the local
 endpoint load: ``chain.npz`` + ``chain.json`` at the root (loaded with ``allow_pickle=False``)
 and ``code/inference.py`` + ``code/chain.py`` (numpy + standard library, Python 3.9). The
 registered MLflow pyfunc wraps the very same chain artifact, so every target scores alike.

@@ -1,6 +1,6 @@
 """The ``sagemaker`` deploy target, with boto3.
 
-upload ``model.tar.gz`` to S3 -> ``create_model`` (SageMaker scikit-learn 1.2-1 serving image,
+upload ``model.tar.gz`` to S3 -> ``create_model`` (SageMaker scikit-learn 1.4-2-py312 serving image,
 ``SAGEMAKER_PROGRAM=inference.py``, ``SAGEMAKER_SUBMIT_DIRECTORY=/opt/ml/model/code``: the
 code travels inside the model archive) -> ``create_endpoint_config`` -> ``create_endpoint``, or
 ``update_endpoint`` with a blue/green ``DeploymentConfig`` (automatic rollback on the given
@@ -55,9 +55,10 @@ from tasks.package import RegisteredChain, build_package
 
 logger = logging.getLogger(__name__)
 
-# AWS accounts hosting the SageMaker scikit-learn framework images, per region (as in the
-# sagemaker SDK's image_uris/sklearn.json). Image: {account}.dkr.ecr.{region}.{domain}/
-# sagemaker-scikit-learn:1.2-1-cpu-py3
+# AWS accounts hosting the SageMaker scikit-learn serving images, per region: the sagemaker
+# SDK's image_uri_config/sklearn.json (the same accounts for every version; checked against a
+# copy of that file in tests/unit/fixtures). Image: {account}.dkr.ecr.{region}.{domain}/
+# sagemaker-scikit-learn:{version}-cpu-py3
 SKLEARN_IMAGE_ACCOUNTS = {
     "af-south-1": "510948584623",
     "ap-east-1": "651117190479",
@@ -65,25 +66,50 @@ SKLEARN_IMAGE_ACCOUNTS = {
     "ap-northeast-2": "366743142698",
     "ap-northeast-3": "867004704886",
     "ap-south-1": "720646828776",
+    "ap-south-2": "628508329040",
     "ap-southeast-1": "121021644041",
     "ap-southeast-2": "783357654285",
+    "ap-southeast-3": "951798379941",
+    "ap-southeast-4": "106583098589",
     "ca-central-1": "341280168497",
+    "ca-west-1": "190319476487",
     "cn-north-1": "450853457545",
     "cn-northwest-1": "451049120500",
     "eu-central-1": "492215442770",
+    "eu-central-2": "680994064768",
     "eu-north-1": "662702820516",
     "eu-south-1": "978288397137",
+    "eu-south-2": "104374241257",
     "eu-west-1": "141502667606",
     "eu-west-2": "764974769150",
     "eu-west-3": "659782779980",
+    "il-central-1": "898809789911",
+    "me-central-1": "272398656194",
     "me-south-1": "801668240914",
     "sa-east-1": "737474898029",
     "us-east-1": "683313688378",
     "us-east-2": "257758044811",
+    "us-gov-east-1": "237065988967",
     "us-gov-west-1": "414596584902",
+    "us-iso-east-1": "833128469047",
+    "us-isob-east-1": "281123927165",
+    "us-isof-east-1": "108575199400",
+    "us-isof-south-1": "124985052026",
     "us-west-1": "746614075791",
     "us-west-2": "246618743249",
 }
+# The newest scikit-learn serving image (SDK's sklearn.json, inference): Python 3.12, numpy
+# 2.1.0, sagemaker-containers 2.8.6.post2 serving. code/ needs Python >= 3.9 and numpy only;
+# 1.2-1 (Python 3.9, numpy 1.24) is kept as an option.
+SKLEARN_IMAGE_VERSION = "1.4-2-py312"
+# DNS suffix of the partitions other than aws (amazonaws.com), by region prefix (botocore's
+# partitions; checked against botocore's endpoint data in the tests).
+_PARTITION_DOMAINS = (
+    ("cn-", "amazonaws.com.cn"),
+    ("us-isob-", "sc2s.sgov.gov"),
+    ("us-isof-", "csp.hci.ic.gov"),
+    ("us-iso-", "c2s.ic.gov"),
+)
 SUBMIT_DIRECTORY = "/opt/ml/model/code"
 VARIANT = "AllTraffic"
 TAG_MODEL_NAME = "popseg:model-name"
@@ -97,14 +123,17 @@ ROLE_ENV = "POPSEG_SAGEMAKER_ROLE_ARN"
 BUCKET_ENV = "POPSEG_DEPLOY_BUCKET"
 
 
-def sklearn_image_uri(region: str, framework_version: str = "1.2-1") -> str:
+def sklearn_image_uri(region: str, framework_version: str = SKLEARN_IMAGE_VERSION) -> str:
     account = SKLEARN_IMAGE_ACCOUNTS.get(region)
     if account is None:
         raise DeployError(
             f"no SageMaker scikit-learn image known for region {region!r}; "
-            "set deploy.image_uri (or --image-uri) to the image to use"
+            "set deploy.image_uri (or --set deploy.image_uri=URI) to the image to use"
         )
-    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    domain = next(
+        (suffix for prefix, suffix in _PARTITION_DOMAINS if region.startswith(prefix)),
+        "amazonaws.com",
+    )
     return f"{account}.dkr.ecr.{region}.{domain}/sagemaker-scikit-learn:{framework_version}-cpu-py3"
 
 

@@ -1,10 +1,10 @@
-"""SageMaker inference handlers for the segmentation chain (the scikit-learn serving container's
-``model_fn`` / ``input_fn`` / ``predict_fn`` / ``output_fn`` contract).
+"""SageMaker inference handlers for the segmentation chain: the scikit-learn serving
+container's ``model_fn`` + ``transform_fn`` contract.
 
 numpy and the standard library only, valid Python 3.9: this file is copied as-is into
 ``model.tar.gz`` as ``code/inference.py`` next to ``code/chain.py`` (a verbatim copy of
 ``tasks/chain.py``). The local endpoint (``tasks/serving/server.py``) serves through the same
-four functions, so every target runs the same code and the same numbers.
+functions (``handle``), so every target runs the same code and the same numbers.
 
 Requests (raw, unscaled feature values):
 
@@ -15,6 +15,15 @@ Requests (raw, unscaled feature values):
 
 Response, as SageMaker's built-in k-means:
 ``{"predictions": [{"closest_cluster": 2, "distance_to_cluster": 0.41}, ...]}``.
+
+A request the model cannot answer is a ``RequestError`` with its 4xx status (400; 406 for an
+unacceptable Accept, 413 for too many rows, 415 for an unsupported Content-Type), answered
+``{"code": ..., "message": ...}`` by both targets. In the container this takes
+``transform_fn``: its serving stack (``sagemaker_containers``' ``Transformer``) turns any
+exception from ``input_fn``/``predict_fn`` into a 500, and only an ``UnsupportedFormatError``
+from ``input_fn``/``output_fn`` into 415/406. So this module defines no ``input_fn``/
+``predict_fn``/``output_fn`` (the container refuses a module that has them next to
+``transform_fn``); its steps are ``decode_request`` -> ``predict`` -> ``encode_response``.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -41,12 +51,43 @@ MAX_ROWS = 100000
 MAX_JSON_DEPTH = 64
 
 
+MAX_MESSAGE_CHARS = 300  # error messages and log lines: never echo a client's megabytes back
+# The error code of each status a request error can have (as SageMaker's own error types).
+ERROR_CODES = {
+    400: "ValidationError",
+    406: "NotAcceptable",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+}
+
+logger = logging.getLogger(__name__)
+
+
 class RequestError(ValueError):
     """A request the model cannot answer; ``status`` is the HTTP status to reply with."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+def short_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """ASCII (non-ASCII and control characters escaped), at most ``limit`` characters."""
+    if len(message) <= limit and message.isascii() and message.isprintable():
+        return message
+    text = message.encode("ascii", "backslashreplace").decode("ascii")
+    text = "".join(c if " " <= c <= "~" else "\\x%02x" % ord(c) for c in text)
+    if len(text) > limit:
+        text = "%s... (%d characters cut)" % (text[:limit], len(text) - limit)
+    return text
+
+
+def error_payload(error: RequestError) -> Dict[str, str]:
+    """The JSON answer to a refused request: ``{"code": ..., "message": ...}``."""
+    return {
+        "code": ERROR_CODES.get(error.status, "ValidationError"),
+        "message": short_message(str(error)),
+    }
 
 
 def model_fn(model_dir: str) -> SegmentationChain:
@@ -208,9 +249,9 @@ def _parse_json(text: str, chain: SegmentationChain) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def input_fn(request_body: Any, request_content_type: Optional[str]) -> Any:
+def decode_request(request_body: Any, request_content_type: Optional[str]) -> Any:
     """Body + content type -> raw feature rows (n, n_features). The chain is needed to map
-    names, so this returns a deferred parse that ``predict_fn`` completes with the model."""
+    names, so this returns a deferred parse that ``predict`` completes with the model."""
     media = _media_type(request_content_type)
     if media not in SUPPORTED_CONTENT_TYPES:
         raise RequestError(
@@ -236,7 +277,7 @@ class _Parsed:
         return _parse_json(self.text, chain)
 
 
-def predict_fn(input_data: Any, model: SegmentationChain) -> Dict[str, List[Dict[str, Any]]]:
+def predict(input_data: Any, model: SegmentationChain) -> Dict[str, List[Dict[str, Any]]]:
     """Rows -> {"predictions": [{"closest_cluster", "distance_to_cluster"}, ...]}."""
     if isinstance(input_data, _Parsed):
         rows = input_data.rows(model)
@@ -258,7 +299,7 @@ def _finite(value: float) -> Optional[float]:
     return float(value) if math.isfinite(value) else None
 
 
-def output_fn(prediction: Dict[str, Any], accept: Optional[str]) -> Tuple[str, str]:
+def encode_response(prediction: Dict[str, Any], accept: Optional[str]) -> Tuple[str, str]:
     """Encode as JSON (the only response type); returns (body, content type)."""
     media = _media_type(accept)
     if media not in ("", "*/*", JSON, "application/*"):
@@ -269,5 +310,30 @@ def output_fn(prediction: Dict[str, Any], accept: Optional[str]) -> Tuple[str, s
 def handle(
     model: SegmentationChain, body: Any, content_type: Optional[str], accept: Optional[str]
 ) -> Tuple[str, str]:
-    """The whole request path, as the serving container runs it."""
-    return output_fn(predict_fn(input_fn(body, content_type), model), accept)
+    """The whole request path: (JSON body, content type), or ``RequestError``."""
+    return encode_response(predict(decode_request(body, content_type), model), accept)
+
+
+def transform_fn(
+    model: SegmentationChain, request_body: Any, content_type: Optional[str], accept: Optional[str]
+) -> Any:
+    """The serving container's entry point: (body, content type) for an answer; for a request
+    error, the container framework's response object with the 4xx status and the short JSON
+    message (logged as one line, no traceback). Outside the container (no framework to build
+    the response with) the ``RequestError`` is raised for the caller to answer."""
+    try:
+        return handle(model, request_body, content_type, accept)
+    except RequestError as error:
+        return _container_error_response(error)
+
+
+def _container_error_response(error: RequestError) -> Any:
+    try:  # present only in the serving container
+        from sagemaker_containers.beta.framework import worker
+    except ImportError:
+        worker = None
+    if worker is None:
+        raise error
+    payload = error_payload(error)
+    logger.warning("request refused with %d: %s", error.status, payload["message"])
+    return worker.Response(response=json.dumps(payload), status=error.status, mimetype=JSON)

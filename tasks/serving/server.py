@@ -59,7 +59,6 @@ DEFAULT_IDLE_TIMEOUT_S = 10.0
 DEFAULT_CAPTURE_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_CAPTURE_KEEP = 4
 TOKEN_ENV = "POPSEG_ADMIN_TOKEN"
-MAX_MESSAGE_CHARS = 300  # error messages and log lines: never echo a client's megabytes back
 MAX_HEADER_BYTES = 64 * 1024  # request line excluded (the stdlib caps that at 64 KiB)
 # After a refused body the connection is closed; what the client is still sending is discarded
 # (never stored) for at most this long / this much, and only while it keeps coming, so that it
@@ -69,31 +68,20 @@ LINGER_IDLE_S = 0.5
 LINGER_BYTES = 16 * 1024 * 1024
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _ERROR_CODES = {
-    400: "ValidationError",
+    **inference.ERROR_CODES,
     403: "AccessDenied",
     404: "NotFound",
     405: "MethodNotAllowed",
-    406: "NotAcceptable",
     408: "RequestTimeout",
     411: "LengthRequired",
-    413: "PayloadTooLarge",
     414: "URITooLong",
-    415: "UnsupportedMediaType",
     431: "RequestHeaderFieldsTooLarge",
     500: "InternalFailure",
     503: "ServiceUnavailable",
 }
 
 
-def _short(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """ASCII (non-ASCII and control characters escaped), at most ``limit`` characters."""
-    if len(message) <= limit and message.isascii() and message.isprintable():
-        return message
-    text = message.encode("ascii", "backslashreplace").decode("ascii")
-    text = "".join(c if " " <= c <= "~" else "\\x%02x" % ord(c) for c in text)
-    if len(text) > limit:
-        text = "%s... (%d characters cut)" % (text[:limit], len(text) - limit)
-    return text
+_short = inference.short_message
 
 
 def _busy_reply() -> bytes:

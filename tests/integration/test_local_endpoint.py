@@ -1,6 +1,7 @@
 """The local endpoint as a real server process, driven through the stock boto3
-sagemaker-runtime client: request formats, bad payloads, the same answers as the pyfunc and
-the training labels, hot swap without dropped requests, rollback, stale state, capture."""
+sagemaker-runtime client: request formats, the same answers as the pyfunc and the training
+labels, hot swap without dropped requests, rollback, stale state, capture. Bad payloads:
+tests/integration/test_local_serving_contract.py (one table with the container's test)."""
 
 from __future__ import annotations
 
@@ -115,35 +116,6 @@ def test_request_formats_match_pyfunc_and_training_labels(served, trained_projec
     assert last["captureData"]["endpointInput"]["data"] == "Murder,Assault\n13.2,236\n"
     assert json.loads(last["captureData"]["endpointOutput"]["data"])["predictions"] == gap
     assert last["eventMetadata"]["modelVersion"] == "2"
-
-
-@pytest.mark.parametrize(
-    ("body", "content_type", "status", "message"),
-    [
-        ("1,2\n", "text/csv", 400, "CSV line 1 has 2 field(s); expected 5"),
-        ("Murder,Nope\n1,2\n", "text/csv", 400, "unknown feature(s) 'Nope'"),
-        (
-            '{"instances": [{"features": [1, 2, "x", 4, 5]}]}',
-            "application/json",
-            400,
-            "'x' is not a number",
-        ),
-        ("", "text/csv", 400, "the request body is empty"),
-        ("1,2,3,4,5", "application/octet-stream", 415, "unsupported content type"),
-        ("1,2,3,4,5\n" * 700_000, "text/csv", 413, "over the endpoint's limit"),
-    ],
-)
-def test_bad_payloads_are_4xx_and_the_server_keeps_serving(
-    served, body, content_type, status, message
-):
-    _, _, state, _ = served
-    client = _client(state)
-    with pytest.raises(ClientError) as caught:
-        client.invoke_endpoint(EndpointName=NAME, ContentType=content_type, Body=body)
-    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
-    assert message in caught.value.response["Error"]["Message"]
-    assert deploy.ping(state.url)["status"] == "ok"
-    assert len(_invoke(client, "13.2,236,58,21.2,71.3\n")) == 1
 
 
 def test_other_endpoint_name_and_plain_invocations_route(served):

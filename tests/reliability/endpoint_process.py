@@ -58,6 +58,18 @@ class Endpoint:
                 return int(line.split()[1]) / 1024.0
         raise AssertionError("no VmHWM in /proc status")
 
+    def runtime_client(self):
+        """The stock boto3 sagemaker-runtime client, pointed at this endpoint."""
+        import boto3
+
+        return boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=f"http://127.0.0.1:{self.port}",
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+        )
+
     def ping(self) -> dict:
         status, _, body = self.request(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == 200, body

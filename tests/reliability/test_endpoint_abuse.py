@@ -241,15 +241,7 @@ def test_odd_request_lines_get_4xx(endpoint, request_line, status):
 
 
 def test_sagemaker_contract_is_unchanged(endpoint):
-    import boto3
-
-    client = boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=f"http://127.0.0.1:{endpoint.port}",
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
+    client = endpoint.runtime_client()
     reply = client.invoke_endpoint(
         EndpointName=NAME, ContentType="text/csv", Accept="application/json", Body=ROW * 3
     )

@@ -14,10 +14,14 @@ ROLE = "arn:aws:iam::123456789012:role/popseg-sagemaker-execution"
 def test_image_uri_per_region():
     assert (
         sklearn_image_uri("us-east-1")
+        == "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.4-2-py312-cpu-py3"
+    )
+    assert (
+        sklearn_image_uri("us-east-1", "1.2-1")
         == "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
     )
     assert sklearn_image_uri("eu-west-1").startswith("141502667606.dkr.ecr.eu-west-1.")
-    assert sklearn_image_uri("cn-north-1").endswith(
+    assert sklearn_image_uri("cn-north-1", "1.2-1").endswith(
         ".amazonaws.com.cn/sagemaker-scikit-learn:1.2-1-cpu-py3"
     )
     with pytest.raises(DeployError, match="set deploy.image_uri"):
@@ -82,4 +86,4 @@ def test_deploy_section_is_validated(override, message):
 
 def test_params_yaml_deploy_defaults(params):
     assert params.deploy.target == "local" and params.deploy.endpoint_name == "popseg"
-    assert params.deploy.framework_version == "1.2-1"
+    assert params.deploy.framework_version == "1.4-2-py312"

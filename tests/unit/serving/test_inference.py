@@ -128,6 +128,26 @@ def test_too_many_rows_is_413(chain, monkeypatch):
     assert caught.value.status == 413
 
 
+def test_transform_fn_is_the_container_entry_point(chain):
+    """The container refuses a module defining transform_fn next to input_fn, predict_fn or
+    output_fn; outside it (no framework to answer with) a request error is raised."""
+    assert not {"input_fn", "predict_fn", "output_fn"} & set(vars(inference))
+    body, media = inference.transform_fn(chain, "10,0,0\n", "text/csv", "application/json")
+    assert media == "application/json"
+    assert json.loads(body)["predictions"][0]["closest_cluster"] == 8
+    with pytest.raises(RequestError) as caught:
+        inference.transform_fn(chain, "a,zz\n1,2\n", "text/csv", None)
+    assert caught.value.status == 400
+
+
+def test_error_payload_is_short_ascii_with_the_status_code():
+    payload = inference.error_payload(RequestError("bad \u00e9 " + "x" * 1000, status=415))
+    assert payload["code"] == "UnsupportedMediaType"
+    assert payload["message"].startswith("bad \\xe9 x")
+    assert payload["message"].endswith("(709 characters cut)")
+    assert len(payload["message"]) < 340
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -177,12 +197,15 @@ def test_serving_code_is_python_3_9(name):
         "hashlib",
         "io",
         "json",
+        "logging",
         "math",
         "os",
         "typing",
         "numpy",
         "chain",
         "tasks",
+        # imported inside transform_fn's error path, where the serving container has it
+        "sagemaker_containers",
     }
     assert imported <= allowed, imported - allowed
     assert not {"pickle", "joblib", "cloudpickle"} & imported
@@ -213,8 +236,7 @@ def test_handlers_run_alone_with_only_numpy(chain, tmp_path):
         sys.path.append({numpy_parent!r})
         import inference
         model = inference.model_fn({str(model_dir)!r})
-        data = inference.input_fn(b"10,0,0\\n0,10,0\\n", "text/csv")
-        body, media = inference.output_fn(inference.predict_fn(data, model), "application/json")
+        body, media = inference.transform_fn(model, b"10,0,0\\n0,10,0\\n", "text/csv", None)
         heavy = sorted(m for m in ("pandas", "sklearn", "mlflow", "scipy", "tasks", "prefect")
                        if m in sys.modules)
         try:
