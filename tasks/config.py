@@ -170,7 +170,7 @@ class DeployConfig(_Section):
     instance_type: Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")] = "ml.m5.large"
     instance_count: Annotated[int, Field(ge=1)] = 1
     image_uri: str | None = None  # null = the scikit-learn image (framework_version) of the region
-    # 1.4-2-py312: the newest scikit-learn serving image (why: tasks/sagemaker.py)
+    # 1.4-2-py312: the newest scikit-learn serving image (why: tasks/deploy/sagemaker.py)
     framework_version: Literal["1.4-2-py312", "1.2-1"] = "1.4-2-py312"
     traffic_routing: Literal["ALL_AT_ONCE", "CANARY", "LINEAR"] = "ALL_AT_ONCE"
     canary_percent: Annotated[int, Field(ge=1, le=99)] = 10

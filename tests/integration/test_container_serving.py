@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.sagemaker import SUBMIT_DIRECTORY
+from tasks.deploy.sagemaker import SUBMIT_DIRECTORY
 from tests.serving_contract import BAD_REQUESTS, ROW
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import botocore.regions
 import pytest
 
 from tasks.config import DeployConfig
-from tasks.sagemaker import SKLEARN_IMAGE_ACCOUNTS, SKLEARN_IMAGE_VERSION, sklearn_image_uri
+from tasks.deploy.sagemaker import SKLEARN_IMAGE_ACCOUNTS, SKLEARN_IMAGE_VERSION, sklearn_image_uri
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sagemaker_sdk_sklearn_image_uris.json"
 SDK = json.loads(FIXTURE.read_text())
