@@ -37,6 +37,7 @@ from tasks.compute.drift import PSI_EPSILON
 from tasks.config import MonitorConfig
 from tasks.errors import DataError, RegistryError
 from tasks.tracking.layout import (
+    CHAMPION,
     MONITOR_RUN_TYPE,
     Artifact,
     MonitorMetric,
@@ -527,23 +528,23 @@ class MonitoredModel:
 def load_monitored_model(model_name: str, version: str | None) -> MonitoredModel:
     """The given version (default: alias champion), its chain and its logged training data."""
     from tasks import register
+    from tasks.tracking import runs
 
-    if version is None and register.alias_version(model_name, register.CHAMPION) is None:
+    if version is None and register.alias_version(model_name, CHAMPION) is None:
         raise RegistryError(
             f"model {model_name!r} has no champion in the registry at {register.tracking_uri()}: "
             "train and promote one first (`popseg train`, `popseg promote`), or pass "
             "--model-version"
         )
-    model_version = register.resolve_version(model_name, version, alias=register.CHAMPION)
-    run_id = model_version.run_id
-    chain = register.load_chain(run_id)
-    frame = register.load_training_frame(run_id)
+    record = runs.read_version(model_name, version, alias=CHAMPION)
+    chain = register.load_chain(record.run_id)
+    frame = register.load_training_frame(record.run_id)
     reference = feature_matrix(
         frame,
         chain.feature_names,
-        f"training data of run {run_id} (version {model_version.version})",
+        f"training data of run {record.run_id} (version {record.version})",
     )
-    return MonitoredModel(model_name, str(model_version.version), run_id, chain, reference)
+    return MonitoredModel(model_name, record.version, record.run_id, chain, reference)
 
 
 def metric_key(name: str) -> str:

@@ -10,6 +10,7 @@ popseg; callers point MLflow at the store first (`register.configure_mlflow`).""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -67,9 +68,9 @@ class RunRecord:
     @property
     def k(self) -> int | None:
         value = self.version_tags.get(VersionTag.K) or self.tags.get(RunTag.K)
-        if value is None and Metric.K in self.metrics:
-            return int(self.metrics[Metric.K])
-        return None if value is None else int(value)
+        if value is not None:
+            return int(value)
+        return int(self.metrics[Metric.K]) if Metric.K in self.metrics else None
 
     @property
     def data_md5(self) -> str | None:
@@ -246,8 +247,6 @@ def list_artifacts(run_id: str, folder: str) -> list[str]:
 
 def log_run(tags: Mapping[str, str], params: Mapping[str, Any], metrics: Mapping[str, float]):
     """Tags, params and the finite metrics of the active run."""
-    import math
-
     import mlflow
 
     mlflow.set_tags(dict(tags))
