@@ -122,9 +122,8 @@ def rollback(
 ) -> dict[str, Any]:
     """Serve the previous version again and move alias ``champion`` back to it (a previous
     version with another input contract needs ``allow_contract_change``, as for deploy)."""
-    import mlflow
-
     from tasks.register import CHAMPION, alias_version, configure_mlflow, registry_lock
+    from tasks.tracking import runs
 
     validate_endpoint_name(name)
     model_name = params.register_.model_name
@@ -132,13 +131,11 @@ def rollback(
     described = site.describe(name)
     current, previous = described.model_version, described.previous_version()
     configure_mlflow()
-    client = mlflow.MlflowClient()
     if previous is None and current is not None:  # fall back on the promotion record
         try:
-            tags = client.get_model_version(model_name, current).tags
-        except Exception:
-            tags = {}
-        previous = tags.get("previous_champion")
+            previous = runs.read_version(model_name, current).gate.previous_champion
+        except RegistryError:
+            previous = None
     if previous is None:
         raise EndpointError(
             f"endpoint {name!r} serves version {current} and has no earlier version to roll back to"
@@ -146,9 +143,7 @@ def rollback(
     result = _serve(params, site.rollback, name, previous, allow_contract_change)
     with registry_lock(params.orchestrate.registry_lock_timeout_s):
         champion_before = alias_version(model_name, CHAMPION)
-        client.set_registered_model_alias(model_name, CHAMPION, previous)
-        if champion_before is not None and champion_before != previous:
-            client.set_model_version_tag(model_name, previous, "rolled_back_from", champion_before)
+        runs.record_rollback(model_name, previous, champion_before)
     logger.info("rolled %s back from version %s to %s", name, current, previous)
     return {
         **result.to_json(),

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import monitor, register
 from tasks.config import Params
 from tasks.errors import PopsegError
+from tasks.tracking.layout import MonitorTag
 
 _step = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -154,9 +155,9 @@ def monitor_flow(
         logger.info("  drift: %s", reason)
     if retrain:
         outcome.retrain = _retrain(params, data_path, data, report.drift, logger)
-        tags = {"retrain_triggered": str(outcome.retrain["triggered"]).lower()}
+        tags = {MonitorTag.RETRAIN_TRIGGERED: str(outcome.retrain["triggered"]).lower()}
         if "model_version" in outcome.retrain:
-            tags["retrain_model_version"] = outcome.retrain["model_version"]
-            tags["retrain_promoted"] = str(outcome.retrain["promoted"]).lower()
+            tags[MonitorTag.RETRAIN_MODEL_VERSION] = outcome.retrain["model_version"]
+            tags[MonitorTag.RETRAIN_PROMOTED] = str(outcome.retrain["promoted"]).lower()
         monitor.update_monitor_run(run_id, outcome.to_json(), tags)
     return outcome

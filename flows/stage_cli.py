@@ -19,6 +19,7 @@ from flows.cli_common import ParamsOption, SetOption
 from flows.cli_common import fail as _fail
 from flows.cli_common import load_cli_params as _params
 from tasks.errors import DataError, DataValidationError, PopsegError
+from tasks.tracking.layout import RunTag
 
 logger = logging.getLogger("flows.stage")
 
@@ -122,7 +123,7 @@ def train_command(
             )
         champion = stages.current_champion(params.register_.model_name) if register_model else None
         trained = stages.train_stage(params, data, prepared, champion)
-        tags = {**stages.training_tags(params, data), "validation_success": "true"}
+        tags = {**stages.training_tags(params, data), RunTag.VALIDATION_SUCCESS: "true"}
         notes = [*data.warnings, *trained.notes]
         record = stages.training_record(
             params,

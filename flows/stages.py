@@ -23,6 +23,8 @@ from tasks.config import Params
 from tasks.errors import DataError
 from tasks.ingest import IngestedData
 from tasks.package import build_chain
+from tasks.tracking import runs
+from tasks.tracking.layout import Artifact, RunTag
 from tasks.validate import ValidationReport, run_validation
 
 # Where the DVC stages keep their results (declared as outs in dvc.yaml).
@@ -162,10 +164,7 @@ def current_champion(model_name: str) -> SegmentationChain | None:
     version = register.alias_version(model_name, register.CHAMPION)
     if version is None:
         return None
-    import mlflow
-
-    model_version = mlflow.MlflowClient().get_model_version(model_name, version)
-    chain = register.load_chain(model_version.run_id)
+    chain = register.load_chain(runs.model_version(model_name, version).run_id)
     chain.metadata["model_version"] = version
     return chain
 
@@ -257,14 +256,14 @@ def assemble_trained(
 def training_tags(params: Params, data: IngestedData) -> dict[str, str]:
     """Lineage tags of a training run: the DVC md5 of the input file and the git commit."""
     tags = {
-        "data_md5": data.md5,
-        "data_source": data.source,
-        "git_commit": register.git_commit(),
-        "engine": params.cluster.engine,
-        "id_column": data.id_column,
+        RunTag.DATA_MD5: data.md5,
+        RunTag.DATA_SOURCE: data.source,
+        RunTag.GIT_COMMIT: register.git_commit(),
+        RunTag.ENGINE: params.cluster.engine,
+        RunTag.ID_COLUMN: data.id_column,
     }
     if data.path and not data.path.startswith("s3://"):
-        tags["data_path"] = _relative(data.path)
+        tags[RunTag.DATA_PATH] = _relative(data.path)
     tags.update(getattr(data, "engine_tags", {}))  # the Dask engine: cluster, sample size
     return tags
 
@@ -293,27 +292,27 @@ def training_record(
     per_k = sweep_table(swept)
     return register.TrainingRecord(
         params_flat=params.flat(),
-        tags={**tags, "criterion": params.select.criterion, "k": str(selection.k)},
+        tags={**tags, RunTag.CRITERION: params.select.criterion, RunTag.K: str(selection.k)},
         chosen_metrics=trained.metrics,
         per_k_metrics={k: fit.metrics for k, fit in swept.fits.items()},
         chain=trained.chain,
         training_frame=data.frame,
         plots=make_plots(plots_dir, trained, prepared),
         json_artifacts={
-            "reports/selection.json": {
+            Artifact.SELECTION: {
                 "k": selection.k,
                 "criterion": selection.criterion,
                 "reason": selection.reason,
                 "votes": selection.votes,
                 "details": selection.details,
             },
-            "reports/impute.json": prepared.imputed.report,
-            "reports/scale.json": prepared.scaled.report,
-            "reports/reduce.json": {
+            Artifact.IMPUTE: prepared.imputed.report,
+            Artifact.SCALE: prepared.scaled.report,
+            Artifact.REDUCE: {
                 **prepared.reduced.report,
                 "explained_variance_ratio": prepared.reduced.full_explained_variance_ratio,
             },
-            "reports/segments.json": {
+            Artifact.SEGMENTS: {
                 "sizes": evaluation.sizes,
                 "distinguishing": evaluation.distinguishing,
                 "examples": evaluation.examples,
@@ -321,13 +320,13 @@ def training_record(
                 "stability_rounds": evaluation.stability_rounds,
                 "id_mapping": evaluation.id_mapping,
             },
-            "reports/notes.json": notes,
+            Artifact.NOTES: notes,
         },
         csv_artifacts={
-            "reports/sweep_metrics.csv": per_k,
-            "reports/segment_profiles.csv": evaluation.profiles,
-            "reports/pca_loadings.csv": prepared.reduced.loadings(names),
-            "reports/assignments.csv": pd.DataFrame(
+            Artifact.SWEEP_METRICS: per_k,
+            Artifact.SEGMENT_PROFILES: evaluation.profiles,
+            Artifact.PCA_LOADINGS: prepared.reduced.loadings(names),
+            Artifact.ASSIGNMENTS: pd.DataFrame(
                 {"segment": evaluation.segments, "distance_to_cluster": evaluation.distances},
                 index=pd.Index(trained.kept_frame[data.id_column], name=data.id_column),
             ),

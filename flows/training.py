@@ -20,7 +20,8 @@ from tasks import promote, register
 from tasks.config import Params
 from tasks.errors import ConfigError
 from tasks.report import log_training_report
-from tasks.run_liveness import owned_run
+from tasks.tracking import runs
+from tasks.tracking.layout import RunTag
 from tasks.validate import ValidationReport, require_valid
 
 logger = logging.getLogger("flows.training")
@@ -98,15 +99,9 @@ def _record_failed_validation(
     params: Params, report: ValidationReport, tags: dict[str, str], validation_json: Path
 ) -> None:
     """Keep the failed validation visible in the MLflow UI as a FAILED run (nothing registered)."""
-    import mlflow
-
     register.configure_mlflow()
     experiment_id = register.ensure_experiment(params.register_.experiment)
-    with owned_run(experiment_id=experiment_id, run_name="validation-failed") as run:
-        mlflow.set_tags({**tags, "validation_success": "false"})
-        mlflow.log_artifact(str(validation_json), artifact_path="validation")
-        mlflow.log_metric("failed_expectations", len(report.failures))
-    mlflow.MlflowClient().set_terminated(run.info.run_id, status="FAILED")
+    runs.record_failed_validation(experiment_id, tags, validation_json, len(report.failures))
 
 
 def _run_step(step, *args, cached: list[str]):
@@ -167,7 +162,7 @@ def training_flow(
         if not report.success:
             _record_failed_validation(params, report, tags, validation_json)
         require_valid(report, data.source)
-        tags["validation_success"] = "true"
+        tags[RunTag.VALIDATION_SUCCESS] = "true"
 
         prepare = steps.prepare.with_options(
             **orchestration.step_options(config),
@@ -182,7 +177,7 @@ def training_flow(
         trained = _run_step(train, params, data, prepared, champion, cached=cached)
         notes += trained.notes
         if cached:
-            tags["cached_steps"] = ",".join(cached)
+            tags[RunTag.CACHED_STEPS] = ",".join(cached)
             notes.append(
                 f"reused cached results of: {', '.join(cached)} (same data md5, params, code)"
             )

@@ -53,36 +53,30 @@ class Lineage:
 
 def lineage(model_name: str, version: str) -> Lineage:
     """Read a model version's lineage from its MLflow run."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     from tasks.register import configure_mlflow
+    from tasks.tracking import runs
+    from tasks.tracking.layout import RunTag
 
-    configure_mlflow()
-    client = mlflow.MlflowClient()
+    uri = configure_mlflow()
     try:
-        model_version = client.get_model_version(model_name, str(version))
-    except MlflowException:
+        record = runs.read_version(model_name, str(version))
+    except RegistryError:
+        raise RegistryError(f"model {model_name!r} has no version {version!r} in {uri}") from None
+    if record.data_md5 is None:
         raise RegistryError(
-            f"model {model_name!r} has no version {version!r} in {mlflow.get_tracking_uri()}"
-        ) from None
-    run = client.get_run(model_version.run_id)
-    tags = run.data.tags
-    if "data_md5" not in tags:
-        raise RegistryError(
-            f"{model_name} v{version} (run {run.info.run_id}): no data_md5 tag; "
+            f"{model_name} v{version} (run {record.run_id}): no {RunTag.DATA_MD5} tag; "
             "the run was not logged by popseg's training"
         )
     return Lineage(
         model_name=model_name,
         model_version=str(version),
-        run_id=run.info.run_id,
-        data_md5=tags["data_md5"],
-        data_source=tags.get("data_source", ""),
-        data_path=tags.get("data_path"),
-        git_commit=tags.get("git_commit", "unknown"),
-        params=dict(sorted(run.data.params.items())),
-        aliases=list(model_version.aliases),
+        run_id=record.run_id,
+        data_md5=record.data_md5,
+        data_source=record.data_source,
+        data_path=record.data_path,
+        git_commit=record.git_commit or "unknown",
+        params=dict(sorted(record.params.items())),
+        aliases=list(record.aliases),
     )
 
 

@@ -12,8 +12,9 @@ Four checks, thresholds from the ``monitor:`` section of params.yaml:
 New data is a CSV/Parquet table (local or s3://) or the local endpoint's capture log (JSON
 lines written by ``tasks/serving/server.py --capture``, parsed with the endpoint's own request
 parser). `compute_drift` is pure (arrays in, a `DriftReport` out); `log_monitor_run` records a
-monitoring run in MLflow with the convention other readers rely on (`RUN_TYPE_TAG`,
-`ARTIFACT_PATH`, model-version tags `last_monitor_run_id` / `last_monitor_drift`).
+monitoring run in MLflow in the layout other readers rely on (`tasks.tracking.layout`: run
+type ``monitor``, `MonitorTag`, `MonitorMetric`, artifact ``monitor/monitor.json``, model-version
+tags ``last_monitor_run_id`` / ``last_monitor_drift``).
 """
 
 from __future__ import annotations
@@ -35,14 +36,25 @@ from tasks.compute.drift import PSI_EPSILON
 from tasks.config import MonitorConfig
 from tasks.encoding import feature_matrix
 from tasks.errors import DataError, RegistryError
+from tasks.tracking.layout import (
+    CHAMPION,
+    MONITOR_RUN_TYPE,
+    Artifact,
+    MonitorMetric,
+    MonitorTag,
+    Param,
+    RunTag,
+    VersionTag,
+    monitor_run_name,
+)
 
 logger = logging.getLogger(__name__)
 
-RUN_TYPE_TAG = "popseg.run_type"
-RUN_TYPE = "monitor"
-ARTIFACT_PATH = "monitor/monitor.json"
-LAST_RUN_TAG = "last_monitor_run_id"
-LAST_DRIFT_TAG = "last_monitor_drift"
+RUN_TYPE_TAG = RunTag.RUN_TYPE
+RUN_TYPE = MONITOR_RUN_TYPE
+ARTIFACT_PATH = Artifact.MONITOR
+LAST_RUN_TAG = VersionTag.LAST_MONITOR_RUN_ID
+LAST_DRIFT_TAG = VersionTag.LAST_MONITOR_DRIFT
 CAPTURE_SUFFIXES = (".jsonl", ".jsonlines")
 
 
@@ -475,23 +487,23 @@ class MonitoredModel:
 def load_monitored_model(model_name: str, version: str | None) -> MonitoredModel:
     """The given version (default: alias champion), its chain and its logged training data."""
     from tasks import register
+    from tasks.tracking import runs
 
-    if version is None and register.alias_version(model_name, register.CHAMPION) is None:
+    if version is None and register.alias_version(model_name, CHAMPION) is None:
         raise RegistryError(
             f"model {model_name!r} has no champion in the registry at {register.tracking_uri()}: "
             "train and promote one first (`popseg train`, `popseg promote`), or pass "
             "--model-version"
         )
-    model_version = register.resolve_version(model_name, version, alias=register.CHAMPION)
-    run_id = model_version.run_id
-    chain = register.load_chain(run_id)
-    frame = register.load_training_frame(run_id)
+    record = runs.read_version(model_name, version, alias=CHAMPION)
+    chain = register.load_chain(record.run_id)
+    frame = register.load_training_frame(record.run_id)
     reference = feature_matrix(
         frame,
         chain.feature_names,
-        f"training data of run {run_id} (version {model_version.version})",
+        f"training data of run {record.run_id} (version {record.version})",
     )
-    return MonitoredModel(model_name, str(model_version.version), run_id, chain, reference)
+    return MonitoredModel(model_name, record.version, record.run_id, chain, reference)
 
 
 def metric_key(name: str) -> str:
@@ -519,64 +531,66 @@ def log_monitor_run(
     import mlflow
 
     from tasks import register
+    from tasks.tracking import runs
 
     register.configure_mlflow()
     experiment_id = register.ensure_experiment(experiment)
     drift = "true" if report.drift else "false"
     metrics = {
-        "drift": 1.0 if report.drift else 0.0,
-        "max_psi": report.max_psi,
-        "n_rows": float(report.n_rows),
-        "n_reasons": float(len(report.reasons)),
-        "segment_psi": report.segment_psi,
+        MonitorMetric.DRIFT: 1.0 if report.drift else 0.0,
+        MonitorMetric.MAX_PSI: report.max_psi,
+        MonitorMetric.N_ROWS: float(report.n_rows),
+        MonitorMetric.N_REASONS: float(len(report.reasons)),
+        MonitorMetric.SEGMENT_PSI: report.segment_psi,
     }
     for key in ("median_ratio", "p90_ratio"):
         value = report.distance.get(key)
         if value is not None and math.isfinite(value):
-            metrics[f"distance_{key}"] = value
+            metrics[f"{MonitorMetric.DISTANCE_PREFIX}{key}"] = value
     used: set[str] = set(metrics)
     for feature in report.features:
         if feature.psi is None:
             continue
-        key = f"psi_{metric_key(feature.name)}"
+        key = f"{MonitorMetric.PSI_PREFIX}{metric_key(feature.name)}"
         while key in used:  # two names that sanitise alike
             key += "_"
         used.add(key)
         metrics[key] = feature.psi
     from tasks.run_liveness import owned_run
 
-    with owned_run(experiment_id=experiment_id, run_name=f"monitor-v{model_version}") as run:
+    with owned_run(experiment_id=experiment_id, run_name=monitor_run_name(model_version)) as run:
         run_id = run.info.run_id
         mlflow.set_tags(
             {
-                RUN_TYPE_TAG: RUN_TYPE,
-                "model_name": model_name,
-                "model_version": str(model_version),
-                "data_source": data_source,
-                "data_md5": data_md5,
-                "drift": drift,
-                "reference_run_id": reference_run_id,
+                RunTag.RUN_TYPE: MONITOR_RUN_TYPE,
+                MonitorTag.MODEL_NAME: model_name,
+                MonitorTag.MODEL_VERSION: str(model_version),
+                MonitorTag.DATA_SOURCE: data_source,
+                MonitorTag.DATA_MD5: data_md5,
+                MonitorTag.DRIFT: drift,
+                MonitorTag.REFERENCE_RUN_ID: reference_run_id,
             }
         )
-        mlflow.log_params({f"monitor.{key}": value for key, value in report.thresholds.items()})
+        mlflow.log_params(
+            {f"{Param.MONITOR_PREFIX}{key}": value for key, value in report.thresholds.items()}
+        )
         mlflow.log_metrics(metrics)
         mlflow.log_dict(
-            {**payload, "monitor_run_id": run_id, "experiment_id": experiment_id}, ARTIFACT_PATH
+            {**payload, "monitor_run_id": run_id, "experiment_id": experiment_id}, Artifact.MONITOR
         )
-    client = mlflow.MlflowClient()
-    client.set_model_version_tag(model_name, str(model_version), LAST_RUN_TAG, run_id)
-    client.set_model_version_tag(model_name, str(model_version), LAST_DRIFT_TAG, drift)
+    runs.tag_version(
+        model_name,
+        str(model_version),
+        {VersionTag.LAST_MONITOR_RUN_ID: run_id, VersionTag.LAST_MONITOR_DRIFT: drift},
+    )
     return run_id, experiment_id
 
 
 def update_monitor_run(run_id: str, payload: dict[str, Any], tags: dict[str, str]) -> None:
     """Rewrite a monitoring run's ``monitor/monitor.json`` (e.g. with the retraining outcome)."""
-    import mlflow
-
     from tasks import register
+    from tasks.tracking import runs
 
     register.configure_mlflow()
-    client = mlflow.MlflowClient()
-    client.log_dict(run_id, payload, ARTIFACT_PATH)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    runs.log_dict(run_id, payload, Artifact.MONITOR)
+    runs.tag_run(run_id, tags)

@@ -23,6 +23,7 @@ from tasks.errors import PackageError
 from tasks.impute import ImputeResult
 from tasks.reduce import ReduceResult
 from tasks.scale import ScaleResult
+from tasks.tracking.layout import CHAMPION, Artifact
 
 
 def build_chain(
@@ -123,26 +124,22 @@ class RegisteredChain:
 
 
 def fetch_registered_chain(
-    model_name: str, version: str | None, destination: str | Path, alias: str = "champion"
+    model_name: str, version: str | None, destination: str | Path, alias: str = CHAMPION
 ) -> RegisteredChain:
     """Download the chain artifact (run artifact path ``chain/``) of a registered version
     (default: the ``champion`` alias) into ``destination``."""
-    import mlflow
-
-    from tasks.register import configure_mlflow, resolve_version
+    from tasks.register import configure_mlflow
+    from tasks.tracking import runs
 
     configure_mlflow()
-    model_version = resolve_version(model_name, version, alias=alias)
+    model_version = runs.model_version(model_name, version, alias=alias)
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(
-        run_id=model_version.run_id, artifact_path="chain", dst_path=str(destination)
-    )
     return RegisteredChain(
         model_name=model_name,
         model_version=str(model_version.version),
         run_id=model_version.run_id,
-        chain_dir=Path(local),
+        chain_dir=runs.download(model_version.run_id, Artifact.CHAIN, destination),
         aliases=tuple(getattr(model_version, "aliases", []) or []),
     )
 

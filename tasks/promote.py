@@ -28,8 +28,8 @@ from tasks.register import (
     load_chain,
     load_training_frame,
     registry_lock,
-    resolve_version,
 )
+from tasks.tracking import runs
 
 logger = logging.getLogger(__name__)
 
@@ -191,29 +191,22 @@ def _promote(
     seed: int,
     allow_contract_change: bool,
 ) -> GateDecision:
-    import mlflow
-
     configure_mlflow()
-    client = mlflow.MlflowClient()
-    model_version = resolve_version(model_name, version)
-    version = str(model_version.version)
-    run = client.get_run(model_version.run_id)
-    metrics = dict(run.data.metrics)
-    validation_passed = run.data.tags.get("validation_success") == "true"
+    record = runs.read_version(model_name, version)
+    version = record.version
     current = alias_version(model_name, CHAMPION)
     challenger_chain = champion_chain = rows = None
     if current is not None and current != version:
-        champion_version = client.get_model_version(model_name, current)
-        champion_chain = load_chain(champion_version.run_id)
-        challenger_chain = load_chain(model_version.run_id)
-        frame = load_training_frame(model_version.run_id)
+        champion_chain = load_chain(runs.model_version(model_name, current).run_id)
+        challenger_chain = load_chain(record.run_id)
+        frame = load_training_frame(record.run_id)
         rows = frame[challenger_chain.feature_names].to_numpy(dtype=np.float64)
     if current == version:
         passed, reasons, checks = True, [f"version {version} is already the champion"], {}
         return GateDecision(model_name, version, True, False, reasons, checks, current)
     passed, reasons, checks = evaluate_gate(
-        metrics,
-        validation_passed,
+        record.metrics,
+        record.validation_passed,
         config,
         challenger_chain,
         champion_chain,
@@ -222,12 +215,8 @@ def _promote(
         seed,
         allow_contract_change,
     )
-    client.set_model_version_tag(model_name, version, "gate_passed", str(passed).lower())
-    client.set_model_version_tag(model_name, version, "gate_reasons", "; ".join(reasons))
+    runs.record_gate(model_name, version, passed, reasons, current)
     if passed:
-        if current is not None:
-            client.set_model_version_tag(model_name, version, "previous_champion", current)
-        client.set_registered_model_alias(model_name, CHAMPION, version)
         logger.info("promoted %s version %s to %s", model_name, version, CHAMPION)
     else:
         logger.warning("gate failed for %s version %s: %s", model_name, version, "; ".join(reasons))

@@ -2,13 +2,14 @@
 
 One parent run per training (params, chosen-k metrics, plots, reports, validation result,
 tags ``data_md5`` and ``git_commit``), one nested run per k with its metrics, and the fitted
-chain registered as a pyfunc model version with alias ``challenger``.
+chain registered as a pyfunc model version with alias ``challenger``; the names are those of
+`tasks.tracking.layout`, written through `tasks.tracking.runs`. Also: pointing MLflow at the
+project store, and the registry lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import subprocess
@@ -26,15 +27,14 @@ from tasks.run_liveness import owned_run
 from tasks.tracking import (  # noqa: F401
     ARTIFACT_DIR,
     DEFAULT_TRACKING_URI,
+    client,
+    runs,
     sqlite_database,
     tracking_uri,
 )
+from tasks.tracking.layout import CHALLENGER, CHAMPION, Artifact, training_run_name  # noqa: F401
 
 logger = logging.getLogger(__name__)
-
-CHALLENGER = "challenger"
-CHAMPION = "champion"
-TRAINING_DATA_ARTIFACT = "data/training.parquet"
 _PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 _CHAIN_FILE = Path(__file__).with_name("chain.py")
 
@@ -56,14 +56,14 @@ def configure_mlflow() -> str:
     logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
     if uri.startswith("sqlite:///") and uri not in _INITIALISED_STORES:
         with registry_lock():
-            mlflow.MlflowClient().search_experiments(max_results=1)
+            client().search_experiments(max_results=1)
         _INITIALISED_STORES.add(uri)
     if uri not in _SWEPT_STORES:
         # Once per process and store: runs left RUNNING by a killed process end FAILED.
         _SWEPT_STORES.add(uri)
         from tasks.run_liveness import sweep_dead_runs
 
-        sweep_dead_runs(mlflow.MlflowClient())
+        sweep_dead_runs(client())
     return uri
 
 
@@ -170,22 +170,6 @@ class Registration:
     model_uri: str
 
 
-def _log_json(payload: Any, artifact_path: str) -> None:
-    import mlflow
-
-    mlflow.log_dict(json.loads(json.dumps(payload, default=_json_default)), artifact_path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def register_training(
     record: TrainingRecord,
     experiment: str,
@@ -243,40 +227,22 @@ def _register_training(
     configure_mlflow()
     experiment_id = ensure_experiment(experiment)
     k = record.chain.k
-    with owned_run(experiment_id=experiment_id, run_name=f"train-k{k}") as parent:
-        mlflow.set_tags(record.tags)
-        mlflow.log_params(record.params_flat)
-        mlflow.log_metrics(
-            {
-                name: value
-                for name, value in record.chosen_metrics.items()
-                if value is not None and np.isfinite(value)
-            }
-        )
+    with owned_run(experiment_id=experiment_id, run_name=training_run_name(k)) as parent:
+        runs.log_run(record.tags, record.params_flat, record.chosen_metrics)
         for k_value, metrics in sorted(record.per_k_metrics.items()):
-            with owned_run(experiment_id=experiment_id, run_name=f"k={k_value}", nested=True):
-                mlflow.log_param("k", k_value)
-                mlflow.set_tag("chosen", str(k_value == k).lower())
-                mlflow.log_metrics({n: v for n, v in metrics.items() if np.isfinite(v)})
-        for plot in record.plots:
-            mlflow.log_artifact(str(plot), artifact_path="plots")
+            runs.log_k_run(experiment_id, k_value, k_value == k, metrics)
+        runs.log_plots(record.plots)
         for path, payload in record.json_artifacts.items():
-            _log_json(payload, path)
+            runs.log_json(payload, path)
         for path, table in record.csv_artifacts.items():
-            mlflow.log_text(table.to_csv(), path)
+            runs.log_csv(table, path)
         if record.validation_json is not None:
-            mlflow.log_artifact(str(record.validation_json), artifact_path="validation")
+            runs.log_file(record.validation_json, Artifact.VALIDATION_RESULT)
+        runs.log_training_data(record.training_frame, log_data_max_mb)
         with tempfile.TemporaryDirectory() as scratch:
-            data_path = Path(scratch) / "training.parquet"
-            record.training_frame.to_parquet(data_path, index=False)
-            size_mb = data_path.stat().st_size / 1e6
-            if size_mb <= log_data_max_mb:
-                mlflow.log_artifact(str(data_path), artifact_path="data")
-            else:
-                mlflow.set_tag("training_data_logged", "false")
-            chain_dir = Path(scratch) / "chain"
+            chain_dir = Path(scratch) / Artifact.CHAIN
             record.chain.save(str(chain_dir))
-            mlflow.log_artifacts(str(chain_dir), artifact_path="chain")
+            runs.log_chain(chain_dir)
             features = record.training_frame[record.chain.feature_names].head(5)
             segments, distances = record.chain.predict(features.to_numpy(dtype=np.float64))
             output = pd.DataFrame({"closest_cluster": segments, "distance_to_cluster": distances})
@@ -284,7 +250,7 @@ def _register_training(
             # ("can not safely convert int64 to float64"); the chain checks inputs itself.
             signature = ModelSignature(inputs=None, outputs=_infer_schema(output))
             info = mlflow.pyfunc.log_model(
-                name="model",
+                name=Artifact.MODEL,
                 python_model=str(_PYFUNC_FILE),
                 artifacts={"chain": str(chain_dir)},
                 code_paths=[str(_CHAIN_FILE)],
@@ -295,14 +261,10 @@ def _register_training(
                 await_registration_for=60,
             )
         version = str(info.registered_model_version)
-        client = mlflow.MlflowClient()
-        client.set_registered_model_alias(model_name, CHALLENGER, version)
-        for key in ("data_md5", "git_commit", "validation_success"):
-            if key in record.tags:
-                client.set_model_version_tag(model_name, version, key, record.tags[key])
-        client.set_model_version_tag(model_name, version, "k", str(k))
-        _tag_contract(client, model_name, version, record.chain)
-        mlflow.set_tag("model_version", version)
+        contract = record.chain.input_contract()
+        runs.record_registration(
+            model_name, version, record.tags, k, contract, contract_digest(contract)
+        )
         return Registration(
             run_id=parent.info.run_id,
             experiment_id=experiment_id,
@@ -312,74 +274,25 @@ def _register_training(
         )
 
 
-CONTRACT_TAG = "input_contract"
-CONTRACT_DIGEST_TAG = "input_contract_sha256"
-_CONTRACT_TAG_MAX = 4000  # MLflow caps tag values; the chain artifact always has the full list
-
-
-def _tag_contract(client, model_name: str, version: str, chain: SegmentationChain) -> None:
-    """The input contract on the version: its digest, and the feature list when it fits."""
-    contract = chain.input_contract()
-    client.set_model_version_tag(
-        model_name, version, CONTRACT_DIGEST_TAG, contract_digest(contract)
-    )
-    listed = json.dumps(contract["features"])
-    if len(listed) <= _CONTRACT_TAG_MAX:
-        client.set_model_version_tag(model_name, version, CONTRACT_TAG, listed)
-
-
 # ----------------------------------------------------------------------------- registry reads
 
 
 def resolve_version(model_name: str, version: str | None, alias: str = CHALLENGER):
     """A registered ModelVersion by number, or by alias when no number is given."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     configure_mlflow()
-    client = mlflow.MlflowClient()
-    try:
-        if version is None:
-            return client.get_model_version_by_alias(model_name, alias)
-        return client.get_model_version(model_name, str(version))
-    except MlflowException:
-        what = f"version {version}" if version is not None else f"alias {alias!r}"
-        raise RegistryError(
-            f"model {model_name!r} has no {what} in the registry at {tracking_uri()}"
-        ) from None
+    return runs.model_version(model_name, version, alias)
 
 
 def alias_version(model_name: str, alias: str) -> str | None:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     configure_mlflow()
-    try:
-        return str(mlflow.MlflowClient().get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
+    return runs.alias_version(model_name, alias)
 
 
 def load_chain(run_id: str) -> SegmentationChain:
-    import mlflow
-
     configure_mlflow()
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="chain")
-    return SegmentationChain.load(local)
+    return SegmentationChain.load(str(runs.download(run_id, Artifact.CHAIN)))
 
 
 def load_training_frame(run_id: str) -> pd.DataFrame:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     configure_mlflow()
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=TRAINING_DATA_ARTIFACT
-        )
-    except (MlflowException, OSError):
-        raise RegistryError(
-            f"run {run_id} has no logged training data ({TRAINING_DATA_ARTIFACT}); "
-            "it was larger than register.log_data_max_mb"
-        ) from None
-    return pd.read_parquet(local)
+    return pd.read_parquet(runs.download(run_id, Artifact.TRAINING_DATA))

@@ -10,10 +10,10 @@ Two steps, both pure apart from reading MLflow:
   ``tasks/templates/report.html.j2`` (autoescaped). Images are embedded as base64 data URIs
   and the CSS is inline: the file opens offline and loads nothing from anywhere.
 
-Monitoring runs are found by tags, in the training run's experiment (and the configured one):
-``popseg.run_type=monitor``, ``model_name``, ``model_version``, ``drift``; metrics ``drift``,
-``max_psi``, ``n_rows``; artifact ``monitor/monitor.json`` (``drift``, ``reasons``,
-``features``).
+What is read where is the run layout of `tasks.tracking.layout`, read through
+`tasks.tracking.runs`. Monitoring runs are found by their tags (run type ``monitor``, model
+name and version) in the training run's experiment and the configured one; the artifact
+``monitor/monitor.json`` gives ``drift``, ``reasons`` and ``features``.
 """
 
 from __future__ import annotations
@@ -32,12 +32,19 @@ import numpy as np
 import pandas as pd
 
 from tasks.errors import RegistryError, ReportError
+from tasks.tracking import runs
+from tasks.tracking.layout import (
+    CHAMPION,
+    MONITOR_RUN_TYPE,
+    Artifact,
+    MonitorMetric,
+    MonitorTag,
+    RunTag,
+)
 
 logger = logging.getLogger(__name__)
 
-REPORT_ARTIFACT = "reports/report.html"
-MONITOR_ARTIFACT = "monitor/monitor.json"
-MONITOR_RUN_TYPE = "monitor"
+REPORT_ARTIFACT = Artifact.REPORT
 MAX_MONITOR_RUNS = 100
 TEMPLATE = "report.html.j2"
 _TEMPLATE_DIR = Path(__file__).with_name("templates")
@@ -331,32 +338,20 @@ def _timestamp(millis: int | None) -> str:
 # ----------------------------------------------------------------------------- gathering
 
 
-def resolve_report_version(model_name: str, version: str | None):
-    """The ModelVersion to report on: the given number, else the champion, else the latest."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+def resolve_report_version(model_name: str, version: str | None) -> runs.RunRecord:
+    """The version to report on: the given number, else the champion, else the latest."""
+    from tasks.register import configure_mlflow
 
-    from tasks.register import CHAMPION, alias_version, configure_mlflow, resolve_version
-    from tasks.register import tracking_uri as current_uri
-
-    configure_mlflow()
+    uri = configure_mlflow()
     if version is not None:
-        return resolve_version(model_name, str(version).strip())
-    champion = alias_version(model_name, CHAMPION)
-    if champion is not None:
-        return resolve_version(model_name, champion)
-    try:
-        versions = mlflow.MlflowClient().search_model_versions(
-            f"name = '{model_name.replace(chr(39), '')}'"
-        )
-    except MlflowException:
-        versions = []
-    if not versions:
+        return runs.read_version(model_name, str(version).strip())
+    chosen = runs.alias_version(model_name, CHAMPION) or runs.latest_version(model_name)
+    if chosen is None:
         raise RegistryError(
             f"model {model_name!r} has no registered versions in the registry at "
-            f"{current_uri()}: train one first (`popseg run` or `popseg train --data ...`)"
+            f"{uri}: train one first (`popseg run` or `popseg train --data ...`)"
         )
-    return max(versions, key=lambda item: int(item.version))
+    return runs.read_version(model_name, chosen)
 
 
 class _Artifacts:
@@ -367,17 +362,7 @@ class _Artifacts:
         self.scratch = scratch
 
     def path(self, artifact: str) -> Path | None:
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=self.run_id, artifact_path=artifact, dst_path=str(self.scratch)
-            )
-        except (MlflowException, OSError):
-            return None
-        path = Path(local)
-        return path if path.is_file() else None
+        return runs.download(self.run_id, artifact, self.scratch, required=False)
 
     def json(self, artifact: str) -> Any:
         path = self.path(artifact)
@@ -388,9 +373,7 @@ class _Artifacts:
         return None if path is None else pd.read_csv(path, index_col=index_col)
 
     def listing(self, folder: str) -> list[str]:
-        import mlflow
-
-        return [item.path for item in mlflow.MlflowClient().list_artifacts(self.run_id, folder)]
+        return runs.list_artifacts(self.run_id, folder)
 
 
 def _validation_summary(payload: dict[str, Any] | None) -> ValidationSummary:
@@ -432,7 +415,7 @@ def _validation_summary(payload: dict[str, Any] | None) -> ValidationSummary:
 def _population_std(artifacts: _Artifacts, features: list[str]) -> dict[str, float]:
     """Per-feature standard deviation of the logged training data (missing values skipped);
     empty when the data was too large to log."""
-    path = artifacts.path("data/training.parquet")
+    path = artifacts.path(Artifact.TRAINING_DATA)
     if path is None:
         return {}
     frame = pd.read_parquet(path)
@@ -560,20 +543,9 @@ def _candidates_table(selection: dict[str, Any]) -> Table | None:
     )
 
 
-def _monitor_filter(model_name: str, version: str) -> str:
-    def quoted(value: str) -> str:
-        return "'" + str(value).replace("'", "") + "'"
-
-    return (
-        f"tags.`popseg.run_type` = {quoted(MONITOR_RUN_TYPE)} "
-        f"and tags.model_name = {quoted(model_name)} "
-        f"and tags.model_version = {quoted(version)}"
-    )
-
-
 def _max_psi(metrics: dict[str, float], payload: dict[str, Any]) -> float | None:
-    if "max_psi" in metrics:
-        return float(metrics["max_psi"])
+    if MonitorMetric.MAX_PSI in metrics:
+        return float(metrics[MonitorMetric.MAX_PSI])
     values = []
     for item in (payload.get("features") or {}).values():
         value = item.get("psi") if isinstance(item, dict) else item
@@ -583,13 +555,14 @@ def _max_psi(metrics: dict[str, float], payload: dict[str, Any]) -> float | None
 
 
 def _retrain_note(tags: dict[str, str]) -> str:
-    if tags.get("retrain_model_version"):
-        promoted = tags.get("retrain_promoted") == "true"
+    retrained = tags.get(MonitorTag.RETRAIN_MODEL_VERSION)
+    if retrained:
+        promoted = tags.get(MonitorTag.RETRAIN_PROMOTED) == "true"
         return (
-            f"retrained: version {tags['retrain_model_version']} "
+            f"retrained: version {retrained} "
             f"({'promoted to champion' if promoted else 'not promoted'})"
         )
-    if tags.get("retrain_triggered") == "true":
+    if tags.get(MonitorTag.RETRAIN_TRIGGERED) == "true":
         return "retraining started but registered no version"
     return ""
 
@@ -598,31 +571,31 @@ def monitoring_history(
     model_name: str, version: str, experiment_ids: list[str], scratch: Path
 ) -> list[MonitorRecord]:
     """The monitoring runs logged against this model version, newest first."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    runs = client.search_runs(
+    found = runs.search_runs(
         experiment_ids,
-        filter_string=_monitor_filter(model_name, version),
-        order_by=["attributes.start_time DESC"],
-        max_results=MAX_MONITOR_RUNS,
+        {
+            RunTag.RUN_TYPE: MONITOR_RUN_TYPE,
+            MonitorTag.MODEL_NAME: model_name,
+            MonitorTag.MODEL_VERSION: version,
+        },
+        MAX_MONITOR_RUNS,
     )
     records = []
-    for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
-        payload = _Artifacts(run.info.run_id, scratch / run.info.run_id).json(MONITOR_ARTIFACT)
+    for run in found:
+        tags, metrics = run.tags, run.metrics
+        payload = _Artifacts(run.run_id, scratch / run.run_id).json(Artifact.MONITOR)
         payload = payload if isinstance(payload, dict) else {}
-        if "drift" in tags:
-            drift: bool | None = tags["drift"].strip().lower() == "true"
-        elif "drift" in metrics:
-            drift = bool(metrics["drift"])
+        if MonitorTag.DRIFT in tags:
+            drift: bool | None = tags[MonitorTag.DRIFT].strip().lower() == "true"
+        elif MonitorMetric.DRIFT in metrics:
+            drift = bool(metrics[MonitorMetric.DRIFT])
         elif isinstance(payload.get("drift"), bool):
             drift = payload["drift"]
         else:
             drift = None
-        rows = metrics.get("n_rows", payload.get("n_rows"))
+        rows = metrics.get(MonitorMetric.N_ROWS, payload.get("n_rows"))
         source = (
-            tags.get("data_source")
+            tags.get(MonitorTag.DATA_SOURCE)
             or payload.get("data_source")
             or payload.get("source")
             or (payload.get("data") if isinstance(payload.get("data"), str) else None)
@@ -630,8 +603,8 @@ def monitoring_history(
         )
         records.append(
             MonitorRecord(
-                run_id=run.info.run_id,
-                date=_timestamp(run.info.start_time),
+                run_id=run.run_id,
+                date=_timestamp(run.start_time),
                 data_source=str(source),
                 rows=int(rows) if isinstance(rows, int | float) and math.isfinite(rows) else None,
                 drift=drift,
@@ -653,78 +626,72 @@ def gather(
 
     from tasks.register import tracking_uri
 
-    model_version = resolve_report_version(model_name, version)
-    version = str(model_version.version)
-    client = mlflow.MlflowClient()
-    run = client.get_run(model_version.run_id)
-    tags, metrics = run.data.tags, run.data.metrics
+    record = resolve_report_version(model_name, version)
+    version = record.version
     with tempfile.TemporaryDirectory(prefix="popseg-report-") as scratch_dir:
         scratch = Path(scratch_dir)
-        artifacts = _Artifacts(run.info.run_id, scratch / "run")
-        segments_json = artifacts.json("reports/segments.json")
-        profiles = artifacts.csv("reports/segment_profiles.csv")
+        artifacts = _Artifacts(record.run_id, scratch / "run")
+        segments_json = artifacts.json(Artifact.SEGMENTS)
+        profiles = artifacts.csv(Artifact.SEGMENT_PROFILES)
         if not segments_json or profiles is None:
             raise RegistryError(
-                f"model {model_name!r} version {version} (run {run.info.run_id}) has no "
-                "reports/segments.json or reports/segment_profiles.csv: it was not logged by "
+                f"model {model_name!r} version {version} (run {record.run_id}) has no "
+                f"{Artifact.SEGMENTS} or {Artifact.SEGMENT_PROFILES}: it was not logged by "
                 "a popseg training, so there is nothing to report"
             )
-        chain_json = artifacts.json("chain/chain.json") or {}
+        chain_json = artifacts.json(Artifact.CHAIN_JSON) or {}
+        chain_metadata = chain_json.get("metadata") or {}
         features = list(chain_json.get("feature_names") or [str(c) for c in profiles.columns])
-        id_column = tags.get("id_column") or (chain_json.get("metadata") or {}).get("id_column", "")
+        id_column = record.id_column or chain_metadata.get("id_column", "")
         noun = row_noun(id_column)
         spread = _population_std(artifacts, features)
-        impute_report = artifacts.json("reports/impute.json") or {}
-        selection = artifacts.json("reports/selection.json") or {}
-        loadings = artifacts.csv("reports/pca_loadings.csv")
-        sweep = artifacts.csv("reports/sweep_metrics.csv")
+        impute_report = artifacts.json(Artifact.IMPUTE) or {}
+        selection = artifacts.json(Artifact.SELECTION) or {}
+        loadings = artifacts.csv(Artifact.PCA_LOADINGS)
+        sweep = artifacts.csv(Artifact.SWEEP_METRICS)
         images = {}
-        for path in sorted(artifacts.listing("plots")):
+        for path in sorted(artifacts.listing(Artifact.PLOTS)):
             name = Path(path).stem
             local = artifacts.path(path) if path.endswith(".png") else None
             if local is not None:
                 title, caption = PLOTS.get(name, (_humanize(name), ""))
                 images[name] = Image(name, title, caption, local.read_bytes())
-        experiment_ids = [run.info.experiment_id]
+        experiment_ids = [record.experiment_id]
         if experiment:
             found = mlflow.get_experiment_by_name(experiment)
             if found is not None and found.experiment_id not in experiment_ids:
                 experiment_ids.append(found.experiment_id)
         monitoring = monitoring_history(model_name, version, experiment_ids, scratch / "monitor")
         segments = _segments(segments_json, profiles, spread, noun)
-        notes = artifacts.json("reports/notes.json") or []
+        notes = artifacts.json(Artifact.NOTES) or []
         data = ReportData(
             model_name=model_name,
             model_version=version,
-            run_id=run.info.run_id,
-            experiment_id=run.info.experiment_id,
+            run_id=record.run_id,
+            experiment_id=record.experiment_id,
             tracking_uri=tracking_uri(),
-            trained_at=_timestamp(run.info.start_time),
+            trained_at=_timestamp(record.start_time),
             generated_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            aliases=sorted(getattr(model_version, "aliases", []) or []),
-            gate={
-                key: value
-                for key, value in (model_version.tags or {}).items()
-                if key in ("gate_passed", "gate_reasons", "previous_champion")
-            },
-            data_source=tags.get("data_source", ""),
-            data_md5=tags.get("data_md5", chain_json.get("metadata", {}).get("data_md5", "")),
-            git_commit=tags.get("git_commit", ""),
+            aliases=sorted(record.aliases),
+            gate=record.gate_tags,
+            data_source=record.data_source,
+            data_md5=record.data_md5 or chain_metadata.get("data_md5", ""),
+            git_commit=record.git_commit or "",
             id_column=id_column,
             row_noun=noun,
             n_rows=impute_report.get("rows_in"),
             rows_used=sum(segment.size for segment in segments),
             features=features,
-            validation=_validation_summary(artifacts.json("validation/validation_result.json")),
+            validation=_validation_summary(artifacts.json(Artifact.VALIDATION_RESULT)),
             impute=impute_report,
             impute_table=_impute_table(impute_report),
-            scale=artifacts.json("reports/scale.json") or {},
-            reduce=artifacts.json("reports/reduce.json") or {},
+            scale=artifacts.json(Artifact.SCALE) or {},
+            reduce=artifacts.json(Artifact.REDUCE) or {},
             loadings=_table(loadings, "component"),
             selection=selection,
             candidates=_candidates_table(selection),
             sweep=_sweep_table(sweep, selection.get("k")),
-            metrics=dict(metrics),
+            metrics=dict(record.metrics),
             segments=segments,
             stability=segments_json.get("stability"),
             stability_rounds=[float(v) for v in segments_json.get("stability_rounds") or []],
@@ -852,18 +819,16 @@ def log_training_report(
     ``reports/report.html``. A failure does not fail the training (the model is registered
     and usable already): it is logged with its traceback, recorded as run tag
     ``report_error`` and returned as a note for the run summary. None when it worked."""
-    import mlflow
-
     try:
         data = gather(model_name, model_version, experiment)
-        mlflow.MlflowClient().log_text(run_id, render_html(data), REPORT_ARTIFACT)
+        runs.log_text(run_id, render_html(data), REPORT_ARTIFACT)
     except Exception as error:  # the report is a by-product: never lose the training for it
         logger.warning(
             "report for %s version %s not built", model_name, model_version, exc_info=True
         )
         note = f"report not built ({type(error).__name__}: {error}); `popseg report` retries"
         try:
-            mlflow.MlflowClient().set_tag(run_id, "report_error", note[:5000])
+            runs.tag_run(run_id, {RunTag.REPORT_ERROR: note[:5000]})
         except Exception:  # pragma: no cover - the store itself is failing
             logger.warning("could not tag run %s with the report error", run_id)
         return note

@@ -92,6 +92,8 @@ def owned_run(**start_run_kwargs) -> Iterator:
     an interrupt (KeyboardInterrupt, SystemExit, Prefect's TerminationSignal on SIGTERM)."""
     import mlflow
 
+    from tasks import tracking
+
     # Tagged as it is created: a kill cannot fall between the run and its owner.
     tags = {**(start_run_kwargs.pop("tags", None) or {}), **owner_tags()}
     with mlflow.start_run(**start_run_kwargs, tags=tags) as run:
@@ -101,7 +103,7 @@ def owned_run(**start_run_kwargs) -> Iterator:
             raise
         except BaseException as interrupt:
             why = f"interrupted in process {os.getpid()} ({type(interrupt).__name__})"
-            client = mlflow.MlflowClient()
+            client = tracking.client()
             active = mlflow.active_run()
             # Nested runs opened inside this one were ended by their own `owned_run`.
             if active is not None and active.info.run_id == run.info.run_id:

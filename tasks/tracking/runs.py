@@ -1,0 +1,427 @@
+"""The writer and the reader of the run layout (`tasks.tracking.layout`).
+
+Writing: the artifacts and tags of the active run (``log_*``), of a run by id (``tag_run``,
+``log_text``, ``fail_run``) and of a model version (``tag_version``, ``record_*``).
+Reading: :func:`read_version` gives a registered version and its training run as one
+:class:`RunRecord`; :func:`download` fetches an artifact, a missing one being a
+`RegistryError` that names it. MLflow is imported inside the functions, as everywhere in
+popseg; callers point MLflow at the store first (`register.configure_mlflow`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from tasks.errors import RegistryError
+from tasks.tracking import client, tracking_uri
+from tasks.tracking.layout import (
+    ARTIFACT_MEANING,
+    CHALLENGER,
+    CHAMPION,
+    CONTRACT_TAG_MAX,
+    COPIED_TO_VERSION,
+    GATE_TAGS,
+    VALIDATION_FAILED_RUN_NAME,
+    Artifact,
+    Metric,
+    Param,
+    RunTag,
+    VersionTag,
+    k_run_name,
+)
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """What the promotion gate (and rollbacks) recorded on a model version."""
+
+    passed: bool | None  # None: the gate never ran on it
+    reasons: list[str]
+    previous_champion: str | None
+    rolled_back_from: str | None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as the layout reads it; for a registered version, with the version's fields."""
+
+    run_id: str
+    experiment_id: str
+    start_time: int | None  # ms since the epoch
+    artifact_uri: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+    model_name: str | None = None
+    version: str | None = None
+    aliases: tuple[str, ...] = ()
+    version_tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int | None:
+        value = self.version_tags.get(VersionTag.K) or self.tags.get(RunTag.K)
+        if value is not None:
+            return int(value)
+        return int(self.metrics[Metric.K]) if Metric.K in self.metrics else None
+
+    @property
+    def data_md5(self) -> str | None:
+        return self.tags.get(RunTag.DATA_MD5)
+
+    @property
+    def data_source(self) -> str:
+        return self.tags.get(RunTag.DATA_SOURCE, "")
+
+    @property
+    def data_path(self) -> str | None:
+        return self.tags.get(RunTag.DATA_PATH)
+
+    @property
+    def git_commit(self) -> str | None:
+        return self.tags.get(RunTag.GIT_COMMIT)
+
+    @property
+    def id_column(self) -> str | None:
+        return self.tags.get(RunTag.ID_COLUMN)
+
+    @property
+    def validation_passed(self) -> bool:
+        return self.tags.get(RunTag.VALIDATION_SUCCESS) == "true"
+
+    @property
+    def training_data_logged(self) -> bool:
+        return self.tags.get(RunTag.TRAINING_DATA_LOGGED) != "false"
+
+    @property
+    def contract_digest(self) -> str | None:
+        return self.version_tags.get(VersionTag.CONTRACT_DIGEST)
+
+    @property
+    def gate(self) -> GateRecord:
+        tags = self.version_tags
+        passed = tags.get(VersionTag.GATE_PASSED)
+        reasons = tags.get(VersionTag.GATE_REASONS)
+        return GateRecord(
+            passed=None if passed is None else passed == "true",
+            reasons=reasons.split("; ") if reasons else [],
+            previous_champion=tags.get(VersionTag.PREVIOUS_CHAMPION),
+            rolled_back_from=tags.get(VersionTag.ROLLED_BACK_FROM),
+        )
+
+    @property
+    def gate_tags(self) -> dict[str, str]:
+        """The gate's version tags as written (the report shows them)."""
+        return {key: value for key, value in self.version_tags.items() if key in GATE_TAGS}
+
+    def artifact(self, name: str, destination: str | Path | None = None) -> Path:
+        return download(self.run_id, name, destination)
+
+    def optional_artifact(self, name: str, destination: str | Path | None = None) -> Path | None:
+        return download(self.run_id, name, destination, required=False)
+
+    def listing(self, folder: str) -> list[str]:
+        return list_artifacts(self.run_id, folder)
+
+
+def _record(run, model_version=None) -> RunRecord:
+    extra: dict[str, Any] = {}
+    if model_version is not None:
+        extra = {
+            "model_name": model_version.name,
+            "version": str(model_version.version),
+            "aliases": tuple(getattr(model_version, "aliases", None) or ()),
+            "version_tags": dict(model_version.tags or {}),
+        }
+    return RunRecord(
+        run_id=run.info.run_id,
+        experiment_id=run.info.experiment_id,
+        start_time=run.info.start_time,
+        artifact_uri=run.info.artifact_uri,
+        tags=dict(run.data.tags),
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        **extra,
+    )
+
+
+def model_version(model_name: str, version: str | None, alias: str = CHALLENGER):
+    """A registered ModelVersion by number, or by alias when no number is given."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if version is None:
+            return client().get_model_version_by_alias(model_name, alias)
+        return client().get_model_version(model_name, str(version))
+    except MlflowException:
+        what = f"version {version}" if version is not None else f"alias {alias!r}"
+        raise RegistryError(
+            f"model {model_name!r} has no {what} in the registry at {tracking_uri()}"
+        ) from None
+
+
+def read_version(model_name: str, version: str | None, alias: str = CHALLENGER) -> RunRecord:
+    """A registered version (by number, else by alias) with its training run."""
+    found = model_version(model_name, version, alias)
+    return _record(client().get_run(found.run_id), found)
+
+
+def read_run(run_id: str) -> RunRecord:
+    return _record(client().get_run(run_id))
+
+
+def alias_version(model_name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def latest_version(model_name: str) -> str | None:
+    """The highest registered version number, None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client().search_model_versions(f"name = '{model_name.replace(chr(39), '')}'")
+    except MlflowException:
+        return None
+    return str(max(int(item.version) for item in versions)) if versions else None
+
+
+def search_runs(experiment_ids: list[str], tags: Mapping[str, str], max_results: int):
+    """Runs whose tags have these values, newest first."""
+    conditions = " and ".join(
+        f"tags.`{key}` = '{str(value).replace(chr(39), '')}'" for key, value in tags.items()
+    )
+    runs = client().search_runs(
+        experiment_ids,
+        filter_string=conditions,
+        order_by=["attributes.start_time DESC"],
+        max_results=max_results,
+    )
+    return [_record(run) for run in runs]
+
+
+def download(
+    run_id: str, artifact: str, destination: str | Path | None = None, required: bool = True
+) -> Path | None:
+    """A run's artifact (file or folder) on local disk. Missing: a `RegistryError` naming it,
+    or None when not ``required``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=artifact,
+                dst_path=None if destination is None else str(destination),
+            )
+        )
+    except (MlflowException, OSError):
+        local = None
+    # A file asked for by name must be a file (MLflow gives an empty folder for a missing one).
+    if local is not None and (PurePosixPath(artifact).suffix == "" or local.is_file()):
+        return local
+    if not required:
+        return None
+    meaning, why = ARTIFACT_MEANING.get(artifact, ("artifact", ""))
+    raise RegistryError(f"run {run_id} has no {meaning} ({artifact})" + (f"; {why}" if why else ""))
+
+
+def list_artifacts(run_id: str, folder: str) -> list[str]:
+    return [item.path for item in client().list_artifacts(run_id, folder)]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def log_run(tags: Mapping[str, str], params: Mapping[str, Any], metrics: Mapping[str, float]):
+    """Tags, params and the finite metrics of the active run."""
+    import mlflow
+
+    mlflow.set_tags(dict(tags))
+    if params:
+        mlflow.log_params(dict(params))
+    mlflow.log_metrics(
+        {
+            name: value
+            for name, value in metrics.items()
+            if value is not None and math.isfinite(value)
+        }
+    )
+
+
+def log_k_run(experiment_id: str, k: int, chosen: bool, metrics: Mapping[str, float]) -> None:
+    """The nested run of one k tried, inside the active training run."""
+    import mlflow
+
+    from tasks.run_liveness import owned_run
+
+    with owned_run(experiment_id=experiment_id, run_name=k_run_name(k), nested=True):
+        mlflow.log_param(Param.K, k)
+        mlflow.set_tag(RunTag.CHOSEN, str(chosen).lower())
+        log_run({}, {}, metrics)
+
+
+def log_file(local: str | Path, artifact: str) -> None:
+    """A local file as the artifact ``artifact`` of the active run (renamed if need be)."""
+    import mlflow
+
+    local = Path(local)
+    target = PurePosixPath(artifact)
+    folder = None if str(target.parent) == "." else str(target.parent)
+    if local.name == target.name:
+        mlflow.log_artifact(str(local), artifact_path=folder)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        renamed = Path(scratch) / target.name
+        shutil.copyfile(local, renamed)
+        mlflow.log_artifact(str(renamed), artifact_path=folder)
+
+
+def log_plots(plots: Iterable[Path]) -> None:
+    for plot in plots:
+        log_file(plot, f"{Artifact.PLOTS}/{Path(plot).name}")
+
+
+def log_json(payload: Any, artifact: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(json.loads(json.dumps(payload, default=_json_default)), artifact)
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def log_csv(table, artifact: str) -> None:
+    import mlflow
+
+    mlflow.log_text(table.to_csv(), artifact)
+
+
+def log_training_data(frame, max_mb: float) -> bool:
+    """The training rows as :attr:`Artifact.TRAINING_DATA` when at most ``max_mb`` as Parquet;
+    else tag ``training_data_logged=false``. Returns whether it was logged."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / PurePosixPath(Artifact.TRAINING_DATA).name
+        frame.to_parquet(path, index=False)
+        if path.stat().st_size / 1e6 <= max_mb:
+            log_file(path, Artifact.TRAINING_DATA)
+            return True
+    mlflow.set_tag(RunTag.TRAINING_DATA_LOGGED, "false")
+    return False
+
+
+def log_chain(chain_dir: str | Path) -> None:
+    import mlflow
+
+    mlflow.log_artifacts(str(chain_dir), artifact_path=Artifact.CHAIN)
+
+
+def tag_run(run_id: str, tags: Mapping[str, str]) -> None:
+    mlflow_client = client()
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, value)
+
+
+def log_text(run_id: str, text: str, artifact: str) -> None:
+    client().log_text(run_id, text, artifact)
+
+
+def log_dict(run_id: str, payload: Any, artifact: str) -> None:
+    client().log_dict(run_id, payload, artifact)
+
+
+def fail_run(run_id: str) -> None:
+    client().set_terminated(run_id, status="FAILED")
+
+
+def tag_version(model_name: str, version: str, tags: Mapping[str, str]) -> None:
+    mlflow_client = client()
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(model_name, str(version), key, value)
+
+
+def move_alias(model_name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(model_name, alias, str(version))
+
+
+def record_registration(
+    model_name: str,
+    version: str,
+    run_tags: Mapping[str, str],
+    k: int,
+    contract: dict[str, Any],
+    digest: str,
+) -> None:
+    """A new version: alias challenger, lineage copied from its run, k, the input contract
+    (its digest, and the feature list when it fits in a tag); the run names the version."""
+    import mlflow
+
+    move_alias(model_name, CHALLENGER, version)
+    tags = {key: run_tags[key] for key in COPIED_TO_VERSION if key in run_tags}
+    tags[VersionTag.K] = str(k)
+    tags[VersionTag.CONTRACT_DIGEST] = digest
+    listed = json.dumps(contract["features"])
+    if len(listed) <= CONTRACT_TAG_MAX:
+        tags[VersionTag.CONTRACT] = listed
+    tag_version(model_name, version, tags)
+    mlflow.set_tag(RunTag.MODEL_VERSION, version)
+
+
+def record_gate(
+    model_name: str, version: str, passed: bool, reasons: list[str], champion: str | None
+) -> None:
+    """The gate's verdict on a version; passing moves ``champion`` to it."""
+    tags = {
+        VersionTag.GATE_PASSED: str(passed).lower(),
+        VersionTag.GATE_REASONS: "; ".join(reasons),
+    }
+    if passed and champion is not None:
+        tags[VersionTag.PREVIOUS_CHAMPION] = champion
+    tag_version(model_name, version, tags)
+    if passed:
+        move_alias(model_name, CHAMPION, version)
+
+
+def record_rollback(model_name: str, version: str, champion_before: str | None) -> None:
+    """``champion`` moved back to ``version``, which records the champion it replaced."""
+    move_alias(model_name, CHAMPION, version)
+    if champion_before is not None and champion_before != version:
+        tag_version(model_name, version, {VersionTag.ROLLED_BACK_FROM: champion_before})
+
+
+def record_failed_validation(
+    experiment_id: str, tags: Mapping[str, str], validation_json: Path, failed: int
+) -> str:
+    """A FAILED run keeping a validation that did not pass visible (nothing is registered)."""
+    from tasks.run_liveness import owned_run
+
+    with owned_run(experiment_id=experiment_id, run_name=VALIDATION_FAILED_RUN_NAME) as run:
+        log_run(
+            {**tags, RunTag.VALIDATION_SUCCESS: "false"}, {}, {Metric.FAILED_EXPECTATIONS: failed}
+        )
+        log_file(validation_json, Artifact.VALIDATION_RESULT)
+    fail_run(run.info.run_id)
+    return run.info.run_id
