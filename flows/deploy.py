@@ -27,7 +27,7 @@ from tasks.deploy.contract import (
     load_release,
     validate_endpoint_name,
 )
-from tasks.errors import EndpointError
+from tasks.errors import EndpointError, RegistryError
 
 logger = logging.getLogger("flows.deploy")
 
