@@ -137,3 +137,49 @@ def test_popseg_refuses_a_bad_key_before_any_work(project_dir, as_json):
         assert document["error_type"] == "ConfigError" and document["exit_code"] == 2
     else:
         assert result.stdout == ""
+
+
+REFUSED_BEFORE_ANY_WORK = [
+    (["train", "--data", "missing.csv"], 3),
+    (["train", "--data", "missing", "--engine", "dask"], 3),
+    (["run", "--set", "cluster.k_mx=1"], 2),
+    (["monitor", "--data", "missing.csv"], 3),
+    (["score", "--data", "missing.csv", "-o", "out.csv"], 3),
+    (["promote", "--set", "nosuch.key=1"], 2),
+    (["deploy", "--set", "nosuch.key=1"], 2),
+    (["lineage", "1", "--set", "nosuch.key=1"], 2),
+    (["report", "--set", "nosuch.key=1"], 2),
+    (["serve", "--set", "nosuch.key=1"], 2),
+    (["stage", "train", "--set", "nosuch.key=1"], 2),
+]
+
+_REFUSAL_PROBE = """
+import json, sys
+from typer.testing import CliRunner
+from flows.cli import app
+seen = []
+for args in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(app, args)
+    loaded = sorted(n for n in ("prefect", "mlflow", "great_expectations") if n in sys.modules)
+    seen.append([result.exit_code, loaded])
+print(json.dumps(seen))
+"""
+
+
+def test_bad_input_is_refused_before_prefect_or_mlflow_is_imported(tmp_path):
+    """One fresh interpreter runs each refusal in turn: none may have loaded Prefect, MLflow or
+    Great Expectations (Prefect's import alone takes seconds; its server more)."""
+    import subprocess
+    import sys
+
+    commands = [args for args, _ in REFUSED_BEFORE_ANY_WORK]
+    probe = subprocess.run(
+        [sys.executable, "-c", _REFUSAL_PROBE, json.dumps(commands)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    seen = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert seen == [[code, []] for _, code in REFUSED_BEFORE_ANY_WORK]
