@@ -66,4 +66,6 @@ def ui(
     """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI overrides)."""
     from flows import commands
 
-    raise typer.Exit(commands.mlflow_ui(host, port, _note))
+    with command_errors():
+        code = commands.mlflow_ui(host, port, _note)
+    raise typer.Exit(code)
