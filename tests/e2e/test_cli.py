@@ -144,7 +144,10 @@ def test_bad_input_in_a_fresh_process_has_no_traceback(project_dir):
     bad.write_text("a;b;c\n1;2;3\n")
     result = run_popseg(["train", "--data", str(bad), "--json"], project_dir)
     assert result.returncode == 3
-    assert result.stdout == ""
+    # stdout holds one JSON document, the error's; the message is on stderr as in text mode.
+    document = json.loads(result.stdout)
+    assert document["error_type"] == "DataError" and document["exit_code"] == 3
+    assert "wrong delimiter? Use --set data.delimiter=';'" in document["error"]
     assert "wrong delimiter? Use --set data.delimiter=';'" in result.stderr
     assert "Traceback" not in result.stderr
 

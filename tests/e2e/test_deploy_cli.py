@@ -134,10 +134,10 @@ def test_score_dask_engine_writes_the_in_memory_scores(trained_project):
 def test_run_serving_step_answers_like_training(trained_project):
     """The main job's last step (in-process): champion on a local endpoint, the first training
     rows through boto3's sagemaker-runtime client, the endpoint stopped."""
-    from flows.cli import _serve_sample
+    from flows.commands import serve_sample
     from tasks.config import load_params
 
-    payload = _serve_sample(load_params("params.yaml"), keep_serving=False)
+    payload = serve_sample(load_params("params.yaml"), keep_serving=False)
     assert payload["deployed"] and payload["model_version"] == "2" and payload["stopped"]
     run_id = mlflow.MlflowClient().get_model_version(MODEL, "2").run_id
     assignments = pd.read_csv(

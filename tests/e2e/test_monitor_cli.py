@@ -50,7 +50,10 @@ def test_monitor_json_text_and_exit_codes(trained_project):
 def test_monitor_errors_are_clear(trained_project):
     load_crime().drop(columns=["Density"]).to_csv(trained_project / "partial.csv", index=False)
     missing = invoke("monitor", "--data", "partial.csv", "--json")
-    assert missing.exit_code == 3 and missing.stdout == ""
+    assert missing.exit_code == 3
+    document = json.loads(missing.stdout)  # with --json the error is the one JSON document
+    assert document["error_type"] == "DataError" and document["exit_code"] == 3
+    assert "partial.csv: missing feature column(s) Density" in document["error"]
     assert "partial.csv: missing feature column(s) Density" in missing.stderr
     absent = invoke("monitor", "--data", "nope.csv")
     assert absent.exit_code == 3 and "nope.csv: file not found" in absent.stderr

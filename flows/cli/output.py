@@ -1,0 +1,111 @@
+"""How every `popseg` command ends: its result rendered as text or as one JSON document, and
+its errors turned into an exit code and one `error:` line.
+
+A command runs its work inside `command_errors(as_json)` and hands the result to `emit`:
+
+- a `PopsegError` exits with the error class's `exit_code` and prints `error: <message>` on
+  stderr; with ``--json`` stdout also gets one JSON document naming the error, so a script
+  reads stdout in both outcomes and the exit code is the same in both modes;
+- any other exception is a bug: exit 1 with a one-line `error: unexpected ...` on stderr, and
+  the traceback only with ``--verbose`` or ``POPSEG_DEBUG=1``;
+- with ``--json`` whatever a library prints while the command works goes to stderr, so stdout
+  holds the JSON document alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import typer
+from typer.main import get_current_context
+
+from tasks.errors import PopsegError
+
+DEBUG_VARIABLE = "POPSEG_DEBUG"
+
+
+def emit(payload: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], None]) -> None:
+    """The command's result: one JSON document on stdout, or ``render(payload)`` as text."""
+    if as_json:
+        _write_json(payload)
+    else:
+        render(payload)
+
+
+def fail(error: PopsegError, as_json: bool = False, reported: bool = False) -> None:
+    """Exit with ``error``'s exit code and its message on stderr. With ``as_json`` the error is
+    also the JSON document on stdout, unless the command already wrote its result there
+    (``reported``: e.g. a monitoring outcome that found drift)."""
+    typer.echo(f"error: {error}", err=True)
+    if as_json and not reported:
+        _write_json(error_document(error))
+    raise typer.Exit(error.exit_code)
+
+
+def error_document(error: PopsegError) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "error": str(error),
+        "error_type": type(error).__name__,
+        "exit_code": error.exit_code,
+    }
+    failures = getattr(error, "failures", None)
+    if failures:
+        document["failures"] = failures
+    return document
+
+
+@contextlib.contextmanager
+def command_errors(as_json: bool = False) -> Iterator[None]:
+    """Runs a command's work: errors become exit codes (see the module docstring); with
+    ``as_json`` anything printed meanwhile goes to stderr."""
+    try:
+        with _stdout_to_stderr(as_json):
+            yield
+    except (typer.Exit, typer.Abort):
+        raise  # an exit the command chose
+    except PopsegError as error:
+        fail(error, as_json)
+    except Exception as error:
+        if debugging():
+            raise
+        message = " ".join(str(error).split()) or "(no message)"
+        hint = f"rerun with --verbose or {DEBUG_VARIABLE}=1 for the traceback"
+        typer.echo(f"error: unexpected {type(error).__name__}: {message} ({hint})", err=True)
+        if as_json:
+            _write_json({"error": message, "error_type": type(error).__name__, "exit_code": 1})
+        raise typer.Exit(1) from None
+
+
+def debugging() -> bool:
+    """``POPSEG_DEBUG`` set (not empty, not 0), or ``popseg --verbose``."""
+    if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+        return True
+    context = get_current_context(silent=True)
+    return bool(context and context.find_root().params.get("verbose"))
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _write_json(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)

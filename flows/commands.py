@@ -1,0 +1,159 @@
+"""What the `popseg` commands run when it is more than one call: the pre-flight checks before a
+flow, the main job's serving step, serving the schedules, the MLflow UI. The CLI (`flows/cli/`)
+parses options and renders results; the checks and decisions live here.
+
+Nothing here imports Prefect, MLflow or pandas at module level: a pre-flight refusal must come
+before any of them is loaded (and before Prefect's server starts).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasks.config import Params
+
+
+def preflight(
+    params: Params, data: str | None = None, write_store: bool = True, folders: bool = False
+) -> None:
+    """What a command needs from this machine, checked before Prefect starts or any work is
+    done: the data file (a folder or glob too with ``folders``: the Dask engine) or s3://
+    credentials, then the tracking store."""
+    from tasks import preflight as checks
+    from tasks.tracking import ARTIFACT_DIR, tracking_uri
+
+    if data is not None:
+        checks.check_data_path(data, folders)
+    checks.check_tracking_store(
+        tracking_uri(), Path.cwd() / ARTIFACT_DIR, params.register_.experiment, write_store
+    )
+
+
+def train(
+    params: Params, run_promotion: bool, engine: str = "memory", scheduler: str | None = None
+):
+    """Pre-flight, then the training flow (and the promotion gate) with the flow timeout."""
+    # A Dask cluster elsewhere reads the data on its workers' file system, not this one.
+    remote = engine == "dask" and bool(scheduler or params.dask.scheduler)
+    preflight(params, None if remote else params.data.path, folders=engine == "dask")
+    from flows.training import run_training
+
+    timeout = params.orchestrate.flow_timeout_s
+    return run_training(params, run_promotion, engine, scheduler, timeout)
+
+
+def score(
+    params: Params,
+    data: str,
+    output: str,
+    version: str | None,
+    engine: str = "memory",
+    scheduler: str | None = None,
+) -> dict[str, Any]:
+    """Pre-flight, then batch scoring in memory or on Dask (flows/scoring.py)."""
+    # A Dask cluster elsewhere reads the data on its workers' file system, not this one.
+    remote = engine == "dask" and bool(scheduler or params.dask.scheduler)
+    preflight(params, None if remote else data, write_store=False, folders=engine == "dask")
+    from flows.scoring import score as run_score
+
+    return run_score(params, data, output, version, engine, scheduler)
+
+
+def check_deploy(
+    params: Params,
+    target: str | None,
+    region: str | None,
+    bucket: str | None,
+    role_arn: str | None,
+) -> None:
+    """Before a deploy: the target's own settings and credentials check (for SageMaker: the
+    settings, then AWS credentials), then the tracking store (read only)."""
+    from flows.deploy import check_target
+
+    check_target(params, target, region, bucket, role_arn)
+    preflight(params, write_store=False)
+
+
+def serve_sample(params: Params, keep_serving: bool) -> dict[str, Any]:
+    """The main job's last step: the champion on a local endpoint, its smoke test (the first
+    training rows through the boto3 sagemaker-runtime client) shown, the endpoint stopped
+    (unless kept)."""
+    from flows import deploy as deploy_flow
+    from tasks.register import CHAMPION, alias_version
+
+    champion = alias_version(params.register_.model_name, CHAMPION)
+    if champion is None:
+        return {"deployed": False, "reason": "no champion: nothing to deploy"}
+    name = params.deploy.endpoint_name
+    result = deploy_flow.deploy(params, version=champion, target="local", endpoint_name=name)
+    stopped = False
+    if not keep_serving:
+        deploy_flow.undeploy(params, name, "local")
+        stopped = True
+    return {"deployed": True, **result.to_json(), "stopped": stopped}
+
+
+def serve_schedules(
+    params: Params,
+    params_file: str,
+    overrides: list[str],
+    only: list[str] | None,
+    every: float | None,
+    data: str | None,
+    port: int,
+    notify: Callable[[str], None],
+) -> str:
+    """Serve the scheduled deployments until Ctrl-C or SIGTERM, on PREFECT_API_URL or a local
+    Prefect server started here (and stopped after). Returns how serving stopped."""
+    from flows.prefect_server import ensure_server
+
+    with ensure_server(port) as (api_url, started):
+        # Prefect reads PREFECT_API_URL when imported: only now, with the server known.
+        from flows.schedules import deployments, schedules, serve_until_stopped
+
+        planned = schedules(params, only, every, data)
+        built = deployments(params_file, overrides, planned, data)
+        where = "started here" if started else "PREFECT_API_URL"
+        notify(f"Prefect API {api_url} ({where}); UI at {api_url.removesuffix('/api')}")
+        for item in planned:
+            when = (
+                f"every {item.interval_s:g} s"
+                if item.interval_s
+                else f"cron {item.cron!r} {item.timezone}"
+            )
+            notify(f"serving {item.name}: {when}")
+        notify(
+            "Ctrl-C or SIGTERM stops serving: schedules paused, a running flow run given "
+            f"{params.schedule.stop_timeout_s:g} s (schedule.stop_timeout_s) to finish"
+        )
+        # One flow run at a time: a slow retrain is not overlapped by the next one.
+        return serve_until_stopped(built, params.schedule.stop_timeout_s, limit=1, notify=notify)
+
+
+def mlflow_ui(host: str, port: int, notify: Callable[[str], None]) -> int:
+    """The MLflow UI on the project's tracking store until it exits or popseg is signalled;
+    returns its exit code."""
+    from flows.runtime import run_until_signalled
+    from tasks.tracking import ARTIFACT_DIR, tracking_uri
+
+    uri = tracking_uri()
+    notify(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
+    mlflow_cli = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    command = [
+        mlflow_cli,
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--default-artifact-root",
+        (Path.cwd() / ARTIFACT_DIR).resolve().as_uri(),
+    ]
+    return run_until_signalled(command)
