@@ -92,6 +92,53 @@ def match_to_champion(
     return ids, mapping
 
 
+def segment_ids_for(
+    labels: np.ndarray,
+    counts: np.ndarray,
+    champion_rows: np.ndarray,
+    names: list[str],
+    champion: SegmentationChain | None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Segment id per internal cluster index and how they were chosen: matched to a champion
+    on the same features (on ``labels`` of ``champion_rows``), else by size (``counts``: rows
+    per cluster)."""
+    k = len(counts)
+    if champion is not None and champion.feature_names == names:
+        segment_ids, mapping = match_to_champion(labels, champion_rows, champion, k)
+        mapping["champion_version"] = champion.metadata.get("model_version")
+        return segment_ids, mapping
+    segment_ids = size_order_ids_from_counts(counts)
+    mapping = {
+        "method": "size order (no comparable champion)",
+        "map": {int(i): int(segment_ids[i]) for i in range(k)},
+    }
+    return segment_ids, mapping
+
+
+def segments_from_summary(
+    segment_ids: np.ndarray,
+    counts: np.ndarray,
+    cluster_means: np.ndarray,
+    population_mean: np.ndarray,
+    population_std: np.ndarray,
+    nearest: list[list[str]],
+    names: list[str],
+    top: int,
+) -> tuple[dict[int, int], pd.DataFrame, dict[int, list[dict[str, Any]]], dict[int, list[str]]]:
+    """Sizes, profiles, distinguishing features and example members from per-cluster
+    statistics (rows, means in original units, nearest members' ids), keyed by segment id;
+    empty clusters left out."""
+    order = np.argsort(segment_ids)
+    sizes = {int(segment_ids[i]): int(counts[i]) for i in order if counts[i] > 0}
+    means = pd.DataFrame(
+        cluster_means[order], index=pd.Index(segment_ids[order], name="segment"), columns=names
+    )
+    means = means.loc[[segment for segment in means.index if segment in sizes]]
+    distinguishing = distinguishing_features(means, population_mean, population_std, names, top)
+    examples = {int(segment_ids[i]): nearest[i] for i in order if counts[i] > 0}
+    return sizes, means, distinguishing, examples
+
+
 def bootstrap_stability(
     values: np.ndarray,
     labels: np.ndarray,
@@ -129,7 +176,7 @@ def bootstrap_round(
 
     if len(np.unique(values[sample], axis=0)) < k:
         return None
-    if config.engine == "numba":
+    if config.backend == "numba":
         from tasks.compute import KMeans
     else:
         from sklearn.cluster import KMeans
@@ -200,13 +247,9 @@ def evaluate(
     ``raw_rows_for_champion`` the same rows as the champion would receive them. Example
     members are the rows closest to their segment's centroid."""
     k = len(centroids)
-    mapping: dict[str, Any] = {"method": "size order (no comparable champion)"}
-    if champion is not None and champion.feature_names == names:
-        segment_ids, mapping = match_to_champion(labels, raw_rows_for_champion, champion, k)
-        mapping["champion_version"] = champion.metadata.get("model_version")
-    else:
-        segment_ids = size_order_ids(labels, k)
-        mapping["map"] = {int(i): int(segment_ids[i]) for i in range(k)}
+    segment_ids, mapping = segment_ids_for(
+        labels, np.bincount(labels, minlength=k), raw_rows_for_champion, names, champion
+    )
     segments = segment_ids[labels]
     sizes = {int(s): int(c) for s, c in zip(*np.unique(segments, return_counts=True), strict=True)}
     means, distinguishing = profiles(raw_values, names, segments, config.top_features)

@@ -41,16 +41,16 @@ def column_statistics(values: np.ndarray, strategy: str, fill_value: float) -> n
     return np.nanmean(values, axis=0)
 
 
-def _knn_imputer(n_neighbors: int, engine: str):
-    if engine == "numba":
+def _knn_imputer(n_neighbors: int, backend: str):
+    if backend == "numba":
         from tasks.compute import KNNImputer
     else:
         from sklearn.impute import KNNImputer
     return KNNImputer(n_neighbors=n_neighbors)
 
 
-def impute(features: pd.DataFrame, config: ImputeConfig, engine: str = "sklearn") -> ImputeResult:
-    """Fill missing values per `impute.strategy`; `engine` picks the KNN implementation."""
+def impute(features: pd.DataFrame, config: ImputeConfig, backend: str = "sklearn") -> ImputeResult:
+    """Fill missing values per `impute.strategy`; `backend` picks the KNN implementation."""
     values = features.to_numpy(dtype=np.float64, copy=True)
     names = list(features.columns)
     missing = np.isnan(values)
@@ -69,7 +69,7 @@ def impute(features: pd.DataFrame, config: ImputeConfig, engine: str = "sklearn"
         statistics = column_statistics(values, strategy, config.fill_value)
         filled = np.where(missing, statistics[None, :], values)
     elif strategy == "knn":
-        filled = _knn_imputer(config.n_neighbors, engine).fit_transform(values)
+        filled = _knn_imputer(config.n_neighbors, backend).fit_transform(values)
     else:  # iterative (MICE)
         from sklearn.experimental import enable_iterative_imputer  # noqa: F401
         from sklearn.impute import IterativeImputer

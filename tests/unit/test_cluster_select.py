@@ -10,7 +10,7 @@ from tasks.select import knee_point, select_k
 
 
 def _config(*overrides):
-    return load_params(overrides=["cluster.engine=sklearn", *overrides]).cluster
+    return load_params(overrides=["cluster.backend=sklearn", *overrides]).cluster
 
 
 def test_sweep_matches_sklearn_and_scores_each_k(blobs):
@@ -37,7 +37,7 @@ def test_sweep_matches_sklearn_and_scores_each_k(blobs):
 
 def test_numba_engine_agrees_with_sklearn(blobs):
     values, truth = blobs
-    numba = sweep(values, _config("cluster.engine=numba", "cluster.k_max=4"))
+    numba = sweep(values, _config("cluster.backend=numba", "cluster.k_max=4"))
     sk = sweep(values, _config("cluster.k_max=4"))
     for k in numba.k_values:
         assert numba.fits[k].inertia <= sk.fits[k].inertia * 1.01
@@ -50,8 +50,14 @@ def test_numba_engine_agrees_with_sklearn(blobs):
 
 
 def test_k_max_capped_at_rows_minus_one():
-    ks, notes = k_range(_config("cluster.k_max=12"), n_rows=6)
-    assert ks == [2, 3, 4, 5] and "capped at 5" in notes[0]
+    ks = k_range(_config("cluster.k_max=12"), n_rows=6)
+    assert ks.k_values == [2, 3, 4, 5] and ks.capped and ks.k_max_requested == 12
+    assert not k_range(_config("cluster.k_max=5"), n_rows=6).capped
+    # The sweep carries the cap as a field; its notes are built from it.
+    values = np.arange(12, dtype=np.float64).reshape(6, 2)
+    swept = sweep(values, _config("cluster.k_max=12", "cluster.n_init=1"))
+    assert swept.k_capped and swept.k_max_requested == 12 and swept.k_values == [2, 3, 4, 5]
+    assert swept.notes == ks.notes()
     with pytest.raises(DataError, match="too few for cluster.k_min=4"):
         k_range(_config("cluster.k_min=4", "cluster.k_max=6"), n_rows=4)
 
@@ -60,8 +66,7 @@ def test_silhouette_on_stated_sample_above_limit():
     rng = np.random.default_rng(0)
     values = np.vstack([rng.normal(0, 1, (150, 2)), rng.normal(6, 1, (150, 2))])
     result = sweep(values, _config("cluster.k_max=3", "cluster.silhouette_sample=100"))
-    assert result.silhouette_rows == 100
-    assert any("sample of 100 of 300 rows" in note for note in result.notes)
+    assert result.silhouette_rows == 100 and result.n_rows == 300 and not result.k_capped
 
 
 def test_knee_on_hand_made_curve():

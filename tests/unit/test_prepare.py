@@ -35,7 +35,7 @@ def test_simple_strategies_match_sklearn(holes, strategy):
 
 def test_knn_matches_sklearn(holes):
     config = load_params(overrides=["impute.strategy=knn", "impute.n_neighbors=3"]).impute
-    result = impute(holes, config, engine="sklearn")
+    result = impute(holes, config, backend="sklearn")
     expected = KNNImputer(n_neighbors=3).fit_transform(holes.to_numpy())
     np.testing.assert_allclose(result.values, expected)
     np.testing.assert_allclose(result.fill_values, expected.mean(axis=0))
