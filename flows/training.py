@@ -118,10 +118,6 @@ def _run_step(step, *args, cached: list[str]):
     return state.result()
 
 
-def _apply(function, item: tuple):
-    return function(*item)
-
-
 @contextlib.contextmanager
 def _this_api():
     from prefect.client.orchestration import get_client
@@ -147,7 +143,9 @@ def _task_mapper(params: Params) -> engines.Mapper | None:
     def run(name: str, function, *iterables):
         from prefect import unmapped
 
-        step = task(_apply, name=name, cache_policy=NO_CACHE, persist_result=False)
+        from tasks.dask_engine.session import apply_item
+
+        step = task(apply_item, name=name, cache_policy=NO_CACHE, persist_result=False)
         items = list(zip(*iterables, strict=True))
         if not items:
             return []

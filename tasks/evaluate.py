@@ -34,6 +34,32 @@ class Evaluation:
     stability_rounds: list[float] = field(default_factory=list)
     id_mapping: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(
+        cls,
+        segment_ids: np.ndarray,
+        labels: np.ndarray,
+        distances: np.ndarray,
+        segments: tuple[dict[int, int], pd.DataFrame, dict, dict[int, list[str]]],
+        rounds: list[float],
+        id_mapping: dict[str, Any],
+    ) -> Evaluation:
+        """From the training rows' cluster labels and distances, ``segments`` (sizes,
+        profiles, distinguishing features, examples) and the bootstrap rounds."""
+        sizes, profiles, distinguishing, examples = segments
+        return cls(
+            segment_ids=segment_ids,
+            segments=segment_ids[labels],
+            distances=distances,
+            sizes=sizes,
+            profiles=profiles,
+            distinguishing=distinguishing,
+            examples=examples,
+            stability=float(np.mean(rounds)) if rounds else float("nan"),
+            stability_rounds=rounds,
+            id_mapping=id_mapping,
+        )
+
 
 def size_order_ids(labels: np.ndarray, k: int) -> np.ndarray:
     """Segment id per internal cluster index: 0 for the largest cluster, ties by index."""
@@ -260,15 +286,6 @@ def evaluate(
         closest = members[np.argsort(distance[members], kind="stable")]
         examples[segment] = [ids[i] for i in closest[: config.example_members]]
     rounds = bootstrap_stability(reduced_values, labels, k, cluster_config, config.bootstrap_rounds)
-    return Evaluation(
-        segment_ids=segment_ids,
-        segments=segments,
-        distances=distance,
-        sizes=sizes,
-        profiles=means,
-        distinguishing=distinguishing,
-        examples=examples,
-        stability=float(np.mean(rounds)) if rounds else float("nan"),
-        stability_rounds=rounds,
-        id_mapping=mapping,
+    return Evaluation.of(
+        segment_ids, labels, distance, (sizes, means, distinguishing, examples), rounds, mapping
     )

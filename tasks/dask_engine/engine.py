@@ -125,9 +125,26 @@ class DaskEngine:
 
     name = "dask"
 
-    def __init__(self, session: DaskSession, mapper=None) -> None:
-        self.session = session
-        self._map = mapper or session.map
+    def __init__(self, session: DaskSession | None = None, mapper=None) -> None:
+        self._session = session
+        self._mapper = mapper
+
+    def __reduce__(self):
+        # The session (a client with its event loop) and the mapper belong to this process;
+        # a copy that travels with a Prefect task's context is a name only.
+        return (DaskEngine, ())
+
+    @property
+    def session(self) -> DaskSession:
+        if self._session is None:
+            from tasks.dask_engine.session import current
+
+            self._session = current()
+        return self._session
+
+    def _map(self, step: str, function, *iterables) -> list:
+        mapper = self._mapper or self.session.map
+        return mapper(step, function, *iterables)
 
     # ------------------------------------------------------------------ settings
 
@@ -516,7 +533,7 @@ class DaskEngine:
         )
         if "champion_version" in mapping:
             mapping["matched_on"] = f"the seeded sample of {len(kept_frame)} rows"
-        sizes, means, distinguishing, examples = evaluate.segments_from_summary(
+        segments = evaluate.segments_from_summary(
             segment_ids,
             summary.counts,
             summary.means,
@@ -541,15 +558,6 @@ class DaskEngine:
                 bootstrap_map,
             )
         distances = np.linalg.norm(sample - chosen.centroids[sample_labels], axis=1)
-        return evaluate.Evaluation(
-            segment_ids=segment_ids,
-            segments=segment_ids[sample_labels],
-            distances=distances,
-            sizes=sizes,
-            profiles=means,
-            distinguishing=distinguishing,
-            examples=examples,
-            stability=float(np.mean(rounds)) if rounds else float("nan"),
-            stability_rounds=rounds,
-            id_mapping=mapping,
+        return evaluate.Evaluation.of(
+            segment_ids, sample_labels, distances, segments, rounds, mapping
         )
