@@ -116,23 +116,6 @@ def train_stage(
     selection = select.select_k(swept, params.select.criterion)
     evaluation = engine.evaluate(params, data, prepared, swept, selection.k, champion)
     kept_frame = data.frame[prepared.imputed.kept_rows].reset_index(drop=True)
-    metadata = {"execution_engine": engine.name}
-    return assemble_trained(
-        params, data, prepared, swept, selection, evaluation, kept_frame, metadata
-    )
-
-
-def assemble_trained(
-    params: Params,
-    data: IngestedData,
-    prepared: Prepared,
-    swept: cluster.SweepResult,
-    selection: select.Selection,
-    evaluation: evaluate.Evaluation,
-    kept_frame: pd.DataFrame,
-    metadata: dict[str, Any] | None = None,
-) -> Trained:
-    """The serving chain of the chosen k and the training's metrics."""
     chosen = swept.fits[selection.k]
     chain = build_chain(
         prepared.names,
@@ -147,7 +130,7 @@ def assemble_trained(
             "criterion": params.select.criterion,
             "data_md5": data.md5,
             "id_column": data.id_column,
-            **(metadata or {}),
+            "execution_engine": engine.name,
         },
     )
     metrics = {**chosen.metrics, "k": float(selection.k), "stability": evaluation.stability}

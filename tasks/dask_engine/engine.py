@@ -55,8 +55,6 @@ from tasks.validate import (
 
 logger = logging.getLogger(__name__)
 
-_UNSUPPORTED_IMPUTE = ("knn", "iterative")
-
 
 @dataclass(frozen=True, eq=False)
 class DistributedData(IngestedData):
@@ -152,11 +150,11 @@ class DaskEngine:
     def check_supported(params: Params) -> None:
         """Settings the Dask engine cannot run, refused before any data is read."""
         strategy = params.impute.strategy
-        if strategy in _UNSUPPORTED_IMPUTE:
+        if strategy != "drop" and strategy not in impute.FILL_STATISTIC:
+            supported = ", ".join([*impute.FILL_STATISTIC, "drop"])
             raise ConfigError(
                 f"impute.strategy={strategy} needs every row in one place (its fills depend on "
-                "other rows); with --engine dask use mean, median, most_frequent, constant or "
-                "drop"
+                f"other rows); with --engine dask use {supported}"
             )
 
     def tags(self, data: IngestedData) -> dict[str, str]:
@@ -263,7 +261,6 @@ class DaskEngine:
         self.check_supported(params)
         strategy = params.impute.strategy
         drop = strategy == "drop"
-        raw_stage = stats.Stage(names)
         raw = stats.raw_moments(session, table)
         n = table.n_rows
         impute.check_not_all_missing(names, raw.n_missing, n)
@@ -281,16 +278,13 @@ class DaskEngine:
             fill_values = kept.mean
             imputed_moments = kept
         else:
-            if strategy == "mean":
-                fill_values = raw.mean.copy()
-            elif strategy == "median":
-                fill_values = stats.quantiles(
-                    session, table, raw_stage, [0.5], raw, median=True, step="medians"
-                )[0]
-            elif strategy == "most_frequent":
-                fill_values = stats.most_frequent(session, table, raw_stage)
-            else:
-                fill_values = np.full(len(names), float(params.impute.fill_value))
+            statistic = impute.FILL_STATISTIC[strategy]
+            computed = {}
+            if statistic is not None:
+                computed[statistic] = self._column_statistic(statistic, table, raw)
+            fill_values = impute.fill_values_from_stats(
+                strategy, params.impute.fill_value, len(names), computed
+            )
             # The imputed columns: the observed values plus the filled cells (exact merge).
             imputed_moments = raw.merge(stats.Moments.constant(fill_values, raw.n_missing))
         fill_values = np.asarray(fill_values, dtype=np.float64)
@@ -372,6 +366,17 @@ class DaskEngine:
             "ij,jk,ik->i", kept_components, population, kept_components
         ).tolist()
         return Prepared(names=names, imputed=imputed, scaled=scaled, reduced=reduced)
+
+    def _column_statistic(self, statistic: str, table: DaskTable, raw: stats.Moments):
+        """A column statistic of the raw features over all rows (missing values left out)."""
+        stage = stats.Stage(table.feature_columns)
+        if statistic == "mean":
+            return raw.mean.copy()
+        if statistic == "median":
+            return stats.quantiles(
+                self.session, table, stage, [0.5], raw, median=True, step="medians"
+            )[0]
+        return stats.most_frequent(self.session, table, stage)
 
     # ------------------------------------------------------------------ sweep
 

@@ -93,3 +93,30 @@ def test_criteria_and_consensus(blobs):
         "calinski_harabasz",
         "davies_bouldin",
     }
+
+
+def test_sweep_notes_are_built_from_its_fields():
+    from tasks.cluster import KFit, SweepResult
+
+    fit = KFit(
+        k=2, centroids=np.zeros((2, 1)), labels=np.zeros(3, dtype=np.int64), inertia=0, n_iter=1
+    )
+    swept = SweepResult(
+        fits={2: fit},
+        backend="numba",
+        silhouette_rows=500,
+        n_rows=2000,
+        k_capped=True,
+        k_max_requested=9,
+        seeding_rows=1000,
+        engine_notes=["on a cluster"],
+    )
+    assert swept.notes == [
+        "cluster.k_max=9 capped at 2 (rows - 1)",
+        "k-means++ seeding (cluster.n_init runs per k) on a seeded sample of 1000 rows, "
+        "then Lloyd iterations on all 2000 rows",
+        "silhouette and Dunn index on a seeded sample of 500 of 2000 rows",
+        "on a cluster",
+    ]
+    everything = SweepResult(fits={2: fit}, backend="numba", silhouette_rows=3, n_rows=3)
+    assert everything.notes == []
