@@ -16,6 +16,26 @@ from tasks.config import Params
 from tasks.errors import DataError
 from tasks.ingest import IngestedData
 
+# prepared.npz: array name -> (the step's result, its field)
+_ARRAYS = {
+    "imputed_values": ("imputed", "values"),
+    "kept_rows": ("imputed", "kept_rows"),
+    "fill_values": ("imputed", "fill_values"),
+    "scaled_values": ("scaled", "values"),
+    "log1p_mask": ("scaled", "log1p_mask"),
+    "clip_low": ("scaled", "clip_low"),
+    "clip_high": ("scaled", "clip_high"),
+    "scale_center": ("scaled", "center"),
+    "scale_scale": ("scaled", "scale"),
+    "reduced_values": ("reduced", "values"),
+    "pca_mean": ("reduced", "mean"),
+    "pca_components": ("reduced", "components"),
+    "explained_variance_ratio": ("reduced", "explained_variance_ratio"),
+    "full_explained_variance_ratio": ("reduced", "full_explained_variance_ratio"),
+}
+# prepared.json: each step's report
+_REPORTS = {"imputed": "impute", "scaled": "scale", "reduced": "reduce"}
+
 
 @dataclass
 class Prepared:
@@ -32,29 +52,15 @@ class Prepared:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         arrays = {
-            "imputed_values": self.imputed.values,
-            "kept_rows": self.imputed.kept_rows,
-            "fill_values": self.imputed.fill_values,
-            "scaled_values": self.scaled.values,
-            "log1p_mask": self.scaled.log1p_mask,
-            "clip_low": self.scaled.clip_low,
-            "clip_high": self.scaled.clip_high,
-            "scale_center": self.scaled.center,
-            "scale_scale": self.scaled.scale,
-            "reduced_values": self.reduced.values,
-            "pca_mean": self.reduced.mean,
-            "pca_components": self.reduced.components,
-            "explained_variance_ratio": self.reduced.explained_variance_ratio,
-            "full_explained_variance_ratio": self.reduced.full_explained_variance_ratio,
+            name: getattr(getattr(self, step), attribute)
+            for name, (step, attribute) in _ARRAYS.items()
         }
         with open(folder / "prepared.npz", "wb") as handle:
             np.savez(handle, **arrays)
         reports = {
             "feature_names": self.names,
             "pca_applied": self.reduced.applied,
-            "impute": self.imputed.report,
-            "scale": self.scaled.report,
-            "reduce": self.reduced.report,
+            **{report: getattr(self, step).report for step, report in _REPORTS.items()},
         }
         (folder / "prepared.json").write_text(json.dumps(reports, indent=2, default=str) + "\n")
         return folder
@@ -67,34 +73,15 @@ class Prepared:
             if not path.exists():
                 raise DataError(f"{path}: missing; run `popseg stage prepare` (or `dvc repro`)")
         reports = json.loads(meta.read_text())
+        fields: dict[str, dict] = {step: {"report": reports[r]} for step, r in _REPORTS.items()}
         with np.load(npz, allow_pickle=False) as arrays:
-            a = {name: arrays[name] for name in arrays.files}
+            for name, (step, attribute) in _ARRAYS.items():
+                fields[step][attribute] = arrays[name]
         return cls(
             names=list(reports["feature_names"]),
-            imputed=impute.ImputeResult(
-                values=a["imputed_values"],
-                kept_rows=a["kept_rows"],
-                fill_values=a["fill_values"],
-                report=reports["impute"],
-            ),
-            scaled=scale.ScaleResult(
-                values=a["scaled_values"],
-                log1p_mask=a["log1p_mask"],
-                clip_low=a["clip_low"],
-                clip_high=a["clip_high"],
-                center=a["scale_center"],
-                scale=a["scale_scale"],
-                report=reports["scale"],
-            ),
-            reduced=reduce.ReduceResult(
-                values=a["reduced_values"],
-                mean=a["pca_mean"],
-                components=a["pca_components"],
-                explained_variance_ratio=a["explained_variance_ratio"],
-                full_explained_variance_ratio=a["full_explained_variance_ratio"],
-                applied=bool(reports["pca_applied"]),
-                report=reports["reduce"],
-            ),
+            imputed=impute.ImputeResult(**fields["imputed"]),
+            scaled=scale.ScaleResult(**fields["scaled"]),
+            reduced=reduce.ReduceResult(**fields["reduced"], applied=bool(reports["pca_applied"])),
         )
 
 
