@@ -170,13 +170,13 @@ def training_flow(
     config = params.orchestrate
     lock_s = config.registry_lock_timeout_s
     cached: list[str] = []
-    on = engines.open_engine(engine, _task_mapper(params) if engine == "dask" else None)
-    data = ingest_task.with_options(**orchestration.network_options(config))(params, on)
+    execution = engines.open_engine(engine, _task_mapper(params))
+    data = ingest_task.with_options(**orchestration.network_options(config))(params, execution)
     notes: list[str] = list(data.warnings)
-    tags = stages.training_tags(params, data, on)
+    tags = stages.training_tags(params, data, execution)
     with tempfile.TemporaryDirectory(prefix="popseg-") as scratch_dir:
         scratch = Path(scratch_dir)
-        report = validate_task(params, data, on)
+        report = validate_task(params, data, execution)
         validation_json = report.write_json(scratch / "validation_result.json")
         if not report.success:
             _record_failed_validation(params, report, tags, validation_json)
@@ -187,13 +187,13 @@ def training_flow(
             **orchestration.step_options(config),
             **orchestration.cache_options(config, orchestration.prepare_cache_key),
         )
-        prepared = _run_step(prepare, params, data, on, cached=cached)
+        prepared = _run_step(prepare, params, data, execution, cached=cached)
         champion = stages.current_champion(params.register_.model_name)
         train = train_task.with_options(
             **orchestration.step_options(config),
             **orchestration.cache_options(config, orchestration.train_cache_key),
         )
-        trained = _run_step(train, params, data, prepared, champion, on, cached=cached)
+        trained = _run_step(train, params, data, prepared, champion, execution, cached=cached)
         notes += trained.notes
         if cached:
             tags["cached_steps"] = ",".join(cached)
