@@ -95,8 +95,9 @@ def _cpu_seconds() -> float:
 def train(
     folder: Path, workers: int, memory_limit: str, project: Path, overrides: list[str]
 ) -> dict:
-    from flows import dask_stages
+    from flows import stages
     from tasks.config import load_params
+    from tasks.dask_engine.engine import DaskEngine
     from tasks.dask_engine.session import open_session
 
     params = load_params(
@@ -114,18 +115,19 @@ def train(
     os.chdir(project)  # GX keeps its suite under ./gx
     times: dict[str, float] = {}
     with open_session(params.dask) as session:
+        engine = DaskEngine(session)
         watch = MemoryWatch(session.client)
         watch.start()
         started = time.perf_counter()
         try:
             mark = time.perf_counter()
-            data = dask_stages.ingest_stage(params)
+            data = stages.ingest_stage(params, engine)
             times["ingest"], mark = time.perf_counter() - mark, time.perf_counter()
-            report = dask_stages.validate_stage(params, data)
+            report = stages.validate_stage(params, data, engine)
             times["validate"], mark = time.perf_counter() - mark, time.perf_counter()
-            prepared = dask_stages.prepare_stage(params, data)
+            prepared = stages.prepare_stage(params, data, engine)
             times["prepare"], mark = time.perf_counter() - mark, time.perf_counter()
-            trained = dask_stages.train_stage(params, data, prepared)
+            trained = stages.train_stage(params, data, prepared, None, engine)
             times["train"] = time.perf_counter() - mark
         finally:
             watch.stop.set()
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     progress = logging.StreamHandler()
     progress.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    for name in ("flows.dask_stages", "tasks.dask_engine"):
+    for name in ("tasks.dask_engine",):
         logging.getLogger(name).addHandler(progress)
         logging.getLogger(name).setLevel(logging.INFO)
     rows = args.rows or (300_000 if args.quick else 4_000_000)

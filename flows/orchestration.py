@@ -4,6 +4,7 @@ data hash + params + code, and timeouts. Wiring only."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -16,8 +17,12 @@ from tasks.config import OrchestrateConfig
 
 logger = logging.getLogger(__name__)
 
-# The cache's file format (flows/result_cache.py) is part of the key: a new format, new keys.
-_CODE_ROOTS = ("tasks", "flows/stages.py", "flows/result_cache.py")
+# The cached steps (both engines) start in flows/stages.py; the key covers every project module
+# they import, directly or inside a function. The cache's file format (flows/result_cache.py)
+# is part of the key too: a new format, new keys.
+_STEP_MODULES = ("flows.stages", "flows.result_cache")
+_PACKAGES = ("tasks", "flows")
+_ROOT = Path(__file__).resolve().parents[1]
 # Errors worth retrying: the network or a remote service, not the user's input.
 _TRANSIENT_NAMES = (
     "ConnectionError",
@@ -117,18 +122,64 @@ def step_options(config: OrchestrateConfig) -> dict[str, Any]:
     return {"timeout_seconds": config.task_timeout_s}
 
 
+def _module_file(root: Path, name: str) -> Path | None:
+    base = root.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_names(tree: ast.AST, package: str) -> set[str]:
+    """Every module an import statement names, including ``from package import module``
+    (relative imports resolved against ``package``)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([base] if base else [])])
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def step_sources(root: Path, entry_modules: tuple[str, ...] = _STEP_MODULES) -> list[Path]:
+    """The project's source files the cached steps can run: the entry modules and, transitively,
+    every tasks/ or flows/ module they import (at module level or inside a function), with the
+    packages' ``__init__`` files on the way."""
+    seen: dict[str, Path] = {}
+    pending = list(entry_modules)
+    while pending:
+        name = pending.pop()
+        if name in seen or name.split(".")[0] not in _PACKAGES:
+            continue
+        file = _module_file(root, name)
+        if file is None:
+            continue
+        seen[name] = file
+        parts = name.split(".")
+        pending += [".".join(parts[:i]) for i in range(1, len(parts))]
+        package = name if file.name == "__init__.py" else ".".join(parts[:-1])
+        tree = ast.parse(file.read_bytes(), filename=str(file))
+        pending += sorted(_imported_names(tree, package))
+    return sorted(set(seen.values()))
+
+
 @cache
 def code_fingerprint() -> str:
-    """md5 over the pipeline's source (tasks/ and the stage wiring): a code change is a new
-    cache key."""
-    root = Path(__file__).resolve().parents[1]
+    """md5 over the source of every module the cached steps run: a code change is a new key."""
+    return source_digest(_ROOT)
+
+
+def source_digest(root: Path) -> str:
     digest = hashlib.md5()
-    for entry in _CODE_ROOTS:
-        path = root / entry
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for file in files:
-            digest.update(file.relative_to(root).as_posix().encode())
-            digest.update(file.read_bytes())
+    for file in step_sources(root):
+        digest.update(file.relative_to(root).as_posix().encode())
+        digest.update(file.read_bytes())
     return digest.hexdigest()
 
 
@@ -137,10 +188,23 @@ def _key(kind: str, *parts: Any) -> str:
     return f"popseg-{kind}-" + hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+def _engine_settings(parameters: dict[str, Any]) -> dict[str, Any]:
+    from tasks.engine import MEMORY
+
+    return (parameters.get("engine") or MEMORY).cache_settings(parameters["params"])
+
+
 def prepare_cache_key(context, parameters: dict[str, Any]) -> str:
     params, data = parameters["params"], parameters["data"]
     sections = {name: params.to_dict()[name] for name in ("features", "impute", "scale", "reduce")}
-    return _key("prepare", data.md5, data.id_column, sections, params.cluster.engine)
+    return _key(
+        "prepare",
+        data.md5,
+        data.id_column,
+        sections,
+        params.cluster.backend,
+        _engine_settings(parameters),
+    )
 
 
 def train_cache_key(context, parameters: dict[str, Any]) -> str:
@@ -156,7 +220,9 @@ def train_cache_key(context, parameters: dict[str, Any]) -> str:
         champion_key = hashlib.md5(
             champion.centroids.tobytes() + champion.segment_ids.tobytes()
         ).hexdigest()
-    return _key("train", data.md5, data.id_column, sections, champion_key)
+    return _key(
+        "train", data.md5, data.id_column, sections, champion_key, _engine_settings(parameters)
+    )
 
 
 def cache_options(config: OrchestrateConfig, key_fn) -> dict[str, Any]:

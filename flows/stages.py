@@ -2,9 +2,10 @@
 
 These are the units shared by the Prefect training flow (each one a task), the
 `popseg stage ...` commands and the matching stages of ``dvc.yaml``: one wiring of the
-``tasks/`` step functions, whichever tool runs it. Between DVC stages the results go
-through files (``data/raw``, ``data/prepared``, ``models``, ``metrics``, ``plots``); in the
-Prefect flow they stay in memory. No Prefect or MLflow imports at module level.
+``tasks/`` step functions for both execution engines (`tasks.engine`: in memory, or on Dask
+with the statistics computed over partitions), whichever tool runs it. Between DVC stages the
+results go through files (``data/raw``, ``data/prepared``, ``models``, ``metrics``, ``plots``);
+in the Prefect flow they stay in memory. No Prefect or MLflow imports at module level.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import cluster, evaluate, impute, ingest, plots, reduce, register, scale, select
+from tasks import cluster, evaluate, ingest, plots, register, select
 from tasks.chain import SegmentationChain
 from tasks.config import Params
-from tasks.errors import DataError
+from tasks.engine import MEMORY, Engine
 from tasks.ingest import IngestedData
 from tasks.package import build_chain
+from tasks.prepare import Prepared
 from tasks.tracking import runs
 from tasks.tracking.layout import Artifact, RunTag
-from tasks.validate import ValidationReport, run_validation
+from tasks.validate import ValidationReport
+
+__all__ = ["Prepared", "Trained"]
 
 # Where the DVC stages keep their results (declared as outs in dvc.yaml).
 PREPARED_DIR = Path("data/prepared")
@@ -38,10 +42,10 @@ VALIDATION_JSON = Path("reports/validation.json")
 # --------------------------------------------------------------------------- ingest
 
 
-def ingest_stage(params: Params) -> IngestedData:
-    """Read the configured data (kept byte for byte under data/raw) and pick the features."""
-    raw = ingest.ingest(params.data)
-    return ingest.select_features(raw, params.data, params.features)
+def ingest_stage(params: Params, engine: Engine = MEMORY) -> IngestedData:
+    """Read the configured data (in memory: kept byte for byte under data/raw; on Dask: opened
+    on the cluster, with a seeded sample kept here) and pick the features."""
+    return engine.ingest(params)
 
 
 def load_ingested(params: Params) -> IngestedData:
@@ -60,100 +64,16 @@ def suite_name(params: Params) -> str:
     return f"popseg-{params.data.dataset}"
 
 
-def validate_stage(params: Params, data: IngestedData) -> ValidationReport:
-    return run_validation(data, params.data, params.validate_, suite_name(params))
+def validate_stage(params: Params, data: IngestedData, engine: Engine = MEMORY) -> ValidationReport:
+    return engine.validate(params, data, suite_name(params))
 
 
 # --------------------------------------------------------------------------- prepare
 
 
-@dataclass
-class Prepared:
-    """Impute -> scale -> reduce, fitted: the values the sweep clusters and every parameter
-    the serving chain needs."""
-
-    names: list[str]
-    imputed: impute.ImputeResult
-    scaled: scale.ScaleResult
-    reduced: reduce.ReduceResult
-
-    def save(self, folder: str | Path) -> Path:
-        """Arrays to ``prepared.npz`` (no pickle), reports to ``prepared.json``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        arrays = {
-            "imputed_values": self.imputed.values,
-            "kept_rows": self.imputed.kept_rows,
-            "fill_values": self.imputed.fill_values,
-            "scaled_values": self.scaled.values,
-            "log1p_mask": self.scaled.log1p_mask,
-            "clip_low": self.scaled.clip_low,
-            "clip_high": self.scaled.clip_high,
-            "scale_center": self.scaled.center,
-            "scale_scale": self.scaled.scale,
-            "reduced_values": self.reduced.values,
-            "pca_mean": self.reduced.mean,
-            "pca_components": self.reduced.components,
-            "explained_variance_ratio": self.reduced.explained_variance_ratio,
-            "full_explained_variance_ratio": self.reduced.full_explained_variance_ratio,
-        }
-        with open(folder / "prepared.npz", "wb") as handle:
-            np.savez(handle, **arrays)
-        reports = {
-            "feature_names": self.names,
-            "pca_applied": self.reduced.applied,
-            "impute": self.imputed.report,
-            "scale": self.scaled.report,
-            "reduce": self.reduced.report,
-        }
-        (folder / "prepared.json").write_text(json.dumps(reports, indent=2, default=str) + "\n")
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path) -> Prepared:
-        folder = Path(folder)
-        npz, meta = folder / "prepared.npz", folder / "prepared.json"
-        for path in (npz, meta):
-            if not path.exists():
-                raise DataError(f"{path}: missing; run `popseg stage prepare` (or `dvc repro`)")
-        reports = json.loads(meta.read_text())
-        with np.load(npz, allow_pickle=False) as arrays:
-            a = {name: arrays[name] for name in arrays.files}
-        return cls(
-            names=list(reports["feature_names"]),
-            imputed=impute.ImputeResult(
-                values=a["imputed_values"],
-                kept_rows=a["kept_rows"],
-                fill_values=a["fill_values"],
-                report=reports["impute"],
-            ),
-            scaled=scale.ScaleResult(
-                values=a["scaled_values"],
-                log1p_mask=a["log1p_mask"],
-                clip_low=a["clip_low"],
-                clip_high=a["clip_high"],
-                center=a["scale_center"],
-                scale=a["scale_scale"],
-                report=reports["scale"],
-            ),
-            reduced=reduce.ReduceResult(
-                values=a["reduced_values"],
-                mean=a["pca_mean"],
-                components=a["pca_components"],
-                explained_variance_ratio=a["explained_variance_ratio"],
-                full_explained_variance_ratio=a["full_explained_variance_ratio"],
-                applied=bool(reports["pca_applied"]),
-                report=reports["reduce"],
-            ),
-        )
-
-
-def prepare_stage(params: Params, data: IngestedData) -> Prepared:
-    names = data.feature_columns
-    imputed = impute.impute(data.features, params.impute, params.cluster.engine)
-    scaled = scale.scale(imputed.values, names, params.scale)
-    reduced = reduce.reduce(scaled.values, names, params.reduce)
-    return Prepared(names=names, imputed=imputed, scaled=scaled, reduced=reduced)
+def prepare_stage(params: Params, data: IngestedData, engine: Engine = MEMORY) -> Prepared:
+    """Impute -> scale -> reduce, fitted by the engine."""
+    return engine.prepare(params, data)
 
 
 # --------------------------------------------------------------------------- train
@@ -187,41 +107,14 @@ def train_stage(
     data: IngestedData,
     prepared: Prepared,
     champion: SegmentationChain | None = None,
+    engine: Engine = MEMORY,
 ) -> Trained:
     """Sweep k, select one, evaluate it (segment ids matched to the champion's when there
     is one) and build the serving chain."""
-    names = prepared.names
-    swept = cluster.sweep(prepared.reduced.values, params.cluster)
+    swept = engine.sweep(params, data, prepared)
     selection = select.select_k(swept, params.select.criterion)
-    chosen = swept.fits[selection.k]
+    evaluation = engine.evaluate(params, data, prepared, swept, selection.k, champion)
     kept_frame = data.frame[prepared.imputed.kept_rows].reset_index(drop=True)
-    evaluation = evaluate.evaluate(
-        prepared.reduced.values,
-        chosen.labels,
-        chosen.centroids,
-        prepared.imputed.values,
-        kept_frame[names].to_numpy(dtype=np.float64),
-        names,
-        kept_frame[data.id_column].tolist(),
-        params.cluster,
-        params.evaluate,
-        champion,
-    )
-    return assemble_trained(params, data, prepared, swept, selection, evaluation, kept_frame)
-
-
-def assemble_trained(
-    params: Params,
-    data: IngestedData,
-    prepared: Prepared,
-    swept: cluster.SweepResult,
-    selection: select.Selection,
-    evaluation: evaluate.Evaluation,
-    kept_frame: pd.DataFrame,
-    metadata: dict[str, Any] | None = None,
-) -> Trained:
-    """The serving chain of the chosen k and the training's metrics (every engine's last
-    train step: the in-memory one above, the Dask engine's in flows/dask_stages.py)."""
     chosen = swept.fits[selection.k]
     chain = build_chain(
         prepared.names,
@@ -232,11 +125,11 @@ def assemble_trained(
         evaluation.segment_ids,
         metadata={
             "k": selection.k,
-            "engine": params.cluster.engine,
+            "backend": params.cluster.backend,
             "criterion": params.select.criterion,
             "data_md5": data.md5,
             "id_column": data.id_column,
-            **(metadata or {}),
+            "execution_engine": engine.name,
         },
     )
     metrics = {**chosen.metrics, "k": float(selection.k), "stability": evaluation.stability}
@@ -253,18 +146,19 @@ def assemble_trained(
     )
 
 
-def training_tags(params: Params, data: IngestedData) -> dict[str, str]:
-    """Lineage tags of a training run: the DVC md5 of the input file and the git commit."""
+def training_tags(params: Params, data: IngestedData, engine: Engine = MEMORY) -> dict[str, str]:
+    """Lineage tags of a training run: the DVC md5 of the input file, the git commit, the
+    compute backend and where the run computed (the engine's tags)."""
     tags = {
         RunTag.DATA_MD5: data.md5,
         RunTag.DATA_SOURCE: data.source,
         RunTag.GIT_COMMIT: register.git_commit(),
-        RunTag.ENGINE: params.cluster.engine,
+        RunTag.BACKEND: params.cluster.backend,
         RunTag.ID_COLUMN: data.id_column,
     }
     if data.path and not data.path.startswith("s3://"):
         tags[RunTag.DATA_PATH] = _relative(data.path)
-    tags.update(getattr(data, "engine_tags", {}))  # the Dask engine: cluster, sample size
+    tags.update(engine.tags(data))
     return tags
 
 

@@ -1,24 +1,25 @@
 """The training flow: ingest -> validate -> prepare -> train -> register -> promote. Wiring
 only: each stage is a function in `flows/stages.py` (the same ones `popseg stage ...` and
-dvc.yaml run), wrapped here as a Prefect task."""
+dvc.yaml run), wrapped here as a Prefect task and given the run's execution engine
+(`tasks.engine`: memory, or dask on the session `run_training` opens)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import orchestration, stages
+from tasks import engine as engines
 from tasks import promote, register
 from tasks.config import Params
-from tasks.errors import ConfigError
 from tasks.report import log_training_report
 from tasks.tracking import runs
 from tasks.tracking.layout import RunTag
@@ -112,31 +113,44 @@ def _run_step(step, *args, cached: list[str]):
     return state.result()
 
 
-def _engine_steps(engine: str) -> SimpleNamespace:
-    """The ingest/validate/prepare/train tasks of an engine, and its cache keys: ``memory``
-    runs flows/stages.py; ``dask`` runs flows/dask_stages.py (same signatures and result
-    types) on the Dask session `run_training` opened. Everything after train is shared."""
-    if engine == "memory":
-        return SimpleNamespace(
-            ingest=ingest_task,
-            validate=validate_task,
-            prepare=prepare_task,
-            train=train_task,
-            prepare_key=orchestration.prepare_cache_key,
-            train_key=orchestration.train_cache_key,
-        )
-    if engine != "dask":
-        raise ConfigError(f"engine {engine!r}: choose memory or dask")
-    from flows import dask_stages
+@contextlib.contextmanager
+def _this_api():
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    return SimpleNamespace(
-        ingest=task(dask_stages.ingest_stage, name="ingest", **_step),
-        validate=task(dask_stages.validate_stage, name="validate", **_step),
-        prepare=task(dask_stages.prepare_stage, name="prepare", **_step),
-        train=task(dask_stages.train_stage, name="train", **_step),
-        prepare_key=dask_stages.prepare_cache_key,
-        train_key=dask_stages.train_cache_key,
-    )
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
+
+
+def _task_mapper(params: Params) -> engines.Mapper | None:
+    """With ``dask.prefect_tasks`` and the flow on prefect-dask's DaskTaskRunner: the Dask
+    engine's independent steps (per-k sample scores, bootstrap rounds) as Prefect tasks on the
+    cluster. None: the engine's own plain Dask futures."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    runner = getattr(context, "task_runner", None) if context else None
+    if not params.dask.prefect_tasks or type(runner).__name__ != "DaskTaskRunner":
+        return None
+
+    def run(name: str, function, *iterables):
+        from prefect import unmapped
+
+        from tasks.dask_engine.session import apply_item
+
+        step = task(apply_item, name=name, cache_policy=NO_CACHE, persist_result=False)
+        items = list(zip(*iterables, strict=True))
+        if not items:
+            return []
+        # The workers report to this process's Prefect API (without it, each worker process
+        # would start an ephemeral API server of its own).
+        with _this_api():
+            futures = step.map(unmapped(function), items)
+        return [future.result() for future in futures]
+
+    return run
 
 
 @flow(name="popseg-train", log_prints=True, validate_parameters=False)
@@ -151,30 +165,30 @@ def training_flow(
     config = params.orchestrate
     lock_s = config.registry_lock_timeout_s
     cached: list[str] = []
-    steps = _engine_steps(engine)
-    data = steps.ingest.with_options(**orchestration.network_options(config))(params)
+    execution = engines.open_engine(engine, _task_mapper(params))
+    data = ingest_task.with_options(**orchestration.network_options(config))(params, execution)
     notes: list[str] = list(data.warnings)
-    tags = stages.training_tags(params, data)
+    tags = stages.training_tags(params, data, execution)
     with tempfile.TemporaryDirectory(prefix="popseg-") as scratch_dir:
         scratch = Path(scratch_dir)
-        report = steps.validate(params, data)
+        report = validate_task(params, data, execution)
         validation_json = report.write_json(scratch / "validation_result.json")
         if not report.success:
             _record_failed_validation(params, report, tags, validation_json)
         require_valid(report, data.source)
         tags[RunTag.VALIDATION_SUCCESS] = "true"
 
-        prepare = steps.prepare.with_options(
+        prepare = prepare_task.with_options(
             **orchestration.step_options(config),
-            **orchestration.cache_options(config, steps.prepare_key),
+            **orchestration.cache_options(config, orchestration.prepare_cache_key),
         )
-        prepared = _run_step(prepare, params, data, cached=cached)
+        prepared = _run_step(prepare, params, data, execution, cached=cached)
         champion = stages.current_champion(params.register_.model_name)
-        train = steps.train.with_options(
+        train = train_task.with_options(
             **orchestration.step_options(config),
-            **orchestration.cache_options(config, steps.train_key),
+            **orchestration.cache_options(config, orchestration.train_cache_key),
         )
-        trained = _run_step(train, params, data, prepared, champion, cached=cached)
+        trained = _run_step(train, params, data, prepared, champion, execution, cached=cached)
         notes += trained.notes
         if cached:
             tags[RunTag.CACHED_STEPS] = ",".join(cached)
@@ -246,17 +260,14 @@ def run_training(
     ``scheduler`` (default ``dask.scheduler``; none = a LocalCluster sized to the machine,
     stopped afterwards), and the flow on prefect-dask's DaskTaskRunner connected to it, so the
     tasks the stages submit run on the same cluster."""
-    if engine == "memory":
+    if engines.engine_class(engine) is engines.MemoryEngine:
         return training_flow.with_options(timeout_seconds=timeout_s)(params, run_promotion)
-    if engine != "dask":
-        raise ConfigError(f"--engine {engine!r}: choose memory or dask")
     from prefect_dask import DaskTaskRunner
 
-    from flows.dask_stages import check_supported
     from tasks.dask_engine.session import open_session
 
-    check_supported(params)
+    engines.engine_class(engine).check_supported(params)
     with open_session(params.dask, scheduler) as session:
         runner = DaskTaskRunner(address=session.address)
         flow_on_cluster = training_flow.with_options(task_runner=runner, timeout_seconds=timeout_s)
-        return flow_on_cluster(params, run_promotion, "dask")
+        return flow_on_cluster(params, run_promotion, engine)

@@ -1,9 +1,11 @@
 """Cluster: a seeded k-means sweep over a k range, with quality metrics per k.
 
-The engine is a parameter: ``numba`` (tasks.compute's KMeansSweep, the default) or
-``sklearn`` (a scikit-learn KMeans loop, for comparison). Silhouette and Dunn are O(n²):
-above ``cluster.silhouette_sample`` rows they run on one seeded sample, shared by every k,
-and the result says so.
+The compute backend is ``cluster.backend``: ``numba`` (tasks.compute's KMeansSweep, the
+default) or ``sklearn`` (a scikit-learn KMeans loop, for comparison). Silhouette and Dunn are
+O(n²): above ``cluster.silhouette_sample`` rows they run on one seeded sample, shared by every
+k. The result carries what was capped or sampled as fields (`SweepResult.k_capped`,
+``silhouette_rows``, ``seeding_rows``); its notes are built from them. The Dask engine fits the
+same k values over partitions and builds its result with the same `sweep_result`.
 """
 
 from __future__ import annotations
@@ -30,37 +32,102 @@ class KFit:
 
 
 @dataclass(frozen=True)
+class KRange:
+    """The k values a sweep fits: k_min..k_max, k_max capped at rows - 1."""
+
+    k_values: list[int]
+    k_max_requested: int
+
+    @property
+    def capped(self) -> bool:
+        return self.k_values[-1] < self.k_max_requested
+
+    def notes(self) -> list[str]:
+        if not self.capped:
+            return []
+        return [f"cluster.k_max={self.k_max_requested} capped at {self.k_values[-1]} (rows - 1)"]
+
+
+@dataclass(frozen=True)
 class SweepResult:
+    """Every k's fit and metrics, and the facts the run's notes are built from."""
+
     fits: dict[int, KFit]
-    engine: str
+    backend: str
     silhouette_rows: int  # rows the silhouette/Dunn were computed on
     n_rows: int
     k_capped: bool = False
-    notes: list[str] = field(default_factory=list)
+    k_max_requested: int | None = None
+    seeding_rows: int | None = None  # rows k-means++ seeding ran on, when not all of them
+    engine_notes: list[str] = field(default_factory=list)  # what the execution engine did
 
     @property
     def k_values(self) -> list[int]:
         return sorted(self.fits)
+
+    @property
+    def notes(self) -> list[str]:
+        notes = []
+        if self.k_capped:
+            k_range = KRange(self.k_values, self.k_max_requested or self.k_values[-1])
+            notes += k_range.notes()
+        if self.seeding_rows is not None and self.seeding_rows < self.n_rows:
+            notes.append(
+                f"k-means++ seeding (cluster.n_init runs per k) on a seeded sample of "
+                f"{self.seeding_rows} rows, then Lloyd iterations on all {self.n_rows} rows"
+            )
+        if self.silhouette_rows < self.n_rows:
+            notes.append(
+                f"silhouette and Dunn index on a seeded sample of {self.silhouette_rows} "
+                f"of {self.n_rows} rows"
+            )
+        return notes + list(self.engine_notes)
 
     def metric_table(self) -> dict[str, list[float]]:
         names = list(next(iter(self.fits.values())).metrics)
         return {name: [self.fits[k].metrics[name] for k in self.k_values] for name in names}
 
 
-def k_range(config: ClusterConfig, n_rows: int) -> tuple[list[int], list[str]]:
-    """k_min..k_max, with k_max capped at rows - 1 (a warning, not an error)."""
-    notes = []
-    k_max = config.k_max
-    if k_max > n_rows - 1:
-        k_max = n_rows - 1
-        notes.append(f"cluster.k_max={config.k_max} capped at {k_max} (rows - 1)")
+def k_range(config: ClusterConfig, n_rows: int) -> KRange:
+    """k_min..k_max, with k_max capped at rows - 1 (a note, not an error)."""
+    k_max = min(config.k_max, n_rows - 1)
     if config.k_min > k_max:
         from tasks.errors import DataError
 
         raise DataError(
             f"{n_rows} rows are too few for cluster.k_min={config.k_min} (need at least k_min + 1)"
         )
-    return list(range(config.k_min, k_max + 1)), notes
+    return KRange(list(range(config.k_min, k_max + 1)), config.k_max)
+
+
+def silhouette_subset(n_rows: int, config: ClusterConfig) -> np.ndarray:
+    """The rows silhouette and Dunn (O(n²)) run on: a seeded sample of
+    ``cluster.silhouette_sample`` rows above that size, otherwise every row."""
+    if n_rows <= config.silhouette_sample:
+        return np.arange(n_rows)
+    rng = np.random.default_rng(config.seed)
+    return np.sort(rng.choice(n_rows, size=config.silhouette_sample, replace=False))
+
+
+def sweep_result(
+    fits: dict[int, KFit],
+    config: ClusterConfig,
+    k_values: KRange,
+    n_rows: int,
+    silhouette_rows: int,
+    seeding_rows: int | None = None,
+    engine_notes: list[str] | None = None,
+) -> SweepResult:
+    return SweepResult(
+        fits=fits,
+        backend=config.backend,
+        silhouette_rows=silhouette_rows,
+        n_rows=n_rows,
+        k_capped=k_values.capped,
+        k_max_requested=k_values.k_max_requested,
+        seeding_rows=seeding_rows,
+        engine_notes=list(engine_notes or []),
+    )
 
 
 def _sklearn_fits(
@@ -108,18 +175,18 @@ def fit_k_values(
     config: ClusterConfig,
     progress: Callable[[str], None] | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray, float, int]]:
-    """k-means for every k with ``cluster.engine`` (best of ``n_init`` seeded runs each):
+    """k-means for every k with ``cluster.backend`` (best of ``n_init`` seeded runs each):
     ``{k: (centroids, labels, inertia, n_iter)}``, unscored."""
-    fitter = _numba_fits if config.engine == "numba" else _sklearn_fits
+    fitter = _numba_fits if config.backend == "numba" else _sklearn_fits
     values = np.ascontiguousarray(values, dtype=np.float64)
     return fitter(values, k_values, config, progress or logger.info)
 
 
-def metric_functions(engine: str) -> dict[str, Callable[..., float]]:
-    """Quality metrics for an engine: numba kernels, or scikit-learn (Dunn has no sklearn form)."""
+def metric_functions(backend: str) -> dict[str, Callable[..., float]]:
+    """Quality metrics for a compute backend: numba kernels, or scikit-learn (Dunn has no sklearn form)."""
     from tasks import compute
 
-    if engine == "numba":
+    if backend == "numba":
         return {
             "silhouette": compute.silhouette_score,
             "calinski_harabasz": compute.calinski_harabasz_score,
@@ -168,20 +235,12 @@ def sweep(
     progress = progress or logger.info
     values = np.ascontiguousarray(values, dtype=np.float64)
     n_rows = len(values)
-    k_values, notes = k_range(config, n_rows)
-    for note in notes:
+    ks = k_range(config, n_rows)
+    for note in ks.notes():
         logger.warning(note)
-    raw_fits = fit_k_values(values, k_values, config, progress)
-    if n_rows > config.silhouette_sample:
-        rng = np.random.default_rng(config.seed)
-        sample = np.sort(rng.choice(n_rows, size=config.silhouette_sample, replace=False))
-        notes.append(
-            f"silhouette and Dunn index on a seeded sample of {config.silhouette_sample} "
-            f"of {n_rows} rows"
-        )
-    else:
-        sample = np.arange(n_rows)
-    functions = metric_functions(config.engine)
+    raw_fits = fit_k_values(values, ks.k_values, config, progress)
+    sample = silhouette_subset(n_rows, config)
+    functions = metric_functions(config.backend)
     fits = {}
     for k, (centroids, labels, inertia, n_iter) in raw_fits.items():
         labels = np.asarray(labels, dtype=np.int64)
@@ -194,11 +253,4 @@ def sweep(
             n_iter=n_iter,
             metrics=score_fit(values, centroids, labels, inertia, sample, functions),
         )
-    return SweepResult(
-        fits=fits,
-        engine=config.engine,
-        silhouette_rows=len(sample),
-        n_rows=n_rows,
-        k_capped=bool(notes and "capped" in notes[0]),
-        notes=notes,
-    )
+    return sweep_result(fits, config, ks, n_rows, len(sample))

@@ -101,7 +101,7 @@ class ReduceConfig(_Section):
 
 
 class ClusterConfig(_Section):
-    engine: Literal["numba", "sklearn"] = "numba"
+    backend: Literal["numba", "sklearn"] = "numba"
     k_min: Annotated[int, Field(ge=2)] = 2
     k_max: Annotated[int, Field(ge=2)] = 12
     n_init: Annotated[int, Field(ge=1)] = 10
@@ -346,6 +346,21 @@ def _section_names() -> list[str]:
     return [field.alias or name for name, field in Params.model_fields.items()]
 
 
+# Keys that were renamed: the old name is an error that names the new one.
+RENAMED_KEYS = {
+    ("cluster", "engine"): (
+        "cluster.backend (numba|sklearn); the execution engine (memory|dask) is "
+        "`popseg train --engine`"
+    ),
+}
+
+
+def _check_renamed(section: str, key: str, where: str) -> None:
+    renamed = RENAMED_KEYS.get((section, key))
+    if renamed is not None:
+        raise ConfigError(f"{where}: {section}.{key} was renamed; use {renamed}")
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each ``section.key=value`` applied; unknown keys are errors."""
     merged = {section: dict(values or {}) for section, values in raw.items()}
@@ -359,6 +374,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 f"--set {text!r}: unknown section {section!r}; sections: {', '.join(sections)}"
             )
         section_model = sections[section]
+        _check_renamed(section, key, f"--set {text!r}")
         if key not in section_model.model_fields:
             raise ConfigError(
                 f"--set {text!r}: unknown key {section}.{key}; keys in {section}: "
@@ -394,6 +410,10 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
 
 
 def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
+    for (section, key), _ in RENAMED_KEYS.items():
+        values = raw.get(section)
+        if isinstance(values, dict) and key in values:
+            _check_renamed(section, key, source)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

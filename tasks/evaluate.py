@@ -34,6 +34,32 @@ class Evaluation:
     stability_rounds: list[float] = field(default_factory=list)
     id_mapping: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(
+        cls,
+        segment_ids: np.ndarray,
+        labels: np.ndarray,
+        distances: np.ndarray,
+        segments: tuple[dict[int, int], pd.DataFrame, dict, dict[int, list[str]]],
+        rounds: list[float],
+        id_mapping: dict[str, Any],
+    ) -> Evaluation:
+        """From the training rows' cluster labels and distances, ``segments`` (sizes,
+        profiles, distinguishing features, examples) and the bootstrap rounds."""
+        sizes, profiles, distinguishing, examples = segments
+        return cls(
+            segment_ids=segment_ids,
+            segments=segment_ids[labels],
+            distances=distances,
+            sizes=sizes,
+            profiles=profiles,
+            distinguishing=distinguishing,
+            examples=examples,
+            stability=float(np.mean(rounds)) if rounds else float("nan"),
+            stability_rounds=rounds,
+            id_mapping=id_mapping,
+        )
+
 
 def size_order_ids(labels: np.ndarray, k: int) -> np.ndarray:
     """Segment id per internal cluster index: 0 for the largest cluster, ties by index."""
@@ -92,6 +118,53 @@ def match_to_champion(
     return ids, mapping
 
 
+def segment_ids_for(
+    labels: np.ndarray,
+    counts: np.ndarray,
+    champion_rows: np.ndarray,
+    names: list[str],
+    champion: SegmentationChain | None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Segment id per internal cluster index and how they were chosen: matched to a champion
+    on the same features (on ``labels`` of ``champion_rows``), else by size (``counts``: rows
+    per cluster)."""
+    k = len(counts)
+    if champion is not None and champion.feature_names == names:
+        segment_ids, mapping = match_to_champion(labels, champion_rows, champion, k)
+        mapping["champion_version"] = champion.metadata.get("model_version")
+        return segment_ids, mapping
+    segment_ids = size_order_ids_from_counts(counts)
+    mapping = {
+        "method": "size order (no comparable champion)",
+        "map": {int(i): int(segment_ids[i]) for i in range(k)},
+    }
+    return segment_ids, mapping
+
+
+def segments_from_summary(
+    segment_ids: np.ndarray,
+    counts: np.ndarray,
+    cluster_means: np.ndarray,
+    population_mean: np.ndarray,
+    population_std: np.ndarray,
+    nearest: list[list[str]],
+    names: list[str],
+    top: int,
+) -> tuple[dict[int, int], pd.DataFrame, dict[int, list[dict[str, Any]]], dict[int, list[str]]]:
+    """Sizes, profiles, distinguishing features and example members from per-cluster
+    statistics (rows, means in original units, nearest members' ids), keyed by segment id;
+    empty clusters left out."""
+    order = np.argsort(segment_ids)
+    sizes = {int(segment_ids[i]): int(counts[i]) for i in order if counts[i] > 0}
+    means = pd.DataFrame(
+        cluster_means[order], index=pd.Index(segment_ids[order], name="segment"), columns=names
+    )
+    means = means.loc[[segment for segment in means.index if segment in sizes]]
+    distinguishing = distinguishing_features(means, population_mean, population_std, names, top)
+    examples = {int(segment_ids[i]): nearest[i] for i in order if counts[i] > 0}
+    return sizes, means, distinguishing, examples
+
+
 def bootstrap_stability(
     values: np.ndarray,
     labels: np.ndarray,
@@ -129,7 +202,7 @@ def bootstrap_round(
 
     if len(np.unique(values[sample], axis=0)) < k:
         return None
-    if config.engine == "numba":
+    if config.backend == "numba":
         from tasks.compute import KMeans
     else:
         from sklearn.cluster import KMeans
@@ -200,13 +273,9 @@ def evaluate(
     ``raw_rows_for_champion`` the same rows as the champion would receive them. Example
     members are the rows closest to their segment's centroid."""
     k = len(centroids)
-    mapping: dict[str, Any] = {"method": "size order (no comparable champion)"}
-    if champion is not None and champion.feature_names == names:
-        segment_ids, mapping = match_to_champion(labels, raw_rows_for_champion, champion, k)
-        mapping["champion_version"] = champion.metadata.get("model_version")
-    else:
-        segment_ids = size_order_ids(labels, k)
-        mapping["map"] = {int(i): int(segment_ids[i]) for i in range(k)}
+    segment_ids, mapping = segment_ids_for(
+        labels, np.bincount(labels, minlength=k), raw_rows_for_champion, names, champion
+    )
     segments = segment_ids[labels]
     sizes = {int(s): int(c) for s, c in zip(*np.unique(segments, return_counts=True), strict=True)}
     means, distinguishing = profiles(raw_values, names, segments, config.top_features)
@@ -217,15 +286,6 @@ def evaluate(
         closest = members[np.argsort(distance[members], kind="stable")]
         examples[segment] = [ids[i] for i in closest[: config.example_members]]
     rounds = bootstrap_stability(reduced_values, labels, k, cluster_config, config.bootstrap_rounds)
-    return Evaluation(
-        segment_ids=segment_ids,
-        segments=segments,
-        distances=distance,
-        sizes=sizes,
-        profiles=means,
-        distinguishing=distinguishing,
-        examples=examples,
-        stability=float(np.mean(rounds)) if rounds else float("nan"),
-        stability_rounds=rounds,
-        id_mapping=mapping,
+    return Evaluation.of(
+        segment_ids, labels, distance, (sizes, means, distinguishing, examples), rounds, mapping
     )

@@ -31,26 +31,50 @@ def _most_frequent(column: np.ndarray) -> float:
     return float(values[np.argmax(counts)])  # ties -> smallest value, like scikit-learn
 
 
+# The column statistic each per-column strategy fills with: what an engine computes for it
+# (None: no statistic). knn and iterative fill from other rows; drop keeps complete rows.
+FILL_STATISTIC: dict[str, str | None] = {
+    "mean": "mean",
+    "median": "median",
+    "most_frequent": "most_frequent",
+    "constant": None,
+}
+_ROW_STATISTICS = {
+    "mean": lambda values: np.nanmean(values, axis=0),
+    "median": lambda values: np.nanmedian(values, axis=0),
+    "most_frequent": lambda values: np.array(
+        [_most_frequent(values[:, j]) for j in range(values.shape[1])]
+    ),
+}
+
+
+def fill_values_from_stats(
+    strategy: str, fill_value: float, n_columns: int, statistics: dict[str, np.ndarray]
+) -> np.ndarray:
+    """The fill per column of a `FILL_STATISTIC` strategy, from its statistic over the
+    observed values (``statistics[FILL_STATISTIC[strategy]]``)."""
+    statistic = FILL_STATISTIC[strategy]
+    if statistic is None:
+        return np.full(n_columns, float(fill_value))
+    return np.asarray(statistics[statistic], dtype=np.float64)
+
+
 def column_statistics(values: np.ndarray, strategy: str, fill_value: float) -> np.ndarray:
-    if strategy == "constant":
-        return np.full(values.shape[1], float(fill_value))
-    if strategy == "median":
-        return np.nanmedian(values, axis=0)
-    if strategy == "most_frequent":
-        return np.array([_most_frequent(values[:, j]) for j in range(values.shape[1])])
-    return np.nanmean(values, axis=0)
+    statistic = FILL_STATISTIC[strategy]
+    computed = {} if statistic is None else {statistic: _ROW_STATISTICS[statistic](values)}
+    return fill_values_from_stats(strategy, fill_value, values.shape[1], computed)
 
 
-def _knn_imputer(n_neighbors: int, engine: str):
-    if engine == "numba":
+def _knn_imputer(n_neighbors: int, backend: str):
+    if backend == "numba":
         from tasks.compute import KNNImputer
     else:
         from sklearn.impute import KNNImputer
     return KNNImputer(n_neighbors=n_neighbors)
 
 
-def impute(features: pd.DataFrame, config: ImputeConfig, engine: str = "sklearn") -> ImputeResult:
-    """Fill missing values per `impute.strategy`; `engine` picks the KNN implementation."""
+def impute(features: pd.DataFrame, config: ImputeConfig, backend: str = "sklearn") -> ImputeResult:
+    """Fill missing values per `impute.strategy`; `backend` picks the KNN implementation."""
     values = features.to_numpy(dtype=np.float64, copy=True)
     names = list(features.columns)
     missing = np.isnan(values)
@@ -65,11 +89,11 @@ def impute(features: pd.DataFrame, config: ImputeConfig, engine: str = "sklearn"
                 "choose another strategy"
             )
         filled = values[kept]
-    elif strategy in ("mean", "median", "most_frequent", "constant"):
+    elif strategy in FILL_STATISTIC:
         statistics = column_statistics(values, strategy, config.fill_value)
         filled = np.where(missing, statistics[None, :], values)
     elif strategy == "knn":
-        filled = _knn_imputer(config.n_neighbors, engine).fit_transform(values)
+        filled = _knn_imputer(config.n_neighbors, backend).fit_transform(values)
     else:  # iterative (MICE)
         from sklearn.experimental import enable_iterative_imputer  # noqa: F401
         from sklearn.impute import IterativeImputer
@@ -77,7 +101,7 @@ def impute(features: pd.DataFrame, config: ImputeConfig, engine: str = "sklearn"
         filled = IterativeImputer(
             max_iter=config.max_iter, random_state=config.seed, sample_posterior=False
         ).fit_transform(values)
-    if strategy in ("mean", "median", "most_frequent", "constant"):
+    if strategy in FILL_STATISTIC:
         fill_values = column_statistics(values, strategy, config.fill_value)
     else:
         fill_values = filled.mean(axis=0)

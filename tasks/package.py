@@ -1,5 +1,5 @@
 """Package: assemble the fitted stages into one `SegmentationChain` (npz + json artifact),
-and build the portable serving package ``model.tar.gz`` from a registered version.
+or a partly fitted one (`transform_chain`, for statistics taken between steps), and build the portable serving package ``model.tar.gz`` from a registered version.
 
 ``model.tar.gz`` is what SageMaker's scikit-learn serving container and the local
 endpoint load: ``chain.npz`` + ``chain.json`` at the root (loaded with ``allow_pickle=False``)
@@ -48,6 +48,33 @@ def build_chain(
         centroids=centroids,
         segment_ids=segment_ids,
         metadata=metadata,
+    )
+
+
+def transform_chain(
+    feature_names: list[str],
+    fill_values: np.ndarray,
+    log1p_mask: np.ndarray | None = None,
+    clip_low: np.ndarray | None = None,
+    clip_high: np.ndarray | None = None,
+    center: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+) -> SegmentationChain:
+    """The serving chain's transform fitted up to a step, the later steps the identity (no PCA,
+    no centroids): how statistics are taken on rows after the steps fitted so far."""
+    d = len(feature_names)
+    return SegmentationChain(
+        feature_names=feature_names,
+        fill_values=fill_values,
+        log1p_mask=log1p_mask if log1p_mask is not None else np.zeros(d, dtype=bool),
+        clip_low=clip_low if clip_low is not None else np.full(d, -np.inf),
+        clip_high=clip_high if clip_high is not None else np.full(d, np.inf),
+        scale_center=center if center is not None else np.zeros(d),
+        scale_scale=scale if scale is not None else np.ones(d),
+        pca_mean=np.zeros(d),
+        pca_components=np.eye(d),
+        centroids=np.zeros((1, d)),
+        segment_ids=np.zeros(1, dtype=np.int64),
     )
 
 

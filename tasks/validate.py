@@ -3,6 +3,9 @@
 The suite lives in a GX file context under ``gx/`` and is created once and then reused
 (updated only when the params change it, so its ids don't churn). A failure raises
 `DataValidationError` listing each failed expectation: column, expectation, observed value.
+When the rows are not in one place (the Dask engine), the expectations in
+`ROW_EXPECTATIONS` are evaluated from counts over every row (`failure_from_counts`) and GX
+checks the rest (column set, dtypes) on a sample.
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ def _batch_definition(context):
 
 
 def _expectation_key(expectation: Any) -> tuple[str, str]:
-    config = expectation.configuration if hasattr(expectation, "configuration") else expectation
+    config = _configuration(expectation)
     return config.type, json.dumps(config.kwargs, sort_keys=True, default=str)
 
 
@@ -273,6 +276,92 @@ def require_valid(report: ValidationReport, source: str) -> None:
     raise DataValidationError("\n".join(lines), report.failures)
 
 
+# Expectations that hold or fail by counts over the rows (evaluated from those counts when the
+# rows are not in one place); the rest (column set, dtypes) are the same for every partition.
+ROW_EXPECTATIONS = frozenset(
+    {
+        "expect_table_row_count_to_be_between",
+        "expect_column_values_to_not_be_null",
+        "expect_column_values_to_be_unique",
+        "expect_column_proportion_of_non_null_values_to_be_between",
+        "expect_column_values_to_be_between",
+        "expect_column_stdev_to_be_between",
+    }
+)
+
+
+def _configuration(expectation: Any) -> Any:
+    return expectation.configuration if hasattr(expectation, "configuration") else expectation
+
+
+def expectation_type(expectation: Any) -> tuple[str, str | None]:
+    """(expectation type, its column or None)."""
+    config = _configuration(expectation)
+    return config.type, dict(config.kwargs).get("column")
+
+
+def failure_from_counts(expectation: Any, counts: Any, names: list[str]) -> dict[str, Any] | None:
+    """One of `ROW_EXPECTATIONS` evaluated from counts over every row (None when it holds).
+    ``counts``: rows, id_nulls (+ examples), duplicate_ids (+ examples), out_of_range (+
+    examples) per column, and ``moments`` per feature column (n_missing, n_posinf, n_neginf,
+    sample_std)."""
+    config = _configuration(expectation)
+    kind, kwargs = config.type, dict(config.kwargs)
+    column = kwargs.get("column")
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    moments = counts.moments
+    j = names.index(column) if column in names else None
+    if kind == "expect_table_row_count_to_be_between":
+        ok = (low is None or counts.rows >= low) and (high is None or counts.rows <= high)
+        return None if ok else failure_entry(expectation, counts.rows)
+    if kind == "expect_column_values_to_not_be_null":
+        if not counts.id_nulls:
+            return None
+        return failure_entry(
+            expectation,
+            f"{counts.id_nulls} of {counts.rows} rows",
+            counts.id_nulls,
+            [f"data row {row}" for row in counts.id_null_examples],
+        )
+    if kind == "expect_column_values_to_be_unique":
+        if not counts.duplicate_ids:
+            return None
+        return failure_entry(
+            expectation,
+            f"{counts.duplicate_ids} rows share an id",
+            counts.duplicate_ids,
+            counts.duplicate_examples,
+        )
+    if j is None:
+        return None
+    infinite = int(moments.n_posinf[j] + moments.n_neginf[j])
+    if kind == "expect_column_proportion_of_non_null_values_to_be_between":
+        present = float(counts.rows - moments.n_missing[j]) / max(counts.rows, 1)
+        ok = (low is None or present >= low) and (high is None or present <= high)
+        return None if ok else failure_entry(expectation, present)
+    if kind == "expect_column_values_to_be_between":
+        if low == -_FINITE_MAX and high == _FINITE_MAX:
+            if not infinite:
+                return None
+            examples = ["inf"] * min(int(moments.n_posinf[j]), 1)
+            examples += ["-inf"] * min(int(moments.n_neginf[j]), 1)
+            return failure_entry(expectation, None, infinite, examples)
+        bad = counts.out_of_range.get(column, 0)
+        if not bad:
+            return None
+        return failure_entry(expectation, None, bad, counts.range_examples.get(column, []))
+    if kind == "expect_column_stdev_to_be_between":
+        std = float(moments.sample_std[j]) if not infinite else float("nan")
+        strict = bool(kwargs.get("strict_min", False))
+        ok = (
+            np.isfinite(std)
+            and (low is None or (std > low if strict else std >= low))
+            and (high is None or std <= high)
+        )
+        return None if ok else failure_entry(expectation, std)
+    return None
+
+
 def failure_entry(
     expectation: Any,
     observed: Any,
@@ -281,7 +370,7 @@ def failure_entry(
 ) -> dict[str, Any]:
     """A failed expectation of the suite, in the same form as the failures GX reports (for
     expectations checked outside GX, e.g. by the Dask engine's reductions over all rows)."""
-    config = expectation.configuration if hasattr(expectation, "configuration") else expectation
+    config = _configuration(expectation)
     kwargs = dict(config.kwargs)
     return {
         "expectation": config.type,

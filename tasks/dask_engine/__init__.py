@@ -1,9 +1,12 @@
 """The Dask engine: the pipeline's statistics and k-means on data that is never in one process.
 
-`popseg train --engine dask` runs the same stages as the in-memory engine (flows/dask_stages.py
-wires them) and `popseg score --engine dask` the same scoring (flows/scoring.py); this package
-holds the distributed parts:
+`popseg train --engine dask` runs the same stages as the in-memory engine (flows/stages.py,
+one wiring for both) and `popseg score --engine dask` the same scoring (flows/scoring.py);
+this package is the provider of their statistics on a cluster:
 
+* `engine` - `DaskEngine`, the `tasks.engine.Engine` of the Dask engine: each stage's
+  statistics computed over the partitions, and the stage's own fitting (tasks/impute, scale,
+  reduce, cluster, evaluate, validate) applied to them.
 * `session` - the cluster: a LocalCluster sized to the machine or an existing scheduler (with
   a connect timeout), and `DaskSession.compute`, which turns a lost worker, an unreachable
   scheduler or an unreadable partition into a clear `PopsegError`.

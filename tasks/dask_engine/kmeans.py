@@ -214,48 +214,55 @@ def _per_cluster(labels: np.ndarray, k: int, weights: np.ndarray) -> np.ndarray:
     return np.bincount(labels, weights=weights, minlength=k)
 
 
-def _assign_stats_part(block, centers, offsets, threads):
-    """Per k: rows, row sums, inertia and summed distance per centroid."""
+def _per_k_over_slices(block, centers, offsets, threads, want_dist: bool, per_k):
+    """``per_k(rows, b, k, labels, sq_dist)`` for every k block of ``centers``, over the
+    partition's row slices, summed."""
     pieces = []
     for start, stop in row_slices(len(block)) or [(0, 0)]:
         rows = block[start:stop]
         with numba_threads(threads):
-            labels, sq_dist, _ = assign_partial(rows, centers, offsets, True)
-        out = []
-        for b in range(len(offsets) - 1):
-            k = int(offsets[b + 1] - offsets[b])
-            lab = labels[b]
-            sums = np.zeros((k, rows.shape[1]))
-            for j in range(rows.shape[1]):
-                sums[:, j] = _per_cluster(lab, k, rows[:, j])
-            out.append(
-                (
-                    np.bincount(lab, minlength=k).astype(np.float64),
-                    sums,
-                    _per_cluster(lab, k, sq_dist[b]),
-                    _per_cluster(lab, k, np.sqrt(sq_dist[b])),
+            labels, sq_dist, _ = assign_partial(rows, centers, offsets, want_dist)
+        pieces.append(
+            [
+                per_k(
+                    rows,
+                    b,
+                    int(offsets[b + 1] - offsets[b]),
+                    labels[b],
+                    sq_dist[b] if want_dist else None,
                 )
-            )
-        pieces.append(out)
+                for b in range(len(offsets) - 1)
+            ]
+        )
     return _sum_pieces(*pieces) if len(pieces) > 1 else pieces[0]
+
+
+def _assign_stats(rows, b, k, lab, sq_dist):
+    sums = np.zeros((k, rows.shape[1]))
+    for j in range(rows.shape[1]):
+        sums[:, j] = _per_cluster(lab, k, rows[:, j])
+    return (
+        np.bincount(lab, minlength=k).astype(np.float64),
+        sums,
+        _per_cluster(lab, k, sq_dist),
+        _per_cluster(lab, k, np.sqrt(sq_dist)),
+    )
+
+
+def _assign_stats_part(block, centers, offsets, threads):
+    """Per k: rows, row sums, inertia and summed distance per centroid."""
+    return _per_k_over_slices(block, centers, offsets, threads, True, _assign_stats)
 
 
 def _mean_distance_part(block, centers, offsets, means, threads):
     """Per k: summed squared and plain distances of each cluster's rows to its mean."""
-    pieces = []
-    for start, stop in row_slices(len(block)) or [(0, 0)]:
-        rows = block[start:stop]
-        with numba_threads(threads):
-            labels, _, _ = assign_partial(rows, centers, offsets, False)
-        out = []
-        for b in range(len(offsets) - 1):
-            k = int(offsets[b + 1] - offsets[b])
-            lab = labels[b]
-            diff = rows - means[offsets[b] : offsets[b + 1]][lab]
-            squared = np.einsum("ij,ij->i", diff, diff)
-            out.append((_per_cluster(lab, k, squared), _per_cluster(lab, k, np.sqrt(squared))))
-        pieces.append(out)
-    return _sum_pieces(*pieces) if len(pieces) > 1 else pieces[0]
+
+    def per_k(rows, b, k, lab, _):
+        diff = rows - means[offsets[b] : offsets[b + 1]][lab]
+        squared = np.einsum("ij,ij->i", diff, diff)
+        return _per_cluster(lab, k, squared), _per_cluster(lab, k, np.sqrt(squared))
+
+    return _per_k_over_slices(block, centers, offsets, threads, False, per_k)
 
 
 @dataclass

@@ -108,7 +108,7 @@ class DaskSession:
         if not items:
             return []
         try:
-            futures = self.client.map(_apply, [function] * len(items), items, pure=False)
+            futures = self.client.map(apply_item, [function] * len(items), items, pure=False)
             return self.client.gather(futures)
         except BaseException as error:
             raise self._translate(error, step, None) from error
@@ -179,7 +179,8 @@ def _worker_plugin():
     return WorkerSetup()
 
 
-def _apply(function: Callable[..., Any], item: tuple) -> Any:
+def apply_item(function: Callable[..., Any], item: tuple) -> Any:
+    """``function(*item)``: one call of a map over zipped arguments (module-level: picklable)."""
     return function(*item)
 
 

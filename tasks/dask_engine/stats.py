@@ -102,24 +102,6 @@ class Stage:
             yield start, values, kept
 
 
-def identity_chain(names: list[str], fill_values: np.ndarray) -> SegmentationChain:
-    """A chain that only fills missing values (its later steps are the identity)."""
-    d = len(names)
-    return SegmentationChain(
-        feature_names=names,
-        fill_values=fill_values,
-        log1p_mask=np.zeros(d, dtype=bool),
-        clip_low=np.full(d, -np.inf),
-        clip_high=np.full(d, np.inf),
-        scale_center=np.zeros(d),
-        scale_scale=np.ones(d),
-        pca_mean=np.zeros(d),
-        pca_components=np.eye(d),
-        centroids=np.zeros((1, d)),
-        segment_ids=np.zeros(1, dtype=np.int64),
-    )
-
-
 def _delayed_over(table: DaskTable, function, *args, with_ids: bool = False) -> list:
     import dask
 

@@ -7,7 +7,7 @@ themselves: they use these names.
 A **training run** (parent, one per training, run name ``train-k<k>``):
 
 * tags: lineage (:attr:`RunTag.DATA_MD5`, ``DATA_SOURCE``, ``DATA_PATH``, ``GIT_COMMIT``),
-  how it was trained (``ENGINE``, ``ID_COLUMN``, ``CRITERION``, ``K``), the validation result
+  how it was trained (``BACKEND``, ``EXECUTION_ENGINE``, ``ID_COLUMN``, ``CRITERION``, ``K``), the validation result
   (``VALIDATION_SUCCESS`` "true"/"false"), the version it registered (``MODEL_VERSION``),
   ``TRAINING_DATA_LOGGED`` "false" when the data was too large to log, ``CACHED_STEPS`` and
   ``REPORT_ERROR`` when they apply; the owner tags of `tasks.run_liveness`;
@@ -78,7 +78,11 @@ class RunTag:
     DATA_SOURCE: Final = "data_source"
     DATA_PATH: Final = "data_path"  # in the project, when the input is a local file
     GIT_COMMIT: Final = "git_commit"
-    ENGINE: Final = "engine"  # the compute backend (numba | sklearn)
+    BACKEND: Final = "backend"  # the compute backend (numba | sklearn)
+    EXECUTION_ENGINE: Final = "execution_engine"  # where the run computed (memory | dask)
+    DASK_WORKERS: Final = "dask_workers"  # the Dask engine: workers, partitions, sample size
+    DASK_PARTITIONS: Final = "dask_partitions"
+    DASK_SAMPLE_ROWS: Final = "dask_sample_rows"
     ID_COLUMN: Final = "id_column"
     CRITERION: Final = "criterion"
     K: Final = "k"

@@ -206,8 +206,8 @@ def test_worker_killed_mid_fit(prefect_server, project_dir, caplog):
             killed.append(address)
 
     handler = KillAfterFirstIteration(level=logging.INFO)
-    watched = logging.getLogger("flows.dask_stages")
-    caplog.set_level(logging.INFO, logger="flows.dask_stages")
+    watched = logging.getLogger("tasks.dask_engine.engine")
+    caplog.set_level(logging.INFO, logger="tasks.dask_engine.engine")
     watched.addHandler(handler)
     try:
         outcome = _run(

@@ -10,7 +10,7 @@ from tasks.select import knee_point, select_k
 
 
 def _config(*overrides):
-    return load_params(overrides=["cluster.engine=sklearn", *overrides]).cluster
+    return load_params(overrides=["cluster.backend=sklearn", *overrides]).cluster
 
 
 def test_sweep_matches_sklearn_and_scores_each_k(blobs):
@@ -37,7 +37,7 @@ def test_sweep_matches_sklearn_and_scores_each_k(blobs):
 
 def test_numba_engine_agrees_with_sklearn(blobs):
     values, truth = blobs
-    numba = sweep(values, _config("cluster.engine=numba", "cluster.k_max=4"))
+    numba = sweep(values, _config("cluster.backend=numba", "cluster.k_max=4"))
     sk = sweep(values, _config("cluster.k_max=4"))
     for k in numba.k_values:
         assert numba.fits[k].inertia <= sk.fits[k].inertia * 1.01
@@ -50,8 +50,14 @@ def test_numba_engine_agrees_with_sklearn(blobs):
 
 
 def test_k_max_capped_at_rows_minus_one():
-    ks, notes = k_range(_config("cluster.k_max=12"), n_rows=6)
-    assert ks == [2, 3, 4, 5] and "capped at 5" in notes[0]
+    ks = k_range(_config("cluster.k_max=12"), n_rows=6)
+    assert ks.k_values == [2, 3, 4, 5] and ks.capped and ks.k_max_requested == 12
+    assert not k_range(_config("cluster.k_max=5"), n_rows=6).capped
+    # The sweep carries the cap as a field; its notes are built from it.
+    values = np.arange(12, dtype=np.float64).reshape(6, 2)
+    swept = sweep(values, _config("cluster.k_max=12", "cluster.n_init=1"))
+    assert swept.k_capped and swept.k_max_requested == 12 and swept.k_values == [2, 3, 4, 5]
+    assert swept.notes == ks.notes()
     with pytest.raises(DataError, match="too few for cluster.k_min=4"):
         k_range(_config("cluster.k_min=4", "cluster.k_max=6"), n_rows=4)
 
@@ -60,8 +66,7 @@ def test_silhouette_on_stated_sample_above_limit():
     rng = np.random.default_rng(0)
     values = np.vstack([rng.normal(0, 1, (150, 2)), rng.normal(6, 1, (150, 2))])
     result = sweep(values, _config("cluster.k_max=3", "cluster.silhouette_sample=100"))
-    assert result.silhouette_rows == 100
-    assert any("sample of 100 of 300 rows" in note for note in result.notes)
+    assert result.silhouette_rows == 100 and result.n_rows == 300 and not result.k_capped
 
 
 def test_knee_on_hand_made_curve():
@@ -88,3 +93,30 @@ def test_criteria_and_consensus(blobs):
         "calinski_harabasz",
         "davies_bouldin",
     }
+
+
+def test_sweep_notes_are_built_from_its_fields():
+    from tasks.cluster import KFit, SweepResult
+
+    fit = KFit(
+        k=2, centroids=np.zeros((2, 1)), labels=np.zeros(3, dtype=np.int64), inertia=0, n_iter=1
+    )
+    swept = SweepResult(
+        fits={2: fit},
+        backend="numba",
+        silhouette_rows=500,
+        n_rows=2000,
+        k_capped=True,
+        k_max_requested=9,
+        seeding_rows=1000,
+        engine_notes=["on a cluster"],
+    )
+    assert swept.notes == [
+        "cluster.k_max=9 capped at 2 (rows - 1)",
+        "k-means++ seeding (cluster.n_init runs per k) on a seeded sample of 1000 rows, "
+        "then Lloyd iterations on all 2000 rows",
+        "silhouette and Dunn index on a seeded sample of 500 of 2000 rows",
+        "on a cluster",
+    ]
+    everything = SweepResult(fits={2: fit}, backend="numba", silhouette_rows=3, n_rows=3)
+    assert everything.notes == []

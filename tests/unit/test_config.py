@@ -66,6 +66,18 @@ def test_unknown_key_in_file(tmp_path):
         load_params(path)
 
 
+def test_old_cluster_engine_key_names_the_new_one(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("cluster:\n  engine: sklearn\n")
+    with pytest.raises(
+        ConfigError, match=r"p\.yaml: cluster\.engine was renamed; use cluster\.backend"
+    ):
+        load_params(path)
+    with pytest.raises(ConfigError, match=r"cluster\.engine was renamed; use cluster\.backend"):
+        load_params(overrides=["cluster.engine=sklearn"])
+    assert load_params(overrides=["cluster.backend=sklearn"]).cluster.backend == "sklearn"
+
+
 def test_unknown_section_and_bad_yaml(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("clustering:\n  k_max: 5\n")

@@ -256,3 +256,30 @@ def test_validation_counts_over_partitions(session, tmp_path):
         counts.duplicate_ids,
     )
     np.testing.assert_array_equal(cached.moments.m2, counts.moments.m2)
+
+
+def test_per_k_statistics_over_partitions_match_sklearn(session, tmp_path):
+    from tasks.dask_engine import kmeans, stats
+
+    rng = np.random.default_rng(4)
+    n = 3001
+    values = rng.normal(size=(n, 3)) + rng.integers(0, 3, size=(n, 1)) * 4.0
+    frame = pd.DataFrame(values, columns=["a", "b", "c"])
+    frame.insert(0, "name", [f"id{i}" for i in range(n)])
+    table = _table(session, tmp_path, frame, name="sweep")
+    stage = stats.Stage(table.feature_columns)
+    blocks = kmeans.prepared_blocks(session, table, stage, n, 3, "never")
+    centers = {k: values[rng.choice(n, size=k, replace=False)] for k in (2, 3, 5)}
+    found = kmeans.sweep_statistics(session, blocks, centers)
+    for k, stat in found.items():
+        sq = ((values[:, None, :] - centers[k][None, :, :]) ** 2).sum(axis=2)
+        labels = sq.argmin(axis=1)
+        assert stat.inertia == pytest.approx(sq.min(axis=1).sum(), rel=1e-9)
+        assert stat.mean_distance == pytest.approx(np.sqrt(sq.min(axis=1)).mean(), rel=1e-9)
+        np.testing.assert_array_equal(stat.counts, np.bincount(labels, minlength=k))
+        assert stat.calinski_harabasz == pytest.approx(
+            skm.calinski_harabasz_score(values, labels), rel=1e-9
+        )
+        assert stat.davies_bouldin == pytest.approx(
+            skm.davies_bouldin_score(values, labels), rel=1e-9
+        )

@@ -63,7 +63,7 @@ def test_match_to_champion_uses_the_champion_transform():
 
 def test_evaluate_profiles_stability_and_examples(blobs):
     values, truth = blobs
-    config = load_params(overrides=["cluster.engine=sklearn", "evaluate.bootstrap_rounds=5"])
+    config = load_params(overrides=["cluster.backend=sklearn", "evaluate.bootstrap_rounds=5"])
     from sklearn.cluster import KMeans
 
     model = KMeans(3, n_init=10, random_state=0).fit(values)
@@ -94,7 +94,7 @@ def test_evaluate_profiles_stability_and_examples(blobs):
 
 def test_evaluate_with_champion_reuses_segment_ids(blobs):
     values, _ = blobs
-    config = load_params(overrides=["cluster.engine=sklearn", "evaluate.bootstrap_rounds=0"])
+    config = load_params(overrides=["cluster.backend=sklearn", "evaluate.bootstrap_rounds=0"])
     from sklearn.cluster import KMeans
 
     model = KMeans(3, n_init=10, random_state=0).fit(values)

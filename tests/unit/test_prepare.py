@@ -1,5 +1,8 @@
 """impute, scale and reduce against scikit-learn and hand-checked values."""
 
+import dataclasses
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -35,7 +38,7 @@ def test_simple_strategies_match_sklearn(holes, strategy):
 
 def test_knn_matches_sklearn(holes):
     config = load_params(overrides=["impute.strategy=knn", "impute.n_neighbors=3"]).impute
-    result = impute(holes, config, engine="sklearn")
+    result = impute(holes, config, backend="sklearn")
     expected = KNNImputer(n_neighbors=3).fit_transform(holes.to_numpy())
     np.testing.assert_allclose(result.values, expected)
     np.testing.assert_allclose(result.fill_values, expected.mean(axis=0))
@@ -167,3 +170,24 @@ def test_pca_int_none_and_auto():
     assert auto_small.applied and auto_small.explained_variance_ratio.sum() >= 0.8
     capped = reduce(values[:3], names, load_params(overrides=["reduce.n_components=5"]).reduce)
     assert capped.values.shape == (3, 3)
+
+
+def test_prepared_round_trips_through_its_files(holes, tmp_path):
+    from tasks.prepare import Prepared
+
+    params = load_params(overrides=["impute.strategy=median", "reduce.n_components=2"])
+    names = list(holes.columns)
+    imputed = impute(holes, params.impute)
+    scaled = scale(imputed.values, names, params.scale)
+    prepared = Prepared(names, imputed, scaled, reduce(scaled.values, names, params.reduce))
+    loaded = Prepared.load(prepared.save(tmp_path / "prepared"))
+    assert loaded.names == names and loaded.reduced.applied
+    for step in ("imputed", "scaled", "reduced"):
+        before, after = getattr(prepared, step), getattr(loaded, step)
+        assert after.report == json.loads(json.dumps(before.report, default=str))
+        for field in dataclasses.fields(before):
+            if field.name != "report":
+                value = getattr(after, field.name)
+                np.testing.assert_array_equal(value, getattr(before, field.name))
+    with pytest.raises(DataError, match="prepared.npz: missing"):
+        Prepared.load(tmp_path / "elsewhere")
