@@ -11,7 +11,6 @@ import pytest
 
 from tasks.chain import SegmentationChain
 from tasks.config import DeployConfig
-from tasks.dask_engine.stats import identity_chain
 from tasks.deploy import TARGETS, get_target
 from tasks.deploy.contract import (
     FILL_VALUES_ID,
@@ -24,13 +23,14 @@ from tasks.deploy.contract import (
     smoke_sample,
 )
 from tasks.errors import DeployError, EndpointError
+from tasks.package import transform_chain
 
 PROTOCOL_METHODS = ["check", "deploy", "undeploy", "describe", "list", "rollback", "invoke"]
 
 
 def _chain(id_column: str | None = "State") -> SegmentationChain:
     """Fill values (1.5, -2) and one segment (id 0) at the origin of the raw feature space."""
-    chain = identity_chain(["a", "b"], np.array([1.5, -2.0]))
+    chain = transform_chain(["a", "b"], np.array([1.5, -2.0]))
     chain.metadata = {"id_column": id_column} if id_column else {}
     return chain
 
