@@ -1,18 +1,17 @@
-"""Batch scoring wiring: the registered chain fetched once, then the data scored in memory
-(`tasks.score`: one CSV/Parquet file in, one file out) or on a Dask cluster
-(`tasks.dask_engine.scoring`: a file, folder or glob in, a folder of Parquet parts out).
-A plain function, as deploy is: no Prefect server for a handful of calls."""
+"""Batch scoring wiring: the registered chain fetched once, then scored by the execution
+engine (`tasks.engine.Engine.score`): in memory (one CSV/Parquet file in, one file out) or on
+a Dask cluster (a file, folder or glob in, a folder of Parquet parts out). A plain function, as
+deploy is: no Prefect server for a handful of calls."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from typing import Any
 
+from tasks import engine as engines
 from tasks.config import Params
-from tasks.errors import ConfigError
 from tasks.package import fetch_registered_chain
-
-ENGINES = ("memory", "dask")
 
 
 def score(
@@ -26,37 +25,24 @@ def score(
     """Score ``data`` with a registered version (default: alias champion) into ``output``."""
     from tasks.chain import SegmentationChain
 
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine {engine!r}: choose memory or dask")
+    engines.check_engine_name(engine)
     with tempfile.TemporaryDirectory(prefix="popseg-score-") as scratch:
         registered = fetch_registered_chain(params.register_.model_name, version, scratch)
         chain = SegmentationChain.load(str(registered.chain_dir))
-    model = {"model_name": registered.model_name, "model_version": registered.model_version}
-    if engine == "memory":
-        from tasks.score import score_frame, write_scores
+    with _session(params, engine, scheduler):
+        scored = engines.open_engine(engine).score(params, chain, data, output)
+    return {
+        "model_name": registered.model_name,
+        "model_version": registered.model_version,
+        "engine": engine,
+        **scored,
+    }
 
-        scores = score_frame(chain, data, params.data.delimiter)
-        path = write_scores(scores, output)
-        counts = scores["segment"].value_counts().sort_index()
-        return {
-            **model,
-            "engine": engine,
-            "rows": len(scores),
-            "output": str(path),
-            "segments": {int(k): int(v) for k, v in counts.items()},
-        }
-    from tasks.dask_engine.scoring import score_to_parquet
+
+def _session(params: Params, engine: str, scheduler: str | None):
+    """The Dask session the dask engine runs on (none for memory)."""
+    if engines.engine_class(engine) is engines.MemoryEngine:
+        return contextlib.nullcontext()
     from tasks.dask_engine.session import open_session
 
-    with open_session(params.dask, scheduler) as session:
-        scored = score_to_parquet(
-            session, chain, data, output, params.data.delimiter, params.dask.blocksize
-        )
-    return {
-        **model,
-        "engine": engine,
-        "rows": scored.rows,
-        "output": output,
-        "parts": scored.parts,
-        "segments": scored.segments,
-    }
+    return open_session(params.dask, scheduler)

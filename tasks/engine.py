@@ -61,6 +61,12 @@ class Engine(Protocol):
         champion: SegmentationChain | None,
     ) -> evaluate.Evaluation: ...
 
+    def score(
+        self, params: Params, chain: SegmentationChain, data: str, output: str
+    ) -> dict[str, Any]:
+        """Batch scoring with a fitted chain: ``data`` in, ``output`` written (id, segment,
+        distance_to_cluster); returns rows, output, segments (and parts where there are)."""
+
     def tags(self, data: IngestedData) -> dict[str, str]:
         """Run tags that say where the run computed (engine, cluster, sample size)."""
 
@@ -115,6 +121,20 @@ class MemoryEngine:
             params.evaluate,
             champion,
         )
+
+    def score(
+        self, params: Params, chain: SegmentationChain, data: str, output: str
+    ) -> dict[str, Any]:
+        from tasks.score import score_frame, write_scores
+
+        scores = score_frame(chain, data, params.data.delimiter)
+        path = write_scores(scores, output)
+        counts = scores["segment"].value_counts().sort_index()
+        return {
+            "rows": len(scores),
+            "output": str(path),
+            "segments": {int(k): int(v) for k, v in counts.items()},
+        }
 
     def tags(self, data: IngestedData) -> dict[str, str]:
         return {RunTag.EXECUTION_ENGINE: self.name}

@@ -158,6 +158,23 @@ class DaskEngine:
                 f"other rows); with --engine dask use {supported}"
             )
 
+    def score(
+        self, params: Params, chain: SegmentationChain, data: str, output: str
+    ) -> dict[str, Any]:
+        """Each partition scored on a worker by the chain and written there as a Parquet
+        part (`tasks.dask_engine.scoring`); nothing is collected on the client."""
+        from tasks.dask_engine.scoring import score_to_parquet
+
+        scored = score_to_parquet(
+            self.session, chain, data, output, params.data.delimiter, params.dask.blocksize
+        )
+        return {
+            "rows": scored.rows,
+            "output": scored.output,
+            "parts": scored.parts,
+            "segments": scored.segments,
+        }
+
     def tags(self, data: IngestedData) -> dict[str, str]:
         table = _table(data)
         return {
