@@ -65,6 +65,9 @@ _SIL_ROW_TILE = 64
 _SIL_COL_TILE = 512
 # per-thread column-sum buffers (threads x n x n_clusters float64) up to 256 MiB
 _SYM_BUFFER_MAX = 32 * 1024 * 1024
+# Fewer rows than this: the plain kernel (every pair twice, a fraction of a second at this
+# size), so that a small run does not compile the micro-kernel (~5 CPU s on first use).
+_SYM_MIN_ROWS = 1000
 
 
 def silhouette_samples(X, labels) -> np.ndarray:
@@ -78,7 +81,7 @@ def silhouette_samples(X, labels) -> np.ndarray:
     sorted_codes = codes[order].astype(np.int64)
     with kernel_threads(n * n * d):
         n_parts = parts_for(-(-n // _SIL_ROW_TILE))
-        if n_parts * n * (starts.shape[0] - 1) <= _SYM_BUFFER_MAX:
+        if n >= _SYM_MIN_ROWS and n_parts * n * (starts.shape[0] - 1) <= _SYM_BUFFER_MAX:
             # rows and features zero-padded to multiples of 4 for the 4 x 4 micro-kernel
             Xp = np.zeros((-(-n // 4) * 4, -(-d // 4) * 4))
             Xp[:n, :d] = XT.T
@@ -93,7 +96,7 @@ def silhouette_samples(X, labels) -> np.ndarray:
                 _SIL_COL_TILE,
                 n_parts,
             )
-        else:  # very many clusters: no per-thread column buffers, 2x the work
+        else:  # few rows, or very many clusters (no per-thread column buffers): 2x the work
             Xs = np.ascontiguousarray(XT.T)
             sq = np.einsum("ij,ij->i", Xs, Xs)
             sums_sorted = cluster_distance_sums(Xs, sq, starts, sorted_codes, _ROW_TILE, _COL_TILE)
