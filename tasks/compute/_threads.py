@@ -22,6 +22,7 @@ controller are created lazily on first use (no import-time side effect).
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ PARALLEL_MIN_WORK = 2_000_000
 
 _controller = None
 _pool = None
+_pool_pid = None
 _pool_lock = threading.Lock()
 
 
@@ -72,11 +74,13 @@ def parts_for(n_items: int) -> int:
 
 
 def _executor() -> ThreadPoolExecutor:
-    global _pool
+    global _pool, _pool_pid
     with _pool_lock:
-        if _pool is None:
+        # a forked child inherits the pool object but not its threads: it gets its own
+        if _pool is None or _pool_pid != os.getpid():
             workers = max(1, numba.config.NUMBA_NUM_THREADS - 1)
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="popseg-kernel")
+            _pool_pid = os.getpid()
     return _pool
 
 

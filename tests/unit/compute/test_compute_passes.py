@@ -107,3 +107,20 @@ def test_run_parts_runs_every_part_once_and_raises_a_parts_error():
 
     with pytest.raises(ValueError, match="part 2 failed"):
         run_parts(failing, 3)
+
+
+def test_kernel_threads_work_in_a_forked_child():
+    # the child inherits the parent's pool object but none of its threads
+    import multiprocessing
+
+    X = np.random.default_rng(0).normal(size=(200_000, 4))
+    C = X[:3].copy()
+    offsets = np.array([0, 3], dtype=np.int64)
+    expected = lloyd_pass(X, np.ones(len(X)), C, offsets)[1]  # the parent's pool is up
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        weights = pool.apply_async(_child_weights, (X, C, offsets)).get(timeout=120)
+    np.testing.assert_array_equal(weights, expected)
+
+
+def _child_weights(X, C, offsets):
+    return lloyd_pass(X, np.ones(len(X)), C, offsets)[1]
