@@ -73,14 +73,16 @@ def _tile_block_argmin(GT, half_cnorm, c0, c1, best, lab):  # pragma: no cover
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _tile_assign_accumulate(
-    GT, X, sample_weight, i0, half_cnorm, offsets, s_loc, w_loc, xw, best, lab
-):  # pragma: no cover
+def _tile_assign_accumulate(GT, i0, data, centroids, acc, scratch):  # pragma: no cover
     """For the rows ``i0 + r`` of a tile (dot products ``GT``, centroids x rows): nearest
-    centroid within each block, and the weighted row added to its partial sum. A
-    separate function (not inlined into the parallel loop body) so that LLVM optimises
-    its loops fully. With several blocks, the weighted rows are converted to float64
-    once per tile (``xw``) and reused by every block."""
+    centroid within each block, and the weighted row added to its partial sum (``acc``:
+    sums, weights). A separate function so that LLVM optimises its loops fully. With
+    several blocks, the weighted rows are converted to float64 once per tile (``xw``)
+    and reused by every block."""
+    X, sample_weight = data
+    _C, half_cnorm, offsets = centroids
+    s_loc, w_loc = acc
+    xw, best, lab = scratch
     d = X.shape[1]
     n_blocks = offsets.shape[0] - 1
     m_rows = GT.shape[1]
@@ -111,26 +113,20 @@ def _tile_assign_accumulate(
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _lloyd_accumulate_part(
-    part, n_parts, X, sample_weight, C, half_cnorm, offsets, sums, weights
-):  # pragma: no cover
+def _lloyd_accumulate_part(part, n_parts, data, centroids, out):  # pragma: no cover
     """:func:`_lloyd_accumulate` for the chunks of one part (see :func:`_chunk_rows`)."""
+    X = data[0]
+    C = centroids[0]
+    sums, weights = out
     n, d = X.shape
     n_chunks = sums.shape[0]
-    xw = np.empty((_TILE, d))
-    best = np.empty(_TILE, dtype=X.dtype)
-    lab = np.empty(_TILE, dtype=np.int32)
+    scratch = (np.empty((_TILE, d)), np.empty(_TILE, dtype=X.dtype), np.empty(_TILE, np.int32))
     ch0, ch1 = share(part, n_parts, n_chunks)
     for ch in range(ch0, ch1):
-        s_loc = sums[ch]
-        w_loc = weights[ch]
         r0, r1 = _chunk_rows(ch, n, n_chunks)
         for i0 in range(r0, r1, _TILE):
-            i1 = min(r1, i0 + _TILE)
-            GT = np.dot(C, X[i0:i1].T)
-            _tile_assign_accumulate(
-                GT, X, sample_weight, i0, half_cnorm, offsets, s_loc, w_loc, xw, best, lab
-            )
+            GT = np.dot(C, X[i0 : min(r1, i0 + _TILE)].T)
+            _tile_assign_accumulate(GT, i0, data, centroids, (sums[ch], weights[ch]), scratch)
 
 
 def _lloyd_accumulate(X, sample_weight, C, half_cnorm, offsets, n_chunks):
@@ -142,26 +138,26 @@ def _lloyd_accumulate(X, sample_weight, C, half_cnorm, offsets, n_chunks):
     slice per chunk (the caller reduces them in a fixed order).
     """
     K, d = C.shape
-    sums = np.zeros((n_chunks, K, d))
-    weights = np.zeros((n_chunks, K))
+    out = (np.zeros((n_chunks, K, d)), np.zeros((n_chunks, K)))
     run_parts(
         _lloyd_accumulate_part,
         parts_for(n_chunks),
-        X,
-        sample_weight,
-        C,
-        half_cnorm,
-        offsets,
-        sums,
-        weights,
+        (X, sample_weight),
+        (C, half_cnorm, offsets),
+        out,
     )
-    return sums, weights
+    return out
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _tile_labels_dist(
-    GT, X, C, sample_weight, i0, half_cnorm, offsets, labels, min_dist, inertia, best, lab
-):  # pragma: no cover
+def _tile_labels_dist(GT, i0, data, centroids, out, scratch):  # pragma: no cover
+    """For the rows ``i0 + r`` of a tile: label and squared distance within each block,
+    and the weighted distances added to each block's ``inertia`` (``out``: labels,
+    min_dist, the chunk's inertia)."""
+    X, sample_weight = data
+    C, half_cnorm, offsets = centroids
+    labels, min_dist, inertia = out
+    best, lab = scratch
     d = X.shape[1]
     n_blocks = offsets.shape[0] - 1
     m_rows = GT.shape[1]
@@ -185,34 +181,21 @@ def _tile_labels_dist(
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _assign_part(
-    part, n_parts, X, sample_weight, C, half_cnorm, offsets, labels, min_dist, inertia
-):  # pragma: no cover
-    """:func:`_assign` for the chunks of one part (``inertia``: (n_chunks, n_blocks))."""
+def _assign_part(part, n_parts, data, centroids, out):  # pragma: no cover
+    """:func:`_assign` for the chunks of one part (``out``: labels, min_dist and the
+    per-chunk inertia (n_chunks, n_blocks))."""
+    X = data[0]
+    C = centroids[0]
+    labels, min_dist, inertia = out
     n = X.shape[0]
     n_chunks = inertia.shape[0]
-    best = np.empty(_TILE, dtype=X.dtype)
-    lab = np.empty(_TILE, dtype=np.int32)
+    scratch = (np.empty(_TILE, dtype=X.dtype), np.empty(_TILE, dtype=np.int32))
     ch0, ch1 = share(part, n_parts, n_chunks)
     for ch in range(ch0, ch1):
         r0, r1 = _chunk_rows(ch, n, n_chunks)
         for i0 in range(r0, r1, _TILE):
-            i1 = min(r1, i0 + _TILE)
-            GT = np.dot(C, X[i0:i1].T)
-            _tile_labels_dist(
-                GT,
-                X,
-                C,
-                sample_weight,
-                i0,
-                half_cnorm,
-                offsets,
-                labels,
-                min_dist,
-                inertia[ch],
-                best,
-                lab,
-            )
+            GT = np.dot(C, X[i0 : min(r1, i0 + _TILE)].T)
+            _tile_labels_dist(GT, i0, data, centroids, (labels, min_dist, inertia[ch]), scratch)
 
 
 def _assign(X, sample_weight, C, half_cnorm, offsets, n_chunks, want_dist):
@@ -231,14 +214,9 @@ def _assign(X, sample_weight, C, half_cnorm, offsets, n_chunks, want_dist):
     run_parts(
         _assign_part,
         parts_for(n_chunks),
-        X,
-        sample_weight,
-        C,
-        half_cnorm,
-        offsets,
-        labels,
-        min_dist,
-        inertia,
+        (X, sample_weight),
+        (C, half_cnorm, offsets),
+        (labels, min_dist, inertia),
     )
     out = np.zeros(n_blocks)
     for ch in range(n_chunks):  # in chunk order, whatever the thread count
@@ -258,11 +236,11 @@ def _tile_min_pot(g, c_sq, x_sq, w, cl):  # pragma: no cover
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _pp_candidate_pots_part(
-    part, n_parts, X, x_sq, sample_weight, closest, cand, owner, Cc, c_sq, pots
-):  # pragma: no cover
-    """:func:`_pp_candidate_pots` for the chunks of one part (``pots``: (n_chunks,
-    n_cand))."""
+def _pp_candidate_pots_part(part, n_parts, data, closest, candidates, pots):  # pragma: no cover
+    """:func:`_pp_candidate_pots` for the chunks of one part (``candidates``: their rows,
+    jobs, coordinates and |x|^2; ``pots``: (n_chunks, n_cand))."""
+    X, sample_weight, x_sq = data
+    cand, owner, Cc, c_sq = candidates
     n = X.shape[0]
     n_chunks = pots.shape[0]
     ch0, ch1 = share(part, n_parts, n_chunks)
@@ -298,14 +276,9 @@ def _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owner, n_chunks):
     run_parts(
         _pp_candidate_pots_part,
         parts_for(n_chunks),
-        X,
-        x_sq,
-        sample_weight,
+        (X, sample_weight, x_sq),
         closest,
-        cand,
-        owner,
-        Cc,
-        x_sq[cand],
+        (cand, owner, Cc, x_sq[cand]),
         pots,
     )
     out = np.zeros(cand.shape[0])
@@ -328,10 +301,11 @@ def _tile_update_closest(g, c_sq, x_sq, w, cl):  # pragma: no cover
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _pp_update_closest_part(
-    part, n_parts, X, x_sq, sample_weight, closest, chosen, jobs, Cc, c_sq, chunk_sums
-):  # pragma: no cover
-    """:func:`_pp_update_closest` for the chunks of one part."""
+def _pp_update_closest_part(part, n_parts, data, closest, centres, chunk_sums):  # pragma: no cover
+    """:func:`_pp_update_closest` for the chunks of one part (``centres``: each job's
+    chosen row, the jobs that chose one, those rows' coordinates and |x|^2)."""
+    X, sample_weight, x_sq = data
+    chosen, jobs, Cc, c_sq = centres
     n = X.shape[0]
     n_chunks = chunk_sums.shape[1]
     ch0, ch1 = share(part, n_parts, n_chunks)
@@ -364,14 +338,9 @@ def _pp_update_closest(X, x_sq, sample_weight, closest, chosen, n_chunks):
     run_parts(
         _pp_update_closest_part,
         parts_for(n_chunks),
-        X,
-        x_sq,
-        sample_weight,
+        (X, sample_weight, x_sq),
         closest,
-        chosen,
-        jobs,
-        np.ascontiguousarray(X[rows]),
-        x_sq[rows],
+        (chosen, jobs, np.ascontiguousarray(X[rows]), x_sq[rows]),
         chunk_sums,
     )
     return chunk_sums
