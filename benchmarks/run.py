@@ -8,8 +8,9 @@ quality ratio, goal, thread counts (threadpoolctl + numba) and the machine.
 Fairness: same data, same n_init / max_iter / tol, same seeds (our k-means++ replays
 scikit-learn's random draws), total wall time of a fit including seeding, best of
 REPEAT runs for both sides; each of our kernels is compiled (cache=True) by a warm-up
-call on tiny data before timing. Both libraries run in one process: the thread pools
-(ours, scikit-learn's OpenMP, OpenBLAS) are listed in the report.
+call on tiny data before timing. Both libraries run in one process: our kernels' thread
+count and the other thread pools (scikit-learn's OpenMP, OpenBLAS) are listed in the
+report.
 """
 
 from __future__ import annotations
