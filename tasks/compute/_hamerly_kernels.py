@@ -264,13 +264,15 @@ def _bounded_pass_part(
     margin_c = 0.0
     for c in range(C.shape[0]):
         margin_c = max(margin_c, 2.0 * np.float64(half_cnorm[c]))
-    any_dense = False
-    any_full = False
+    # counted, not set from constants: a constant flag passed on would be compiled as a
+    # copy of the callee of its own
+    n_dense = 0
+    n_full = 0
     for q in range(active.shape[0]):
-        if dense_at[active[q]] >= 0:
-            any_dense = True
-        if full[active[q]]:
-            any_full = True
+        n_dense += dense_at[active[q]] >= 0
+        n_full += full[active[q]]
+    any_dense = n_dense > 0
+    any_full = n_full > 0
     # the tile's rows (dense clusterings, full sums) and the gathered ones (bounded)
     tile = (
         np.empty((_BTILE, d)),
