@@ -38,9 +38,11 @@ format: setup
 
 bench: setup
 	$(UV) run python -m benchmarks.run
+	$(UV) run python -m benchmarks.compile_time
 
 bench-quick: setup
 	$(UV) run python -m benchmarks.run --quick
+	$(UV) run python -m benchmarks.compile_time --quick
 
 ui: setup
 	$(UV) run popseg ui

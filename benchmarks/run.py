@@ -8,8 +8,9 @@ quality ratio, goal, thread counts (threadpoolctl + numba) and the machine.
 Fairness: same data, same n_init / max_iter / tol, same seeds (our k-means++ replays
 scikit-learn's random draws), total wall time of a fit including seeding, best of
 REPEAT runs for both sides; each of our kernels is compiled (cache=True) by a warm-up
-call on tiny data before timing. Both libraries run in one process: the thread pools
-(numba's OpenMP layer, scikit-learn's OpenMP, OpenBLAS) are listed in the report.
+call on tiny data before timing. Both libraries run in one process: our kernels' thread
+count and the other thread pools (scikit-learn's OpenMP, OpenBLAS) are listed in the
+report.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import json
 import os
 import platform
 import time
-from functools import partial
 from pathlib import Path
 
 import numba
@@ -30,8 +30,15 @@ from sklearn import metrics as skm
 from sklearn.impute import KNNImputer as SkKNNImputer
 from threadpoolctl import threadpool_info
 
-from tasks.compute import KMeans, KMeansSweep, KNNImputer, MiniBatchKMeans, silhouette_score
-from tasks.compute._threads import blas_single_thread
+from tasks.compute import (
+    BoundedLloyd,
+    KMeans,
+    KMeansSweep,
+    KNNImputer,
+    MiniBatchKMeans,
+    lloyd_pass,
+    silhouette_score,
+)
 
 RESULTS = Path(__file__).parent / "results"
 #: each timing is the best of REPEAT runs (both sides), to damp noise from other processes
@@ -56,19 +63,22 @@ def _blobs(n, d, centers, seed, dtype=np.float32):
     return X.astype(dtype), lab
 
 
-def _time(fn, repeat=1):
+def _time(fn, repeat=1, prepare=None):
+    """Best wall time of ``repeat`` calls of ``fn`` and its last result; with ``prepare``,
+    each call gets a fresh ``prepare()`` made before the clock starts."""
     best = np.inf
     out = None
     for _ in range(repeat):
+        args = () if prepare is None else (prepare(),)
         t = time.perf_counter()
-        out = fn()
+        out = fn(*args)
         best = min(best, time.perf_counter() - t)
     return best, out
 
 
 def _stream_floor(X):
     """Time to stream X once (best of 5): numpy's contiguous sum."""
-    return min(_time(lambda: float(X.sum()))[0] for _ in range(5))
+    return _time(lambda: float(X.sum()), repeat=5)[0]
 
 
 def warmup():
@@ -80,6 +90,23 @@ def warmup():
     Xn = X[:300].astype(np.float64)
     Xn[::7, 1] = np.nan
     KNNImputer().fit_transform(Xn)
+
+
+def _against_sklearn(name, t_ours, t_sk, goal_speedup, quality, quality_met, **extra):
+    """A result row timed against scikit-learn: met when the speed-up reaches its goal
+    and the quality is good enough."""
+    row = dict(
+        name=name,
+        ours_s=t_ours,
+        sklearn_s=t_sk,
+        speedup=t_sk / t_ours,
+        goal=f"speedup >= {goal_speedup}",
+        quality=quality,
+        met=bool(t_sk / t_ours >= goal_speedup and quality_met),
+    )
+    if extra:
+        row["extra"] = extra
+    return row
 
 
 def bench_sweep(n, d, ks, rows):
@@ -94,115 +121,56 @@ def bench_sweep(n, d, ks, rows):
         sk_iters += m.n_iter_
     our_inertia = sum(m.inertia_ for m in sweep.models_.values())
     rows.append(
-        dict(
-            name=f"KMeansSweep k={ks[0]}..{ks[-1]}, {n}x{d} float32, n_init=1, max_iter=100",
-            ours_s=t_ours,
-            sklearn_s=t_sk,
-            speedup=t_sk / t_ours,
-            goal="speedup >= 5",
-            quality=f"sum inertia ratio {our_inertia / sk_inertia:.4f} (goal <= 1.01)",
-            met=bool(t_sk / t_ours >= 5 and our_inertia <= 1.01 * sk_inertia),
-            extra=dict(
-                our_iters={int(k): int(m.n_iter_) for k, m in sweep.models_.items()},
-                sk_total_iters=int(sk_iters),
-            ),
+        _against_sklearn(
+            f"KMeansSweep k={ks[0]}..{ks[-1]}, {n}x{d} float32, n_init=1, max_iter=100",
+            t_ours,
+            t_sk,
+            5,
+            f"sum inertia ratio {our_inertia / sk_inertia:.4f} (goal <= 1.01)",
+            our_inertia <= 1.01 * sk_inertia,
+            our_iters={int(k): int(m.n_iter_) for k, m in sweep.models_.items()},
+            sk_total_iters=int(sk_iters),
         )
     )
     _bench_lloyd_passes(X, ks, rows)
 
 
+def _lloyd_pass_times(X, sw, kset):
+    """Best-of-5 times of a plain pass, a fit's first pass and a later bounded pass of the
+    clusterings ``kset`` (k-means++ seeds, one real centroid update before the last)."""
+    centers = [KMeans(k, random_state=0, max_iter=1).fit(X).cluster_centers_ for k in kset]
+    C = np.concatenate(centers)
+    offsets = np.array([0, *np.cumsum(kset)], dtype=np.int64)
+    active = np.arange(len(kset), dtype=np.int64)
+    fresh = BoundedLloyd(X, sw, None, kset)
+    t_plain = _time(lambda: lloyd_pass(X, sw, C, offsets), repeat=5)[0]
+    t_first = _time(lambda s: s.run_pass(centers, active), 5, fresh.copy)[0]
+    state = fresh.copy()
+    state.run_pass(centers, active)
+    moved = (state.S / state.W[:, None]).astype(X.dtype)
+    state.shift[:] = np.sqrt(((moved - C.astype(np.float64)) ** 2).sum(axis=1))
+    moved = np.split(moved, offsets[1:-1])
+    t_second = _time(lambda s: s.run_pass(moved, active, dense=[]), 5, state.copy)[0]
+    return t_plain, t_first, t_second
+
+
 def _bench_lloyd_passes(X, ks, rows):
     """Time per Lloyd iteration against the stream floor (time to read X once).
 
-    The plain fused pass (``_lloyd_accumulate``: assignment and centroid sums, what the
-    Dask engine runs per partition) reads X once and computes every distance. The fit's
-    first pass computes every distance (BLAS, ``_bounded_pass`` with every
-    clustering "full"); later passes use the distance bounds and recompute only the rows
-    the bounds cannot settle. Both are timed on k-means++ seeds of X: the first pass,
-    then the second pass after one real centroid update (its state copied before each
-    repeat, since a pass updates the bounds in place).
+    The plain fused pass (:func:`tasks.compute.lloyd_pass`: assignment and centroid sums,
+    what the Dask engine runs per partition) reads X once and computes every distance.
+    The fit's first pass computes every distance (BLAS, a :class:`BoundedLloyd` pass with
+    every clustering dense); later passes use the distance bounds and recompute only the
+    rows the bounds cannot settle. Both are timed on k-means++ seeds of X: the first
+    pass, then the second pass after one real centroid update (on a copy of the state
+    for each repeat, since a pass updates it in place).
     """
-    from tasks.compute import _kmeans_kernels as kk
-    from tasks.compute._hamerly_kernels import _bound_stats, _bounded_pass
-    from tasks.compute.kmeans import _Run, _stack, _stack_dense
-
     n, d = X.shape
     floor = _stream_floor(X)
     sw = np.ones(n, dtype=X.dtype)
-    nch = kk.n_chunks_for(n)
-    x_sq = kk._row_sq_norms(X)
-
-    def one_pass(runs, state, shift, full, dense):
-        """One pass of every run: ``dense`` = every distance (one BLAS call per tile for
-        all runs), else the bounded pass."""
-        C, _CT, half, off = _stack(runs)
-        C64 = C.astype(np.float64)
-        active = np.arange(len(runs), dtype=np.int64)
-        s_half, m1, a1, m2 = _bound_stats(C64, off, shift, active)
-        labels, upper, lower = state
-        C_dense, half_dense, dense_at = _stack_dense(
-            C, half, off, list(active) if dense else [], len(runs)
-        )
-        return _bounded_pass(
-            X,
-            sw,
-            C,
-            half,
-            off,
-            x_sq,
-            active,
-            labels,
-            upper,
-            lower,
-            shift,
-            s_half,
-            m1,
-            a1,
-            m2,
-            full,
-            C_dense,
-            half_dense,
-            dense_at,
-            nch,
-        )
-
     for label, kset in (("k=8", [8]), (f"k={ks[0]}..{ks[-1]} stacked", list(ks))):
-        runs = []
-        for k in kset:
-            r = _Run(k)
-            r.centers = KMeans(k, random_state=0, max_iter=1).fit(X).cluster_centers_
-            runs.append(r)
-        R = len(runs)
+        t_plain, t_first, t_second = _lloyd_pass_times(X, sw, kset)
         K = sum(kset)
-        state = (
-            np.zeros((R, n), np.int32),
-            np.zeros((R, n), np.float32),
-            np.zeros((R, n), np.float32),
-        )
-        full = np.ones(R, dtype=np.bool_)
-        with blas_single_thread():  # as inside KMeans.fit
-            C, _CT, half, off = _stack(runs)
-            t_plain = min(
-                _time(partial(kk._lloyd_accumulate, X, sw, C, half, off, nch))[0] for _ in range(5)
-            )
-            t_first = min(
-                _time(partial(one_pass, runs, state, np.zeros(K), full, True))[0] for _ in range(5)
-            )
-            sums, weights, _, _ = one_pass(runs, state, np.zeros(K), full, True)
-            S, W = sums.sum(axis=0), weights.sum(axis=0)
-            new_centers = (S / W[:, None]).astype(X.dtype)
-            old = np.concatenate([r.centers for r in runs]).astype(np.float64)
-            shift = np.sqrt(((new_centers.astype(np.float64) - old) ** 2).sum(axis=1))
-            _, _, _, off = _stack(runs)
-            for b, r in enumerate(runs):
-                r.centers = new_centers[off[b] : off[b + 1]]
-            not_full = np.zeros(R, dtype=np.bool_)
-            t_second = np.inf
-            for _ in range(5):
-                copy = tuple(a.copy() for a in state)
-                t_second = min(
-                    t_second, _time(partial(one_pass, runs, copy, shift, not_full, False))[0]
-                )
         for name, t, goal in (
             ("plain fused pass (assign + sums, no bounds)", t_plain, label == "k=8"),
             ("first pass of a fit, every distance + bounds", t_first, label == "k=8"),
@@ -229,14 +197,13 @@ def bench_knn(n, d, rows):
     t_sk, b = _time(lambda: SkKNNImputer(n_neighbors=5).fit_transform(X), repeat=REPEAT)
     diff = float(np.max(np.abs(a - b)))
     rows.append(
-        dict(
-            name=f"KNNImputer k=5, {n}x{d}, 10% missing",
-            ours_s=t_ours,
-            sklearn_s=t_sk,
-            speedup=t_sk / t_ours,
-            goal="speedup >= 20",
-            quality=f"max abs diff {diff:.1e}",
-            met=bool(t_sk / t_ours >= 20 and diff < 1e-6),
+        _against_sklearn(
+            f"KNNImputer k=5, {n}x{d}, 10% missing",
+            t_ours,
+            t_sk,
+            20,
+            f"max abs diff {diff:.1e}",
+            diff < 1e-6,
         )
     )
 
@@ -246,14 +213,13 @@ def bench_silhouette(n, d, rows):
     t_ours, a = _time(lambda: silhouette_score(X, lab), repeat=REPEAT)
     t_sk, b = _time(lambda: skm.silhouette_score(X, lab), repeat=REPEAT)
     rows.append(
-        dict(
-            name=f"silhouette_score exact, {n}x{d}",
-            ours_s=t_ours,
-            sklearn_s=t_sk,
-            speedup=t_sk / t_ours,
-            goal="speedup >= 10",
-            quality=f"abs diff {abs(a - b):.1e}",
-            met=bool(t_sk / t_ours >= 10 and abs(a - b) < 1e-9),
+        _against_sklearn(
+            f"silhouette_score exact, {n}x{d}",
+            t_ours,
+            t_sk,
+            10,
+            f"abs diff {abs(a - b):.1e}",
+            abs(a - b) < 1e-9,
         )
     )
 
@@ -269,16 +235,16 @@ def bench_minibatch(n, d, k, rows):
         t_sk, b = _time(lambda kw=kw: skc.MiniBatchKMeans(k, **kw).fit(X), repeat=REPEAT)
         ratio = a.inertia_ / b.inertia_
         rows.append(
-            dict(
-                name=f"MiniBatchKMeans k={k}, {n}x{d} float32, batch 1024, {label} "
+            _against_sklearn(
+                f"MiniBatchKMeans k={k}, {n}x{d} float32, batch 1024, {label} "
                 f"(steps: ours {a.n_steps_}, sklearn {b.n_steps_})",
-                ours_s=t_ours,
-                sklearn_s=t_sk,
-                speedup=t_sk / t_ours,
-                goal="speedup >= 10",
-                quality=f"inertia ratio {ratio:.4f} (goal <= 1.02)",
-                met=bool(t_sk / t_ours >= 10 and ratio <= 1.02),
-                extra=dict(our_steps=int(a.n_steps_), sk_steps=int(b.n_steps_)),
+                t_ours,
+                t_sk,
+                10,
+                f"inertia ratio {ratio:.4f} (goal <= 1.02)",
+                ratio <= 1.02,
+                our_steps=int(a.n_steps_),
+                sk_steps=int(b.n_steps_),
             )
         )
 
@@ -307,7 +273,6 @@ def main(argv=None):
         cpu=_cpu_model(),
         cores=os.cpu_count(),
         numba_threads=numba.get_num_threads(),
-        numba_threading_layer=numba.threading_layer(),
         threadpools=[
             {k: i.get(k) for k in ("user_api", "internal_api", "prefix", "num_threads", "version")}
             for i in threadpool_info()
@@ -324,7 +289,7 @@ def main(argv=None):
         f"# tasks.compute vs scikit-learn {sklearn.__version__}{' (quick)' if q else ''}",
         "",
         f"Machine: {env['cpu']}, {env['cores']} cores. numba {numba.__version__} "
-        f"({env['numba_threading_layer']}, {env['numba_threads']} threads).",
+        f"(kernels on {env['numba_threads']} threads).",
         "Thread pools: "
         + "; ".join(
             f"{t['internal_api']}:{t['prefix']}={t['num_threads']}" for t in env["threadpools"]

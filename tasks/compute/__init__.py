@@ -1,18 +1,22 @@
 """popseg compute core: numba kernels and scikit-learn-compatible estimators.
 
 No Prefect, MLflow or I/O here: arrays in, arrays out, explicit random state. Kernels
-live in the private ``_*_kernels`` modules (compiled lazily by numba, ``cache=True``);
-the public modules validate input and raise ``ValueError`` with a clear message.
+live in the private ``_*_kernels`` modules (serial ``nogil`` numba functions, compiled
+lazily with ``cache=True``, each run in parts on the kernel threads of
+:mod:`tasks.compute._threads`); the public modules validate input and raise
+``ValueError`` with a clear message.
 """
 
 from tasks.compute.drift import population_stability_index
 from tasks.compute.impute import KNNImputer
 from tasks.compute.kmeans import (
+    BoundedLloyd,
     KMeans,
     KMeansSweep,
     absolute_tolerance,
     assign_partial,
     lloyd_partial_sums,
+    lloyd_pass,
     lloyd_update,
     relocate_empty_clusters,
     stack_centers,
@@ -30,6 +34,7 @@ from tasks.compute.minibatch import MiniBatchKMeans
 from tasks.compute.stats import column_moments
 
 __all__ = [
+    "BoundedLloyd",
     "KMeans",
     "KMeansSweep",
     "KNNImputer",
@@ -43,6 +48,7 @@ __all__ = [
     "davies_bouldin_score",
     "dunn_index",
     "lloyd_partial_sums",
+    "lloyd_pass",
     "lloyd_update",
     "population_stability_index",
     "relocate_empty_clusters",

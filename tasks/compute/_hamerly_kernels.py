@@ -15,14 +15,20 @@ Layout as in :mod:`tasks.compute._kmeans_kernels`: several clusterings' centroid
 stacked (``offsets``); ``labels``, ``upper`` and ``lower`` are (n_blocks, n), one row
 per clustering. Bounds are stored as float32 (12 bytes per row and clustering with the
 labels) and rounded outwards so that float32 storage never makes a bound wrong.
+
+Arguments travel in small tuples, as named in :func:`bounded_pass`: ``data`` (the rows),
+``centroids``, ``state`` (per-row labels and bounds), ``bounds`` (per-centroid bound
+statistics), ``plan`` (what the pass does), and per part ``scratch`` buffers and ``acc``
+(the chunk's sums being built).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from tasks.compute._kmeans_kernels import _FASTMATH, _TILE
+from tasks.compute._kmeans_kernels import _FASTMATH, _chunk_rows
+from tasks.compute._threads import parts_for, run_parts, share
 
 # Outward rounding of stored bounds (float32 has a 2**-24 relative rounding error).
 _UP = 1.0 + 2.0**-20
@@ -90,13 +96,14 @@ def _bound_stats(C64, offsets, shift, active):  # pragma: no cover
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _select_unsure(
-    labels, upper, lower, b, c0, i0, i1, shift, s_half, max1, arg1, max2, gidx, keep
-):  # pragma: no cover
+def _select_unsure(state, b, c0, i0, i1, bounds, gidx):  # pragma: no cover
     """How many of rows ``i0:i1`` the bounds of clustering b cannot rule out a change of
-    centroid for. With ``keep`` those rows go to ``gidx`` and the others get their
-    loosened bounds; without, nothing is written (a dense pass, which recomputes every
-    row anyway, only wants the count)."""
+    centroid for. Given room in ``gidx``, those rows go there and the others get their
+    loosened bounds; given an empty ``gidx``, nothing is written (a dense pass, which
+    recomputes every row anyway, only wants the count)."""
+    labels, upper, lower = state
+    keep = gidx.shape[0] > 0
+    shift, s_half, max1, arg1, max2 = bounds
     m = 0
     m1 = max1[b]
     m2 = max2[b]
@@ -128,34 +135,29 @@ def _fresh_bounds(xs, best, best2, m, margin_c, ub, lb):  # pragma: no cover
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _store_assignment(
-    X,
-    sample_weight,
-    b,
-    c0,
-    k_b,
-    rows,
-    m,
-    lab,
-    ub,
-    lb,
-    labels,
-    upper,
-    lower,
-    absolute,
-    xw,
-    ws,
-    xs,
-    s_loc,
-    w_loc,
-    q_loc,
-):  # pragma: no cover
-    """New centroid and bounds of the ``m`` rows ``rows`` of clustering b (``xs``: their
-    |x|^2, summed per centroid into ``q_loc`` for the inertia). With
-    ``absolute`` every row is added to the sums (``xw``/``ws``: the tile's weighted rows
-    in float64 and weights); otherwise only rows that changed centroid move their weight
-    between the two sums."""
-    d = X.shape[1]
+def _move_row(X, sample_weight, i, new, old, x_sq_i, acc):  # pragma: no cover
+    """Row i changed centroid from ``old`` to ``new``: its weight, weighted row and
+    weighted |x|^2 leave the one's sums for the other's (``acc``: sums, weights,
+    |x|^2 sums)."""
+    s_loc, w_loc, q_loc = acc
+    w = np.float64(sample_weight[i])
+    w_loc[new] += w
+    w_loc[old] -= w
+    q_loc[new] += w * x_sq_i
+    q_loc[old] -= w * x_sq_i
+    for f in range(X.shape[1]):
+        v = w * np.float64(X[i, f])
+        s_loc[new, f] += v
+        s_loc[old, f] -= v
+
+
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _store_gathered(X, sample_weight, b, c0, k_b, m, scratch, state, acc):  # pragma: no cover
+    """New centroid and bounds of the ``m`` gathered rows of clustering b (``scratch``:
+    their indices, |x|^2, labels and bounds); rows that changed centroid move their
+    weight between the two sums."""
+    rows, _xg, xs, _best, _best2, lab, ub, lb = scratch
+    labels, upper, lower = state
     for j in range(m):
         i = rows[j]
         new = c0 + lab[j]
@@ -163,51 +165,21 @@ def _store_assignment(
         upper[b, i] = ub[j]
         lower[b, i] = lb[j] if k_b > 1 else np.inf
         labels[b, i] = lab[j]
-        if absolute:
-            w_loc[new] += ws[j]
-            q_loc[new] += ws[j] * xs[j]
-            srow = s_loc[new]
-            xr = xw[j]
-            for f in range(d):
-                srow[f] += xr[f]
-        elif new != old:
-            w = np.float64(sample_weight[i])
-            w_loc[new] += w
-            w_loc[old] -= w
-            q_loc[new] += w * xs[j]
-            q_loc[old] -= w * xs[j]
-            for f in range(d):
-                v = w * np.float64(X[i, f])
-                s_loc[new, f] += v
-                s_loc[old, f] -= v
+        if new != old:
+            _move_row(X, sample_weight, i, new, old, xs[j], acc)
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _store_tile(
-    X,
-    sample_weight,
-    c0,
-    k_b,
-    i0,
-    m,
-    lab,
-    ub,
-    lb,
-    lab_row,
-    up_row,
-    lo_row,
-    absolute,
-    xw,
-    ws,
-    xs,
-    s_loc,
-    w_loc,
-    q_loc,
-):  # pragma: no cover
-    """:func:`_store_assignment` for the contiguous rows ``i0:i0+m`` of a tile
-    (``lab_row``/``up_row``/``lo_row``: clustering b's rows of labels and bounds): the
-    sums first (the changes need the old labels), then plain contiguous stores, which
-    vectorise."""
+def _store_tile(X, sample_weight, c0, k_b, i0, m, tile, rows_b, absolute, acc):  # pragma: no cover
+    """New centroid and bounds of the contiguous rows ``i0:i0+m`` of a tile (``tile``:
+    their weighted float64 rows, weights, |x|^2, labels and bounds; ``rows_b``:
+    clustering b's rows of labels and bounds): the sums first (the changes need the old
+    labels), then plain contiguous stores, which vectorise. With ``absolute`` every row
+    is added to the sums; otherwise only rows that changed centroid move their weight
+    between the two sums."""
+    xw, ws, xs, lab, ub, lb = tile
+    lab_row, up_row, lo_row = rows_b
+    s_loc, w_loc, q_loc = acc
     d = X.shape[1]
     old_lab = lab_row[i0 : i0 + m]
     if absolute:
@@ -222,18 +194,7 @@ def _store_tile(
     else:
         for j in range(m):
             if lab[j] != old_lab[j]:
-                new = c0 + lab[j]
-                old = c0 + old_lab[j]
-                i = i0 + j
-                w = np.float64(sample_weight[i])
-                w_loc[new] += w
-                w_loc[old] -= w
-                q_loc[new] += w * xs[j]
-                q_loc[old] -= w * xs[j]
-                for f in range(d):
-                    v = w * np.float64(X[i, f])
-                    s_loc[new, f] += v
-                    s_loc[old, f] -= v
+                _move_row(X, sample_weight, i0 + j, c0 + lab[j], c0 + old_lab[j], xs[j], acc)
     up_t = up_row[i0 : i0 + m]
     lo_t = lo_row[i0 : i0 + m]
     for j in range(m):
@@ -246,13 +207,12 @@ def _store_tile(
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _load_rows(X, sample_weight, x_sq, i0, i1, rows, xs, xw, ws, with_rows):  # pragma: no cover
-    """Rows ``i0:i1`` as the tile's row list and their |x|^2; with ``with_rows`` also
-    their weights and weighted float64 copies (for complete sums: converted once per
-    tile, then shared by every clustering)."""
+def _load_rows(X, sample_weight, x_sq, i0, i1, xs, xw, ws, with_rows):  # pragma: no cover
+    """The |x|^2 of rows ``i0:i1``; with ``with_rows`` also their weights and weighted
+    float64 copies (for complete sums: converted once per tile, then shared by every
+    clustering)."""
     d = X.shape[1]
     for j in range(i1 - i0):
-        rows[j] = i0 + j
         xs[j] = x_sq[i0 + j]
     if with_rows:
         for j in range(i1 - i0):
@@ -264,34 +224,14 @@ def _load_rows(X, sample_weight, x_sq, i0, i1, rows, xs, xw, ws, with_rows):  # 
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _gathered_batch(
-    X,
-    sample_weight,
-    C,
-    half_cnorm,
-    x_sq,
-    margin_c,
-    b,
-    c0,
-    c1,
-    rows,
-    m,
-    xg,
-    xs,
-    best,
-    best2,
-    lab,
-    ub,
-    lb,
-    labels,
-    upper,
-    lower,
-    s_loc,
-    w_loc,
-    q_loc,
-):  # pragma: no cover
-    """Distances of the ``m`` gathered rows ``rows`` to clustering b's centroids (one
-    BLAS call), then their new centroid, fresh bounds and the sum changes."""
+def _gathered_batch(data, centroids, margin_c, b, m, scratch, state, acc):  # pragma: no cover
+    """Distances of the ``m`` gathered rows (``scratch[0]``) to clustering b's centroids
+    (one BLAS call), then their new centroid, fresh bounds and the sum changes."""
+    X, sample_weight, x_sq = data
+    C, half_cnorm, offsets = centroids
+    rows, xg, xs, best, best2, lab, ub, lb = scratch
+    c0 = offsets[b]
+    c1 = offsets[b + 1]
     d = X.shape[1]
     for j in range(m):
         i = rows[j]
@@ -301,28 +241,7 @@ def _gathered_batch(
     GT = np.dot(C[c0:c1], xg[:m].T)
     _tile_block_argmin2(GT, half_cnorm[c0:c1], 0, c1 - c0, best, best2, lab)
     _fresh_bounds(xs, best, best2, m, margin_c, ub, lb)
-    _store_assignment(
-        X,
-        sample_weight,
-        b,
-        c0,
-        c1 - c0,
-        rows,
-        m,
-        lab,
-        ub,
-        lb,
-        labels,
-        upper,
-        lower,
-        False,
-        xg,
-        xs,
-        xs,
-        s_loc,
-        w_loc,
-        q_loc,
-    )
+    _store_gathered(X, sample_weight, b, c0, c1 - c0, m, scratch, state, acc)
 
 
 #: Rows per tile; the rows the bound test leaves are gathered into batches of one to two
@@ -330,95 +249,57 @@ def _gathered_batch(
 _BTILE = 256
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _bounded_pass(
-    X,
-    sample_weight,
-    C,
-    half_cnorm,
-    offsets,
-    x_sq,
-    active,
-    labels,
-    upper,
-    lower,
-    shift,
-    s_half,
-    max1,
-    arg1,
-    max2,
-    full,
-    C_dense,
-    half_dense,
-    dense_at,
-    n_chunks,
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _bounded_pass_part(
+    part, n_parts, data, centroids, state, bounds, plan, out
 ):  # pragma: no cover
-    """One Lloyd pass (assignment + centroid sums) of the ``active`` clusterings;
-    ``shift`` is how far each centroid moved since the bounds were set.
-
-    Two ways per clustering, chosen by the caller:
-
-    * dense (``dense_at[b] >= 0``): every row's distances, through one BLAS call per
-      tile for all the dense clusterings at once (their centroids stacked in
-      ``C_dense``/``half_dense``, clustering b's at rows ``dense_at[b]:``). For the
-      first pass, and while the bounds would not settle most rows anyway.
-    * bounded: the rows the bounds cannot settle are gathered and only their distances
-      computed (BLAS on ``C``, X's dtype; ``half_cnorm`` = |c|^2 / 2).
-
-    A clustering with ``full[b]`` set (first pass, or its sums were rebuilt after an
-    empty cluster was relocated) gets complete sums; the others get only the changes
-    from rows that moved. Returns ``sums`` (n_chunks, K, d), ``weights`` (n_chunks, K),
-    ``sq_sums`` (n_chunks, K: the weighted |x|^2 of each centroid's rows, from which the
-    caller gets the inertia without another pass over X) and ``unsure``
-    (n_chunks, n_blocks): how many rows failed the bound test (for dense clusterings
-    with valid bounds: how many would have).
-    """
+    """:func:`bounded_pass` for the chunks of one part."""
+    X, sample_weight, x_sq = data
+    C, half_cnorm, offsets = centroids
+    labels, upper, lower = state
+    active, full, C_dense, half_dense, dense_at = plan
+    sums, weights, sq_sums, unsure = out
     n, d = X.shape
-    K = C.shape[0]
-    n_blocks = offsets.shape[0] - 1
+    n_chunks = sums.shape[0]
     margin_c = 0.0
-    for c in range(K):
+    for c in range(C.shape[0]):
         margin_c = max(margin_c, 2.0 * np.float64(half_cnorm[c]))
-    any_dense = False
-    any_full = False
+    # counted, not set from constants: a constant flag passed on would be compiled as a
+    # copy of the callee of its own
+    n_dense = 0
+    n_full = 0
     for q in range(active.shape[0]):
-        if dense_at[active[q]] >= 0:
-            any_dense = True
-        if full[active[q]]:
-            any_full = True
-    n_tiles = (n + _TILE - 1) // _TILE
-    rows_per_chunk = ((n_tiles + n_chunks - 1) // n_chunks) * _TILE
-    sums = np.zeros((n_chunks, K, d))
-    weights = np.zeros((n_chunks, K))
-    sq_sums = np.zeros((n_chunks, K))
-    unsure = np.zeros((n_chunks, n_blocks), dtype=np.int64)
-    for ch in prange(n_chunks):
-        s_loc = np.zeros((K, d))
-        w_loc = np.zeros(K)
-        q_loc = np.zeros(K)
-        un_loc = np.zeros(n_blocks, dtype=np.int64)
-        xg = np.empty((2 * _BTILE, d), dtype=X.dtype)
-        xw = np.empty((_BTILE, d))
-        # the tile's rows (dense clusterings, full sums) and the gathered ones (bounded)
-        rows_t = np.empty(_BTILE, dtype=np.int64)
-        xs_t = np.empty(_BTILE)
-        ws = np.empty(_BTILE)
-        rows_g = np.empty(2 * _BTILE, dtype=np.int64)
-        xs_g = np.empty(2 * _BTILE)
-        best = np.empty(2 * _BTILE, dtype=X.dtype)
-        best2 = np.empty(2 * _BTILE, dtype=X.dtype)
-        lab = np.empty(2 * _BTILE, dtype=np.int32)
-        ub = np.empty(2 * _BTILE)
-        lb = np.empty(2 * _BTILE)
-        r0 = ch * rows_per_chunk
-        r_end = min(n, r0 + rows_per_chunk)
+        n_dense += dense_at[active[q]] >= 0
+        n_full += full[active[q]]
+    any_dense = n_dense > 0
+    any_full = n_full > 0
+    # the tile's rows (dense clusterings, full sums) and the gathered ones (bounded)
+    tile = (
+        np.empty((_BTILE, d)),
+        np.empty(_BTILE),
+        np.empty(_BTILE),
+        np.empty(2 * _BTILE, dtype=np.int32),
+        np.empty(2 * _BTILE),
+        np.empty(2 * _BTILE),
+    )
+    _xw, _ws, xs_t, lab, ub, lb = tile
+    best = np.empty(2 * _BTILE, dtype=X.dtype)
+    best2 = np.empty(2 * _BTILE, dtype=X.dtype)
+    rows_g = np.empty(2 * _BTILE, dtype=np.int64)
+    xg = np.empty((2 * _BTILE, d), dtype=X.dtype)
+    scratch = (rows_g, xg, np.empty(2 * _BTILE), best, best2, lab, ub, lb)
+    ch0, ch1 = share(part, n_parts, n_chunks)
+    for ch in range(ch0, ch1):
+        acc = (sums[ch], weights[ch], sq_sums[ch])
+        un_loc = unsure[ch]
+        r0, r_end = _chunk_rows(ch, n, n_chunks)
         # dense clusterings (and full ones): tile by tile, every row
         for i0 in range(r0, r_end, _BTILE):
             i1 = min(r_end, i0 + _BTILE)
             mt = i1 - i0
             if any_dense:  # one BLAS call for all the dense clusterings' centroids
                 GT_dense = np.dot(C_dense, X[i0:i1].T)
-                _load_rows(X, sample_weight, x_sq, i0, i1, rows_t, xs_t, xw, ws, any_full)
+                _load_rows(X, sample_weight, x_sq, i0, i1, xs_t, tile[0], tile[1], any_full)
             for q in range(active.shape[0]):
                 b = active[q]
                 c0 = offsets[b]
@@ -426,22 +307,7 @@ def _bounded_pass(
                 at = dense_at[b]
                 if at >= 0:
                     if not full[b]:
-                        un_loc[b] += _select_unsure(
-                            labels,
-                            upper,
-                            lower,
-                            b,
-                            c0,
-                            i0,
-                            i1,
-                            shift,
-                            s_half,
-                            max1,
-                            arg1,
-                            max2,
-                            rows_g,
-                            False,
-                        )
+                        un_loc[b] += _select_unsure(state, b, c0, i0, i1, bounds, rows_g[:0])
                     _tile_block_argmin2(
                         GT_dense[at : at + c1 - c0],
                         half_dense[at : at + c1 - c0],
@@ -452,33 +318,14 @@ def _bounded_pass(
                         lab,
                     )
                 elif full[b]:
-                    _load_rows(X, sample_weight, x_sq, i0, i1, rows_t, xs_t, xw, ws, True)
+                    _load_rows(X, sample_weight, x_sq, i0, i1, xs_t, tile[0], tile[1], full[b])
                     GT = np.dot(C[c0:c1], X[i0:i1].T)
                     _tile_block_argmin2(GT, half_cnorm[c0:c1], 0, c1 - c0, best, best2, lab)
                 else:
                     continue
                 _fresh_bounds(xs_t, best, best2, mt, margin_c, ub, lb)
-                _store_tile(
-                    X,
-                    sample_weight,
-                    c0,
-                    c1 - c0,
-                    i0,
-                    mt,
-                    lab,
-                    ub,
-                    lb,
-                    labels[b],
-                    upper[b],
-                    lower[b],
-                    full[b],
-                    xw,
-                    ws,
-                    xs_t,
-                    s_loc,
-                    w_loc,
-                    q_loc,
-                )
+                rows_b = (labels[b], upper[b], lower[b])
+                _store_tile(X, sample_weight, c0, c1 - c0, i0, mt, tile, rows_b, full[b], acc)
         # bounded clusterings: the rows the bounds cannot settle, gathered across tiles so
         # that each BLAS call gets a full batch
         for q in range(active.shape[0]):
@@ -486,59 +333,53 @@ def _bounded_pass(
             if dense_at[b] >= 0 or full[b]:
                 continue
             c0 = offsets[b]
-            c1 = offsets[b + 1]
             m = 0
             for i0 in range(r0, r_end, _BTILE):
                 i1 = min(r_end, i0 + _BTILE)
-                k_new = _select_unsure(
-                    labels,
-                    upper,
-                    lower,
-                    b,
-                    c0,
-                    i0,
-                    i1,
-                    shift,
-                    s_half,
-                    max1,
-                    arg1,
-                    max2,
-                    rows_g[m:],
-                    True,
-                )
+                k_new = _select_unsure(state, b, c0, i0, i1, bounds, rows_g[m:])
                 un_loc[b] += k_new
                 m += k_new
                 # a batch holds up to 2 tiles' rows: flush once it has one tile's worth
                 if m >= _BTILE or (i1 == r_end and m > 0):
-                    _gathered_batch(
-                        X,
-                        sample_weight,
-                        C,
-                        half_cnorm,
-                        x_sq,
-                        margin_c,
-                        b,
-                        c0,
-                        c1,
-                        rows_g,
-                        m,
-                        xg,
-                        xs_g,
-                        best,
-                        best2,
-                        lab,
-                        ub,
-                        lb,
-                        labels,
-                        upper,
-                        lower,
-                        s_loc,
-                        w_loc,
-                        q_loc,
-                    )
+                    _gathered_batch(data, centroids, margin_c, b, m, scratch, state, acc)
                     m = 0
-        sums[ch] = s_loc
-        weights[ch] = w_loc
-        sq_sums[ch] = q_loc
-        unsure[ch] = un_loc
-    return sums, weights, sq_sums, unsure
+
+
+def bounded_pass(data, centroids, state, bounds, plan, n_chunks):
+    """One Lloyd pass (assignment + centroid sums) of the ``plan``'s active clusterings.
+
+    ``data`` = (X, sample_weight, x_sq): the rows, their weights and |x|^2;
+    ``centroids`` = (C, half_cnorm, offsets): every clustering's centroids stacked, |c|^2
+    / 2, and each clustering's rows in C; ``state`` = (labels, upper, lower), each
+    (n_blocks, n): every row's centroid and bounds per clustering, updated in place;
+    ``bounds`` = (shift, s_half, max1, arg1, max2): how far each centroid moved since the
+    bounds were set, and :func:`_bound_stats` of the centroids;
+    ``plan`` = (active, full, C_dense, half_dense, dense_at): which clusterings run and how.
+
+    Two ways per active clustering b:
+
+    * dense (``dense_at[b] >= 0``): every row's distances, through one BLAS call per
+      tile for all the dense clusterings at once (their centroids stacked in
+      ``C_dense``/``half_dense``, clustering b's at rows ``dense_at[b]:``). For the
+      first pass, and while the bounds would not settle most rows anyway.
+    * bounded: the rows the bounds cannot settle are gathered and only their distances
+      computed (BLAS on ``C``, X's dtype).
+
+    A clustering with ``full[b]`` set (first pass, or its sums were rebuilt after an
+    empty cluster was relocated) gets complete sums; the others get only the changes
+    from rows that moved. Returns ``sums`` (n_chunks, K, d), ``weights`` (n_chunks, K),
+    ``sq_sums`` (n_chunks, K: the weighted |x|^2 of each centroid's rows, from which the
+    caller gets the inertia without another pass over X) and ``unsure``
+    (n_chunks, n_blocks): how many rows failed the bound test (for dense clusterings
+    with valid bounds: how many would have).
+    """
+    K, d = centroids[0].shape
+    n_blocks = centroids[2].shape[0] - 1
+    out = (
+        np.zeros((n_chunks, K, d)),
+        np.zeros((n_chunks, K)),
+        np.zeros((n_chunks, K)),
+        np.zeros((n_chunks, n_blocks), dtype=np.int64),
+    )
+    run_parts(_bounded_pass_part, parts_for(n_chunks), data, centroids, state, bounds, plan, out)
+    return out

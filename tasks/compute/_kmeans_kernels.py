@@ -10,10 +10,14 @@ Layout conventions
   per iteration for every k at the same time.
 * Rows are processed in tiles of ``_TILE`` rows; the centroids-times-tile dot products
   go through BLAS (``np.dot(C, X_tile.T)``, centroids x rows, so that the per-block
-  argmin runs over contiguous rows and vectorises), the accumulation is a plain loop. Tiles are
-  grouped into ``n_chunks`` contiguous chunks run in parallel (``prange``), each with
+  argmin runs over contiguous rows and vectorises), the accumulation is a plain loop.
+  Tiles are grouped into ``n_chunks`` contiguous chunks (:func:`_chunk_rows`), each with
   its own partial sums; the chunking depends only on ``n_samples`` so results do not
   depend on the number of threads.
+* Each ``*_part`` kernel takes one part of the chunks (serial, ``nogil``); the plain
+  Python function of the same name without ``_part`` allocates the outputs, runs the
+  parts on the kernel threads (:func:`tasks.compute._threads.run_parts`) and reduces
+  the per-chunk results in chunk order.
 * Assignment uses the expanded distance ``||c||^2 / 2 - x.c`` (argmin-equivalent);
   sums are accumulated in float64 whatever the input dtype.
 """
@@ -21,7 +25,9 @@ Layout conventions
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from tasks.compute._threads import parts_for, run_parts, share
 
 # Reassociation/contraction only: no 'nnan'/'ninf', so inf/NaN checks stay valid.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -33,6 +39,16 @@ def n_chunks_for(n_samples: int) -> int:
     """Number of parallel chunks for ``n_samples`` rows (independent of thread count)."""
     n_tiles = (n_samples + _TILE - 1) // _TILE
     return max(1, min(64, n_tiles))
+
+
+@njit(cache=True, nogil=True)
+def _chunk_rows(ch, n, n_chunks):  # pragma: no cover
+    """Rows ``(r0, r1)`` of chunk ``ch``: whole tiles, the same number per chunk (the last
+    chunks may be shorter or empty)."""
+    n_tiles = (n + _TILE - 1) // _TILE
+    rows_per_chunk = ((n_tiles + n_chunks - 1) // n_chunks) * _TILE
+    r0 = min(n, ch * rows_per_chunk)
+    return r0, min(n, r0 + rows_per_chunk)
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
@@ -57,14 +73,16 @@ def _tile_block_argmin(GT, half_cnorm, c0, c1, best, lab):  # pragma: no cover
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _tile_assign_accumulate(
-    GT, X, sample_weight, i0, half_cnorm, offsets, s_loc, w_loc, xw, best, lab
-):  # pragma: no cover
+def _tile_assign_accumulate(GT, i0, data, centroids, acc, scratch):  # pragma: no cover
     """For the rows ``i0 + r`` of a tile (dot products ``GT``, centroids x rows): nearest
-    centroid within each block, and the weighted row added to its partial sum. A
-    separate function (not inlined into the parallel loop body) so that LLVM optimises
-    its loops fully. With several blocks, the weighted rows are converted to float64
-    once per tile (``xw``) and reused by every block."""
+    centroid within each block, and the weighted row added to its partial sum (``acc``:
+    sums, weights). A separate function so that LLVM optimises its loops fully. With
+    several blocks, the weighted rows are converted to float64 once per tile (``xw``)
+    and reused by every block."""
+    X, sample_weight = data
+    _C, half_cnorm, offsets = centroids
+    s_loc, w_loc = acc
+    xw, best, lab = scratch
     d = X.shape[1]
     n_blocks = offsets.shape[0] - 1
     m_rows = GT.shape[1]
@@ -94,8 +112,24 @@ def _tile_assign_accumulate(
                     srow[f] += w * np.float64(xr[f])
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _lloyd_accumulate(X, sample_weight, C, half_cnorm, offsets, n_chunks):  # pragma: no cover
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _lloyd_accumulate_part(part, n_parts, data, centroids, out):  # pragma: no cover
+    """:func:`_lloyd_accumulate` for the chunks of one part (see :func:`_chunk_rows`)."""
+    X = data[0]
+    C = centroids[0]
+    sums, weights = out
+    n, d = X.shape
+    n_chunks = sums.shape[0]
+    scratch = (np.empty((_TILE, d)), np.empty(_TILE, dtype=X.dtype), np.empty(_TILE, np.int32))
+    ch0, ch1 = share(part, n_parts, n_chunks)
+    for ch in range(ch0, ch1):
+        r0, r1 = _chunk_rows(ch, n, n_chunks)
+        for i0 in range(r0, r1, _TILE):
+            GT = np.dot(C, X[i0 : min(r1, i0 + _TILE)].T)
+            _tile_assign_accumulate(GT, i0, data, centroids, (sums[ch], weights[ch]), scratch)
+
+
+def _lloyd_accumulate(X, sample_weight, C, half_cnorm, offsets, n_chunks):
     """One fused Lloyd pass: assign each row to its nearest centroid within every block
     and accumulate the weighted sums / weights of the new centroids (``C``: the stacked
     centroids, (K, d) C-contiguous).
@@ -103,36 +137,27 @@ def _lloyd_accumulate(X, sample_weight, C, half_cnorm, offsets, n_chunks):  # pr
     Returns ``sums`` (n_chunks, K, d) and ``weights`` (n_chunks, K), both float64, one
     slice per chunk (the caller reduces them in a fixed order).
     """
-    n, d = X.shape
-    K = C.shape[0]
-    n_tiles = (n + _TILE - 1) // _TILE
-    tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
-    sums = np.zeros((n_chunks, K, d))
-    weights = np.zeros((n_chunks, K))
-    for ch in prange(n_chunks):
-        s_loc = np.zeros((K, d))
-        w_loc = np.zeros(K)
-        xw = np.empty((_TILE, d))
-        best = np.empty(_TILE, dtype=X.dtype)
-        lab = np.empty(_TILE, dtype=np.int32)
-        t0 = ch * tiles_per_chunk
-        t1 = min(n_tiles, t0 + tiles_per_chunk)
-        for t in range(t0, t1):
-            i0 = t * _TILE
-            i1 = min(n, i0 + _TILE)
-            GT = np.dot(C, X[i0:i1].T)
-            _tile_assign_accumulate(
-                GT, X, sample_weight, i0, half_cnorm, offsets, s_loc, w_loc, xw, best, lab
-            )
-        sums[ch] = s_loc
-        weights[ch] = w_loc
-    return sums, weights
+    K, d = C.shape
+    out = (np.zeros((n_chunks, K, d)), np.zeros((n_chunks, K)))
+    run_parts(
+        _lloyd_accumulate_part,
+        parts_for(n_chunks),
+        (X, sample_weight),
+        (C, half_cnorm, offsets),
+        out,
+    )
+    return out
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _tile_labels_dist(
-    GT, X, C, sample_weight, i0, half_cnorm, offsets, labels, min_dist, inertia, best, lab
-):  # pragma: no cover
+def _tile_labels_dist(GT, i0, data, centroids, out, scratch):  # pragma: no cover
+    """For the rows ``i0 + r`` of a tile: label and squared distance within each block,
+    and the weighted distances added to each block's ``inertia`` (``out``: labels,
+    min_dist, the chunk's inertia)."""
+    X, sample_weight = data
+    C, half_cnorm, offsets = centroids
+    labels, min_dist, inertia = out
+    best, lab = scratch
     d = X.shape[1]
     n_blocks = offsets.shape[0] - 1
     m_rows = GT.shape[1]
@@ -155,52 +180,47 @@ def _tile_labels_dist(
         inertia[b] += acc
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _assign(X, sample_weight, C, CT, half_cnorm, offsets, n_chunks, want_dist):  # pragma: no cover
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _assign_part(part, n_parts, data, centroids, out):  # pragma: no cover
+    """:func:`_assign` for the chunks of one part (``out``: labels, min_dist and the
+    per-chunk inertia (n_chunks, n_blocks))."""
+    X = data[0]
+    C = centroids[0]
+    labels, min_dist, inertia = out
+    n = X.shape[0]
+    n_chunks = inertia.shape[0]
+    scratch = (np.empty(_TILE, dtype=X.dtype), np.empty(_TILE, dtype=np.int32))
+    ch0, ch1 = share(part, n_parts, n_chunks)
+    for ch in range(ch0, ch1):
+        r0, r1 = _chunk_rows(ch, n, n_chunks)
+        for i0 in range(r0, r1, _TILE):
+            GT = np.dot(C, X[i0 : min(r1, i0 + _TILE)].T)
+            _tile_labels_dist(GT, i0, data, centroids, (labels, min_dist, inertia[ch]), scratch)
+
+
+def _assign(X, sample_weight, C, half_cnorm, offsets, n_chunks, want_dist):
     """Labels of every row within every block, and the exact weighted inertia per block.
 
     Returns ``labels`` (n_blocks, n) int32 (indices local to the block), ``inertia``
     (n_blocks,) float64 computed as sum of w * ||x - c||^2 with the exact difference,
     and ``min_dist`` (n_blocks, n) the squared distance of each row to its centroid
-    (only if ``want_dist``; otherwise a (n_blocks, 0) array). ``CT`` is unused (kept
-    for the call signature).
+    (only if ``want_dist``; otherwise a (n_blocks, 0) array).
     """
     n = X.shape[0]
     n_blocks = offsets.shape[0] - 1
-    n_tiles = (n + _TILE - 1) // _TILE
-    tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
     labels = np.empty((n_blocks, n), dtype=np.int32)
-    min_dist = np.empty((n_blocks, n if want_dist else 0), dtype=np.float64)
+    min_dist = np.empty((n_blocks, n if want_dist else 0))
     inertia = np.zeros((n_chunks, n_blocks))
-    for ch in prange(n_chunks):
-        best = np.empty(_TILE, dtype=X.dtype)
-        lab = np.empty(_TILE, dtype=np.int32)
-        in_loc = np.zeros(n_blocks)
-        t0 = ch * tiles_per_chunk
-        t1 = min(n_tiles, t0 + tiles_per_chunk)
-        for t in range(t0, t1):
-            i0 = t * _TILE
-            i1 = min(n, i0 + _TILE)
-            GT = np.dot(C, X[i0:i1].T)
-            _tile_labels_dist(
-                GT,
-                X,
-                C,
-                sample_weight,
-                i0,
-                half_cnorm,
-                offsets,
-                labels,
-                min_dist,
-                in_loc,
-                best,
-                lab,
-            )
-        inertia[ch] = in_loc
+    run_parts(
+        _assign_part,
+        parts_for(n_chunks),
+        (X, sample_weight),
+        (C, half_cnorm, offsets),
+        (labels, min_dist, inertia),
+    )
     out = np.zeros(n_blocks)
-    for ch in range(n_chunks):
-        for b in range(n_blocks):
-            out[b] += inertia[ch, b]
+    for ch in range(n_chunks):  # in chunk order, whatever the thread count
+        out += inertia[ch]
     return labels, out, min_dist
 
 
@@ -215,37 +235,23 @@ def _tile_min_pot(g, c_sq, x_sq, w, cl):  # pragma: no cover
     return acc
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owner, n_chunks):  # pragma: no cover
-    """k-means++ trial step for several independent initialisations at once.
-
-    ``closest`` (n_jobs, n): current squared distance of each row to the nearest chosen
-    centre of each job; ``cand`` (n_cand,) row indices of candidate centres; ``owner``
-    (n_cand,) the job of each candidate. Returns the potential (sum of w * min(closest,
-    d(x, cand))) of every candidate, float64. A candidate's distance to itself is
-    taken as exactly 0.
-    """
-    n, d = X.shape
-    n_cand = cand.shape[0]
-    Cc = np.empty((n_cand, d), dtype=X.dtype)
-    c_sq = np.empty(n_cand)
-    for t in range(n_cand):
-        c_sq[t] = x_sq[cand[t]]
-        for f in range(d):
-            Cc[t, f] = X[cand[t], f]
-    n_tiles = (n + _TILE - 1) // _TILE
-    tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
-    pots = np.zeros((n_chunks, n_cand))
-    for ch in prange(n_chunks):
-        p_loc = np.zeros(n_cand)
-        t0 = ch * tiles_per_chunk
-        t1 = min(n_tiles, t0 + tiles_per_chunk)
-        for t in range(t0, t1):
-            i0 = t * _TILE
-            i1 = min(n, i0 + _TILE)
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _pp_candidate_pots_part(part, n_parts, data, closest, candidates, pots):  # pragma: no cover
+    """:func:`_pp_candidate_pots` for the chunks of one part (``candidates``: their rows,
+    jobs, coordinates and |x|^2; ``pots``: (n_chunks, n_cand))."""
+    X, sample_weight, x_sq = data
+    cand, owner, Cc, c_sq = candidates
+    n = X.shape[0]
+    n_chunks = pots.shape[0]
+    ch0, ch1 = share(part, n_parts, n_chunks)
+    for ch in range(ch0, ch1):
+        p_loc = pots[ch]
+        r0, r1 = _chunk_rows(ch, n, n_chunks)
+        for i0 in range(r0, r1, _TILE):
+            i1 = min(r1, i0 + _TILE)
             # candidates x rows, so that each candidate's loop runs over contiguous rows
             GT = np.dot(Cc, X[i0:i1].T)
-            for c in range(n_cand):
+            for c in range(cand.shape[0]):
                 j = owner[c]
                 p_loc[c] += _tile_min_pot(
                     GT[c], c_sq[c], x_sq[i0:i1], sample_weight[i0:i1], closest[j, i0:i1]
@@ -254,11 +260,30 @@ def _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owner, n_chunks): 
                 if i0 <= i < i1:  # the candidate's own row: distance 0, not rounding noise
                     dist = max(x_sq[i] + c_sq[c] - 2.0 * np.float64(GT[c, i - i0]), 0.0)
                     p_loc[c] -= np.float64(sample_weight[i]) * min(np.float64(closest[j, i]), dist)
-        pots[ch] = p_loc
-    out = np.zeros(n_cand)
-    for ch in range(n_chunks):
-        for c in range(n_cand):
-            out[c] += pots[ch, c]
+
+
+def _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owner, n_chunks):
+    """k-means++ trial step for several independent initialisations at once.
+
+    ``closest`` (n_jobs, n): current squared distance of each row to the nearest chosen
+    centre of each job; ``cand`` (n_cand,) row indices of candidate centres; ``owner``
+    (n_cand,) the job of each candidate. Returns the potential (sum of w * min(closest,
+    d(x, cand))) of every candidate, float64. A candidate's distance to itself is
+    taken as exactly 0.
+    """
+    pots = np.zeros((n_chunks, cand.shape[0]))
+    Cc = np.ascontiguousarray(X[cand])
+    run_parts(
+        _pp_candidate_pots_part,
+        parts_for(n_chunks),
+        (X, sample_weight, x_sq),
+        closest,
+        (cand, owner, Cc, x_sq[cand]),
+        pots,
+    )
+    out = np.zeros(cand.shape[0])
+    for ch in range(n_chunks):  # in chunk order, whatever the thread count
+        out += pots[ch]
     return out
 
 
@@ -275,8 +300,31 @@ def _tile_update_closest(g, c_sq, x_sq, w, cl):  # pragma: no cover
     return acc
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _pp_update_closest(X, x_sq, sample_weight, closest, chosen, n_chunks):  # pragma: no cover
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _pp_update_closest_part(part, n_parts, data, closest, centres, chunk_sums):  # pragma: no cover
+    """:func:`_pp_update_closest` for the chunks of one part (``centres``: each job's
+    chosen row, the jobs that chose one, those rows' coordinates and |x|^2)."""
+    X, sample_weight, x_sq = data
+    chosen, jobs, Cc, c_sq = centres
+    n = X.shape[0]
+    n_chunks = chunk_sums.shape[1]
+    ch0, ch1 = share(part, n_parts, n_chunks)
+    for ch in range(ch0, ch1):
+        r0, r1 = _chunk_rows(ch, n, n_chunks)
+        for i0 in range(r0, r1, _TILE):
+            i1 = min(r1, i0 + _TILE)
+            GT = np.dot(Cc, X[i0:i1].T)
+            for q in range(jobs.shape[0]):
+                j = jobs[q]
+                i = chosen[j]
+                if i0 <= i < i1:  # the chosen row itself: distance exactly 0
+                    closest[j, i] = 0.0
+                chunk_sums[j, ch] += _tile_update_closest(
+                    GT[q], c_sq[q], x_sq[i0:i1], sample_weight[i0:i1], closest[j, i0:i1]
+                )
+
+
+def _pp_update_closest(X, x_sq, sample_weight, closest, chosen, n_chunks):
     """``closest[j] = min(closest[j], d(x, X[chosen[j]]))`` for each job j (in place).
 
     ``chosen[j] < 0`` leaves job j's distances untouched. With ``closest`` filled with
@@ -284,37 +332,17 @@ def _pp_update_closest(X, x_sq, sample_weight, closest, chosen, n_chunks):  # pr
     ``sample_weight * closest`` (n_jobs, n_chunks; 0 for untouched jobs, which have
     no further steps), used by :func:`_pp_search`.
     """
-    n, d = X.shape
-    n_jobs = chosen.shape[0]
     jobs = np.flatnonzero(chosen >= 0)
-    Cc = np.zeros((jobs.shape[0], d), dtype=X.dtype)
-    c_sq = np.zeros(jobs.shape[0])
-    for q in range(jobs.shape[0]):
-        i = chosen[jobs[q]]
-        c_sq[q] = x_sq[i]
-        for f in range(d):
-            Cc[q, f] = X[i, f]
-    n_tiles = (n + _TILE - 1) // _TILE
-    tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
-    chunk_sums = np.zeros((n_jobs, n_chunks))
-    for ch in prange(n_chunks):
-        t0 = ch * tiles_per_chunk
-        t1 = min(n_tiles, t0 + tiles_per_chunk)
-        loc = np.zeros(n_jobs)
-        for t in range(t0, t1):
-            i0 = t * _TILE
-            i1 = min(n, i0 + _TILE)
-            GT = np.dot(Cc, X[i0:i1].T)
-            for q in range(jobs.shape[0]):
-                j = jobs[q]
-                i = chosen[j]
-                if i0 <= i < i1:  # the chosen row itself: distance exactly 0
-                    closest[j, i] = 0.0
-                loc[j] += _tile_update_closest(
-                    GT[q], c_sq[q], x_sq[i0:i1], sample_weight[i0:i1], closest[j, i0:i1]
-                )
-        for j in range(n_jobs):
-            chunk_sums[j, ch] = loc[j]
+    rows = chosen[jobs]
+    chunk_sums = np.zeros((chosen.shape[0], n_chunks))
+    run_parts(
+        _pp_update_closest_part,
+        parts_for(n_chunks),
+        (X, sample_weight, x_sq),
+        closest,
+        (chosen, jobs, np.ascontiguousarray(X[rows]), x_sq[rows]),
+        chunk_sums,
+    )
     return chunk_sums
 
 
@@ -325,9 +353,6 @@ def _pp_search(closest, sample_weight, chunk_sums, job, targets, n_chunks):  # p
     cumulative sum, clipped to n-1) - located via the chunk sums, so only one chunk is
     scanned per query instead of a full cumulative sum."""
     n = closest.shape[1]
-    n_tiles = (n + _TILE - 1) // _TILE
-    tiles_per_chunk = (n_tiles + n_chunks - 1) // n_chunks
-    rows_per_chunk = tiles_per_chunk * _TILE
     out = np.empty(targets.shape[0], dtype=np.int64)
     for q in range(targets.shape[0]):
         j = job[q]
@@ -338,8 +363,7 @@ def _pp_search(closest, sample_weight, chunk_sums, job, targets, n_chunks):  # p
             if cum + chunk_sums[j, ch] < target and ch < n_chunks - 1:
                 cum += chunk_sums[j, ch]
                 continue
-            i0 = ch * rows_per_chunk
-            i1 = min(n, i0 + rows_per_chunk)
+            i0, i1 = _chunk_rows(ch, n, n_chunks)
             done = False
             for i in range(i0, i1):
                 cum += sample_weight[i] * closest[j, i]
@@ -353,36 +377,16 @@ def _pp_search(closest, sample_weight, chunk_sums, job, targets, n_chunks):  # p
     return out
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _column_sums(X, n_chunks):  # pragma: no cover
-    """Per-chunk column sums (n_chunks, d), float64 (reduced by the caller in order)."""
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _center_part(part, n_parts, X, mean, Xc, x_sq, sq_dev):  # pragma: no cover
+    """:func:`center` for the chunks of one part (``sq_dev``: (n_chunks, d))."""
     n, d = X.shape
-    n_tiles = (n + _TILE - 1) // _TILE
-    rows_per_chunk = ((n_tiles + n_chunks - 1) // n_chunks) * _TILE
-    out = np.zeros((n_chunks, d))
-    for ch in prange(n_chunks):
-        acc = np.zeros(d)
-        for i in range(ch * rows_per_chunk, min(n, (ch + 1) * rows_per_chunk)):
-            for f in range(d):
-                acc[f] += np.float64(X[i, f])
-        out[ch] = acc
-    return out
-
-
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _center(X, mean, n_chunks):  # pragma: no cover
-    """``X - mean`` in X's dtype, its squared row norms (float64), and the per-chunk
-    column sums of squared deviations (n_chunks, d) - one pass instead of numpy's three
-    (subtract, variance, norms)."""
-    n, d = X.shape
-    n_tiles = (n + _TILE - 1) // _TILE
-    rows_per_chunk = ((n_tiles + n_chunks - 1) // n_chunks) * _TILE
-    Xc = np.empty_like(X)
-    x_sq = np.empty(n)
-    ss = np.zeros((n_chunks, d))
-    for ch in prange(n_chunks):
-        acc = np.zeros(d)
-        for i in range(ch * rows_per_chunk, min(n, (ch + 1) * rows_per_chunk)):
+    n_chunks = sq_dev.shape[0]
+    ch0, ch1 = share(part, n_parts, n_chunks)
+    for ch in range(ch0, ch1):
+        acc = sq_dev[ch]
+        r0, r1 = _chunk_rows(ch, n, n_chunks)
+        for i in range(r0, r1):
             s = 0.0
             for f in range(d):
                 v = X[i, f] - mean[f]
@@ -392,18 +396,34 @@ def _center(X, mean, n_chunks):  # pragma: no cover
                 dev = np.float64(X[i, f]) - np.float64(mean[f])
                 acc[f] += dev * dev
             x_sq[i] = s
-        ss[ch] = acc
-    return Xc, x_sq, ss
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _row_sq_norms(X):  # pragma: no cover
+def center(X, n_chunks):
+    """X's column means (X's dtype), ``X - mean`` in X's dtype, its squared row norms
+    (float64) and the per-column variances (float64): two passes over X instead of
+    numpy's four (mean, subtract, variance, norms)."""
     n, d = X.shape
-    out = np.empty(n)
-    for i in prange(n):
+    mean = (X.sum(axis=0, dtype=np.float64) / n).astype(X.dtype)
+    Xc = np.empty_like(X)
+    x_sq = np.empty(n)
+    sq_dev = np.zeros((n_chunks, d))
+    run_parts(_center_part, parts_for(n_chunks), X, mean, Xc, x_sq, sq_dev)
+    return mean, Xc, x_sq, sq_dev.sum(axis=0) / n
+
+
+@njit(cache=True, nogil=True)
+def _row_sq_norms_part(part, n_parts, X, out):  # pragma: no cover
+    lo, hi = share(part, n_parts, X.shape[0])
+    for i in range(lo, hi):
         s = 0.0
-        for f in range(d):
+        for f in range(X.shape[1]):
             v = np.float64(X[i, f])
             s += v * v
         out[i] = s
+
+
+def row_sq_norms(X):
+    """Squared norm of every row of ``X``, float64."""
+    out = np.empty(X.shape[0])
+    run_parts(_row_sq_norms_part, parts_for(n_chunks_for(X.shape[0])), X, out)
     return out

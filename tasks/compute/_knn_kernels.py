@@ -4,16 +4,17 @@ Distances are scikit-learn's ``nan_euclidean``: over the coordinates present in 
 rows, ``sqrt(n_features / n_present * sum((x - y)^2))``; rows that share no present
 coordinate are at an undefined (NaN) distance and never donate. Each receiver row is
 handled by one thread with a private distance buffer of length n_fit (memory is
-O(n_threads * n_fit), never receivers x donors).
+O(n_threads * n_fit), never receivers x donors). Each thread takes one part of the
+blocks of receivers (:func:`tasks.compute._threads.run_parts`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-# Reassociation/contraction only: no 'nnan'/'ninf', so inf/NaN checks stay valid.
-_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+from tasks.compute._kmeans_kernels import _FASTMATH
+from tasks.compute._threads import parts_for, run_parts, share
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -99,52 +100,25 @@ def _keys(g, ysq, n_miss_fit, F0sqT, FPT, miss, j0, d, key, cnt):  # pragma: no 
         key[t] = v if c > 0.5 else -1.0
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _knn_impute(
-    A,
-    B,
-    miss_idx,
-    miss_ptr,
-    impute_mask,
-    ysq,
-    F0sqT,
-    FPT,
-    n_miss_fit,
-    fit_values,
-    col_mean,
-    n_neighbors,
-    distance_weights,
-    n_features_total,
-    block,
-    tile,
-    out,
-):  # pragma: no cover
-    """Impute ``out[r, c]`` for every ``impute_mask[r, c]`` (receivers r, columns c).
-
-    Squared nan-Euclidean distances from receiver q (NaN -> 0: ``q0``; missing set
-    ``M_q``) to fitted row y (``y0``, missing set ``M_y``), over common coordinates:
-    ``S = |y0|^2 - 2 q0.y0 + (q0^2).P_y - sum_{f in M_q} y0_f^2`` and
-    ``n_common = d - |M_q| - |M_y| + sum_{f in M_q} [f in M_y]``. The dot-product terms
-    come from BLAS on (block of receivers) x (tile of donors) with ``A = [q0, q0^2]``
-    and ``B = [-2 y0, P_y]``, so each tile stays in cache; the missing-set terms are
-    short loops over the receiver's own missing columns. Each (receiver, column) keeps a
-    running top-k across donor tiles. Distance = sqrt(n_features / n_common * S);
-    an undefined distance (n_common = 0) never donates.
-    """
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _knn_impute_part(part, n_parts, receivers, donors, settings, out):  # pragma: no cover
+    """:func:`knn_impute` for one part's blocks of receivers."""
+    A, miss_idx, miss_ptr, impute_mask = receivers
+    B, ysq, F0sqT, FPT, n_miss_fit, fit_values, col_mean = donors
+    k, distance_weights, n_features_total, block, tile = settings
     n_q = A.shape[0]
     n_f = B.shape[0]
     d = FPT.shape[0]
-    k = n_neighbors
-    n_blocks = (n_q + block - 1) // block
-    for b in prange(n_blocks):
+    key = np.empty(tile)
+    cnt = np.empty(tile)
+    lo, hi = share(part, n_parts, (n_q + block - 1) // block)
+    for b in range(lo, hi):
         r0 = b * block
         r1 = min(n_q, r0 + block)
         R = r1 - r0
         best_d = np.empty((R, d, k))
         best_i = np.empty((R, d, k), dtype=np.int64)
         kept = np.zeros((R, d), dtype=np.int64)
-        key = np.empty(tile)
-        cnt = np.empty(tile)
         for j0 in range(0, n_f, tile):
             j1 = min(n_f, j0 + tile)
             tt = j1 - j0
@@ -197,3 +171,26 @@ def _knn_impute(
                         n_features_total,
                     )
                     out[r, c] = col_mean[c] if np.isnan(v) else v
+
+
+def knn_impute(receivers, donors, settings, out):
+    """Impute ``out[r, c]`` for every ``impute_mask[r, c]`` (receivers r, columns c).
+
+    ``receivers`` = (A, miss_idx, miss_ptr, impute_mask), ``donors`` = (B, ysq, F0sqT,
+    FPT, n_miss_fit, fit_values, col_mean), ``settings`` = (n_neighbors,
+    distance_weights, n_features_total, block, tile).
+
+    Squared nan-Euclidean distances from receiver q (NaN -> 0: ``q0``; missing set
+    ``M_q``) to fitted row y (``y0``, missing set ``M_y``), over common coordinates:
+    ``S = |y0|^2 - 2 q0.y0 + (q0^2).P_y - sum_{f in M_q} y0_f^2`` and
+    ``n_common = d - |M_q| - |M_y| + sum_{f in M_q} [f in M_y]``. The dot-product terms
+    come from BLAS on (block of receivers) x (tile of donors) with ``A = [q0, q0^2]``
+    and ``B = [-2 y0, P_y]``, so each tile stays in cache; the missing-set terms are
+    short loops over the receiver's own missing columns (``miss_idx[miss_ptr[r]:
+    miss_ptr[r + 1]]``). Each (receiver, column) keeps a running top-k across donor
+    tiles. Distance = sqrt(n_features / n_common * S); an undefined distance
+    (n_common = 0) never donates.
+    """
+    block = settings[3]
+    n_blocks = (receivers[0].shape[0] + block - 1) // block
+    run_parts(_knn_impute_part, parts_for(n_blocks), receivers, donors, settings, out)

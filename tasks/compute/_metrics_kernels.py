@@ -5,24 +5,25 @@ Rows are sorted by label by the public wrappers (cluster c = rows
 cluster segment; no ``n x n`` matrix is ever materialised. The distances are
 ``sqrt(max(|x|^2 + |y|^2 - 2 x.y, 0))`` (scikit-learn's formula).
 
-* :func:`_cluster_distance_sums_sym` (silhouette): hand-written register-blocked dot
+* :func:`cluster_distance_sums_sym` (silhouette): hand-written register-blocked dot
   products fused with the distances (see the section comment below), each pair once.
-* :func:`_cluster_distance_sums` (silhouette with very many clusters) and
-  :func:`_dunn_extremes`: each thread takes a tile of rows and BLAS (one thread) gives
+* :func:`cluster_distance_sums` (silhouette with very many clusters) and
+  :func:`dunn_extremes`: each thread takes a tile of rows and BLAS (one thread) gives
   the dot products against a tile of columns; memory is one row_tile x col_tile block per
   thread.
 
-The per-row reductions live in small separate functions (not inlined into the
-parallel loop body): that is what lets LLVM vectorise them.
+The threads each run one part of the row tiles (``*_part`` kernels, see
+:func:`tasks.compute._threads.run_parts`). The per-row reductions live in small separate
+functions: that is what lets LLVM vectorise them.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import get_thread_id, njit, prange
+from numba import njit
 
-# Reassociation/contraction only: no 'nnan'/'ninf', so inf/NaN checks stay valid.
-_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+from tasks.compute._kmeans_kernels import _FASTMATH
+from tasks.compute._threads import parts_for, run_parts, share
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
@@ -41,17 +42,14 @@ def _row_cluster_sums(g, a, sq_cols, starts, j0, out_row):  # pragma: no cover
         out_row[c] += acc
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _cluster_distance_sums(Xs, sq, starts, sorted_codes, row_tile, col_tile):  # pragma: no cover
-    """(n, n_clusters): sum of Euclidean distances from each row to each cluster.
-
-    The self-distance is exactly 0 (as scikit-learn's ``pairwise_distances_chunked``).
-    """
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _cluster_distance_sums_part(
+    part, n_parts, Xs, sq, starts, sorted_codes, row_tile, col_tile, out
+):  # pragma: no cover
+    """:func:`cluster_distance_sums` for one part's row tiles."""
     n = Xs.shape[0]
-    n_clusters = starts.shape[0] - 1
-    out = np.zeros((n, n_clusters))
-    n_rt = (n + row_tile - 1) // row_tile
-    for bt in prange(n_rt):
+    lo, hi = share(part, n_parts, (n + row_tile - 1) // row_tile)
+    for bt in range(lo, hi):
         i0 = bt * row_tile
         i1 = min(n, i0 + row_tile)
         for j0 in range(0, n, col_tile):
@@ -62,6 +60,19 @@ def _cluster_distance_sums(Xs, sq, starts, sorted_codes, row_tile, col_tile):  #
                 _row_cluster_sums(G[r], sq[i], sq[j0:j1], starts, j0, out[i])
                 if j0 <= i < j1:
                     out[i, sorted_codes[i]] -= np.sqrt(max(2.0 * sq[i] - 2.0 * G[r, i - j0], 0.0))
+
+
+def cluster_distance_sums(Xs, sq, starts, sorted_codes, row_tile, col_tile):
+    """(n, n_clusters): sum of Euclidean distances from each row to each cluster.
+
+    The self-distance is exactly 0 (as scikit-learn's ``pairwise_distances_chunked``).
+    """
+    n = Xs.shape[0]
+    out = np.zeros((n, starts.shape[0] - 1))
+    n_parts = parts_for((n + row_tile - 1) // row_tile)
+    run_parts(
+        _cluster_distance_sums_part, n_parts, Xs, sq, starts, sorted_codes, row_tile, col_tile, out
+    )
     return out
 
 
@@ -238,12 +249,13 @@ def _dist_sum_col(g, sqc, a, colc):  # pragma: no cover
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _row_sums(
-    g, a, sq, i, j0, j1, sorted_codes, starts, out_row, colc, with_col
-):  # pragma: no cover
+def _row_sums(g, a, sq, i, j0, j1, sorted_codes, starts, out_row, colc):  # pragma: no cover
     """One row i (dot products ``g`` with the columns j0..j1): per-cluster sums of its
     distances into ``out_row``, leaving out column i (its self-distance is exactly 0, as in
-    scikit-learn); if ``with_col`` (columns all > i) also each distance into ``colc[j]``."""
+    scikit-learn); if the columns all come after i, also each distance into ``colc[j]``.
+    (Decided here from the indices, not by a constant flag from the caller: numba would
+    compile one copy per constant.)"""
+    with_col = j0 > i
     for c in range(sorted_codes[j0], sorted_codes[j1 - 1] + 1):
         lo = max(starts[c], j0)
         hi = min(starts[c + 1], j1)
@@ -269,7 +281,7 @@ def _row_tile_sums(
         _dots4(Xs, XT, r0, i0, i1, d4, acc)
         for i in range(r0, min(r0 + 4, i1)):
             # (``sq`` only fills the unused ``colc`` argument)
-            _row_sums(acc[i - r0], sq[i], sq, i, i0, i1, sorted_codes, starts, out[i], sq, False)
+            _row_sums(acc[i - r0], sq[i], sq, i, i0, i1, sorted_codes, starts, out[i], sq)
     for j0 in range(i1, n, col_tile):
         j1 = min(n, j0 + col_tile)
         for r0 in range(i0, i1, 4):
@@ -289,41 +301,57 @@ def _row_tile_sums(
                         starts,
                         out[i],
                         col[sorted_codes[i]],
-                        True,
                     )
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _cluster_distance_sums_sym(
-    Xs, XT, sq, starts, sorted_codes, row_tile, col_tile, n_threads
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _distance_sums_sym_part(
+    part, n_parts, Xs, XT, sq, starts, sorted_codes, row_tile, col_tile, out, col
 ):  # pragma: no cover
-    """Same result as :func:`_cluster_distance_sums`, each pair computed once.
+    """:func:`cluster_distance_sums_sym` for one part's row tiles (``col[part]``: its own
+    column sums)."""
+    n = sq.shape[0]
+    n_rt = (n + row_tile - 1) // row_tile
+    acc = np.empty((4, max(col_tile, row_tile)))
+    lo, hi = share(part, n_parts, n_rt)
+    for q in range(lo, hi):
+        h = q // 2
+        bt = h if q % 2 == 0 else n_rt - 1 - h
+        i0 = bt * row_tile
+        i1 = min(n, i0 + row_tile)
+        _row_tile_sums(Xs, XT, sq, sorted_codes, starts, i0, i1, col_tile, acc, out, col[part])
+
+
+def cluster_distance_sums_sym(Xs, XT, sq, starts, sorted_codes, row_tile, col_tile, n_parts):
+    """Same result as :func:`cluster_distance_sums`, each pair computed once.
 
     ``Xs`` is ``(n4, d4)``: the n rows sorted by cluster, zero-padded to multiples of 4
     rows and features; ``XT`` is ``(d4, n)``, its first n rows transposed; ``row_tile`` is a
     multiple of 4. A row tile's diagonal block is done in full (each pair from both sides);
     for the columns after it each distance goes to the row's sum ``out[i]`` and to the
-    column's sum towards i's cluster in a per-thread buffer ``(n_threads, n_clusters, n)``
-    (reduced at the end), so memory is O(n_threads * n * n_clusters). Long and short row
+    column's sum towards i's cluster in a per-part buffer ``(n_parts, n_clusters, n)``
+    (added up at the end), so memory is O(n_parts * n * n_clusters). Long and short row
     tiles are interleaved to balance the triangular work.
     """
     n = sq.shape[0]
     n_clusters = starts.shape[0] - 1
     out = np.zeros((n, n_clusters))
-    col = np.zeros((n_threads, n_clusters, n))
-    n_rt = (n + row_tile - 1) // row_tile
-    for q in prange(n_rt):
-        tid = get_thread_id()
-        h = q // 2
-        bt = h if q % 2 == 0 else n_rt - 1 - h
-        i0 = bt * row_tile
-        i1 = min(n, i0 + row_tile)
-        acc = np.empty((4, max(col_tile, row_tile)))
-        _row_tile_sums(Xs, XT, sq, sorted_codes, starts, i0, i1, col_tile, acc, out, col[tid])
-    for i in prange(n):
-        for t in range(n_threads):
-            for c in range(n_clusters):
-                out[i, c] += col[t, c, i]
+    col = np.zeros((n_parts, n_clusters, n))
+    run_parts(
+        _distance_sums_sym_part,
+        n_parts,
+        Xs,
+        XT,
+        sq,
+        starts,
+        sorted_codes,
+        row_tile,
+        col_tile,
+        out,
+        col,
+    )
+    for t in range(n_parts):
+        out += col[t].T
     return out
 
 
@@ -343,19 +371,15 @@ def _row_extremes(g, a, sq_cols, j0, i, end_i):  # pragma: no cover
     return max(mn, 0.0), mx
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
-def _dunn_extremes(Xs, sq, cluster_end, row_tile, col_tile):  # pragma: no cover
-    """Squared (min inter-cluster, max intra-cluster) pairwise distances.
-
-    ``cluster_end[i]`` is the (exclusive) end row of row i's cluster. Only pairs j > i
-    are visited (column tiles from the row tile's start); long and short row tiles are
-    interleaved so that the triangular work is balanced across threads.
-    """
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _dunn_extremes_part(
+    part, n_parts, Xs, sq, cluster_end, row_tile, col_tile, min_inter, max_intra
+):  # pragma: no cover
+    """:func:`dunn_extremes` for one part's row tiles."""
     n = Xs.shape[0]
     n_rt = (n + row_tile - 1) // row_tile
-    min_inter = np.full(n_rt, 1.7976931348623157e308)
-    max_intra = np.zeros(n_rt)
-    for q in prange(n_rt):
+    lo, hi = share(part, n_parts, n_rt)
+    for q in range(lo, hi):
         h = q // 2
         bt = h if q % 2 == 0 else n_rt - 1 - h  # interleave long and short row tiles
         i0 = bt * row_tile
@@ -373,4 +397,27 @@ def _dunn_extremes(Xs, sq, cluster_end, row_tile, col_tile):  # pragma: no cover
                     mx = max(mx, ext[1])
         min_inter[bt] = mn
         max_intra[bt] = mx
+
+
+def dunn_extremes(Xs, sq, cluster_end, row_tile, col_tile):
+    """Squared (min inter-cluster, max intra-cluster) pairwise distances.
+
+    ``cluster_end[i]`` is the (exclusive) end row of row i's cluster. Only pairs j > i
+    are visited (column tiles from the row tile's start); long and short row tiles are
+    interleaved so that the triangular work is balanced across threads.
+    """
+    n_rt = (Xs.shape[0] + row_tile - 1) // row_tile
+    min_inter = np.full(n_rt, 1.7976931348623157e308)
+    max_intra = np.zeros(n_rt)
+    run_parts(
+        _dunn_extremes_part,
+        parts_for(n_rt),
+        Xs,
+        sq,
+        cluster_end,
+        row_tile,
+        col_tile,
+        min_inter,
+        max_intra,
+    )
     return min_inter.min(), max_intra.max()

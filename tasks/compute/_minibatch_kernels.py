@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from tasks.compute._kmeans_kernels import _FASTMATH
+
 
 @njit(cache=True, nogil=True)
 def _sampling_cdf(sample_weight, total):  # pragma: no cover
@@ -110,9 +112,6 @@ def _exact_equal_step(p: float, n: int) -> bool:
 
 
 # Labels only (no replay at stake): reassociation lets the dot products vectorise.
-_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-
-
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
 def _batch_labels(Xb, centers, labels_buf, count):  # pragma: no cover
     """Nearest centre of each batch row (``Xb``: the gathered rows), the rows per centre

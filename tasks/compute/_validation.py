@@ -37,6 +37,17 @@ def as_2d_float(X, name: str = "X", *, allow_nan: bool = False, dtype=None) -> n
     return arr
 
 
+def numeric_2d(X, name: str = "X") -> np.ndarray:
+    """Return ``X`` as a C-contiguous float64 2-D array (empty allowed, NaN not checked),
+    or raise ``ValueError``."""
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array, got {arr.ndim} dimension(s).")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}.")
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
 def check_labels(labels, n_samples: int) -> np.ndarray:
     """Return labels as a 1-D array of length ``n_samples`` or raise ``ValueError``."""
     lab = np.asarray(labels)

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from tasks.compute._knn_kernels import _knn_impute
+from tasks.compute._knn_kernels import knn_impute
 from tasks.compute._threads import kernel_threads
 
 _BLOCK = 32  # receivers per block (one block per thread at a time)
@@ -105,23 +105,24 @@ class KNNImputer(TransformerMixin, BaseEstimator):
             miss_idx = np.nonzero(Qm)[1].astype(np.int64)
             out = Q.copy()
             with kernel_threads(rows.size * F0.shape[0] * X.shape[1]):
-                _knn_impute(
-                    A,
-                    B,
-                    miss_idx,
-                    miss_ptr,
-                    np.ascontiguousarray(impute_mask[rows]),
-                    np.einsum("ij,ij->i", F0, F0),
-                    np.ascontiguousarray((F0 * F0).T),
-                    np.ascontiguousarray(PF.T),
-                    fit_mask.sum(axis=1).astype(np.float64),
-                    F0,
-                    col_mean,
-                    int(self.n_neighbors),
-                    self.weights == "distance",
-                    float(X.shape[1]),
-                    _BLOCK,
-                    _TILE,
+                knn_impute(
+                    (A, miss_idx, miss_ptr, np.ascontiguousarray(impute_mask[rows])),
+                    (
+                        B,
+                        np.einsum("ij,ij->i", F0, F0),
+                        np.ascontiguousarray((F0 * F0).T),
+                        np.ascontiguousarray(PF.T),
+                        fit_mask.sum(axis=1).astype(np.float64),
+                        F0,
+                        col_mean,
+                    ),
+                    (
+                        int(self.n_neighbors),
+                        self.weights == "distance",
+                        float(X.shape[1]),
+                        _BLOCK,
+                        _TILE,
+                    ),
                     out,
                 )
             X[rows] = out.astype(X.dtype, copy=False)

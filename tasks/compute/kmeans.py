@@ -28,25 +28,28 @@ from sklearn.metrics import euclidean_distances
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from tasks.compute._hamerly_kernels import _bound_stats, _bounded_pass
+from tasks.compute._hamerly_kernels import _bound_stats, bounded_pass
 from tasks.compute._kmeans_kernels import (
     _assign,
-    _center,
-    _column_sums,
     _lloyd_accumulate,
     _pp_candidate_pots,
     _pp_search,
     _pp_update_closest,
+    center,
     n_chunks_for,
+    row_sq_norms,
 )
 from tasks.compute._threads import kernel_threads
+from tasks.compute._validation import numeric_2d
 
 __all__ = [
+    "BoundedLloyd",
     "KMeans",
     "KMeansSweep",
     "absolute_tolerance",
     "assign_partial",
     "lloyd_partial_sums",
+    "lloyd_pass",
     "lloyd_update",
     "relocate_empty_clusters",
     "stack_centers",
@@ -157,31 +160,39 @@ def _kmeanspp_lockstep(X, x_sq, sample_weight, runs, n_chunks):
         r.centers = X[r.init_ids].copy()
 
 
+def _half_sq_norms(C):
+    """|c|^2 / 2 of every row of ``C``, computed in float64, in C's dtype."""
+    C64 = C.astype(np.float64)
+    return (0.5 * np.einsum("ij,ij->i", C64, C64)).astype(C.dtype)
+
+
 def _stack(runs):
+    """The runs' centroids stacked, and each run's ``offsets`` in the stack."""
     C = np.concatenate([r.centers for r in runs], axis=0)
     offsets = np.zeros(len(runs) + 1, dtype=np.int64)
     np.cumsum([r.k for r in runs], out=offsets[1:])
-    CT = np.ascontiguousarray(C.T)
-    half = (0.5 * np.einsum("ij,ij->i", C.astype(np.float64), C.astype(np.float64))).astype(C.dtype)
-    return C, CT, half, offsets
+    return C, offsets
 
 
-def _relocate_empty(X, sample_weight, old_centers, S, W, n_chunks):
+def _relocate_empty(X, sample_weight, old_centers, S, W):
     """scikit-learn's empty-cluster rule: move each empty centre to one of the points
     farthest from their centre (sums ``S`` / weights ``W`` are updated in place)."""
     empty = np.flatnonzero(W == 0)
     n_empty = empty.shape[0]
-    C, CT, half, offsets = _stack([_fake_run(old_centers)])
-    labels, _, dist = _assign(X, sample_weight, C, CT, half, offsets, n_chunks, True)
+    labels, _, dist = _nearest(X, sample_weight, old_centers, None, True)
     labels, dist = labels[0], dist[0]
     far = np.argpartition(dist, -n_empty)[: -n_empty - 1 : -1]
     relocate_empty_clusters(S, W, X[far], sample_weight[far], labels[far])
 
 
-def _fake_run(centers):
-    r = _Run(centers.shape[0])
-    r.centers = centers
-    return r
+def _nearest(X, sample_weight, C, offsets, want_dist):
+    """:func:`_assign` (labels, inertia, squared distances) of the stacked centroids
+    ``C`` (X's dtype; ``offsets`` None: one clustering) on the kernel threads."""
+    n, d = X.shape
+    if offsets is None:
+        offsets = np.array([0, C.shape[0]], dtype=np.int64)
+    with kernel_threads(n * d * C.shape[0]):
+        return _assign(X, sample_weight, C, _half_sq_norms(C), offsets, n_chunks_for(n), want_dist)
 
 
 #: Memory for the per-row bounds and labels of the bounded Lloyd passes (12 bytes per row
@@ -196,7 +207,7 @@ _DENSE_SHARE = 0.5
 _BOUNDED_MIN_ROWS = 50_000
 
 
-def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq):
+def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, x_sq):
     """Lloyd iterations for all runs; one pass over X per iteration for all of the
     still-active runs (converged runs leave the pass). Returns (labels (n_runs, n),
     inertia (n_runs,)) computed with the final centroids.
@@ -209,25 +220,25 @@ def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq):
     """
     n = X.shape[0]
     if n < _BOUNDED_MIN_ROWS:
-        return _lloyd_plain(X, sample_weight, runs, max_iter, tol, n_chunks)
+        return _lloyd_plain(X, sample_weight, runs, max_iter, tol)
     labels = np.empty((len(runs), n), dtype=np.int32)
     inertia = np.empty(len(runs))
     group = max(1, _BOUNDS_BYTES_MAX // max(1, 12 * n))
     for g0 in range(0, len(runs), group):
         g1 = min(len(runs), g0 + group)
         inertia[g0:g1] = _lloyd_bounded(
-            X, sample_weight, runs[g0:g1], max_iter, tol, n_chunks, x_sq, labels[g0:g1]
+            X, sample_weight, runs[g0:g1], max_iter, tol, x_sq, labels[g0:g1]
         )
     return labels, inertia
 
 
-def _lloyd_step(X, sample_weight, run, sums, counts, it, n_chunks):
+def _lloyd_step(X, sample_weight, run, sums, counts, it):
     """Move ``run``'s centroids to the means of its Lloyd sums (scikit-learn's
     empty-cluster rule) as iteration ``it``. Returns the squared shift summed over the
     centroids (the convergence test) and each centroid's move (Euclidean)."""
 
     def relocate(S, W):
-        _relocate_empty(X, sample_weight, run.centers, S, W, n_chunks)
+        _relocate_empty(X, sample_weight, run.centers, S, W)
 
     new, sq_shift = lloyd_update(run.centers, sums, counts, relocate)
     moved = new.astype(np.float64) - run.centers.astype(np.float64)
@@ -251,102 +262,126 @@ def _stack_dense(C, half, offsets, dense, n_runs):
     return C_dense, half_dense, dense_at
 
 
-def _lloyd_plain(X, sample_weight, runs, max_iter, tol, n_chunks):
+def _lloyd_plain(X, sample_weight, runs, max_iter, tol):
     """:func:`_lloyd_lockstep` with every distance in every pass (one fused pass over X
     per iteration for all the still-active runs)."""
     active = list(runs)
     for it in range(max_iter):
         if not active:
             break
-        C, _CT, half, offsets = _stack(active)
-        sums, wts = _lloyd_accumulate(X, sample_weight, C, half, offsets, n_chunks)
-        S = sums.sum(axis=0)
-        W = wts.sum(axis=0)
+        C, offsets = _stack(active)
+        S, W = lloyd_pass(X, sample_weight, C, offsets)
         still = []
         for b, r in enumerate(active):
             sl = slice(offsets[b], offsets[b + 1])
-            if _lloyd_step(X, sample_weight, r, S[sl], W[sl], it, n_chunks)[0] > tol:
+            if _lloyd_step(X, sample_weight, r, S[sl], W[sl], it)[0] > tol:
                 still.append(r)
         active = still
-    C, CT, half, offsets = _stack(runs)
-    labels, inertia, _ = _assign(X, sample_weight, C, CT, half, offsets, n_chunks, False)
+    C, offsets = _stack(runs)
+    labels, inertia, _ = _nearest(X, sample_weight, C, offsets, False)
     return labels, inertia
 
 
-def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq, labels):
-    """:func:`_lloyd_lockstep` for one group of runs; fills ``labels`` (n_runs, n) and
-    returns the inertia per run."""
-    n = X.shape[0]
-    n_runs = len(runs)
-    offsets = _stack(runs)[3]
-    upper = np.empty((n_runs, n), dtype=np.float32)
-    lower = np.empty((n_runs, n), dtype=np.float32)
-    # running per-centroid sums of the rows (S), their weights (W) and |x|^2 (Q)
-    S = np.zeros((offsets[-1], X.shape[1]))
-    W = np.zeros(offsets[-1])
-    Q = np.zeros(offsets[-1])
-    shift = np.zeros(offsets[-1])
-    full = np.ones(n_runs, dtype=np.bool_)  # the first pass computes every distance
-    active = np.arange(n_runs, dtype=np.int64)
+class BoundedLloyd:
+    """Lloyd passes with Hamerly's bounds for several clusterings of the same rows at once
+    (see :mod:`tasks.compute._hamerly_kernels`), and their running per-centroid sums.
 
-    # share of rows the bound test sent to a distance computation in the last pass
-    unsure_share = np.ones(n_runs)
+    ``X`` (n, d) float32/float64 C-contiguous, ``sample_weight`` (n,) in X's dtype,
+    ``x_sq`` (n,) its rows' squared norms (None: computed here), ``ks``: the
+    clusterings' numbers of centroids. Call :meth:`run_pass` with every clustering's
+    centroids; ``S``, ``W`` and ``Q`` then hold, per centroid (stacked as ``offsets``),
+    the weighted sums of its rows, their weights and their |x|^2, and ``labels``
+    (n_blocks, n) each row's centroid. After a pass, give ``shift`` each centroid's move
+    (Euclidean) before the next one.
+    """
 
-    def run_pass(active):
-        """One pass of the ``active`` runs; adds its changes to S, W and Q."""
-        C, _CT, half, _ = _stack(runs)
-        C64 = C.astype(np.float64)
-        s_half, max1, arg1, max2 = _bound_stats(C64, offsets, shift, active)
-        dense = [b for b in active if full[b] or unsure_share[b] > _DENSE_SHARE]
-        C_dense, half_dense, dense_at = _stack_dense(C, half, offsets, dense, n_runs)
-        sums, wts, sq_sums, unsure = _bounded_pass(
-            X,
-            sample_weight,
-            C,
-            half,
-            offsets,
-            x_sq,
-            active,
-            labels,
-            upper,
-            lower,
-            shift,
-            s_half,
-            max1,
-            arg1,
-            max2,
-            full,
-            C_dense,
-            half_dense,
-            dense_at,
-            n_chunks,
-        )
-        unsure_share[active] = np.where(full[active], 1.0, unsure.sum(axis=0)[active] / n)
-        dS, dW, dQ = sums.sum(axis=0), wts.sum(axis=0), sq_sums.sum(axis=0)
+    def __init__(self, X, sample_weight, x_sq, ks, labels=None):
+        n = X.shape[0]
+        n_blocks = len(ks)
+        self.data = (X, sample_weight, row_sq_norms(X) if x_sq is None else x_sq)
+        self.n_chunks = n_chunks_for(n)
+        self.offsets = np.zeros(n_blocks + 1, dtype=np.int64)
+        np.cumsum(ks, out=self.offsets[1:])
+        K = int(self.offsets[-1])
+        self.labels = np.empty((n_blocks, n), dtype=np.int32) if labels is None else labels
+        self.upper = np.empty((n_blocks, n), dtype=np.float32)
+        self.lower = np.empty((n_blocks, n), dtype=np.float32)
+        # running per-centroid sums of the rows (S), their weights (W) and |x|^2 (Q)
+        self.S = np.zeros((K, X.shape[1]))
+        self.W = np.zeros(K)
+        self.Q = np.zeros(K)
+        self.shift = np.zeros(K)
+        # a clustering whose sums are (re)built from every row on its next pass: all of
+        # them on the first pass
+        self.full = np.ones(n_blocks, dtype=np.bool_)
+        # share of rows the bound test sent to a distance computation in the last pass
+        self.unsure_share = np.ones(n_blocks)
+
+    def copy(self):
+        """An independent copy of the state (passes update it in place)."""
+        other = object.__new__(BoundedLloyd)
+        for name, value in vars(self).items():
+            setattr(other, name, value.copy() if isinstance(value, np.ndarray) else value)
+        return other
+
+    def run_pass(self, centers, active, dense=None):
+        """One pass of the clusterings ``active`` (int64 indices) with the centroids
+        ``centers`` (one array per clustering, X's dtype); adds its changes to S, W and Q.
+
+        ``dense``: the clusterings whose distances are all computed in this pass; by
+        default those that need complete sums and those whose bounds left more than
+        ``_DENSE_SHARE`` of the rows unsettled in their last pass."""
+        X = self.data[0]
+        n, offsets, full = X.shape[0], self.offsets, self.full
+        C = np.concatenate(centers, axis=0)
+        half = _half_sq_norms(C)
+        s_half, max1, arg1, max2 = _bound_stats(C.astype(np.float64), offsets, self.shift, active)
+        if dense is None:
+            dense = [b for b in active if full[b] or self.unsure_share[b] > _DENSE_SHARE]
+        C_dense, half_dense, dense_at = _stack_dense(C, half, offsets, dense, len(centers))
+        with kernel_threads(n * X.shape[1] * C.shape[0]):
+            parts = bounded_pass(
+                self.data,
+                (C, half, offsets),
+                (self.labels, self.upper, self.lower),
+                (self.shift, s_half, max1, arg1, max2),
+                (active, full, C_dense, half_dense, dense_at),
+                self.n_chunks,
+            )
+        dS, dW, dQ, unsure = (part.sum(axis=0) for part in parts)
+        self.unsure_share[active] = np.where(full[active], 1.0, unsure[active] / n)
         for b in active:
             sl = slice(offsets[b], offsets[b + 1])
             if full[b]:
-                S[sl], W[sl], Q[sl] = dS[sl], dW[sl], dQ[sl]
+                self.S[sl], self.W[sl], self.Q[sl] = dS[sl], dW[sl], dQ[sl]
                 full[b] = False
             else:
-                S[sl] += dS[sl]
-                W[sl] += dW[sl]
-                Q[sl] += dQ[sl]
+                self.S[sl] += dS[sl]
+                self.W[sl] += dW[sl]
+                self.Q[sl] += dQ[sl]
 
+
+def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, x_sq, labels):
+    """:func:`_lloyd_lockstep` for one group of runs; fills ``labels`` (n_runs, n) and
+    returns the inertia per run."""
+    n_runs = len(runs)
+    lloyd = BoundedLloyd(X, sample_weight, x_sq, [r.k for r in runs], labels)
+    offsets = lloyd.offsets
+    active = np.arange(n_runs, dtype=np.int64)
     for it in range(max_iter):
-        run_pass(active)
+        lloyd.run_pass([r.centers for r in runs], active)
         still = []
         for b in active:
             r = runs[b]
             sl = slice(offsets[b], offsets[b + 1])
-            Sb, Wb = S[sl], W[sl]
+            Sb, Wb = lloyd.S[sl], lloyd.W[sl]
             # running sums: a cluster that lost all its rows may keep a rounding residue
             gone = Wb <= 1e-12 * max(float(Wb.sum()), 1e-300)
             if gone.any():
                 Sb[gone] = 0.0
                 Wb[gone] = 0.0
-                full[b] = True  # relocation moves rows between clusters: rebuild the sums
-            sq_shift, shift[sl] = _lloyd_step(X, sample_weight, r, Sb, Wb, it, n_chunks)
+                lloyd.full[b] = True  # relocation moves rows between clusters: rebuild the sums
+            sq_shift, lloyd.shift[sl] = _lloyd_step(X, sample_weight, r, Sb, Wb, it)
             if sq_shift > tol:
                 still.append(b)
         active = np.asarray(still, dtype=np.int64)
@@ -355,7 +390,8 @@ def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, n_chunks, x_sq, labels
     # final assignment with the final centroids; the inertia from the per-centroid sums:
     # sum over rows of w |x - c|^2 = Q - 2 c.S + W |c|^2 (X is centred, so no cancellation
     # beyond float64's reach)
-    run_pass(np.arange(n_runs, dtype=np.int64))
+    lloyd.run_pass([r.centers for r in runs], np.arange(n_runs, dtype=np.int64))
+    S, W, Q = lloyd.S, lloyd.W, lloyd.Q
     inertia = np.empty(n_runs)
     for b, r in enumerate(runs):
         sl = slice(offsets[b], offsets[b + 1])
@@ -374,9 +410,8 @@ def _fit_runs(X, sample_weight, specs, init, max_iter, tol):
     n = X.shape[0]
     n_chunks = n_chunks_for(n)
     with kernel_threads(n * X.shape[1] * 8):
-        X_mean = (_column_sums(X, n_chunks).sum(axis=0) / n).astype(X.dtype)
-        Xc, x_sq, sq_dev = _center(X, X_mean, n_chunks)
-    tol_abs = absolute_tolerance(sq_dev.sum(axis=0) / n, tol)
+        X_mean, Xc, x_sq, variances = center(X, n_chunks)
+    tol_abs = absolute_tolerance(variances, tol)
     groups = []
     all_runs = []
     for k, n_init, rs in specs:
@@ -396,9 +431,7 @@ def _fit_runs(X, sample_weight, specs, init, max_iter, tol):
         all_runs.extend(group)
     with kernel_threads(n * X.shape[1] * sum(r.k for r in all_runs)):
         _kmeanspp_lockstep(Xc, x_sq, sample_weight, all_runs, n_chunks)
-        labels, inertia = _lloyd_lockstep(
-            Xc, sample_weight, all_runs, max_iter, tol_abs, n_chunks, x_sq
-        )
+        labels, inertia = _lloyd_lockstep(Xc, sample_weight, all_runs, max_iter, tol_abs, x_sq)
     out = []
     pos = 0
     for group in groups:
@@ -417,11 +450,8 @@ def _fit_runs(X, sample_weight, specs, init, max_iter, tol):
 
 
 def _labels_inertia(X, sample_weight, centers):
-    n_chunks = n_chunks_for(X.shape[0])
     centers = np.ascontiguousarray(centers, dtype=X.dtype)
-    C, CT, half, offsets = _stack([_fake_run(centers)])
-    with kernel_threads(X.shape[0] * X.shape[1] * centers.shape[0]):
-        labels, inertia, _ = _assign(X, sample_weight, C, CT, half, offsets, n_chunks, False)
+    labels, inertia, _ = _nearest(X, sample_weight, centers, None, False)
     return labels[0].astype(np.int32), float(inertia[0])
 
 
@@ -458,12 +488,7 @@ def stack_centers(blocks):
 
 
 def _check_chunk(X, C, offsets):
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ValueError(f"X must be a 2-D array, got {X.ndim} dimension(s).")
-    if X.dtype.kind not in "biuf":
-        raise ValueError(f"X must be numeric, got dtype {X.dtype}.")
-    X = np.ascontiguousarray(X, dtype=np.float64)
+    X = numeric_2d(X)
     C = np.ascontiguousarray(C, dtype=np.float64)
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     if C.ndim != 2 or C.shape[1] != X.shape[1]:
@@ -498,10 +523,24 @@ def lloyd_partial_sums(X, centers, offsets):
     n, d = X.shape
     if n == 0:
         return np.zeros((C.shape[0], d)), np.zeros(C.shape[0])
-    sw = np.ones(n)
-    half = 0.5 * np.einsum("ij,ij->i", C, C)
+    return lloyd_pass(X, np.ones(n), C, offsets)
+
+
+def lloyd_pass(X, sample_weight, C, offsets):
+    """One plain Lloyd pass over ``X`` for every clustering in ``C`` at once: each row
+    goes to its nearest centroid within each block (``offsets`` as from
+    :func:`stack_centers`). Returns the weighted sums (K, d) and weights (K,) of the rows
+    of every centroid, float64, added up in an order that depends only on the number
+    of rows.
+
+    No validation: ``X`` (n, d) float32 or float64 C-contiguous with ``n >= 1``,
+    ``sample_weight`` (n,) and ``C`` (K, d) C-contiguous in X's dtype, ``offsets``
+    int64."""
+    n, d = X.shape
     with kernel_threads(n * d * C.shape[0]):
-        sums, weights = _lloyd_accumulate(X, sw, C, half, offsets, n_chunks_for(n))
+        sums, weights = _lloyd_accumulate(
+            X, sample_weight, C, _half_sq_norms(C), offsets, n_chunks_for(n)
+        )
     return sums.sum(axis=0), weights.sum(axis=0)
 
 
@@ -513,17 +552,12 @@ def assign_partial(X, centers, offsets, want_dist=True):
     ``want_dist``) and ``inertia`` (n_blocks,) float64.
     """
     X, C, offsets = _check_chunk(X, centers, offsets)
-    n, d = X.shape
+    n = X.shape[0]
     n_blocks = offsets.shape[0] - 1
     if n == 0:
         empty = np.zeros((n_blocks, 0))
         return np.zeros((n_blocks, 0), np.int32), (empty if want_dist else None), np.zeros(n_blocks)
-    sw = np.ones(n)
-    half = 0.5 * np.einsum("ij,ij->i", C, C)
-    with kernel_threads(n * d * C.shape[0]):
-        labels, inertia, dist = _assign(
-            X, sw, C, np.ascontiguousarray(C.T), half, offsets, n_chunks_for(n), bool(want_dist)
-        )
+    labels, inertia, dist = _nearest(X, np.ones(n), C, offsets, bool(want_dist))
     return labels, (dist if want_dist else None), inertia
 
 
@@ -559,6 +593,16 @@ def lloyd_update(centers, sums, counts, relocate):
 
 
 # ------------------------------------------------------------------------ estimators
+def _set_lloyd_params(estimator, init, n_init, max_iter, tol, random_state):
+    """The parameters :class:`KMeans` and :class:`KMeansSweep` share, stored as given
+    (scikit-learn's convention: validated in ``fit``)."""
+    estimator.init = init
+    estimator.n_init = n_init
+    estimator.max_iter = max_iter
+    estimator.tol = tol
+    estimator.random_state = random_state
+
+
 class _BaseKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _validate_fit_input(self, X, sample_weight):
         X = validate_data(self, X, dtype=[np.float64, np.float32], order="C", reset=True)
@@ -642,11 +686,7 @@ class KMeans(_BaseKMeans):
         random_state=None,
     ):
         self.n_clusters = n_clusters
-        self.init = init
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.tol = tol
-        self.random_state = random_state
+        _set_lloyd_params(self, init, n_init, max_iter, tol, random_state)
 
     def fit(self, X, y=None, sample_weight=None):
         """Compute the k-means clustering of ``X`` (sample_weight optional)."""
@@ -691,11 +731,7 @@ class KMeansSweep(BaseEstimator):
         random_state=None,
     ):
         self.k_values = k_values
-        self.init = init
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.tol = tol
-        self.random_state = random_state
+        _set_lloyd_params(self, init, n_init, max_iter, tol, random_state)
 
     def fit(self, X, y=None, sample_weight=None):
         ks = [k for k in self.k_values]

@@ -13,17 +13,16 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from sklearn import metrics as _skm
 from sklearn.utils import check_random_state
 
 from tasks.compute._metrics_kernels import (
-    _cluster_distance_sums,
-    _cluster_distance_sums_sym,
-    _dunn_extremes,
+    cluster_distance_sums,
+    cluster_distance_sums_sym,
+    dunn_extremes,
 )
-from tasks.compute._threads import kernel_threads
+from tasks.compute._threads import kernel_threads, parts_for
 from tasks.compute._validation import as_2d_float, check_labels
 
 __all__ = [
@@ -66,6 +65,9 @@ _SIL_ROW_TILE = 64
 _SIL_COL_TILE = 512
 # per-thread column-sum buffers (threads x n x n_clusters float64) up to 256 MiB
 _SYM_BUFFER_MAX = 32 * 1024 * 1024
+# Fewer rows than this: the plain kernel (every pair twice, a fraction of a second at this
+# size), so that a small run does not compile the micro-kernel (~5 CPU s on first use).
+_SYM_MIN_ROWS = 1000
 
 
 def silhouette_samples(X, labels) -> np.ndarray:
@@ -77,14 +79,14 @@ def silhouette_samples(X, labels) -> np.ndarray:
     XT, codes, order, counts, starts = _prepare(X, labels, min_labels=2, max_labels_rule=True)
     n, d = XT.shape[1], XT.shape[0]
     sorted_codes = codes[order].astype(np.int64)
-    n_threads = numba.get_num_threads()
     with kernel_threads(n * n * d):
-        if n_threads * n * (starts.shape[0] - 1) <= _SYM_BUFFER_MAX:
+        n_parts = parts_for(-(-n // _SIL_ROW_TILE))
+        if n >= _SYM_MIN_ROWS and n_parts * n * (starts.shape[0] - 1) <= _SYM_BUFFER_MAX:
             # rows and features zero-padded to multiples of 4 for the 4 x 4 micro-kernel
             Xp = np.zeros((-(-n // 4) * 4, -(-d // 4) * 4))
             Xp[:n, :d] = XT.T
             sq = np.einsum("ij,ij->i", Xp[:n], Xp[:n])
-            sums_sorted = _cluster_distance_sums_sym(
+            sums_sorted = cluster_distance_sums_sym(
                 Xp,
                 np.ascontiguousarray(Xp[:n].T),
                 sq,
@@ -92,12 +94,12 @@ def silhouette_samples(X, labels) -> np.ndarray:
                 sorted_codes,
                 _SIL_ROW_TILE,
                 _SIL_COL_TILE,
-                n_threads,
+                n_parts,
             )
-        else:  # very many clusters: no per-thread column buffers, 2x the work
+        else:  # few rows, or very many clusters (no per-thread column buffers): 2x the work
             Xs = np.ascontiguousarray(XT.T)
             sq = np.einsum("ij,ij->i", Xs, Xs)
-            sums_sorted = _cluster_distance_sums(Xs, sq, starts, sorted_codes, _ROW_TILE, _COL_TILE)
+            sums_sorted = cluster_distance_sums(Xs, sq, starts, sorted_codes, _ROW_TILE, _COL_TILE)
     sums = np.empty_like(sums_sorted)
     sums[order] = sums_sorted
     n = codes.shape[0]
@@ -145,7 +147,7 @@ def dunn_index(X, labels) -> float:
     sq = np.einsum("ij,ij->i", Xs, Xs)
     cluster_end = starts[1:][codes[order]].astype(np.int64)
     with kernel_threads(Xs.shape[0] ** 2 * Xs.shape[1] / 2):
-        min_inter_sq, max_intra_sq = _dunn_extremes(Xs, sq, cluster_end, _ROW_TILE, _COL_TILE)
+        min_inter_sq, max_intra_sq = dunn_extremes(Xs, sq, cluster_end, _ROW_TILE, _COL_TILE)
     if max_intra_sq <= 0.0:
         return float("inf")
     return float(np.sqrt(min_inter_sq) / np.sqrt(max_intra_sq))

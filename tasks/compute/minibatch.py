@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 from sklearn.utils import check_random_state
 
-from tasks.compute._kmeans_kernels import _row_sq_norms, n_chunks_for
+from tasks.compute._kmeans_kernels import n_chunks_for, row_sq_norms
 from tasks.compute._minibatch_kernels import (
     _exact_equal_step,
     _label_counts,
@@ -146,7 +146,7 @@ class MiniBatchKMeans(_BaseKMeans):
             # k-means++'s draws: one for the first centre, n_local_trials per next one
             r.draws = rs.random_sample(1 + (k - 1) * _n_local_trials(k))
             with kernel_threads(X.shape[0] * d * k):
-                _kmeanspp_lockstep(X, _row_sq_norms(X), sw, [r], n_chunks_for(X.shape[0]))
+                _kmeanspp_lockstep(X, row_sq_norms(X), sw, [r], n_chunks_for(X.shape[0]))
             return r.centers
         if isinstance(self.init, str):  # "random"
             seeds = rs.choice(X.shape[0], size=k, replace=False, p=sw / sw.sum())
