@@ -399,7 +399,11 @@ def deploy(
     target: TargetOption = None,
     capture: Annotated[
         str | None,
-        typer.Option("--capture", help="local: append request/response capture (JSON lines)"),
+        typer.Option(
+            "--capture",
+            help="local: append request/response capture (JSON lines); "
+            "sagemaker: s3://bucket/prefix for DataCaptureConfig",
+        ),
     ] = None,
     port: Annotated[
         int | None, typer.Option("--port", help="local: port on 127.0.0.1 (default: a free one)")
@@ -561,8 +565,28 @@ def rollback(
 @app.command()
 def score(
     data: Annotated[str, typer.Option("--data", help="CSV or Parquet file, local or s3://")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="CSV (or .parquet) to write")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="CSV (or .parquet) to write; --target sagemaker: an s3:// folder",
+        ),
+    ],
     version: VersionOption = None,
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target", help="local (here) | sagemaker (a batch transform job, s3:// in and out)"
+        ),
+    ] = "local",
+    region: RegionOption = None,
+    bucket: Annotated[
+        str | None, typer.Option("--bucket", help="sagemaker: S3 bucket for model.tar.gz")
+    ] = None,
+    role_arn: Annotated[
+        str | None, typer.Option("--role-arn", help="sagemaker: execution role ARN")
+    ] = None,
     params_path: ParamsOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -572,7 +596,19 @@ def score(
     try:
         params = _params(params_path, None)
         _preflight(params, data, write_store=False)
-        payload = run_score(params, data, str(output), version)
+        if target == "sagemaker":
+            from tasks.sagemaker_batch import score_with_batch_transform
+
+            with _stdout_to_stderr(as_json):
+                payload = score_with_batch_transform(
+                    params, data, output, version, region, bucket, role_arn
+                )
+        elif target == "local":
+            payload = run_score(params, data, output, version)
+        else:
+            from tasks.errors import DeployError
+
+            raise DeployError(f"--target {target!r}: choose local or sagemaker")
     except PopsegError as error:
         _fail(error)
     if as_json:
@@ -587,13 +623,21 @@ def score(
 @app.command()
 def monitor(
     data: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--data",
             help="new data: CSV or Parquet (local or s3://), or a local endpoint's capture "
             "log (.jsonl)",
         ),
-    ],
+    ] = None,
+    capture: Annotated[
+        str | None,
+        typer.Option(
+            "--capture",
+            help="instead of --data: a SageMaker endpoint's data capture (s3://bucket/prefix, "
+            "every .jsonl below it) or a local endpoint's capture log",
+        ),
+    ] = None,
     version: VersionOption = None,
     retrain: Annotated[
         bool,
@@ -615,6 +659,14 @@ def monitor(
     from tasks.errors import DriftDetected
 
     try:
+        if (data is None) == (capture is None):
+            from tasks.errors import DataError
+
+            raise DataError("give the new data with --data or --capture (one of them)")
+        if capture is not None:
+            from tasks.sagemaker_capture import capture_prefix
+
+            data = capture_prefix(capture)
         params = _params(params_path, overrides)
         _preflight(params, data)
         with _stdout_to_stderr(as_json):

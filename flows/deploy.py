@@ -93,6 +93,8 @@ def deploy(
         from tasks import sagemaker
 
         settings = sagemaker.resolve_settings(config, region, bucket, role_arn)
+        if capture:
+            config = config.model_copy(update={"capture": capture})
         return sagemaker.deploy_sagemaker(
             name, registered, config, settings, sample, allow_contract_change
         )

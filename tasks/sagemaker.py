@@ -19,6 +19,11 @@ depend on the sagemaker SDK for this one lookup: v3.27.0 pulls ~30 packages into
 environment (and downgrades protobuf), for a string we can build from the table.
 ``deploy.image_uri`` overrides it for any other region or image.
 
+``deploy.capture`` (an s3:// prefix) adds the endpoint config's ``DataCaptureConfig``
+(`tasks.sagemaker_capture`); ``deploy.autoscaling`` registers the variant with Application
+Auto Scaling after the endpoint is InService (`tasks.sagemaker_autoscaling`).
+`tasks.sagemaker_batch` runs the same model as a batch transform job.
+
 ``AWS_ENDPOINT_URL`` (honoured by boto3 itself) points every client elsewhere, e.g. at moto.
 An emulator's runtime answers canned data instead of running the model: the smoke test then
 reports ``verified: false`` and why, instead of passing or failing.
@@ -41,6 +46,8 @@ from tasks.config import DeployConfig
 from tasks.deploy import DeployResult, check_predictions, invoke, rows_to_csv, runtime_client
 from tasks.errors import DeployError, EndpointError, PopsegError
 from tasks.package import RegisteredChain, build_package
+from tasks.sagemaker_autoscaling import apply_autoscaling, remove_autoscaling
+from tasks.sagemaker_capture import data_capture_config
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +89,8 @@ TAG_ENDPOINT = "popseg:endpoint"
 TAG_HISTORY = "popseg:history"  # space-separated versions, oldest first (last 20)
 # sha256 of the served model's input contract (a tag value holds 256 chars, not the list).
 TAG_CONTRACT = "popseg:input-contract-sha256"
+# The variant's Application Auto Scaling resource id, while deploy.autoscaling registered one.
+TAG_AUTOSCALING = "popseg:autoscaling"
 ROLE_ENV = "POPSEG_SAGEMAKER_ROLE_ARN"
 BUCKET_ENV = "POPSEG_DEPLOY_BUCKET"
 
@@ -293,6 +302,52 @@ def _smoke(
     return {**check_predictions(answer, chain, rows), "verified": True, "endpoint_url": url}
 
 
+def create_model(
+    s3,
+    sagemaker,
+    registered: RegisteredChain,
+    config: DeployConfig,
+    settings: dict[str, str],
+    model_name: str,
+    image: str,
+    stamp: str,
+    tags: list[dict[str, str]],
+) -> str:
+    """Upload the version's package and create the SageMaker model serving it (the one an
+    endpoint or a batch transform job runs); returns the package's s3:// URI."""
+    region, bucket = settings["region"], settings["bucket"]
+    key = f"{config.prefix.strip('/')}/{registered.model_name}/v{registered.model_version}/{stamp}/model.tar.gz"
+    with tempfile.TemporaryDirectory(prefix="popseg-sm-") as scratch:
+        package = build_package(registered.chain_dir, Path(scratch) / "model.tar.gz")
+        _step(
+            "S3 upload",
+            s3.upload_file,
+            str(package),
+            bucket,
+            key,
+            ExtraArgs={"ServerSideEncryption": "AES256"},
+        )
+    model_data = f"s3://{bucket}/{key}"
+    _step(
+        "create_model",
+        sagemaker.create_model,
+        ModelName=model_name,
+        ExecutionRoleArn=settings["role_arn"],
+        PrimaryContainer={
+            "Image": image,
+            "ModelDataUrl": model_data,
+            "Environment": {
+                "SAGEMAKER_PROGRAM": "inference.py",
+                "SAGEMAKER_SUBMIT_DIRECTORY": SUBMIT_DIRECTORY,
+                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                "SAGEMAKER_REGION": region,
+            },
+        },
+        Tags=tags,
+    )
+    return model_data
+
+
 def deploy_sagemaker(
     endpoint_name: str,
     registered: RegisteredChain,
@@ -301,7 +356,8 @@ def deploy_sagemaker(
     sample: np.ndarray | None = None,
     allow_contract_change: bool = False,
 ) -> DeployResult:
-    region, bucket, role_arn = settings["region"], settings["bucket"], settings["role_arn"]
+    region = settings["region"]
+    capture = data_capture_config(config)  # a bad deploy.capture fails before any AWS call
     s3, sagemaker = _clients(region)
     chain = SegmentationChain.load(str(registered.chain_dir))
     rows = sample if sample is not None else chain.fill_values.reshape(1, -1)
@@ -326,36 +382,13 @@ def deploy_sagemaker(
             endpoint_name, old_tags, chain, contract_sha, registered.model_version
         )
 
-    key = f"{config.prefix.strip('/')}/{registered.model_name}/v{registered.model_version}/{stamp}/model.tar.gz"
-    with tempfile.TemporaryDirectory(prefix="popseg-sm-") as scratch:
-        package = build_package(registered.chain_dir, Path(scratch) / "model.tar.gz")
-        _step(
-            "S3 upload",
-            s3.upload_file,
-            str(package),
-            bucket,
-            key,
-            ExtraArgs={"ServerSideEncryption": "AES256"},
-        )
-    model_data = f"s3://{bucket}/{key}"
     tags = _tags(registered, endpoint_name, contract_sha)
-    _step(
-        "create_model",
-        sagemaker.create_model,
-        ModelName=resource_name,
-        ExecutionRoleArn=role_arn,
-        PrimaryContainer={
-            "Image": image,
-            "ModelDataUrl": model_data,
-            "Environment": {
-                "SAGEMAKER_PROGRAM": "inference.py",
-                "SAGEMAKER_SUBMIT_DIRECTORY": SUBMIT_DIRECTORY,
-                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
-                "SAGEMAKER_REGION": region,
-            },
-        },
-        Tags=tags,
+    model_data = create_model(
+        s3, sagemaker, registered, config, settings, resource_name, image, stamp, tags
     )
+    endpoint_config: dict[str, Any] = {}
+    if capture is not None:
+        endpoint_config["DataCaptureConfig"] = capture
     _step(
         "create_endpoint_config",
         sagemaker.create_endpoint_config,
@@ -370,6 +403,7 @@ def deploy_sagemaker(
             }
         ],
         Tags=tags,
+        **endpoint_config,
     )
     if existing is None:
         action = "created"
@@ -414,6 +448,25 @@ def deploy_sagemaker(
             ResourceArn=endpoint_arn,
             Tags=_tags(registered, endpoint_name, contract_sha, history),
         )
+    scaling = None
+    if config.autoscaling is not None:
+        scaling = apply_autoscaling(endpoint_name, VARIANT, config.autoscaling, region)
+        if endpoint_arn:
+            _step(
+                "add_tags",
+                sagemaker.add_tags,
+                ResourceArn=endpoint_arn,
+                Tags=[{"Key": TAG_AUTOSCALING, "Value": scaling["resource_id"]}],
+            )
+    elif TAG_AUTOSCALING in old_tags:
+        remove_autoscaling(endpoint_name, VARIANT, region)
+        if endpoint_arn:
+            _step(
+                "delete_tags",
+                sagemaker.delete_tags,
+                ResourceArn=endpoint_arn,
+                TagKeys=[TAG_AUTOSCALING],
+            )
     return DeployResult(
         endpoint_name=endpoint_name,
         target="sagemaker",
@@ -433,6 +486,8 @@ def deploy_sagemaker(
             "previous_endpoint_config": previous_config,
             "endpoint_arn": endpoint_arn,
             "history": history[-20:],
+            "data_capture": capture,
+            "autoscaling": scaling,
         },
     )
 
@@ -479,12 +534,16 @@ def undeploy_sagemaker(endpoint_name: str, region: str) -> dict[str, Any]:
     current = describe(sagemaker, endpoint_name)
     if current is None:
         raise EndpointError(f"no SageMaker endpoint named {endpoint_name!r} in {region}")
+    scaling_removed = TAG_AUTOSCALING in _tag_dict(
+        sagemaker, current["EndpointArn"]
+    ) and remove_autoscaling(endpoint_name, VARIANT, region)
     _step("delete_endpoint", sagemaker.delete_endpoint, EndpointName=endpoint_name)
     _delete_config_and_model(sagemaker, current["EndpointConfigName"])
     return {
         "endpoint_name": endpoint_name,
         "target": "sagemaker",
         "deleted_endpoint_config": current["EndpointConfigName"],
+        "autoscaling_removed": scaling_removed,
         "stopped": True,
     }
 

@@ -17,6 +17,25 @@ from tasks.ingest import read_table, select_features
 def score_frame(
     chain: SegmentationChain, path: str, delimiter: str = ",", id_column: str | None = None
 ) -> pd.DataFrame:
+    id_name, ids, rows = score_inputs(chain, path, delimiter, id_column)
+    try:
+        segments, distances = chain.predict(rows)
+    except ChainInputError as error:
+        raise DataError(f"{path}: {error}") from None
+    return scores_table(id_name, ids, segments, distances)
+
+
+def scores_table(
+    id_name: str, ids: np.ndarray, segments: np.ndarray, distances: np.ndarray
+) -> pd.DataFrame:
+    """The scoring output: one (id, segment, distance_to_cluster) row per input row."""
+    return pd.DataFrame({id_name: ids, "segment": segments, "distance_to_cluster": distances})
+
+
+def score_inputs(
+    chain: SegmentationChain, path: str, delimiter: str = ",", id_column: str | None = None
+) -> tuple[str, np.ndarray, np.ndarray]:
+    """(id column name, ids, raw feature rows in the model's order) of a table to score."""
     raw = read_table(path, delimiter)
     configured_id = id_column or chain.metadata.get("id_column")
     if configured_id is not None and configured_id not in raw.frame.columns:
@@ -39,17 +58,7 @@ def score_frame(
             f"the table has {', '.join(map(str, raw.frame.columns))}"
         )
     rows = frame[chain.feature_names].to_numpy(dtype=np.float64)
-    try:
-        segments, distances = chain.predict(rows)
-    except ChainInputError as error:
-        raise DataError(f"{path}: {error}") from None
-    return pd.DataFrame(
-        {
-            data.id_column: frame[data.id_column].to_numpy(),
-            "segment": segments,
-            "distance_to_cluster": distances,
-        }
-    )
+    return data.id_column, frame[data.id_column].to_numpy(), rows
 
 
 def write_scores(scores: pd.DataFrame, output: str | Path) -> Path:
