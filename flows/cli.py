@@ -350,6 +350,12 @@ TargetOption = Annotated[
 RegionOption = Annotated[
     str | None, typer.Option("--region", help="AWS region (sagemaker; default: deploy.region)")
 ]
+BucketOption = Annotated[
+    str | None, typer.Option("--bucket", help="sagemaker: S3 bucket for model.tar.gz")
+]
+RoleArnOption = Annotated[
+    str | None, typer.Option("--role-arn", help="sagemaker: execution role ARN")
+]
 VersionOption = Annotated[
     str | None,
     typer.Option("--model-version", help="registered model version (default: alias champion)"),
@@ -409,12 +415,8 @@ def deploy(
         int | None, typer.Option("--port", help="local: port on 127.0.0.1 (default: a free one)")
     ] = None,
     region: RegionOption = None,
-    bucket: Annotated[
-        str | None, typer.Option("--bucket", help="sagemaker: S3 bucket for model.tar.gz")
-    ] = None,
-    role_arn: Annotated[
-        str | None, typer.Option("--role-arn", help="sagemaker: execution role ARN")
-    ] = None,
+    bucket: BucketOption = None,
+    role_arn: RoleArnOption = None,
     allow_contract_change: AllowContractChangeOption = False,
     params_path: ParamsOption = None,
     overrides: SetOption = None,
@@ -581,12 +583,8 @@ def score(
         ),
     ] = "local",
     region: RegionOption = None,
-    bucket: Annotated[
-        str | None, typer.Option("--bucket", help="sagemaker: S3 bucket for model.tar.gz")
-    ] = None,
-    role_arn: Annotated[
-        str | None, typer.Option("--role-arn", help="sagemaker: execution role ARN")
-    ] = None,
+    bucket: BucketOption = None,
+    role_arn: RoleArnOption = None,
     params_path: ParamsOption = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -340,11 +340,12 @@ class ContainerTransformStandIn:
 
 
 @pytest.fixture
-def transform_stand_in(moto_s3, monkeypatch):
-    session = boto3.session.Session()
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
+def transform_stand_in(update_endpoint_stand_in):
+    """Hooked into the boto3 session the UpdateEndpoint stand-in installs (on moto)."""
     stand_in = ContainerTransformStandIn()
-    session.events.register("before-parameter-build.sagemaker.CreateTransformJob", stand_in)
+    boto3.DEFAULT_SESSION.events.register(
+        "before-parameter-build.sagemaker.CreateTransformJob", stand_in
+    )
     return stand_in
 
 
