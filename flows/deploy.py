@@ -76,6 +76,11 @@ def deploy(
         allow_contract_change = params.promote.allow_contract_change
     if target not in TARGETS:
         raise DeployError(f"--target {target!r}: choose local or sagemaker")
+    if target == "local" and (capture or config.capture or "").startswith("s3://"):
+        raise DeployError(
+            f"deploy.capture {capture or config.capture!r}: the local endpoint appends to a "
+            "local file; an s3:// capture is for --target sagemaker"
+        )
     with tempfile.TemporaryDirectory(prefix="popseg-deploy-") as scratch:
         registered = fetch_registered_chain(params.register_.model_name, version, scratch)
         sample = _sample_rows(registered, config.smoke_rows)

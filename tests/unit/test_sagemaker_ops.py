@@ -10,7 +10,7 @@ import pytest
 
 from tasks.config import DeployConfig, load_params
 from tasks.errors import ConfigError, DataError, DeployError
-from tasks.sagemaker_batch import batch_locations, read_transform_output
+from tasks.sagemaker_batch import batch_locations, read_transform_output, wait_for_job
 from tasks.sagemaker_capture import capture_prefix, data_capture_config, is_capture_prefix
 
 
@@ -113,3 +113,48 @@ def test_transform_output_is_joined_by_position():
         read_transform_output(_answer((2, 0.5), (0, 1.0)).encode(), "s3://o/x.csv.out", 3)
     with pytest.raises(DataError, match="x.csv.out: line 2 is not a prediction answer"):
         read_transform_output(b'{"predictions": []}\n{"error": 1}\n', "s3://o/x.csv.out", 0)
+
+
+class TransformJobsStandIn:
+    """TEST STAND-IN for SageMaker's transform-job API (describe/stop), playing a job whose
+    statuses follow ``statuses``; moto's jobs are Completed at once."""
+
+    def __init__(self, statuses: list[str], reason: str = "") -> None:
+        self.statuses = statuses
+        self.reason = reason
+        self.stopped: list[str] = []
+
+    def describe_transform_job(self, TransformJobName):
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return {"TransformJobStatus": status, "FailureReason": self.reason}
+
+    def stop_transform_job(self, TransformJobName):
+        self.stopped.append(TransformJobName)
+
+
+def test_waiting_on_a_transform_job(caplog):
+    fast = DeployConfig(waiter_delay_s=1, wait_timeout_s=5)
+    caplog.set_level("INFO", logger="tasks.sagemaker_batch")
+    done = wait_for_job(TransformJobsStandIn(["InProgress", "Completed"]), "job-1", fast)
+    assert done["TransformJobStatus"] == "Completed"
+    assert [r.getMessage().split(" after ")[0] for r in caplog.records] == [
+        "transform job job-1: InProgress",
+        "transform job job-1: Completed",
+    ]
+    failing = TransformJobsStandIn(["InProgress", "Failed"], reason="ClientError: bad row")
+    with pytest.raises(DeployError, match="transform job 'job-2' failed: ClientError: bad row"):
+        wait_for_job(failing, "job-2", fast)
+    never = TransformJobsStandIn(["InProgress"])
+    with pytest.raises(DeployError, match=r"still InProgress after 1 s .*; stopped"):
+        wait_for_job(never, "job-3", DeployConfig(waiter_delay_s=1, wait_timeout_s=1))
+    assert never.stopped == ["job-3"]
+
+
+def test_an_s3_capture_is_refused_for_the_local_target(tmp_path, monkeypatch):
+    from flows.deploy import deploy
+
+    monkeypatch.chdir(tmp_path)  # refused before the registry is read: nothing there
+    params = load_params(None, ["deploy.capture=s3://bucket/capture"])
+    with pytest.raises(DeployError, match="the local endpoint appends to a local file"):
+        deploy(params, target="local")
+    assert list(tmp_path.iterdir()) == []
