@@ -450,7 +450,13 @@ def deploy_sagemaker(
         )
     scaling = None
     if config.autoscaling is not None:
-        scaling = apply_autoscaling(endpoint_name, VARIANT, config.autoscaling, region)
+        try:
+            scaling = apply_autoscaling(endpoint_name, VARIANT, config.autoscaling, region)
+        except DeployError as error:
+            raise DeployError(
+                f"{error}; endpoint {endpoint_name!r} serves version "
+                f"{registered.model_version} with a fixed {config.instance_count} instance(s)"
+            ) from None
         if endpoint_arn:
             _step(
                 "add_tags",
