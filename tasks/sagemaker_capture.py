@@ -87,6 +87,7 @@ def capture_files(uri: str) -> list[str]:
 
     fs = s3fs.S3FileSystem()
     root = uri.removeprefix("s3://").rstrip("/")
+    fs.invalidate_cache(root)  # a long-lived process (popseg serve) must see new capture files
     found = _s3_call(uri, fs.find, root)
     keys = [key for key in found if key.endswith(CAPTURE_SUFFIX)]
     if not keys:
