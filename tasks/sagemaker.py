@@ -416,6 +416,10 @@ def deploy_sagemaker(
         )
     else:
         action = "updated"
+        if TAG_AUTOSCALING in old_tags:
+            _release_autoscaling_for_update(
+                sagemaker, endpoint_name, previous_config, existing["EndpointArn"], config, region
+            )
         _step(
             "update_endpoint",
             sagemaker.update_endpoint,
@@ -496,6 +500,29 @@ def deploy_sagemaker(
             "autoscaling": scaling,
         },
     )
+
+
+def _release_autoscaling_for_update(
+    sagemaker, endpoint_name: str, served_config: str, arn: str, config: DeployConfig, region: str
+) -> None:
+    """SageMaker refuses an update that changes the instance type of a variant registered
+    for autoscaling: deregister it first (the deploy registers it again once InService)."""
+    described = _step(
+        "describe_endpoint_config",
+        sagemaker.describe_endpoint_config,
+        EndpointConfigName=served_config,
+    )
+    served = {v["VariantName"]: v["InstanceType"] for v in described["ProductionVariants"]}
+    if served.get(VARIANT) == config.instance_type:
+        return
+    logger.warning(
+        "endpoint %s: instance type %s -> %s; autoscaling deregistered for the update",
+        endpoint_name,
+        served.get(VARIANT),
+        config.instance_type,
+    )
+    remove_autoscaling(endpoint_name, VARIANT, region)
+    _step("delete_tags", sagemaker.delete_tags, ResourceArn=arn, TagKeys=[TAG_AUTOSCALING])
 
 
 def _recover(

@@ -270,6 +270,23 @@ def test_deploy_sets_data_capture_and_autoscaling(
     # Registered again, then undeploy removes the target and its policy with the endpoint.
     deploy_flow.deploy(load_params("params.yaml", scaled), version="2", **target)
     assert len(_targets(scaling)) == 1
+
+    # AWS refuses to change the instance type of a registered variant: deregistered for the
+    # update (seen by UpdateEndpoint), registered again after it.
+    at_update = []
+    boto3.DEFAULT_SESSION.events.register_first(
+        "before-call.sagemaker.UpdateEndpoint",
+        lambda **kwargs: at_update.append(_targets(scaling)),
+    )
+    bigger = load_params("params.yaml", [*scaled, "deploy.instance_type=ml.c5.xlarge"])
+    resized = deploy_flow.deploy(bigger, version="2", **target)
+    assert at_update == [[]]
+    [registered] = _targets(scaling)
+    assert (registered["MinCapacity"], registered["MaxCapacity"]) == (1, 3)
+    assert resized.details["autoscaling"]["resource_id"] == resource
+    assert _endpoint_tags(client, NAME)["popseg:autoscaling"] == resource
+    deploy_flow.deploy(bigger, version="2", **target)  # same type: left registered
+    assert at_update[1:] == [_targets(scaling)] and len(at_update[1]) == 1
     removed = deploy_flow.undeploy(load_params("params.yaml"), NAME, "sagemaker", REGION)
     assert removed["autoscaling_removed"] is True
     assert _targets(scaling) == []
