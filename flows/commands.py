@@ -11,8 +11,11 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tasks.errors import ConfigError, DataError, DeployError
 
 if TYPE_CHECKING:
     from tasks.config import Params
@@ -47,21 +50,53 @@ def train(
     return run_training(params, run_promotion, engine, scheduler, timeout)
 
 
+@dataclass(frozen=True)
+class ScoreSite:
+    """Where a batch scoring runs: here (``local``, on the memory or Dask engine) or as a
+    SageMaker batch transform job (``sagemaker``: s3:// in and out)."""
+
+    target: str = "local"
+    engine: str = "memory"
+    scheduler: str | None = None
+    region: str | None = None
+    bucket: str | None = None
+    role_arn: str | None = None
+
+
 def score(
-    params: Params,
-    data: str,
-    output: str,
-    version: str | None,
-    engine: str = "memory",
-    scheduler: str | None = None,
+    params: Params, data: str, output: str, version: str | None, site: ScoreSite
 ) -> dict[str, Any]:
-    """Pre-flight, then batch scoring in memory or on Dask (flows/scoring.py)."""
+    """Pre-flight, then batch scoring in memory, on Dask (flows/scoring.py) or as a SageMaker
+    batch transform job (tasks/deploy/sagemaker_batch.py)."""
+    if site.target not in ("local", "sagemaker"):
+        raise DeployError(f"--target {site.target!r}: choose local or sagemaker")
+    if site.target == "sagemaker" and site.engine != "memory":
+        raise ConfigError("--target sagemaker runs on SageMaker; drop --engine")
     # A Dask cluster elsewhere reads the data on its workers' file system, not this one.
-    remote = engine == "dask" and bool(scheduler or params.dask.scheduler)
-    preflight(params, None if remote else data, write_store=False, folders=engine == "dask")
+    remote = site.engine == "dask" and bool(site.scheduler or params.dask.scheduler)
+    dask = site.engine == "dask"
+    preflight(params, None if remote else data, write_store=False, folders=dask)
+    if site.target == "sagemaker":
+        from tasks.deploy.sagemaker_batch import score_with_batch_transform
+
+        return score_with_batch_transform(
+            params, data, output, version, site.region, site.bucket, site.role_arn
+        )
     from flows.scoring import score as run_score
 
-    return run_score(params, data, output, version, engine, scheduler)
+    return run_score(params, data, output, version, site.engine, site.scheduler)
+
+
+def monitor_source(data: str | None, capture: str | None) -> str:
+    """The new data `popseg monitor` reads: ``--data``, or ``--capture`` (a SageMaker capture
+    prefix normalised to its folder form, or a local capture log)."""
+    if (data is None) == (capture is None):
+        raise DataError("give the new data with --data or --capture (one of them)")
+    if capture is None:
+        return data
+    from tasks.deploy.sagemaker_capture import capture_prefix
+
+    return capture_prefix(capture)
 
 
 def check_deploy(

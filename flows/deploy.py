@@ -83,6 +83,7 @@ def deploy(
     the gate accept the change)."""
     name = validate_endpoint_name(endpoint_name or params.deploy.endpoint_name)
     site = target_for(params, target, port, capture, region, bucket, role_arn)
+    site.check()  # settings (and credentials) before anything is downloaded
     return _serve(params, site.deploy, name, version, allow_contract_change)
 
 

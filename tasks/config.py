@@ -144,6 +144,26 @@ class PromoteConfig(_Section):
     allow_contract_change: bool = False
 
 
+class AutoscalingConfig(_Section):
+    """``deploy.autoscaling`` (sagemaker): Application Auto Scaling of the production variant's
+    instance count, tracking invocations per instance."""
+
+    min_instances: Annotated[int, Field(ge=1)] = 1
+    max_instances: Annotated[int, Field(ge=1)] = 2
+    target_invocations_per_instance: Annotated[float, Field(gt=0.0)] = 1000.0  # per minute
+    scale_in_cooldown_s: Annotated[int, Field(ge=0, le=86400)] = 300
+    scale_out_cooldown_s: Annotated[int, Field(ge=0, le=86400)] = 60
+
+    @model_validator(mode="after")
+    def _range(self) -> AutoscalingConfig:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"min_instances ({self.min_instances}) is greater than max_instances "
+                f"({self.max_instances})"
+            )
+        return self
+
+
 class DeployConfig(_Section):
     """The deploy step: where the champion is served. Flags and the environment
     (``AWS_DEFAULT_REGION``/``AWS_REGION``, ``POPSEG_SAGEMAKER_ROLE_ARN``,
@@ -158,7 +178,11 @@ class DeployConfig(_Section):
     max_connections: Annotated[int, Field(ge=1, le=1024)] = 32
     request_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
     idle_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 10.0
-    capture: str | None = None  # JSON lines file for request/response capture
+    # local: JSON lines file for request/response capture; sagemaker: s3://bucket/prefix
+    # (DataCaptureConfig), sampled and optionally encrypted with the two keys below
+    capture: str | None = None
+    capture_sampling_percent: Annotated[int, Field(ge=1, le=100)] = 100
+    capture_kms_key: str | None = None  # sagemaker: KMS key id, ARN or alias for the capture
     capture_max_mb: Annotated[float, Field(gt=0.0, le=1_048_576.0)] = 16.0
     capture_keep: Annotated[int, Field(ge=0, le=1000)] = 4
     start_timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
@@ -179,6 +203,25 @@ class DeployConfig(_Section):
     rollback_alarms: list[str] = []  # CloudWatch alarm names for AutoRollbackConfiguration
     wait_timeout_s: Annotated[int, Field(ge=1)] = 1800
     waiter_delay_s: Annotated[int, Field(ge=1)] = 30
+    autoscaling: AutoscalingConfig | None = None  # sagemaker: null = a fixed instance_count
+
+    @model_validator(mode="after")
+    def _capture_and_scaling(self) -> DeployConfig:
+        if self.capture_kms_key is not None and not (self.capture or "").startswith("s3://"):
+            raise ValueError(
+                "deploy.capture_kms_key encrypts a SageMaker capture: set deploy.capture to an "
+                f"s3://bucket/prefix (it is {self.capture!r})"
+            )
+        scaling = self.autoscaling
+        if scaling is not None and not (
+            scaling.min_instances <= self.instance_count <= scaling.max_instances
+        ):
+            raise ValueError(
+                f"deploy.instance_count ({self.instance_count}) is outside deploy.autoscaling "
+                f"[min_instances, max_instances] = [{scaling.min_instances}, "
+                f"{scaling.max_instances}]"
+            )
+        return self
 
 
 class MonitorConfig(_Section):
@@ -384,14 +427,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return merged
 
 
+_TYPE_NAMES = {"int", "float", "str", "bool", "none"}
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"invalid parameters in {source}:"]
     for error in exc.errors():
+        # pydantic adds union members ("int", "list[str]", "literal[...]"), validator names and
+        # list indexes to the location; keep the field names: section.key(.nested_key).
         location = ".".join(
-            str(part) for part in error["loc"] if not str(part).startswith("function-")
+            part
+            for part in map(str, error["loc"])
+            if part.isidentifier() and part.islower() and part not in _TYPE_NAMES
         )
-        # pydantic reports union members as extra location parts; keep section.key only.
-        location = ".".join(location.split(".")[:2])
         value = error.get("input")
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":

@@ -9,12 +9,13 @@ Four checks, thresholds from the ``monitor:`` section of params.yaml:
 - the distance of each row to its assigned centroid (median and p90 ratio, PSI);
 - the missing-value rate per feature.
 
-New data is a CSV/Parquet table (local or s3://) or the local endpoint's capture log (JSON
-lines written by ``tasks/serving/server.py --capture``, parsed with the endpoint's own request
-parser). `compute_drift` is pure (arrays in, a `DriftReport` out); `log_monitor_run` records a
-monitoring run in MLflow in the layout other readers rely on (`tasks.tracking.layout`: run
-type ``monitor``, `MonitorTag`, `MonitorMetric`, artifact ``monitor/monitor.json``, model-version
-tags ``last_monitor_run_id`` / ``last_monitor_drift``).
+New data is a CSV/Parquet table (local or s3://), the local endpoint's capture log (JSON
+lines written by ``tasks/serving/server.py --capture``) or a SageMaker endpoint's capture files
+under an S3 prefix (`tasks.deploy.sagemaker_capture`): the same records, parsed with the
+endpoint's own request parser. `compute_drift` is pure (arrays in, a `DriftReport` out);
+`log_monitor_run` records a monitoring run in MLflow in the layout other readers rely on
+(`tasks.tracking.layout`: run type ``monitor``, `MonitorTag`, `MonitorMetric`, artifact
+``monitor/monitor.json``, model-version tags ``last_monitor_run_id`` / ``last_monitor_drift``).
 """
 
 from __future__ import annotations
@@ -166,10 +167,14 @@ def _whole_lines(payload: bytes) -> bytes:
 
 
 def read_monitor_data(path: str, chain: SegmentationChain, delimiter: str = ",") -> MonitorData:
-    """New data for monitoring: a CSV/Parquet table (local or s3://) or a capture log (with
-    the files the endpoint rotated it to, oldest first)."""
+    """New data for monitoring: a CSV/Parquet table (local or s3://), a capture log (with
+    the files the endpoint rotated it to, oldest first) or an S3 folder (``s3://.../``) of
+    SageMaker capture files."""
     from tasks import ingest
+    from tasks.deploy import sagemaker_capture
 
+    if sagemaker_capture.is_capture_prefix(path):
+        return read_capture_log(sagemaker_capture.read_capture_prefix(path), path, chain)
     payload = ingest._read_bytes(path)
     older = b"".join(_whole_lines(ingest._read_bytes(p)) for p in rotated_capture_files(path))
     if older and is_capture_log(path, older):

@@ -42,6 +42,30 @@ def score_ids(
     return ScoreIds(str(found), generated=False)
 
 
+def _id_values(frame: pd.DataFrame, ids: ScoreIds, source: str, first_row: int = 0) -> np.ndarray:
+    if ids.generated:
+        return np.array([f"row_{first_row + i + 1}" for i in range(len(frame))], dtype=object)
+    if ids.column not in frame.columns:
+        raise DataError(
+            f"{source}: no id column {ids.column!r}; the data has "
+            f"{', '.join(map(str, frame.columns))}"
+        )
+    column = frame[ids.column]
+    if column.isna().any():
+        row = int(np.flatnonzero(column.isna().to_numpy())[0])
+        raise DataError(f"{source}: id column {ids.column!r} is empty in data row {row + 1}")
+    return column.astype(str).to_numpy(dtype=object)
+
+
+def scores_table(
+    id_name: str, ids: np.ndarray, segments: np.ndarray, distances: np.ndarray
+) -> pd.DataFrame:
+    """The scoring output: one (id, segment, distance_to_cluster) row per input row."""
+    scores = pd.DataFrame({id_name: ids, SCORE_COLUMNS[0]: segments, SCORE_COLUMNS[1]: distances})
+    # Text even when there are no rows, so that every Parquet part has the same schema.
+    return scores.astype({id_name: "str"})
+
+
 def score_rows(
     frame: pd.DataFrame,
     chain: SegmentationChain,
@@ -51,25 +75,23 @@ def score_rows(
 ) -> pd.DataFrame:
     """Score the rows of ``frame`` (raw columns; ``first_row``: the position of its first row
     in the whole data set, for generated ids): columns id, segment, distance_to_cluster."""
-    if ids.generated:
-        id_values = np.array([f"row_{first_row + i + 1}" for i in range(len(frame))], dtype=object)
-    else:
-        if ids.column not in frame.columns:
-            raise DataError(
-                f"{source}: no id column {ids.column!r}; the data has "
-                f"{', '.join(map(str, frame.columns))}"
-            )
-        column = frame[ids.column]
-        if column.isna().any():
-            row = int(np.flatnonzero(column.isna().to_numpy())[0])
-            raise DataError(f"{source}: id column {ids.column!r} is empty in data row {row + 1}")
-        id_values = column.astype(str).to_numpy(dtype=object)
+    id_values = _id_values(frame, ids, source, first_row)
     segments, distances = chain.predict(feature_matrix(frame, chain.feature_names, source))
-    scores = pd.DataFrame(
-        {ids.column: id_values, SCORE_COLUMNS[0]: segments, SCORE_COLUMNS[1]: distances}
+    return scores_table(ids.column, id_values, segments, distances)
+
+
+def score_inputs(
+    chain: SegmentationChain, path: str, delimiter: str = ",", id_column: str | None = None
+) -> tuple[str, np.ndarray, np.ndarray]:
+    """(id column name, ids, raw feature rows in the model's order) of a table to score, for
+    scoring elsewhere (SageMaker batch transform: `tasks.deploy.sagemaker_batch`)."""
+    frame = read_table(path, delimiter).frame
+    ids = score_ids(frame, chain, path, id_column)
+    return (
+        ids.column,
+        _id_values(frame, ids, path),
+        feature_matrix(frame, chain.feature_names, path),
     )
-    # Text even when there are no rows, so that every Parquet part has the same schema.
-    return scores.astype({ids.column: "str"})
 
 
 def score_frame(

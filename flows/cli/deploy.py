@@ -10,6 +10,7 @@ import typer
 
 from flows.cli.options import (
     AllowContractChangeOption,
+    BucketOption,
     EndpointArgument,
     EngineOption,
     JsonOption,
@@ -72,15 +73,17 @@ def deploy(
     target: TargetOption = None,
     capture: Annotated[
         str | None,
-        typer.Option("--capture", help="local: append request/response capture (JSON lines)"),
+        typer.Option(
+            "--capture",
+            help="local: append request/response capture (JSON lines); "
+            "sagemaker: s3://bucket/prefix for DataCaptureConfig",
+        ),
     ] = None,
     port: Annotated[
         int | None, typer.Option("--port", help="local: port on 127.0.0.1 (default: a free one)")
     ] = None,
     region: RegionOption = None,
-    bucket: Annotated[
-        str | None, typer.Option("--bucket", help="sagemaker: S3 bucket for model.tar.gz")
-    ] = None,
+    bucket: BucketOption = None,
     role_arn: RoleArnOption = None,
     allow_contract_change: AllowContractChangeOption = False,
     params_path: ParamsOption = None,
@@ -188,12 +191,24 @@ def score(
     output: Annotated[
         str,
         typer.Option(
-            "--output", "-o", help="CSV (or .parquet) to write; --engine dask: a folder of parts"
+            "--output",
+            "-o",
+            help="CSV (or .parquet) to write; --engine dask: a folder of parts; "
+            "--target sagemaker: an s3:// folder",
         ),
     ],
     version: VersionOption = None,
     engine: EngineOption = "memory",
     scheduler: SchedulerOption = None,
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target", help="local (here) | sagemaker (a batch transform job, s3:// in and out)"
+        ),
+    ] = "local",
+    region: RegionOption = None,
+    bucket: BucketOption = None,
+    role_arn: RoleArnOption = None,
     params_path: ParamsOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -203,7 +218,8 @@ def score(
     with command_errors(as_json):
         check_engine(engine, scheduler)
         params = load_cli_params(params_path)
-        payload = commands.score(params, data, output, version, engine, scheduler)
+        where = commands.ScoreSite(target, engine, scheduler, region, bucket, role_arn)
+        payload = commands.score(params, data, output, version, where)
     parts = f" ({payload['parts']} parts)" if "parts" in payload else ""
     emit(
         payload,

@@ -15,13 +15,21 @@ from tasks.errors import DriftDetected
 
 def monitor(
     data: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--data",
             help="new data: CSV or Parquet (local or s3://), or a local endpoint's capture "
             "log (.jsonl)",
         ),
-    ],
+    ] = None,
+    capture: Annotated[
+        str | None,
+        typer.Option(
+            "--capture",
+            help="instead of --data: a SageMaker endpoint's data capture (s3://bucket/prefix, "
+            "every .jsonl below it) or a local endpoint's capture log",
+        ),
+    ] = None,
     version: VersionOption = None,
     retrain: Annotated[
         bool,
@@ -43,6 +51,7 @@ def monitor(
     from flows import commands
 
     with command_errors(as_json):
+        data = commands.monitor_source(data, capture)
         params = load_cli_params(params_path, overrides)
         commands.preflight(params, data)
         from flows.monitoring import monitor_flow

@@ -28,6 +28,9 @@ VersionOption = Annotated[
     str | None,
     typer.Option("--model-version", help="registered model version (default: alias champion)"),
 ]
+BucketOption = Annotated[
+    str | None, typer.Option("--bucket", help="sagemaker: S3 bucket for model.tar.gz")
+]
 RoleArnOption = Annotated[
     str | None, typer.Option("--role-arn", help="sagemaker: execution role ARN")
 ]

@@ -158,7 +158,7 @@ class TargetOptions:
     """Per-call settings from the command line; None falls back on params.yaml's ``deploy``."""
 
     port: int | None = None  # local
-    capture: str | None = None  # local
+    capture: str | None = None  # local: a file; sagemaker: an s3:// prefix
     region: str | None = None  # sagemaker
     bucket: str | None = None  # sagemaker
     role_arn: str | None = None  # sagemaker

@@ -541,7 +541,14 @@ class LocalTarget(BaseTarget):
     name = "local"
 
     def check(self) -> None:
-        """Nothing to check before loading: the server starts from this interpreter."""
+        """The capture is a local file (the server appends to it); the server itself starts
+        from this interpreter."""
+        capture = self.options.capture or self.config.capture or ""
+        if capture.startswith("s3://"):
+            raise DeployError(
+                f"deploy.capture {capture!r}: the local endpoint appends to a local file; "
+                "an s3:// capture is for --target sagemaker"
+            )
 
     def _deploy(
         self, endpoint_name: str, release: Release, allow_contract_change: bool

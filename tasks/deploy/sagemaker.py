@@ -19,6 +19,11 @@ depend on the sagemaker SDK for this one lookup: v3.27.0 pulls ~30 packages into
 environment (and downgrades protobuf), for a string we can build from the table.
 ``deploy.image_uri`` overrides it for any other region or image.
 
+``deploy.capture`` (an s3:// prefix) adds the endpoint config's ``DataCaptureConfig``
+(`tasks.deploy.sagemaker_capture`); ``deploy.autoscaling`` registers the variant with Application
+Auto Scaling after the endpoint is InService (`tasks.deploy.sagemaker_autoscaling`).
+`tasks.deploy.sagemaker_batch` runs the same model as a batch transform job.
+
 ``AWS_ENDPOINT_URL`` (honoured by boto3 itself) points every client elsewhere, e.g. at moto.
 An emulator's runtime answers canned data instead of running the model: the smoke test then
 reports ``verified: false`` and why, instead of passing or failing.
@@ -50,6 +55,8 @@ from tasks.deploy.contract import (
     runtime_client,
     smoke_sample,
 )
+from tasks.deploy.sagemaker_autoscaling import apply_autoscaling, remove_autoscaling
+from tasks.deploy.sagemaker_capture import data_capture_config
 from tasks.errors import DeployError, EndpointError, PopsegError
 from tasks.package import RegisteredChain, build_package
 
@@ -119,6 +126,8 @@ TAG_ENDPOINT = "popseg:endpoint"
 TAG_HISTORY = "popseg:history"  # space-separated versions, oldest first (last 20)
 # sha256 of the served model's input contract (a tag value holds 256 chars, not the list).
 TAG_CONTRACT = "popseg:input-contract-sha256"
+# The variant's Application Auto Scaling resource id, while deploy.autoscaling registered one.
+TAG_AUTOSCALING = "popseg:autoscaling"
 ROLE_ENV = "POPSEG_SAGEMAKER_ROLE_ARN"
 BUCKET_ENV = "POPSEG_DEPLOY_BUCKET"
 
@@ -337,6 +346,52 @@ def _smoke(
     return {**check_predictions(answer, chain, rows), "verified": True, "endpoint_url": url}
 
 
+def create_model(
+    s3,
+    sagemaker,
+    registered: RegisteredChain,
+    config: DeployConfig,
+    settings: dict[str, str],
+    model_name: str,
+    image: str,
+    stamp: str,
+    tags: list[dict[str, str]],
+) -> str:
+    """Upload the version's package and create the SageMaker model serving it (the one an
+    endpoint or a batch transform job runs); returns the package's s3:// URI."""
+    region, bucket = settings["region"], settings["bucket"]
+    key = f"{config.prefix.strip('/')}/{registered.model_name}/v{registered.model_version}/{stamp}/model.tar.gz"
+    with tempfile.TemporaryDirectory(prefix="popseg-sm-") as scratch:
+        package = build_package(registered.chain_dir, Path(scratch) / "model.tar.gz")
+        _step(
+            "S3 upload",
+            s3.upload_file,
+            str(package),
+            bucket,
+            key,
+            ExtraArgs={"ServerSideEncryption": "AES256"},
+        )
+    model_data = f"s3://{bucket}/{key}"
+    _step(
+        "create_model",
+        sagemaker.create_model,
+        ModelName=model_name,
+        ExecutionRoleArn=settings["role_arn"],
+        PrimaryContainer={
+            "Image": image,
+            "ModelDataUrl": model_data,
+            "Environment": {
+                "SAGEMAKER_PROGRAM": "inference.py",
+                "SAGEMAKER_SUBMIT_DIRECTORY": SUBMIT_DIRECTORY,
+                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                "SAGEMAKER_REGION": region,
+            },
+        },
+        Tags=tags,
+    )
+    return model_data
+
+
 def deploy_sagemaker(
     endpoint_name: str,
     registered: RegisteredChain,
@@ -346,7 +401,8 @@ def deploy_sagemaker(
     allow_contract_change: bool = False,
     chain: SegmentationChain | None = None,
 ) -> DeployResult:
-    region, bucket, role_arn = settings["region"], settings["bucket"], settings["role_arn"]
+    region = settings["region"]
+    capture = data_capture_config(config)  # a bad deploy.capture fails before any AWS call
     s3, sagemaker = _clients(region)
     if chain is None:
         chain = SegmentationChain.load(str(registered.chain_dir))
@@ -372,36 +428,13 @@ def deploy_sagemaker(
             endpoint_name, old_tags, chain, contract_sha, registered.model_version
         )
 
-    key = f"{config.prefix.strip('/')}/{registered.model_name}/v{registered.model_version}/{stamp}/model.tar.gz"
-    with tempfile.TemporaryDirectory(prefix="popseg-sm-") as scratch:
-        package = build_package(registered.chain_dir, Path(scratch) / "model.tar.gz")
-        _step(
-            "S3 upload",
-            s3.upload_file,
-            str(package),
-            bucket,
-            key,
-            ExtraArgs={"ServerSideEncryption": "AES256"},
-        )
-    model_data = f"s3://{bucket}/{key}"
     tags = _tags(registered, endpoint_name, contract_sha)
-    _step(
-        "create_model",
-        sagemaker.create_model,
-        ModelName=resource_name,
-        ExecutionRoleArn=role_arn,
-        PrimaryContainer={
-            "Image": image,
-            "ModelDataUrl": model_data,
-            "Environment": {
-                "SAGEMAKER_PROGRAM": "inference.py",
-                "SAGEMAKER_SUBMIT_DIRECTORY": SUBMIT_DIRECTORY,
-                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
-                "SAGEMAKER_REGION": region,
-            },
-        },
-        Tags=tags,
+    model_data = create_model(
+        s3, sagemaker, registered, config, settings, resource_name, image, stamp, tags
     )
+    endpoint_config: dict[str, Any] = {}
+    if capture is not None:
+        endpoint_config["DataCaptureConfig"] = capture
     _step(
         "create_endpoint_config",
         sagemaker.create_endpoint_config,
@@ -416,6 +449,7 @@ def deploy_sagemaker(
             }
         ],
         Tags=tags,
+        **endpoint_config,
     )
     if existing is None:
         action = "created"
@@ -428,6 +462,10 @@ def deploy_sagemaker(
         )
     else:
         action = "updated"
+        if TAG_AUTOSCALING in old_tags:
+            _release_autoscaling_for_update(
+                sagemaker, endpoint_name, previous_config, existing["EndpointArn"], config, region
+            )
         _step(
             "update_endpoint",
             sagemaker.update_endpoint,
@@ -460,6 +498,31 @@ def deploy_sagemaker(
             ResourceArn=endpoint_arn,
             Tags=_tags(registered, endpoint_name, contract_sha, history),
         )
+    scaling = None
+    if config.autoscaling is not None:
+        try:
+            scaling = apply_autoscaling(endpoint_name, VARIANT, config.autoscaling, region)
+        except DeployError as error:
+            raise DeployError(
+                f"{error}; endpoint {endpoint_name!r} serves version "
+                f"{registered.model_version} with a fixed {config.instance_count} instance(s)"
+            ) from None
+        if endpoint_arn:
+            _step(
+                "add_tags",
+                sagemaker.add_tags,
+                ResourceArn=endpoint_arn,
+                Tags=[{"Key": TAG_AUTOSCALING, "Value": scaling["resource_id"]}],
+            )
+    elif TAG_AUTOSCALING in old_tags:
+        remove_autoscaling(endpoint_name, VARIANT, region)
+        if endpoint_arn:
+            _step(
+                "delete_tags",
+                sagemaker.delete_tags,
+                ResourceArn=endpoint_arn,
+                TagKeys=[TAG_AUTOSCALING],
+            )
     return DeployResult(
         endpoint_name=endpoint_name,
         target="sagemaker",
@@ -479,8 +542,33 @@ def deploy_sagemaker(
             "previous_endpoint_config": previous_config,
             "endpoint_arn": endpoint_arn,
             "history": history[-20:],
+            "data_capture": capture,
+            "autoscaling": scaling,
         },
     )
+
+
+def _release_autoscaling_for_update(
+    sagemaker, endpoint_name: str, served_config: str, arn: str, config: DeployConfig, region: str
+) -> None:
+    """SageMaker refuses an update that changes the instance type of a variant registered
+    for autoscaling: deregister it first (the deploy registers it again once InService)."""
+    described = _step(
+        "describe_endpoint_config",
+        sagemaker.describe_endpoint_config,
+        EndpointConfigName=served_config,
+    )
+    served = {v["VariantName"]: v["InstanceType"] for v in described["ProductionVariants"]}
+    if served.get(VARIANT) == config.instance_type:
+        return
+    logger.warning(
+        "endpoint %s: instance type %s -> %s; autoscaling deregistered for the update",
+        endpoint_name,
+        served.get(VARIANT),
+        config.instance_type,
+    )
+    remove_autoscaling(endpoint_name, VARIANT, region)
+    _step("delete_tags", sagemaker.delete_tags, ResourceArn=arn, TagKeys=[TAG_AUTOSCALING])
 
 
 def _recover(
@@ -525,12 +613,16 @@ def undeploy_sagemaker(endpoint_name: str, region: str) -> dict[str, Any]:
     current = describe(sagemaker, endpoint_name)
     if current is None:
         raise EndpointError(f"no SageMaker endpoint named {endpoint_name!r} in {region}")
+    scaling_removed = TAG_AUTOSCALING in _tag_dict(
+        sagemaker, current["EndpointArn"]
+    ) and remove_autoscaling(endpoint_name, VARIANT, region)
     _step("delete_endpoint", sagemaker.delete_endpoint, EndpointName=endpoint_name)
     _delete_config_and_model(sagemaker, current["EndpointConfigName"])
     return {
         "endpoint_name": endpoint_name,
         "target": "sagemaker",
         "deleted_endpoint_config": current["EndpointConfigName"],
+        "autoscaling_removed": scaling_removed,
         "stopped": True,
     }
 
@@ -607,10 +699,13 @@ class SagemakerTarget(BaseTarget):
     def _deploy(
         self, endpoint_name: str, release: Release, allow_contract_change: bool
     ) -> DeployResult:
+        config = self.config
+        if self.options.capture:  # --capture: an s3:// prefix for DataCaptureConfig
+            config = config.model_copy(update={"capture": self.options.capture})
         return deploy_sagemaker(
             endpoint_name,
             release.registered,
-            self.config,
+            config,
             self._settings(),
             release.sample.rows,
             allow_contract_change,
