@@ -129,7 +129,7 @@ def _invocation(body: bytes, content_type: str, accept: str = "application/json"
 @pytest.fixture(scope="module")
 def scored(trained_store, tmp_path_factory):
     """model.tar.gz of the champion, and `popseg score`'s answer on the crime rows."""
-    from flows.deploy import score
+    from flows.scoring import score
     from tasks.config import load_params
     from tasks.package import build_package, fetch_registered_chain
 
