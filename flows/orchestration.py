@@ -18,8 +18,9 @@ from tasks.config import OrchestrateConfig
 logger = logging.getLogger(__name__)
 
 # The cached steps (both engines) start in flows/stages.py; the key covers every project module
-# they import, directly or inside a function. The cache's file format (flows/result_cache.py)
-# is part of the key too: a new format, new keys.
+# they import, directly or inside a function. The cache's file format (flows/result_cache.py
+# and the codec it imports, flows/result_codec.py) is part of the key too: a new format, new
+# keys.
 _STEP_MODULES = ("flows.stages", "flows.result_cache")
 _PACKAGES = ("tasks", "flows")
 _ROOT = Path(__file__).resolve().parents[1]

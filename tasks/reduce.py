@@ -1,5 +1,5 @@
-"""Reduce: PCA by component count, by explained-variance fraction (seed 001: >= 80%), `auto`
-(only past a feature count, seed 000: > 100 features) or none. Records explained variance and
+"""Reduce: PCA by component count, by explained-variance fraction (default >= 80%), `auto`
+(PCA only past ``reduce.auto_min_features``, default 100 features) or none. Records explained variance and
 the component makeup (loadings) in the original feature names."""
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Deploy targets behind one ``Target`` protocol (``contract.py``), looked up by name:
 
 - ``local`` (``local.py``): a server process on 127.0.0.1, state in ``.popseg/endpoints``;
-- ``sagemaker`` (``sagemaker.py``): S3 + a SageMaker endpoint, with boto3.
+- ``sagemaker`` (``sagemaker.py``): S3 + a SageMaker endpoint, with boto3; beside it its
+  data capture (``sagemaker_capture.py``: the endpoint config's ``DataCaptureConfig`` and the
+  capture files read back for `popseg monitor`), batch transform (``sagemaker_batch.py``:
+  `popseg score --target sagemaker`) and autoscaling (``sagemaker_autoscaling.py``).
 
 A new target is one module with a class that follows the protocol, added to ``TARGETS``.
 """

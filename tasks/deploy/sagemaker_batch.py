@@ -8,7 +8,7 @@ endpoint, its answers joined back to the row ids.
    header, are written to ``<output>/input/<name>.csv`` (ids stay here: the model only sees
    features, and a header line would be a record of its own once the file is split);
 2. the version's package is uploaded and a SageMaker model created from it
-   (`tasks.sagemaker.create_model`, as for an endpoint);
+   (`tasks.deploy.sagemaker.create_model`, as for an endpoint);
 3. a transform job reads that file split by line (``SplitType=Line``, ``MultiRecord``
    mini-batches up to 6 MB, ``text/csv``), answers ``application/json`` and assembles the
    answers by line into ``<output>/<name>.csv.out``: one ``{"predictions": [...]}`` line per

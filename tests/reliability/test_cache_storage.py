@@ -13,7 +13,7 @@ import stat
 import pytest
 from prefect.results import ResultStore
 
-from flows import result_cache
+from flows import result_cache, result_codec
 from flows.stages import Prepared
 from tasks.impute import ImputeResult
 
@@ -117,7 +117,7 @@ def test_paths_outside_the_folder_are_refused(storage, name):
 
 
 def test_the_prepared_dataclass_is_allow_listed():
-    assert result_cache._result_types()["Prepared"] is Prepared
+    assert result_codec.result_types()["Prepared"] is Prepared
 
 
 @pytest.mark.parametrize("kind", ["fifo", "symlink"])

@@ -1,0 +1,303 @@
+"""The value codec of popseg's result cache: a cached prepare/train result as UTF-8 JSON, the
+object tree with type tags and its numpy arrays in a base64 npz (written and read with
+``allow_pickle=False``), and back. Only an allow-list of popseg's own result types, numpy
+scalars and arrays of plain dtypes, and pandas frames, series and indexes are written or
+read; anything else is a `CacheFormatError` (reading) or a `TypeError` (writing).
+
+The Prefect serializer and the signed storage around it are in flows/result_cache.py."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+FORMAT = "popseg-cache/1"
+
+# Array dtypes an npz holds without pickle: bool, ints, floats, complex, bytes, str, dates.
+_ARRAY_KINDS = frozenset("biufcSUmM")
+_SCALAR_KINDS = frozenset("biufU")
+
+
+class CacheFormatError(ValueError):
+    """A cached result that is not one popseg wrote (bad signature, unknown type, bad JSON)."""
+
+
+def result_types() -> dict[str, type]:
+    """The only classes a cached result may contain (looked up here, never imported by a
+    name read from the file)."""
+    from flows.stages import Prepared, Trained
+    from tasks.chain import SegmentationChain
+    from tasks.cluster import KFit, SweepResult
+    from tasks.evaluate import Evaluation
+    from tasks.impute import ImputeResult
+    from tasks.reduce import ReduceResult
+    from tasks.scale import ScaleResult
+    from tasks.select import Selection
+
+    classes = (
+        Prepared,
+        Trained,
+        ImputeResult,
+        ScaleResult,
+        ReduceResult,
+        KFit,
+        SweepResult,
+        Selection,
+        Evaluation,
+        SegmentationChain,
+    )
+    return {cls.__name__: cls for cls in classes}
+
+
+def encode(obj: Any) -> bytes:
+    """A result as UTF-8 JSON: the object tree with type tags, arrays in a base64 npz."""
+    arrays: list[np.ndarray] = []
+    tree = _Encoder(arrays, result_types()).value(obj)
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **{f"a{i}": array for i, array in enumerate(arrays)})
+    document = {
+        "format": FORMAT,
+        "root": tree,
+        "arrays": base64.b64encode(buffer.getvalue()).decode("ascii"),
+    }
+    return json.dumps(document, allow_nan=False, separators=(",", ":")).encode()
+
+
+def decode(blob: bytes) -> Any:
+    """The inverse of `encode`; anything else is a `CacheFormatError`."""
+    try:
+        document = json.loads(blob)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CacheFormatError(f"not JSON ({error})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CacheFormatError(f"not a {FORMAT} document")
+    try:
+        packed = base64.b64decode(document["arrays"], validate=True)
+        with np.load(io.BytesIO(packed), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        return _Decoder(arrays, result_types()).value(document["root"])
+    except CacheFormatError:
+        raise
+    except (KeyError, TypeError, ValueError, OSError, binascii.Error) as error:
+        raise CacheFormatError(
+            f"malformed cached result ({type(error).__name__}: {error})"
+        ) from None
+
+
+class _Encoder:
+    def __init__(self, arrays: list[np.ndarray], types: dict[str, type]) -> None:
+        self.arrays = arrays
+        self.types = types
+
+    def value(self, value: Any) -> Any:
+        # numpy scalars first: np.float64 and np.str_ are also float and str.
+        if isinstance(value, np.generic):
+            if value.dtype.kind not in _SCALAR_KINDS:
+                raise TypeError(f"cannot cache a numpy {value.dtype} scalar")
+            return {"$": "scalar", "dtype": value.dtype.str, "v": self.value(value.item())}
+        if value is None or isinstance(value, (bool, str)):
+            return str(value) if isinstance(value, str) else value
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, float):
+            return _float(float(value))
+        if isinstance(value, np.ndarray):
+            return self.array(value)
+        if isinstance(value, list):
+            return [self.value(item) for item in value]
+        if isinstance(value, tuple):
+            return {"$": "tuple", "items": [self.value(item) for item in value]}
+        if isinstance(value, dict):
+            return {
+                "$": "dict",
+                "items": [[self.value(key), self.value(item)] for key, item in value.items()],
+            }
+        if isinstance(value, pd.DataFrame):
+            return {
+                "$": "frame",
+                "columns": self.index(value.columns),
+                "index": self.index(value.index),
+                "data": [self.values(value.iloc[:, j]) for j in range(value.shape[1])],
+            }
+        if isinstance(value, pd.Series):
+            return {
+                "$": "series",
+                "name": self.value(value.name),
+                "index": self.index(value.index),
+                "values": self.values(value),
+            }
+        if isinstance(value, pd.Index):
+            return self.index(value)
+        name = type(value).__name__
+        if self.types.get(name) is type(value):
+            return {
+                "$": "object",
+                "type": name,
+                "state": {attr: self.value(item) for attr, item in vars(value).items()},
+            }
+        raise TypeError(f"cannot cache a {type(value).__module__}.{type(value).__qualname__}")
+
+    def array(self, array: np.ndarray) -> dict[str, Any]:
+        if array.dtype.kind in _ARRAY_KINDS and array.dtype.fields is None:
+            self.arrays.append(array)
+            return {"$": "ndarray", "ref": f"a{len(self.arrays) - 1}"}
+        if array.dtype == object:
+            return {
+                "$": "objects",
+                "shape": list(array.shape),
+                "items": [self.value(item) for item in array.ravel().tolist()],
+            }
+        raise TypeError(f"cannot cache an array of dtype {array.dtype}")
+
+    def values(self, values: pd.Series | pd.Index) -> dict[str, Any]:
+        """A column or an index's values with their exact pandas dtype."""
+        dtype = values.dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            codes = values.cat.codes if isinstance(values, pd.Series) else values.codes
+            return {
+                "$": "categorical",
+                "codes": self.array(np.asarray(codes)),
+                "categories": self.index(dtype.categories),
+                "ordered": bool(dtype.ordered),
+            }
+        if isinstance(dtype, pd.StringDtype):
+            items = [None if pd.isna(item) else str(item) for item in values.tolist()]
+            na = "nan" if dtype.na_value is np.nan else "NA"
+            return {"$": "strings", "storage": dtype.storage, "na": na, "items": items}
+        if isinstance(dtype, np.dtype):
+            return self.array(values.to_numpy(copy=False))
+        raise TypeError(f"cannot cache a column of dtype {dtype}")
+
+    def index(self, index: pd.Index) -> dict[str, Any]:
+        if isinstance(index, pd.MultiIndex):
+            raise TypeError("cannot cache a MultiIndex")
+        if isinstance(index, pd.RangeIndex):
+            return {
+                "$": "range",
+                "start": index.start,
+                "stop": index.stop,
+                "step": index.step,
+                "name": self.value(index.name),
+            }
+        return {"$": "index", "values": self.values(index), "name": self.value(index.name)}
+
+
+def _float(value: float) -> Any:
+    if math.isfinite(value):
+        return value
+    return {"$": "float", "v": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+
+
+_SPECIAL_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+class _Decoder:
+    def __init__(self, arrays: dict[str, np.ndarray], types: dict[str, type]) -> None:
+        self.arrays = arrays
+        self.types = types
+
+    def value(self, node: Any) -> Any:
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if isinstance(node, list):
+            return [self.value(item) for item in node]
+        if not isinstance(node, dict):
+            raise CacheFormatError(f"unexpected JSON value {type(node).__name__}")
+        tag = node.get("$")
+        if tag == "float":
+            return _SPECIAL_FLOATS[node["v"]]
+        if tag == "scalar":
+            dtype = np.dtype(node["dtype"])
+            if dtype.kind not in _SCALAR_KINDS:
+                raise CacheFormatError(f"scalar dtype {dtype} not allowed")
+            return dtype.type(self.value(node["v"]))
+        if tag == "tuple":
+            return tuple(self.value(item) for item in node["items"])
+        if tag == "dict":
+            return {self.value(key): self.value(item) for key, item in node["items"]}
+        if tag in ("ndarray", "objects"):
+            return self.array(node)
+        if tag == "frame":
+            index = self.index(node["index"])
+            # Series keep each column's dtype (a DataFrame built from bare object arrays of
+            # strings would infer pandas' string dtype).
+            columns = {}
+            for j, column in enumerate(node["data"]):
+                values = self.column(column)
+                columns[j] = pd.Series(values, index=index, dtype=values.dtype, copy=False)
+            frame = pd.DataFrame(columns, index=index)
+            frame.columns = self.index(node["columns"])
+            return frame
+        if tag == "series":
+            index = self.index(node["index"])
+            values = self.column(node["values"])
+            name = self.value(node["name"])
+            return pd.Series(values, index=index, dtype=values.dtype, name=name, copy=False)
+        if tag in ("range", "index"):
+            return self.index(node)
+        if tag == "object":
+            return self.instance(node)
+        raise CacheFormatError(f"unknown tag {tag!r}")
+
+    def array(self, node: dict[str, Any]) -> np.ndarray:
+        if node.get("$") == "ndarray":
+            return self.arrays[node["ref"]]
+        if node.get("$") == "objects":
+            items = [self.value(item) for item in node["items"]]
+            array = np.empty(len(items), dtype=object)
+            array[:] = items
+            return array.reshape([int(size) for size in node["shape"]])
+        raise CacheFormatError(f"expected an array, got {node.get('$')!r}")
+
+    def column(self, node: dict[str, Any]) -> Any:
+        """Values with their dtype (numpy array, Categorical or string array)."""
+        tag = node.get("$")
+        if tag == "categorical":
+            return pd.Categorical.from_codes(
+                self.array(node["codes"]),
+                categories=self.index(node["categories"]),
+                ordered=bool(node["ordered"]),
+            )
+        if tag == "strings":
+            na_value = np.nan if node["na"] == "nan" else pd.NA
+            dtype = pd.StringDtype(storage=node["storage"], na_value=na_value)
+            return pd.array(node["items"], dtype=dtype)
+        return self.array(node)
+
+    def index(self, node: dict[str, Any]) -> pd.Index:
+        if node.get("$") == "range":
+            return pd.RangeIndex(
+                int(node["start"]),
+                int(node["stop"]),
+                int(node["step"]),
+                name=self.value(node["name"]),
+            )
+        if node.get("$") == "index":
+            values = self.column(node["values"])
+            return pd.Index(values, dtype=values.dtype, name=self.value(node["name"]))
+        raise CacheFormatError(f"expected an index, got {node.get('$')!r}")
+
+    def instance(self, node: dict[str, Any]) -> Any:
+        cls = self.types.get(node["type"])
+        if cls is None:
+            raise CacheFormatError(f"type {node['type']!r} is not a popseg result type")
+        state = {str(attr): self.value(item) for attr, item in node["state"].items()}
+        if dataclasses.is_dataclass(cls):
+            expected = {f.name for f in dataclasses.fields(cls)}
+            if set(state) != expected:
+                raise CacheFormatError(
+                    f"{cls.__name__}: fields {sorted(state)} != {sorted(expected)}"
+                )
+        # The state is what `vars` held when the result was written: set it back as is (no
+        # constructor runs, so frozen dataclasses and the chain come back unchanged).
+        instance = cls.__new__(cls)
+        instance.__dict__.update(state)
+        return instance
