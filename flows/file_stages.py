@@ -68,7 +68,6 @@ def train(params: Params, register_model: bool) -> tuple[dict[str, Any], Any]:
     challenger) unless ``register_model`` is false. Returns the metrics and the registration
     (None when not registered)."""
     from flows import stages
-    from tasks import register
 
     _require_validated()
     data = stages.load_ingested(params)
@@ -94,20 +93,8 @@ def train(params: Params, register_model: bool) -> tuple[dict[str, Any], Any]:
     )
     registration = None
     if register_model:
-        registration = register.register_training(
-            record,
-            params.register_.experiment,
-            params.register_.model_name,
-            params.register_.log_data_max_mb,
-        )
-        from tasks.report import log_training_report
-
-        note = log_training_report(
-            registration.model_name,
-            registration.model_version,
-            registration.run_id,
-            params.register_.experiment,
-        )
+        registration = stages.register_stage(params, record)
+        note = stages.report_stage(params, registration)
         if note:
             logger.warning(note)
     return stages.write_train_outputs(trained, prepared, registration), registration

@@ -229,6 +229,29 @@ def training_record(
     )
 
 
+def register_stage(
+    params: Params, record: register.TrainingRecord, lock_timeout_s: float = 600.0
+) -> register.Registration:
+    """Log the training run and register its model (alias challenger)."""
+    config = params.register_
+    return register.register_training(
+        record, config.experiment, config.model_name, config.log_data_max_mb, lock_timeout_s
+    )
+
+
+def report_stage(params: Params, registration: register.Registration) -> str | None:
+    """The HTML report of a just-registered version, logged to its run; a note for the run
+    summary when it could not be built (the training stands)."""
+    from tasks.report import log_training_report
+
+    return log_training_report(
+        registration.model_name,
+        registration.model_version,
+        registration.run_id,
+        params.register_.experiment,
+    )
+
+
 def sweep_table(swept: cluster.SweepResult) -> pd.DataFrame:
     per_k = pd.DataFrame({k: fit.metrics for k, fit in swept.fits.items()}).T
     per_k.index.name = "k"

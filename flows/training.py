@@ -9,7 +9,7 @@ import contextlib
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from flows import orchestration, stages
 from tasks import engine as engines
 from tasks import promote, register
 from tasks.config import Params
-from tasks.report import log_training_report
 from tasks.tracking import runs
 from tasks.tracking.layout import RunTag
 from tasks.validate import ValidationReport, require_valid
@@ -35,11 +34,14 @@ validate_task = task(stages.validate_stage, name="validate", **_step)
 prepare_task = task(stages.prepare_stage, name="prepare", **_step)
 train_task = task(stages.train_stage, name="train", **_step)
 record_task = task(stages.training_record, name="plots-and-reports", **_step)
-register_task = task(register.register_training, name="register", **_step)
+register_task = task(stages.register_stage, name="register", **_step)
 promote_task = task(promote.promote, name="promote", **_step)
 # The HTML report of the new version, logged to its run as reports/report.html. Built after
 # the gate so it shows the aliases; a failure is a note and a run tag, not a failed training.
-report_task = task(log_training_report, name="report", **_step)
+report_task = task(stages.report_stage, name="report", **_step)
+
+
+_PER_SEGMENT = ("sizes", "distinguishing", "examples")
 
 
 @dataclass
@@ -66,34 +68,23 @@ class TrainingOutcome:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "k": self.k,
-            "metrics": self.metrics,
-            "promoted": self.promoted,
-            "gate_reasons": self.gate_reasons,
-            "criterion": self.criterion,
-            "selection_reason": self.selection_reason,
-            "segments": [
-                {
-                    "segment": segment,
-                    "size": size,
-                    "distinguishing": self.distinguishing.get(segment, []),
-                    "examples": self.examples.get(segment, []),
-                }
-                for segment, size in sorted(self.sizes.items())
-            ],
-            "data_source": self.data_source,
-            "data_md5": self.data_md5,
-            "n_rows": self.n_rows,
-            "features": self.features,
-            "notes": self.notes,
-            "tracking_uri": self.tracking_uri,
-            "experiment_id": self.experiment_id,
-            "seconds": round(self.seconds, 2),
+        """Every field, the per-segment ones (sizes, distinguishing, examples) as one list."""
+        payload = {
+            item.name: getattr(self, item.name)
+            for item in fields(self)
+            if item.name not in _PER_SEGMENT
         }
+        payload["segments"] = [
+            {
+                "segment": segment,
+                "size": size,
+                "distinguishing": self.distinguishing.get(segment, []),
+                "examples": self.examples.get(segment, []),
+            }
+            for segment, size in sorted(self.sizes.items())
+        ]
+        payload["seconds"] = round(self.seconds, 2)
+        return payload
 
 
 def _record_failed_validation(
@@ -198,13 +189,7 @@ def training_flow(
         record = record_task(
             params, data, prepared, trained, validation_json, scratch / "plots", tags, notes
         )
-        registration = register_task(
-            record,
-            params.register_.experiment,
-            params.register_.model_name,
-            params.register_.log_data_max_mb,
-            lock_s,
-        )
+        registration = register_task(params, record, lock_s)
     promoted, gate_reasons = False, ["promotion skipped (--no-promote)"]
     if run_promotion:
         decision = promote_task(
@@ -216,12 +201,7 @@ def training_flow(
             lock_s,
         )
         promoted, gate_reasons = decision.promoted, decision.reasons
-    report_note = report_task(
-        registration.model_name,
-        registration.model_version,
-        registration.run_id,
-        params.register_.experiment,
-    )
+    report_note = report_task(params, registration)
     if report_note:
         notes.append(report_note)
     selection, evaluation = trained.selection, trained.evaluation

@@ -14,7 +14,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +34,11 @@ class Lineage:
     data_source: str
     data_path: str | None
     git_commit: str
-    params: dict[str, str] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)
+    params: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "run_id": self.run_id,
-            "data_md5": self.data_md5,
-            "data_source": self.data_source,
-            "data_path": self.data_path,
-            "git_commit": self.git_commit,
-            "aliases": self.aliases,
-            "params": self.params,
-        }
+        return asdict(self)
 
 
 def lineage(model_name: str, version: str) -> Lineage:
