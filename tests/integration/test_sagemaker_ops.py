@@ -294,15 +294,14 @@ def test_deploy_sets_data_capture_and_autoscaling(
 
 
 # The serving container's path for one mini-batch, run on the package's own code/ (the files
-# SageMaker puts on the container's sys.path): input_fn -> predict_fn -> output_fn.
+# SageMaker puts on the container's sys.path): model_fn, then transform_fn per request.
 CONTAINER_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import inference
 model = inference.model_fn(sys.argv[2])
 for body in json.load(sys.stdin):
-    parsed = inference.input_fn(body, "text/csv")
-    answer, _ = inference.output_fn(inference.predict_fn(parsed, model), "application/json")
+    answer, _ = inference.transform_fn(model, body, "text/csv", "application/json")
     print(answer)
 """
 
