@@ -27,6 +27,7 @@ from tasks.monitor import (
     psi_threshold,
     read_monitor_data,
 )
+from tests.chains import identity_chain
 
 NAMES = ["alpha", "beta", "gamma"]
 CENTERS = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
@@ -34,19 +35,7 @@ CENTERS = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
 
 def make_chain() -> SegmentationChain:
     """Identity scaling and PCA, the three blob centres as centroids, segment ids 0, 1, 2."""
-    return SegmentationChain(
-        feature_names=NAMES,
-        fill_values=np.zeros(3),
-        log1p_mask=np.zeros(3, dtype=bool),
-        clip_low=np.full(3, -np.inf),
-        clip_high=np.full(3, np.inf),
-        scale_center=np.zeros(3),
-        scale_scale=np.ones(3),
-        pca_mean=np.zeros(3),
-        pca_components=np.eye(3),
-        centroids=CENTERS,
-        segment_ids=np.arange(3),
-    )
+    return identity_chain(NAMES, CENTERS)
 
 
 def blobs(n_per: int, seed: int, only: int | None = None) -> np.ndarray:
