@@ -193,7 +193,7 @@ def _targets(client):
 
 def _endpoint_tags(client, name):
     arn = client.describe_endpoint(EndpointName=name)["EndpointArn"]
-    return {t["Key"]: t["Value"] for t in client.list_tags(ResourceArn=arn)["Tags"]}
+    return deploy_tests.resource_tags(client, arn)
 
 
 def test_deploy_sets_data_capture_and_autoscaling(
@@ -208,13 +208,7 @@ def test_deploy_sets_data_capture_and_autoscaling(
         "deploy.autoscaling={min_instances: 1, max_instances: 3, "
         "target_invocations_per_instance: 500, scale_in_cooldown_s: 600}",
     ]
-    target = {
-        "target": "sagemaker",
-        "endpoint_name": NAME,
-        "region": REGION,
-        "bucket": stack["BucketName"],
-        "role_arn": stack["RoleArn"],
-    }
+    target = deploy_tests.sagemaker_target(stack, NAME)
     client = boto3.client("sagemaker", region_name=REGION)
     scaling = boto3.client("application-autoscaling", region_name=REGION)
 
