@@ -597,7 +597,8 @@ _LLOYD_PARAMS = ("init", "n_init", "max_iter", "tol", "random_state")
 
 
 def _set_lloyd_params(estimator, init, n_init, max_iter, tol, random_state):
-    """The parameters :class:`KMeans` and :class:`KMeansSweep` share, stored as given
+    """The parameters :class:`KMeans`, :class:`KMeansSweep` and ``MiniBatchKMeans`` share,
+    stored as given
     (scikit-learn's convention: validated in ``fit``)."""
     estimator.init = init
     estimator.n_init = n_init
