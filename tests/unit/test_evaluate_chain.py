@@ -1,3 +1,5 @@
+from functools import partial
+
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
@@ -172,24 +174,13 @@ def test_gate_thresholds_and_champion_comparison(blobs):
     assert not passed and "data validation did not pass" in reasons
     good = _chain(_kmeans3(values).cluster_centers_)
     bad = _chain([[5.0, 5.0], [5.1, 5.1], [4.9, 4.9]])
-    passed, reasons, checks = evaluate_gate(
-        {"silhouette": 0.5, "stability": 0.9},
-        True,
-        config,
-        challenger=bad,
-        champion=good,
-        rows=values,
+    on_the_same_rows = partial(
+        evaluate_gate, {"silhouette": 0.5, "stability": 0.9}, True, config, rows=values
     )
+    passed, reasons, checks = on_the_same_rows(challenger=bad, champion=good)
     assert not passed and any("worse than the champion" in r for r in reasons)
     assert checks["champion_silhouette_same_data"] > checks["challenger_silhouette_same_data"]
-    passed, _, _ = evaluate_gate(
-        {"silhouette": 0.5, "stability": 0.9},
-        True,
-        config,
-        challenger=good,
-        champion=bad,
-        rows=values,
-    )
+    passed, _, _ = on_the_same_rows(challenger=good, champion=bad)
     assert passed
 
 
