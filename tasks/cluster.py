@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -130,6 +131,21 @@ def sweep_result(
     )
 
 
+def _lloyd_options(config: ClusterConfig) -> dict[str, Any]:
+    """The ``cluster`` params as the keyword arguments of both backends' k-means."""
+    return {
+        "n_init": config.n_init,
+        "max_iter": config.max_iter,
+        "tol": config.tol,
+        "random_state": config.seed,
+    }
+
+
+def _fit_of(model: Any) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """A fitted k-means model as (centroids, labels, inertia, iterations)."""
+    return model.cluster_centers_, model.labels_, float(model.inertia_), int(model.n_iter_)
+
+
 def _sklearn_fits(
     values: np.ndarray, k_values: list[int], config: ClusterConfig, progress: Callable[[str], None]
 ) -> dict[int, tuple[np.ndarray, np.ndarray, float, int]]:
@@ -137,15 +153,8 @@ def _sklearn_fits(
 
     fits = {}
     for position, k in enumerate(k_values, start=1):
-        model = KMeans(
-            n_clusters=k,
-            n_init=config.n_init,
-            max_iter=config.max_iter,
-            tol=config.tol,
-            random_state=config.seed,
-        ).fit(values)
-        fits[k] = (model.cluster_centers_, model.labels_, float(model.inertia_), int(model.n_iter_))
-        progress(f"k={k}: inertia {model.inertia_:.4g} ({position}/{len(k_values)})")
+        fits[k] = _fit_of(KMeans(n_clusters=k, **_lloyd_options(config)).fit(values))
+        progress(f"k={k}: inertia {fits[k][2]:.4g} ({position}/{len(k_values)})")
     return fits
 
 
@@ -154,17 +163,8 @@ def _numba_fits(
 ) -> dict[int, tuple[np.ndarray, np.ndarray, float, int]]:
     from tasks.compute import KMeansSweep
 
-    sweep = KMeansSweep(
-        k_values=k_values,
-        n_init=config.n_init,
-        max_iter=config.max_iter,
-        tol=config.tol,
-        random_state=config.seed,
-    ).fit(values)
-    fits = {}
-    for k in k_values:
-        model = sweep.models_[k]
-        fits[k] = (model.cluster_centers_, model.labels_, float(model.inertia_), int(model.n_iter_))
+    sweep = KMeansSweep(k_values=k_values, **_lloyd_options(config)).fit(values)
+    fits = {k: _fit_of(sweep.models_[k]) for k in k_values}
     progress(f"fitted k={k_values[0]}..{k_values[-1]} in one sweep")
     return fits
 

@@ -237,16 +237,23 @@ class ReportData:
 # ----------------------------------------------------------------------------- formatting
 
 
-def fmt_number(value: Any) -> str:
-    """A value in original units, rounded for reading: 12,345 | 524 | 14.7 | 0.034."""
+def _as_number(value: Any) -> float | str:
+    """``float(value)``, or the text to show instead: "–" for None, NaN or infinity, the value
+    itself for a non-number."""
     if value is None:
         return "–"
     try:
         number = float(value)
     except (TypeError, ValueError):
         return str(value)
-    if not math.isfinite(number):
-        return "–"
+    return number if math.isfinite(number) else "–"
+
+
+def fmt_number(value: Any) -> str:
+    """A value in original units, rounded for reading: 12,345 | 524 | 14.7 | 0.034."""
+    number = _as_number(value)
+    if isinstance(number, str):
+        return number
     magnitude = abs(number)
     if magnitude >= 100:
         return f"{number:,.0f}"
@@ -261,14 +268,9 @@ def fmt_number(value: Any) -> str:
 
 def fmt_score(value: Any, digits: int = 3) -> str:
     """A quality score (silhouette, ARI, PSI): fixed decimals."""
-    if value is None:
-        return "–"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if not math.isfinite(number):
-        return "–"
+    number = _as_number(value)
+    if isinstance(number, str):
+        return number
     if abs(number) >= 1000:
         return f"{number:,.0f}"
     return f"{number:.{digits}f}"

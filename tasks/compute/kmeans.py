@@ -593,8 +593,12 @@ def lloyd_update(centers, sums, counts, relocate):
 
 
 # ------------------------------------------------------------------------ estimators
+_LLOYD_PARAMS = ("init", "n_init", "max_iter", "tol", "random_state")
+
+
 def _set_lloyd_params(estimator, init, n_init, max_iter, tol, random_state):
-    """The parameters :class:`KMeans` and :class:`KMeansSweep` share, stored as given
+    """The parameters :class:`KMeans`, :class:`KMeansSweep` and ``MiniBatchKMeans`` share,
+    stored as given
     (scikit-learn's convention: validated in ``fit``)."""
     estimator.init = init
     estimator.n_init = n_init
@@ -603,7 +607,19 @@ def _set_lloyd_params(estimator, init, n_init, max_iter, tol, random_state):
     estimator.random_state = random_state
 
 
+def _lloyd_params(estimator):
+    """The parameters :func:`_set_lloyd_params` stored, by name."""
+    return {name: getattr(estimator, name) for name in _LLOYD_PARAMS}
+
+
 class _BaseKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+    def _set_fitted(self, centers, labels, inertia, n_iter):
+        """The fitted attributes, from one run's (centroids, labels, inertia, iterations)."""
+        self.cluster_centers_ = centers
+        self.labels_ = labels
+        self.inertia_ = inertia
+        self.n_iter_ = n_iter
+
     def _validate_fit_input(self, X, sample_weight):
         X = validate_data(self, X, dtype=[np.float64, np.float32], order="C", reset=True)
         n = X.shape[0]
@@ -694,13 +710,10 @@ class KMeans(_BaseKMeans):
         X, sw = self._validate_fit_input(X, sample_weight)
         rs = check_random_state(self.random_state)
         n_init = _resolve_n_init(self.n_init, self.init)
-        centers, labels, inertia, n_iter = _fit_runs(
+        (run,) = _fit_runs(
             X, sw, [(self.n_clusters, n_init, rs)], self.init, self.max_iter, self.tol
-        )[0]
-        self.cluster_centers_ = centers
-        self.labels_ = labels
-        self.inertia_ = inertia
-        self.n_iter_ = n_iter
+        )
+        self._set_fitted(*run)
         self._warn_distinct()
         return self
 
@@ -762,22 +775,12 @@ class KMeansSweep(BaseEstimator):
             self.tol,
         )
         self.models_ = {}
-        for k, (centers, labels, inertia, n_iter) in zip(ks, results, strict=True):
-            m = KMeans(
-                n_clusters=k,
-                init=self.init,
-                n_init=self.n_init,
-                max_iter=self.max_iter,
-                tol=self.tol,
-                random_state=self.random_state,
-            )
+        for k, result in zip(ks, results, strict=True):
+            m = KMeans(n_clusters=k, **_lloyd_params(self))
             m.n_features_in_ = X.shape[1]
             if hasattr(self, "feature_names_in_"):
                 m.feature_names_in_ = self.feature_names_in_
-            m.cluster_centers_ = centers
-            m.labels_ = labels
-            m.inertia_ = inertia
-            m.n_iter_ = n_iter
+            m._set_fitted(*result)
             self.models_[k] = m
         self.k_values_ = ks
         self.inertias_ = {k: self.models_[k].inertia_ for k in ks}

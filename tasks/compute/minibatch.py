@@ -33,6 +33,7 @@ from tasks.compute.kmeans import (
     _labels_inertia,
     _n_local_trials,
     _Run,
+    _set_lloyd_params,
     _tolerance,
 )
 
@@ -78,15 +79,11 @@ class MiniBatchKMeans(_BaseKMeans):
         random_state=None,
     ):
         self.n_clusters = n_clusters
-        self.init = init
-        self.max_iter = max_iter
+        _set_lloyd_params(self, init, n_init, max_iter, tol, random_state)
         self.batch_size = batch_size
-        self.tol = tol
         self.max_no_improvement = max_no_improvement
         self.init_size = init_size
-        self.n_init = n_init
         self.reassignment_ratio = reassignment_ratio
-        self.random_state = random_state
 
     def _check_params(self):
         _check_init_params(self.n_clusters, self.init, self.n_init, self.max_iter, self.tol)

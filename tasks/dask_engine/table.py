@@ -291,18 +291,6 @@ def _sample_part(
 ):
     """The partition's rows in the sample; with ``extra``, also ``extra(frame, offset)`` (other
     statistics taken in the same pass)."""
-    sample = _sample_rows(frame, offset, id_column, names, threshold, seed)
-    return sample if extra is None else (sample, extra(frame, offset))
-
-
-def _sample_rows(
-    frame: pd.DataFrame,
-    offset: int,
-    id_column: str | None,
-    names: list[str],
-    threshold: np.uint64,
-    seed: int,
-) -> pd.DataFrame:
     positions = np.arange(offset, offset + len(frame), dtype=np.int64)
     ids = frame[id_column] if id_column is not None else None
     hashes = row_hashes(ids, positions, seed)
@@ -314,7 +302,7 @@ def _sample_rows(
     values = chosen[names].to_numpy(dtype=np.float64, na_value=np.nan)
     for j, name in enumerate(names):
         out[name] = values[:, j]
-    return out
+    return out if extra is None else (out, extra(frame, offset))
 
 
 def draw_sample(

@@ -8,7 +8,6 @@ import os
 import socket
 import sqlite3
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from tasks.config import load_params
 from tasks.errors import DataError, SourceUnavailableError
+from tests import processes
 
 MODEL = "popseg-segmentation"
 BIN = Path(sys.executable).parent
@@ -141,21 +141,8 @@ def test_two_runs_at_once_share_the_store_safely(prefect_server, project_dir, sm
         "--set",
         "promote.min_stability=0",
     ]
-    runs = [
-        subprocess.Popen(
-            command,
-            cwd=project_dir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outputs = [run.communicate(timeout=600) for run in runs]
-    for run, (_, err) in zip(runs, outputs, strict=True):
-        assert run.returncode == 0, err[-3000:]
-    results = [json.loads(out) for out, _ in outputs]
+    runs = [processes.start(command, project_dir, env) for _ in range(2)]
+    results = [json.loads(out) for out in processes.outputs(runs, timeout=600, tail=3000)]
     assert sorted(r["model_version"] for r in results) == ["1", "2"]
     assert all(r["promoted"] for r in results)
     from tasks.register import configure_mlflow

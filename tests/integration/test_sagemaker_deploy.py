@@ -115,8 +115,20 @@ def _queue_runtime_answers(moto_url: str, bodies: list[str]) -> None:
     urllib.request.urlopen(request, timeout=10)
 
 
-def _tags(client, arn):
+def resource_tags(client, arn) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in client.list_tags(ResourceArn=arn)["Tags"]}
+
+
+def sagemaker_target(stack, endpoint_name: str = NAME) -> dict[str, str]:
+    """`flows.deploy.deploy`'s keywords for an endpoint on moto's SageMaker, in the bucket and
+    with the role of the stack."""
+    return {
+        "target": "sagemaker",
+        "endpoint_name": endpoint_name,
+        "region": REGION,
+        "bucket": stack["BucketName"],
+        "role_arn": stack["RoleArn"],
+    }
 
 
 def test_sagemaker_deploy_update_rollback_undeploy(
@@ -125,13 +137,7 @@ def test_sagemaker_deploy_update_rollback_undeploy(
     params = load_params(
         "params.yaml", [f"deploy.rollback_alarms=[{ALARM}]", "deploy.waiter_delay_s=1"]
     )
-    target = {
-        "target": "sagemaker",
-        "endpoint_name": NAME,
-        "region": REGION,
-        "bucket": stack["BucketName"],
-        "role_arn": stack["RoleArn"],
-    }
+    target = sagemaker_target(stack)
     _queue_runtime_answers(moto_s3, [_expected_answers(v) for v in ("1", "2", "1")])
     client = boto3.client("sagemaker", region_name=REGION)
     s3 = boto3.client("s3", region_name=REGION)
@@ -165,7 +171,7 @@ def test_sagemaker_deploy_update_rollback_undeploy(
     assert endpoint["EndpointStatus"] == "InService"
     run_1 = mlflow.MlflowClient().get_model_version(MODEL, "1").run_id
     for arn in (model["ModelArn"], config["EndpointConfigArn"], endpoint["EndpointArn"]):
-        tags = _tags(client, arn)
+        tags = resource_tags(client, arn)
         assert tags["popseg:model-version"] == "1" and tags["popseg:run-id"] == run_1
         assert tags["popseg:model-name"] == MODEL
 
@@ -182,7 +188,7 @@ def test_sagemaker_deploy_update_rollback_undeploy(
     }
     endpoint = client.describe_endpoint(EndpointName=NAME)
     assert endpoint["EndpointConfigName"] == second.details["endpoint_config"]
-    assert _tags(client, endpoint["EndpointArn"])["popseg:history"] == "1 2"
+    assert resource_tags(client, endpoint["EndpointArn"])["popseg:history"] == "1 2"
     listed = deploy_flow.list_endpoints(params, "sagemaker", REGION)
     assert [(e["name"], e["model_version"]) for e in listed] == [(NAME, "2")]
 
@@ -196,7 +202,7 @@ def test_sagemaker_deploy_update_rollback_undeploy(
     assert str(champion.version) == "1"
     assert champion.tags["rolled_back_from"] == "2"
     endpoint = client.describe_endpoint(EndpointName=NAME)
-    assert _tags(client, endpoint["EndpointArn"])["popseg:model-version"] == "1"
+    assert resource_tags(client, endpoint["EndpointArn"])["popseg:model-version"] == "1"
 
     # 4. an update SageMaker rolls back (alarm): the previous config keeps serving
     serving = endpoint["EndpointConfigName"]

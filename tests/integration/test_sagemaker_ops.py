@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 
 import boto3
 import mlflow
@@ -40,7 +39,7 @@ from tasks.register import load_chain
 from tasks.score import score_frame
 from tests.e2e.helpers import invoke
 from tests.integration import test_sagemaker_deploy as deploy_tests
-from tests.unit.test_monitor import _post, _serve_with_capture, blobs, make_chain
+from tests.unit.test_monitor import blobs, make_chain, post_with_capture
 
 NAME = "popseg-ops"
 REGION = deploy_tests.REGION
@@ -95,16 +94,7 @@ def test_sagemaker_capture_reads_as_the_local_capture(moto_s3, tmp_path):
         (json.dumps([{"alpha": 4, "beta": 5, "gamma": 6}]), "application/json"),
     ]
     local_log = tmp_path / "capture.jsonl"
-    server = _serve_with_capture(chain, tmp_path, local_log)
-    url = f"http://127.0.0.1:{server.server_address[1]}/invocations"
-    try:
-        assert [_post(url, body, kind) for body, kind in requests] == [200] * 4
-        deadline = time.monotonic() + 10
-        while len(local_log.read_text().splitlines()) < 4 and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        server.shutdown()
-        server.server_close()
+    assert post_with_capture(chain, tmp_path, local_log, requests) == [200] * 4
     local = read_monitor_data(str(local_log), chain)
 
     # The same four requests as SageMaker captures them: three files over two hours, text
@@ -203,7 +193,7 @@ def _targets(client):
 
 def _endpoint_tags(client, name):
     arn = client.describe_endpoint(EndpointName=name)["EndpointArn"]
-    return {t["Key"]: t["Value"] for t in client.list_tags(ResourceArn=arn)["Tags"]}
+    return deploy_tests.resource_tags(client, arn)
 
 
 def test_deploy_sets_data_capture_and_autoscaling(
@@ -218,13 +208,7 @@ def test_deploy_sets_data_capture_and_autoscaling(
         "deploy.autoscaling={min_instances: 1, max_instances: 3, "
         "target_invocations_per_instance: 500, scale_in_cooldown_s: 600}",
     ]
-    target = {
-        "target": "sagemaker",
-        "endpoint_name": NAME,
-        "region": REGION,
-        "bucket": stack["BucketName"],
-        "role_arn": stack["RoleArn"],
-    }
+    target = deploy_tests.sagemaker_target(stack, NAME)
     client = boto3.client("sagemaker", region_name=REGION)
     scaling = boto3.client("application-autoscaling", region_name=REGION)
 

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tasks.deploy import local as deploy
+from tests import processes
 from tests.conftest import ROOT
 from tests.e2e.helpers import invoke
 
@@ -90,7 +90,7 @@ def test_concurrent_deploys_end_with_one_tracked_server(trained_project, tmp_pat
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     go = scratch / "go"
     racers = [
-        subprocess.Popen(
+        processes.start(
             [
                 sys.executable,
                 "-c",
@@ -101,11 +101,8 @@ def test_concurrent_deploys_end_with_one_tracked_server(trained_project, tmp_pat
                 str(scratch / f"ready-{i}"),
                 str(go),
             ],
-            cwd=trained_project,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            trained_project,
+            env,
         )
         for i in range(2)
     ]
@@ -115,10 +112,7 @@ def test_concurrent_deploys_end_with_one_tracked_server(trained_project, tmp_pat
             assert time.monotonic() < deadline and all(r.poll() is None for r in racers)
             time.sleep(0.01)
         go.touch()
-        outputs = [racer.communicate(timeout=120) for racer in racers]
-        for racer, (_, err) in zip(racers, outputs, strict=True):
-            assert racer.returncode == 0, err[-2000:]
-        results = [json.loads(out) for out, _ in outputs]
+        results = [json.loads(out) for out in processes.outputs(racers, timeout=120)]
         # One started the server; the other waited for the lock and swapped into it.
         assert sorted(r["action"] for r in results) == ["created", "reloaded"]
         assert len({r["details"]["pid"] for r in results}) == 1

@@ -13,7 +13,11 @@ import pytest
 
 from tasks.deploy import local as deploy
 from tests.e2e.helpers import invoke
-from tests.integration.test_sagemaker_deploy import stack  # noqa: F401 (fixture)
+from tests.integration.test_sagemaker_deploy import (  # noqa: F401 (stack: a fixture)
+    resource_tags,
+    sagemaker_target,
+    stack,
+)
 
 MODEL = "popseg-segmentation"
 RELAXED = [
@@ -157,21 +161,13 @@ def test_sagemaker_endpoint_is_not_updated_to_another_contract(challenger, stack
     from tasks.errors import DeployError
 
     params = load_params("params.yaml", ["deploy.waiter_delay_s=1"])
-    target = {
-        "target": "sagemaker",
-        "endpoint_name": "gate-sm",
-        "region": "us-east-1",
-        "bucket": stack["BucketName"],
-        "role_arn": stack["RoleArn"],
-    }
+    target = sagemaker_target(stack, "gate-sm")
     first = deploy_flow.deploy(params, version="2", **target)
     assert first.action == "created"
     client = boto3.client("sagemaker", region_name="us-east-1")
     s3 = boto3.client("s3", region_name="us-east-1")
     endpoint = client.describe_endpoint(EndpointName="gate-sm")
-    tags = {
-        t["Key"]: t["Value"] for t in client.list_tags(ResourceArn=endpoint["EndpointArn"])["Tags"]
-    }
+    tags = resource_tags(client, endpoint["EndpointArn"])
     assert (
         tags["popseg:input-contract-sha256"]
         == (mlflow.MlflowClient().get_model_version(MODEL, "2").tags["input_contract_sha256"])

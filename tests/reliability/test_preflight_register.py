@@ -13,25 +13,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.chain import SegmentationChain
 from tasks.errors import RegistryError
+from tests.chains import identity_chain
 
 
 def _record():
     from tasks.register import TrainingRecord
 
-    chain = SegmentationChain(
-        feature_names=["x", "y"],
-        fill_values=np.zeros(2),
-        log1p_mask=np.zeros(2, dtype=bool),
+    chain = identity_chain(
+        ["x", "y"],
+        [[0.0, 0.0], [5.0, 5.0]],
         clip_low=np.full(2, -10.0),
         clip_high=np.full(2, 10.0),
-        scale_center=np.zeros(2),
-        scale_scale=np.ones(2),
-        pca_mean=np.zeros(2),
-        pca_components=np.eye(2),
-        centroids=np.array([[0.0, 0.0], [5.0, 5.0]]),
-        segment_ids=np.array([0, 1]),
     )
     frame = pd.DataFrame({"row_id": ["a", "b", "c"], "x": [0.0, 5.0, 1.0], "y": [0.0, 5.0, 1.0]})
     return TrainingRecord(

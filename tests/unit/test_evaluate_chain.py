@@ -1,3 +1,5 @@
+from functools import partial
+
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
@@ -6,25 +8,11 @@ from tasks.chain import ChainInputError, SegmentationChain
 from tasks.config import load_params
 from tasks.evaluate import evaluate, match_to_champion, size_order_ids
 from tasks.promote import contract_changes, evaluate_gate
+from tests.chains import identity_chain
 
 
-def _chain(centroids, **overrides):
-    d = 2
-    values = dict(
-        feature_names=["a", "b"],
-        fill_values=np.zeros(d),
-        log1p_mask=np.zeros(d, bool),
-        clip_low=np.full(d, -np.inf),
-        clip_high=np.full(d, np.inf),
-        scale_center=np.zeros(d),
-        scale_scale=np.ones(d),
-        pca_mean=np.zeros(d),
-        pca_components=np.eye(d),
-        centroids=np.asarray(centroids, float),
-        segment_ids=np.arange(len(centroids)),
-    )
-    values.update(overrides)
-    return SegmentationChain(**values)
+def _chain(centroids, feature_names=("a", "b"), **overrides):
+    return identity_chain(list(feature_names), centroids, **overrides)
 
 
 def test_size_order_ids():
@@ -61,14 +49,18 @@ def test_match_to_champion_uses_the_champion_transform():
     assert mapping["match_cost"] == pytest.approx(0.1 + 0.05)
 
 
-def test_evaluate_profiles_stability_and_examples(blobs):
-    values, truth = blobs
-    config = load_params(overrides=["cluster.backend=sklearn", "evaluate.bootstrap_rounds=5"])
+def _kmeans3(values):
     from sklearn.cluster import KMeans
 
-    model = KMeans(3, n_init=10, random_state=0).fit(values)
-    ids = [f"id{i}" for i in range(len(values))]
-    result = evaluate(
+    return KMeans(3, n_init=10, random_state=0).fit(values)
+
+
+def _evaluate(values, model, ids, bootstrap_rounds, champion=None):
+    """`evaluate` of a fit on the blobs, the blobs standing for every kind of row."""
+    config = load_params(
+        overrides=["cluster.backend=sklearn", f"evaluate.bootstrap_rounds={bootstrap_rounds}"]
+    )
+    return evaluate(
         values,
         model.labels_,
         model.cluster_centers_,
@@ -78,7 +70,14 @@ def test_evaluate_profiles_stability_and_examples(blobs):
         ids,
         config.cluster,
         config.evaluate,
+        champion,
     )
+
+
+def test_evaluate_profiles_stability_and_examples(blobs):
+    values, truth = blobs
+    ids = [f"id{i}" for i in range(len(values))]
+    result = _evaluate(values, _kmeans3(values), ids, bootstrap_rounds=5)
     assert sorted(result.sizes.values()) == [40, 40, 40]
     assert adjusted_rand_score(truth, result.segments) == 1.0
     assert result.stability == pytest.approx(1.0) and len(result.stability_rounds) == 5
@@ -94,23 +93,10 @@ def test_evaluate_profiles_stability_and_examples(blobs):
 
 def test_evaluate_with_champion_reuses_segment_ids(blobs):
     values, _ = blobs
-    config = load_params(overrides=["cluster.backend=sklearn", "evaluate.bootstrap_rounds=0"])
-    from sklearn.cluster import KMeans
-
-    model = KMeans(3, n_init=10, random_state=0).fit(values)
+    model = _kmeans3(values)
     champion = _chain(model.cluster_centers_[::-1], segment_ids=np.array([7, 8, 9]))
-    result = evaluate(
-        values,
-        model.labels_,
-        model.cluster_centers_,
-        values,
-        values,
-        ["a", "b"],
-        [str(i) for i in range(len(values))],
-        config.cluster,
-        config.evaluate,
-        champion,
-    )
+    ids = [str(i) for i in range(len(values))]
+    result = _evaluate(values, model, ids, bootstrap_rounds=0, champion=champion)
     champion_segments, _ = champion.predict(values)
     np.testing.assert_array_equal(result.segments, champion_segments)
     assert result.id_mapping["match_cost"] == 0
@@ -186,28 +172,15 @@ def test_gate_thresholds_and_champion_comparison(blobs):
     assert not passed and any("stability" in r for r in reasons)
     passed, reasons, _ = evaluate_gate({"silhouette": 0.5, "stability": 0.9}, False, config)
     assert not passed and "data validation did not pass" in reasons
-    from sklearn.cluster import KMeans
-
-    good = _chain(KMeans(3, n_init=10, random_state=0).fit(values).cluster_centers_)
+    good = _chain(_kmeans3(values).cluster_centers_)
     bad = _chain([[5.0, 5.0], [5.1, 5.1], [4.9, 4.9]])
-    passed, reasons, checks = evaluate_gate(
-        {"silhouette": 0.5, "stability": 0.9},
-        True,
-        config,
-        challenger=bad,
-        champion=good,
-        rows=values,
+    on_the_same_rows = partial(
+        evaluate_gate, {"silhouette": 0.5, "stability": 0.9}, True, config, rows=values
     )
+    passed, reasons, checks = on_the_same_rows(challenger=bad, champion=good)
     assert not passed and any("worse than the champion" in r for r in reasons)
     assert checks["champion_silhouette_same_data"] > checks["challenger_silhouette_same_data"]
-    passed, _, _ = evaluate_gate(
-        {"silhouette": 0.5, "stability": 0.9},
-        True,
-        config,
-        challenger=good,
-        champion=bad,
-        rows=values,
-    )
+    passed, _, _ = on_the_same_rows(challenger=good, champion=bad)
     assert passed
 
 

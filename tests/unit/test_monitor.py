@@ -27,6 +27,7 @@ from tasks.monitor import (
     psi_threshold,
     read_monitor_data,
 )
+from tests.chains import identity_chain
 
 NAMES = ["alpha", "beta", "gamma"]
 CENTERS = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
@@ -34,19 +35,7 @@ CENTERS = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
 
 def make_chain() -> SegmentationChain:
     """Identity scaling and PCA, the three blob centres as centroids, segment ids 0, 1, 2."""
-    return SegmentationChain(
-        feature_names=NAMES,
-        fill_values=np.zeros(3),
-        log1p_mask=np.zeros(3, dtype=bool),
-        clip_low=np.full(3, -np.inf),
-        clip_high=np.full(3, np.inf),
-        scale_center=np.zeros(3),
-        scale_scale=np.ones(3),
-        pca_mean=np.zeros(3),
-        pca_components=np.eye(3),
-        centroids=CENTERS,
-        segment_ids=np.arange(3),
-    )
+    return identity_chain(NAMES, CENTERS)
 
 
 def blobs(n_per: int, seed: int, only: int | None = None) -> np.ndarray:
@@ -215,7 +204,10 @@ def test_table_files_parquet_and_csv(chain, tmp_path, reference):
 # ----------------------------------------------------------------------------- capture logs
 
 
-def _serve_with_capture(chain, tmp_path, capture):
+def post_with_capture(chain, tmp_path, capture, requests: list[tuple[str, str]]) -> list[int]:
+    """Each ``(body, content type)`` of ``requests`` posted to the real local endpoint server
+    serving ``chain`` with its capture log at ``capture``; the HTTP statuses, once the server
+    has appended a capture line for every request (it writes each just after its reply)."""
     from tasks.serving.server import EndpointServer, Model
 
     model_dir = tmp_path / "model"
@@ -225,7 +217,16 @@ def _serve_with_capture(chain, tmp_path, capture):
     threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     ).start()
-    return server
+    url = f"http://127.0.0.1:{server.server_address[1]}/invocations"
+    try:
+        statuses = [_post(url, body, kind) for body, kind in requests]
+        deadline = time.monotonic() + 10
+        while capture.read_text().count("\n") < len(requests) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        server.shutdown()
+        server.server_close()
+    return statuses
 
 
 def _post(url, body: str, content_type: str) -> int:
@@ -241,23 +242,14 @@ def _post(url, body: str, content_type: str) -> int:
 
 def test_capture_log_from_the_local_endpoint(chain, tmp_path):
     capture = tmp_path / "capture.jsonl"
-    server = _serve_with_capture(chain, tmp_path, capture)
-    url = f"http://127.0.0.1:{server.server_address[1]}/invocations"
-    try:
-        statuses = [
-            _post(url, "0,0,0\n10,0,1\n", "text/csv"),
-            _post(url, "gamma,alpha\n5,\n", "text/csv"),  # header, any order, missing cells
-            _post(url, json.dumps({"instances": [{"features": [1, 2, 3]}]}), "application/json"),
-            _post(url, json.dumps([{"alpha": 4, "beta": 5, "gamma": 6}]), "application/json"),
-            _post(url, "1,2\n", "text/csv"),  # wrong width: 400, skipped by monitor
-        ]
-        # The server appends each capture line just after its reply: wait for all five.
-        deadline = time.monotonic() + 10
-        while len(capture.read_text().splitlines()) < 5 and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        server.shutdown()
-        server.server_close()
+    requests = [
+        ("0,0,0\n10,0,1\n", "text/csv"),
+        ("gamma,alpha\n5,\n", "text/csv"),  # header, any order, missing cells
+        (json.dumps({"instances": [{"features": [1, 2, 3]}]}), "application/json"),
+        (json.dumps([{"alpha": 4, "beta": 5, "gamma": 6}]), "application/json"),
+        ("1,2\n", "text/csv"),  # wrong width: 400, skipped by monitor
+    ]
+    statuses = post_with_capture(chain, tmp_path, capture, requests)
     assert statuses == [200, 200, 200, 200, 400]
     data = read_monitor_data(str(capture), chain)
     assert data.kind == "capture" and data.notes == [

@@ -124,27 +124,16 @@ def test_processes_validating_at_once_share_the_gx_context(tmp_path):
     """Two trainings of one project validate at the same moment: GX's get-or-create of the
     suite in the shared file context is not atomic, so without popseg's lock one of them
     failed ('Cannot add ExpectationSuite ... because it already exists')."""
-    import subprocess
     import sys
 
+    from tests import processes
     from tests.conftest import ROOT
 
     go = tmp_path / "go"
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CONCURRENT_VALIDATION, str(tmp_path), str(go)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
+    command = [sys.executable, "-c", _CONCURRENT_VALIDATION, str(tmp_path), str(go)]
+    validations = [processes.start(command, ROOT) for _ in range(4)]
     time.sleep(8)  # both past their imports, waiting for the start file
     go.touch()
-    outputs = [process.communicate(timeout=120) for process in processes]
-    for process, (out, err) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, err[-2000:]
-        assert out.strip() == "True"
+    assert [out.strip() for out in processes.outputs(validations, timeout=120)] == ["True"] * 4
     suites = list((tmp_path / "gx" / "expectations").glob("*.json"))
     assert [path.name for path in suites] == ["test-suite.json"]

@@ -16,6 +16,7 @@ import pytest
 from tasks.chain import SegmentationChain
 from tasks.serving import inference
 from tasks.serving.inference import RequestError
+from tests.chains import identity_chain
 
 ROOT = Path(__file__).resolve().parents[3]
 NAMES = ["a", "b", "c"]
@@ -23,18 +24,10 @@ NAMES = ["a", "b", "c"]
 
 def make_chain() -> SegmentationChain:
     """Identity scaling/PCA, three centroids far apart; fill values (1, 2, 3)."""
-    eye = np.eye(3)
-    return SegmentationChain(
-        feature_names=NAMES,
+    return identity_chain(
+        NAMES,
+        [[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]],
         fill_values=np.array([1.0, 2.0, 3.0]),
-        log1p_mask=np.zeros(3, dtype=bool),
-        clip_low=np.full(3, -np.inf),
-        clip_high=np.full(3, np.inf),
-        scale_center=np.zeros(3),
-        scale_scale=np.ones(3),
-        pca_mean=np.zeros(3),
-        pca_components=eye,
-        centroids=np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]]),
         segment_ids=np.array([7, 8, 9]),
     )
 
