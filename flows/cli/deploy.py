@@ -157,7 +157,7 @@ def rollback(
     endpoint_name: EndpointArgument,
     target: TargetOption = None,
     region: RegionOption = None,
-    bucket: Annotated[str | None, typer.Option("--bucket", help="sagemaker: S3 bucket")] = None,
+    bucket: BucketOption = None,
     role_arn: RoleArnOption = None,
     allow_contract_change: AllowContractChangeOption = False,
     params_path: ParamsOption = None,
