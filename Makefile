@@ -39,10 +39,12 @@ format: setup
 bench: setup
 	$(UV) run python -m benchmarks.run
 	$(UV) run python -m benchmarks.compile_time
+	$(UV) run python -m benchmarks.k_selection
 
 bench-quick: setup
 	$(UV) run python -m benchmarks.run --quick
 	$(UV) run python -m benchmarks.compile_time --quick
+	$(UV) run python -m benchmarks.k_selection --quick
 
 ui: setup
 	$(UV) run popseg ui

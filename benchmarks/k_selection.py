@@ -1,0 +1,493 @@
+"""How often each k-selection method picks the true number of groups (issue 16, item 1).
+
+    uv run python -m benchmarks.k_selection            # full: 10 seeds a family (~4 min, 2 cores)
+    uv run python -m benchmarks.k_selection --quick    # 2 seeds, fewer reference sets (~30 s)
+
+Measurement only: nothing here changes the pipeline's default. Every case runs the
+project's own preparation and sweep with the defaults of params.yaml (`tasks.config.
+load_params`): `tasks.scale.scale` -> `tasks.reduce.reduce` (PCA to 80% of the variance)
+-> `tasks.cluster.sweep` (k = 2..12, numba k-means, 10 inits) -> `tasks.select.select_k`.
+The data have no missing values, so the impute step is a no-op and is skipped.
+
+Methods, each giving a k; the ARI is that of the pipeline's k-means fit at that k (all rows
+in one group for k = 1) against the labels:
+
+* ``elbow``, ``silhouette``, ``calinski_harabasz``, ``davies_bouldin``, ``consensus``:
+  `tasks.select.select_k` on the default sweep.
+* ``consensus_no_pca``: the same on a sweep without PCA (``reduce.n_components=none``), only
+  for data with <= 10 features, to show what the 80%-variance default does to them.
+* Candidates, implemented here (they move into tasks/select.py, with tests, only if chosen):
+  ``candidate_gap`` (gap statistic, Tibshirani, Walther & Hastie 2001: 20 uniform reference
+  sets (5 in --quick) over the PCA-aligned box of the prepared data, the smallest k with
+  Gap(k) >= Gap(k+1) - s(k+1), k = 1..12), ``candidate_prediction_strength`` (Tibshirani &
+  Walther 2005: two random 2-fold splits (one in --quick), each half predicting the other,
+  the largest k with mean prediction strength >= 0.8, else 1) and
+  ``candidate_gmm_bic_full`` / ``candidate_gmm_bic_diag`` (scikit-learn GaussianMixture,
+  the k = 1..12 with the lowest BIC). All on the prepared (scaled + PCA) rows; the gap and
+  prediction strength use the pipeline's k-means (`tasks.cluster.fit_k_values`).
+
+For true k = 1 the ARI is 1 when a method answers k = 1 and 0 otherwise. The pipeline's
+sweep starts at k = 2, so the five `select_k` methods can never be right there. The knee
+lies strictly inside the k range, so the elbow answers k_min = 2 only by its fallback (the
+best silhouette when there is no knee) and never votes for it in the consensus.
+
+Data with a known number of groups, all offline: scikit-learn's bundled labelled sets (iris,
+wine, breast_cancer; digits as the hard case) and synthetic families with controlled
+separation (minimum distance between centres, in units of the within-group standard
+deviation), imbalance, dimension (2, 6, 20), extra noise dimensions, sample size (40, 300,
+3000), and no structure at all (one Gaussian, a uniform box: true k = 1). The families are
+split once, in `FAMILIES`, into a design half and a held-out half: a method (or a default)
+is tuned on the design half and judged on the held-out half.
+
+Writes benchmarks/results/k_selection[-quick].md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn import datasets
+from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture
+from threadpoolctl import threadpool_limits
+
+from tasks.cluster import SweepResult, fit_k_values, sweep
+from tasks.config import Params, load_params
+from tasks.reduce import reduce
+from tasks.scale import scale
+from tasks.select import select_k
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+CRITERIA = ("elbow", "silhouette", "calinski_harabasz", "davies_bouldin", "consensus")
+CANDIDATES = (
+    "candidate_gap",
+    "candidate_prediction_strength",
+    "candidate_gmm_bic_full",
+    "candidate_gmm_bic_diag",
+)
+METHODS = (*CRITERIA, "consensus_no_pca", *CANDIDATES)
+#: consensus without PCA is run only up to this many features
+NO_PCA_MAX_FEATURES = 10
+PS_THRESHOLD = 0.8
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    split: str  # "design" | "held-out"
+    description: str
+    n: int = 300
+    d: int = 2  # informative dimensions
+    k: int = 4  # true groups (1 = no structure)
+    sep: float = 6.0  # minimum centre distance / within-group std
+    weights: tuple[float, ...] | None = None  # group shares (None = equal)
+    noise_dims: int = 0  # extra N(0, s) columns with s = the informative columns' spread
+    null: str | None = None  # "gaussian" | "uniform": no structure, k = 1
+    real: str | None = None  # a scikit-learn bundled set instead of a generator
+
+    @property
+    def well_separated(self) -> bool:
+        """Synthetic groups at least 5 within-group std apart and no noise columns (after
+        standard scaling a noise column weighs as much as an informative one, whatever its
+        spread, so noise families are the hard case, not the well-separated one)."""
+        return self.real is None and self.null is None and self.sep >= 5.0 and not self.noise_dims
+
+
+#: The fixed split: design families first, held-out families after. Do not move a family
+#: between the halves after looking at the results.
+FAMILIES = (
+    Family("D-2d-k4", "design", "300 x 2, 4 equal groups, sep 6"),
+    Family("D-6d-k3-n40", "design", "40 x 6, 3 groups, sep 6", n=40, d=6, k=3),
+    Family("D-20d-k6-n3000", "design", "3000 x 20, 6 groups, sep 6", n=3000, d=20, k=6),
+    Family("D-6d-k4-overlap", "design", "300 x 6, 4 groups, sep 3", d=6, sep=3.0),
+    Family(
+        "D-2d-k3-imbal",
+        "design",
+        "300 x 2, 3 groups 70/20/10%, sep 6",
+        k=3,
+        weights=(0.7, 0.2, 0.1),
+    ),
+    Family("D-2d+4noise-k4", "design", "300 x (2 + 4 noise), 4 groups, sep 6", noise_dims=4),
+    Family("D-null-gauss-6d", "design", "300 x 6, one Gaussian (k=1)", d=6, k=1, null="gaussian"),
+    Family("H-2d-k5-n40", "held-out", "40 x 2, 5 groups, sep 6", n=40, k=5),
+    Family("H-2d-k2-n40", "held-out", "40 x 2, 2 groups, sep 5", n=40, k=2, sep=5.0),
+    Family("H-6d-k4-n3000", "held-out", "3000 x 6, 4 groups, sep 6", n=3000, d=6),
+    Family("H-20d-k8", "held-out", "300 x 20, 8 groups, sep 6", d=20, k=8),
+    Family("H-2d-k3-overlap", "held-out", "300 x 2, 3 groups, sep 3", k=3, sep=3.0),
+    Family(
+        "H-6d-k4-imbal-n3000",
+        "held-out",
+        "3000 x 6, 4 groups 55/25/15/5%, sep 6",
+        n=3000,
+        d=6,
+        weights=(0.55, 0.25, 0.15, 0.05),
+    ),
+    Family(
+        "H-6d+14noise-k3",
+        "held-out",
+        "300 x (6 + 14 noise), 3 groups, sep 6",
+        d=6,
+        k=3,
+        noise_dims=14,
+    ),
+    Family("H-null-unif-2d", "held-out", "300 x 2, uniform square (k=1)", k=1, null="uniform"),
+    Family("H-iris", "held-out", "iris 150 x 4, 3 species", k=3, real="iris"),
+    Family("H-wine", "held-out", "wine 178 x 13, 3 cultivars", k=3, real="wine"),
+    Family(
+        "H-breast-cancer",
+        "held-out",
+        "breast_cancer 569 x 30, 2 diagnoses",
+        k=2,
+        real="breast_cancer",
+    ),
+    Family("H-digits", "held-out", "digits 1797 x 64, 10 digits (hard)", k=10, real="digits"),
+)
+
+
+def _centres(rng: np.random.Generator, k: int, d: int, sep: float) -> np.ndarray:
+    """k centres in d dimensions at least ``sep`` apart (rejection sampling in a box that
+    grows until they fit)."""
+    side = sep * max(1.0, k ** (1.0 / d))
+    for attempt in range(10_000):
+        centres = rng.uniform(-side, side, size=(k, d))
+        gaps = np.linalg.norm(centres[:, None] - centres[None], axis=2)
+        gaps[np.diag_indices(k)] = np.inf
+        if gaps.min() >= sep:
+            return centres
+        if attempt % 200 == 199:
+            side *= 1.1
+    raise RuntimeError("could not place the centres")
+
+
+def make_case(family: Family, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, true labels) of one family and seed."""
+    if family.real is not None:
+        bunch = getattr(datasets, f"load_{family.real}")()
+        return np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target)
+    rng = np.random.default_rng(seed)
+    if family.null == "gaussian":
+        return rng.normal(size=(family.n, family.d)), np.zeros(family.n, dtype=int)
+    if family.null == "uniform":
+        return rng.uniform(-1, 1, size=(family.n, family.d)), np.zeros(family.n, dtype=int)
+    weights = np.asarray(family.weights or [1.0] * family.k, dtype=np.float64)
+    sizes = np.maximum(1, np.round(weights / weights.sum() * family.n).astype(int))
+    sizes[0] += family.n - sizes.sum()
+    labels = np.repeat(np.arange(family.k), sizes)
+    centres = _centres(rng, family.k, family.d, family.sep)
+    values = centres[labels] + rng.normal(size=(family.n, family.d))
+    if family.noise_dims:
+        spread = values.std(axis=0).mean()
+        noise = rng.normal(scale=spread, size=(family.n, family.noise_dims))
+        values = np.hstack([values, noise])
+    order = rng.permutation(family.n)
+    return values[order], labels[order]
+
+
+def prepare(values: np.ndarray, params: Params) -> np.ndarray:
+    names = [f"x{i}" for i in range(values.shape[1])]
+    scaled = scale(values, names, params.scale)
+    return reduce(scaled.values, names, params.reduce).values
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _inertias(values: np.ndarray, k_max: int, params: Params) -> np.ndarray:
+    """Within-group sums of squares W_1..W_k_max with the pipeline's k-means."""
+    k_max = min(k_max, len(values) - 1)
+    fits = fit_k_values(values, list(range(2, k_max + 1)), params.cluster, _quiet)
+    total = float(((values - values.mean(axis=0)) ** 2).sum())
+    return np.array([total] + [fits[k][2] for k in range(2, k_max + 1)])
+
+
+def candidate_gap(
+    values: np.ndarray, params: Params, references: int, seed: int = 0
+) -> tuple[int, dict[str, Any]]:
+    """Gap statistic with the 1-SE rule; uniform reference over the PCA-aligned box."""
+    k_max = min(params.cluster.k_max, len(values) - 1)
+    log_w = np.log(np.maximum(_inertias(values, k_max, params), 1e-300))
+    mean = values.mean(axis=0)
+    _, _, vt = np.linalg.svd(values - mean, full_matrices=False)
+    rotated = (values - mean) @ vt.T
+    low, high = rotated.min(axis=0), rotated.max(axis=0)
+    rng = np.random.default_rng(seed)
+    reference = np.empty((references, k_max))
+    for b in range(references):
+        draw = rng.uniform(low, high, size=rotated.shape) @ vt + mean
+        reference[b] = np.log(np.maximum(_inertias(draw, k_max, params), 1e-300))
+    gap = reference.mean(axis=0) - log_w
+    s = reference.std(axis=0) * np.sqrt(1.0 + 1.0 / references)
+    chosen = k_max
+    for k in range(1, k_max):
+        if gap[k - 1] >= gap[k] - s[k]:
+            chosen = k
+            break
+    return chosen, {"gap": gap.round(4).tolist(), "s": s.round(4).tolist()}
+
+
+def _strength(
+    train: np.ndarray, test: np.ndarray, k_values: list[int], params: Params
+) -> dict[int, float]:
+    """Prediction strength of each k for one (train, test) split."""
+    train_fits = fit_k_values(train, k_values, params.cluster, _quiet)
+    test_fits = fit_k_values(test, k_values, params.cluster, _quiet)
+    out = {}
+    for k in k_values:
+        centroids = train_fits[k][0]
+        predicted = np.argmin(((test[:, None, :] - centroids[None]) ** 2).sum(axis=2), axis=1)
+        test_labels = np.asarray(test_fits[k][1])
+        worst = 1.0
+        for group in range(k):
+            members = predicted[test_labels == group]
+            m = len(members)
+            if m < 2:
+                continue
+            counts = np.bincount(members)
+            worst = min(worst, float((counts * (counts - 1)).sum() / (m * (m - 1))))
+        out[k] = worst
+    return out
+
+
+def candidate_prediction_strength(
+    values: np.ndarray, params: Params, repeats: int, seed: int = 0
+) -> tuple[int, dict[str, Any]]:
+    """Largest k whose mean 2-fold prediction strength is >= 0.8 (k = 1 always is)."""
+    n = len(values)
+    k_max = min(params.cluster.k_max, n // 2 - 1)
+    k_values = list(range(2, k_max + 1))
+    rng = np.random.default_rng(seed)
+    totals: dict[int, list[float]] = defaultdict(list)
+    for _ in range(repeats):
+        order = rng.permutation(n)
+        halves = (order[: n // 2], order[n // 2 :])
+        for a, b in (halves, halves[::-1]):
+            for k, value in _strength(values[a], values[b], k_values, params).items():
+                totals[k].append(value)
+    strength = {k: float(np.mean(v)) for k, v in totals.items()}
+    passing = [k for k in k_values if strength[k] >= PS_THRESHOLD]
+    return (max(passing) if passing else 1), {
+        "prediction_strength": {k: round(v, 4) for k, v in strength.items()}
+    }
+
+
+def candidate_gmm_bic(
+    values: np.ndarray, params: Params, covariance: str, seed: int = 0
+) -> tuple[int, dict[str, Any]]:
+    """The k = 1..k_max with the lowest BIC of a Gaussian mixture."""
+    k_max = min(params.cluster.k_max, len(values) - 1)
+    bic = {}
+    # one BLAS thread: on a small machine shared with numba's threads, EM is 2-3x faster
+    with threadpool_limits(1):
+        for k in range(1, k_max + 1):
+            model = GaussianMixture(
+                k, covariance_type=covariance, n_init=2, random_state=seed, reg_covar=1e-6
+            )
+            bic[k] = float(model.fit(values).bic(values))
+    return min(bic, key=bic.get), {"bic": {k: round(v, 2) for k, v in bic.items()}}
+
+
+def _labels_at(result: SweepResult, k: int, n: int) -> np.ndarray:
+    if k == 1 or k not in result.fits:
+        return np.zeros(n, dtype=int)
+    return np.asarray(result.fits[k].labels)
+
+
+def run_case(
+    family: Family, seed: int, params: Params, no_pca: Params, quick: bool
+) -> dict[str, Any]:
+    values, truth = make_case(family, seed)
+    n, d = values.shape
+    prepared = prepare(values, params)
+    result = sweep(prepared, params.cluster, _quiet)
+    picks: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+    extra: dict[str, Any] = {}
+    for criterion in CRITERIA:
+        t = time.perf_counter()
+        picks[criterion] = select_k(result, criterion).k
+        seconds[criterion] = time.perf_counter() - t
+    fits_of = dict.fromkeys(picks, result)
+    if d <= NO_PCA_MAX_FEATURES:
+        t = time.perf_counter()
+        plain = sweep(prepare(values, no_pca), no_pca.cluster, _quiet)
+        picks["consensus_no_pca"] = select_k(plain, "consensus").k
+        fits_of["consensus_no_pca"] = plain
+        seconds["consensus_no_pca"] = time.perf_counter() - t
+    runners = {
+        "candidate_gap": lambda: candidate_gap(prepared, params, 5 if quick else 20),
+        "candidate_prediction_strength": lambda: candidate_prediction_strength(
+            prepared, params, 1 if quick else 2
+        ),
+        "candidate_gmm_bic_full": lambda: candidate_gmm_bic(prepared, params, "full"),
+        "candidate_gmm_bic_diag": lambda: candidate_gmm_bic(prepared, params, "diag"),
+    }
+    for name, runner in runners.items():
+        t = time.perf_counter()
+        picks[name], extra[name] = runner()
+        fits_of[name] = result
+        seconds[name] = time.perf_counter() - t
+    true_k = 1 if family.null else len(np.unique(truth))
+    ari = {
+        name: float(adjusted_rand_score(truth, _labels_at(fits_of[name], k, n)))
+        for name, k in picks.items()
+    }
+    return {
+        "family": family.name,
+        "split": family.split,
+        "seed": seed,
+        "n": n,
+        "features": d,
+        "pca_components": int(prepared.shape[1]),
+        "true_k": true_k,
+        "well_separated": family.well_separated,
+        "chosen_k": picks,
+        "exact": {name: k == true_k for name, k in picks.items()},
+        "ari": ari,
+        "seconds": seconds,
+        "details": extra,
+    }
+
+
+def _cell(rows: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
+    scored = [row for row in rows if method in row["chosen_k"]]
+    if not scored:
+        return None
+    exact = sum(row["exact"][method] for row in scored)
+    return {
+        "exact": exact,
+        "cases": len(scored),
+        "rate": exact / len(scored),
+        "mean_ari": float(np.mean([row["ari"][method] for row in scored])),
+    }
+
+
+def _fmt(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "-"
+    return f"{cell['exact']}/{cell['cases']} · {cell['mean_ari']:.2f}"
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for split in ("design", "held-out"):
+        split_rows = [row for row in rows if row["split"] == split]
+        families = [f.name for f in FAMILIES if f.split == split]
+        summary[split] = {
+            method: {
+                "families": {
+                    name: _cell([r for r in split_rows if r["family"] == name], method)
+                    for name in families
+                },
+                "all": _cell(split_rows, method),
+                "well_separated": _cell([r for r in split_rows if r["well_separated"]], method),
+                "no_structure": _cell([r for r in split_rows if r["true_k"] == 1], method),
+            }
+            for method in METHODS
+        }
+    return summary
+
+
+def table(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for split in ("design", "held-out"):
+        families = [f for f in FAMILIES if f.split == split]
+        lines += [
+            f"### {split} families",
+            "",
+            "Cell: exact-k cases / cases · mean ARI of the k-means fit at the chosen k.",
+            "",
+            "| method | all | well-separated | k=1 | "
+            + " | ".join(f"{f.name} (k={f.k if not f.null else 1})" for f in families)
+            + " |",
+            "|---" * (4 + len(families)) + "|",
+        ]
+        for method in METHODS:
+            entry = summary[split][method]
+            cells = [_fmt(entry["all"]), _fmt(entry["well_separated"]), _fmt(entry["no_structure"])]
+            cells += [_fmt(entry["families"][f.name]) for f in families]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "### families",
+        "",
+        "| family | split | data | PCA components kept |",
+        "|---|---|---|---|",
+    ]
+    for family in FAMILIES:
+        kept = sorted({r["pca_components"] for r in rows if r["family"] == family.name})
+        features = sorted({r["features"] for r in rows if r["family"] == family.name})
+        lines.append(
+            f"| {family.name} | {family.split} | {family.description} | "
+            f"{', '.join(map(str, kept))} of {', '.join(map(str, features))} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="2 seeds per family, fewer references")
+    args = p.parse_args()
+    seeds = [0, 1] if args.quick else list(range(10))
+    params = load_params(ROOT / "params.yaml")
+    no_pca = load_params(ROOT / "params.yaml", ["reduce.n_components=none"])
+    start = time.perf_counter()
+    rows = []
+    for family in FAMILIES:
+        family_seeds = [0] if family.real else seeds
+        t = time.perf_counter()
+        for seed in family_seeds:
+            rows.append(run_case(family, seed, params, no_pca, args.quick))
+        print(
+            f"{family.name}: {len(family_seeds)} case(s) in {time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
+    elapsed = time.perf_counter() - start
+    summary = summarise(rows)
+    method_seconds = {
+        method: round(sum(r["seconds"].get(method, 0.0) for r in rows), 2) for method in METHODS
+    }
+    body = table(summary, rows)
+    header = (
+        f"## k selection ({'quick' if args.quick else 'full'}): {len(rows)} cases, "
+        f"{elapsed:.0f} s\n\n"
+        f"Defaults from params.yaml: scale.method={params.scale.method}, "
+        f"reduce.n_components={params.reduce.n_components}, cluster k={params.cluster.k_min}.."
+        f"{params.cluster.k_max} ({params.cluster.backend}, n_init={params.cluster.n_init}), "
+        f"select.criterion={params.select.criterion}. Seeds per synthetic family: {len(seeds)}; "
+        f"real sets once. consensus_no_pca only for <= {NO_PCA_MAX_FEATURES} features. "
+        f"Machine: {platform.machine()}, Python {platform.python_version()}.\n\n"
+        f"Seconds per method (all cases, beyond the shared default sweep): "
+        + ", ".join(f"{m} {s}" for m, s in method_seconds.items())
+        + "\n"
+    )
+    text = header + "\n" + body
+    print(text)
+    print(f"\n{len(rows)} cases in {elapsed:.1f} s")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "k_selection-quick" if args.quick else "k_selection"
+    (RESULTS / f"{stem}.md").write_text(text + "\n")
+    payload = {
+        "mode": "quick" if args.quick else "full",
+        "seconds": round(elapsed, 1),
+        "seeds": seeds,
+        "families": [f.__dict__ | {"well_separated": f.well_separated} for f in FAMILIES],
+        "method_seconds": method_seconds,
+        "summary": summary,
+        "cases": rows,
+    }
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
