@@ -37,13 +37,21 @@ def preflight(
     )
 
 
+def engine_preflight(
+    params: Params, data: str | None, engine: str, scheduler: str | None, write_store: bool = True
+) -> None:
+    """`preflight` for a command run on an execution engine: on Dask the data may be a folder
+    or a glob, and a cluster elsewhere (``--scheduler`` or ``dask.scheduler``) reads it on its
+    workers' file system, so it is not looked for on this one."""
+    remote = engine == "dask" and bool(scheduler or params.dask.scheduler)
+    preflight(params, None if remote else data, write_store, folders=engine == "dask")
+
+
 def train(
     params: Params, run_promotion: bool, engine: str = "memory", scheduler: str | None = None
 ):
     """Pre-flight, then the training flow (and the promotion gate) with the flow timeout."""
-    # A Dask cluster elsewhere reads the data on its workers' file system, not this one.
-    remote = engine == "dask" and bool(scheduler or params.dask.scheduler)
-    preflight(params, None if remote else params.data.path, folders=engine == "dask")
+    engine_preflight(params, params.data.path, engine, scheduler)
     from flows.training import run_training
 
     timeout = params.orchestrate.flow_timeout_s
@@ -72,10 +80,7 @@ def score(
         raise DeployError(f"--target {site.target!r}: choose local or sagemaker")
     if site.target == "sagemaker" and site.engine != "memory":
         raise ConfigError("--target sagemaker runs on SageMaker; drop --engine")
-    # A Dask cluster elsewhere reads the data on its workers' file system, not this one.
-    remote = site.engine == "dask" and bool(site.scheduler or params.dask.scheduler)
-    dask = site.engine == "dask"
-    preflight(params, None if remote else data, write_store=False, folders=dask)
+    engine_preflight(params, data, site.engine, site.scheduler, write_store=False)
     if site.target == "sagemaker":
         from tasks.deploy.sagemaker_batch import score_with_batch_transform
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from tasks import engine as engines
 from tasks.config import Params
-from tasks.package import fetch_registered_chain
+from tasks.package import load_registered_chain
 
 
 def score(
@@ -23,12 +23,9 @@ def score(
     scheduler: str | None = None,
 ) -> dict[str, Any]:
     """Score ``data`` with a registered version (default: alias champion) into ``output``."""
-    from tasks.chain import SegmentationChain
-
     engines.check_engine_name(engine)
     with tempfile.TemporaryDirectory(prefix="popseg-score-") as scratch:
-        registered = fetch_registered_chain(params.register_.model_name, version, scratch)
-        chain = SegmentationChain.load(str(registered.chain_dir))
+        registered, chain = load_registered_chain(params.register_.model_name, version, scratch)
     with _session(params, engine, scheduler):
         scored = engines.open_engine(engine).score(params, chain, data, output)
     return {

@@ -171,6 +171,14 @@ def fetch_registered_chain(
     )
 
 
+def load_registered_chain(
+    model_name: str, version: str | None, destination: str | Path
+) -> tuple[RegisteredChain, SegmentationChain]:
+    """`fetch_registered_chain`, then the chain loaded from it (what scoring and deploy use)."""
+    registered = fetch_registered_chain(model_name, version, destination)
+    return registered, SegmentationChain.load(str(registered.chain_dir))
+
+
 def package_registered(
     model_name: str, version: str | None, output: str | Path
 ) -> tuple[Path, RegisteredChain]:

@@ -132,11 +132,10 @@ def load_release(
 ) -> Release:
     """Download version ``version`` (default: alias champion) into ``folder`` and load its
     chain and smoke rows (the fill values when the run logged no training data)."""
-    from tasks.package import fetch_registered_chain
+    from tasks.package import load_registered_chain
     from tasks.register import load_training_frame
 
-    registered = fetch_registered_chain(model_name, version, folder)
-    chain = SegmentationChain.load(str(registered.chain_dir))
+    registered, chain = load_registered_chain(model_name, version, folder)
     try:
         frame = load_training_frame(registered.run_id)
     except RegistryError:
