@@ -83,8 +83,9 @@ def scheduled_retrain(
     data_path: str | None = None,
     overrides: list[str] | None = None,
 ):
-    """monitor -> (drift) train on the new data -> gate -> deploy the new champion. With
-    promote.require_approval the flow run pauses after the gate until the candidate is
+    """monitor -> (drift) train on the new data -> gate -> deploy the new champion.
+
+    With promote.require_approval the flow run pauses after the gate until the candidate is
     approved (deployed) or rejected (not), in the Prefect UI or with `popseg approve/reject`."""
     from flows.monitoring import monitor_flow
 

@@ -78,7 +78,19 @@ def version_rows(model_name: str, endpoints: Iterable[Mapping[str, Any]] = ()) -
     rows = []
     for item in sorted(found, key=lambda v: int(v.version), reverse=True):
         version = str(item.version)
-        record = runs.read_version(model_name, version)
+        try:
+            record = runs.read_version(model_name, version)
+        except MlflowException:  # its training run was deleted: the version's own tags
+            record = runs.RunRecord(
+                run_id=item.run_id,
+                experiment_id="",
+                start_time=None,
+                artifact_uri="",
+                tags={},
+                params={},
+                metrics={},
+                version_tags=dict(item.tags or {}),
+            )
         gate = record.gate
         rows.append(
             VersionRow(

@@ -77,6 +77,8 @@ def _print_decision(payload: dict[str, Any]) -> None:
         typer.echo(f"  resumed the waiting flow run {run!r}")
     if payload["note"]:
         typer.echo(f"  note: {payload['note']}")
+    if payload["decision"] == "approved" and not payload["resumed_flow_runs"]:
+        typer.echo("  not deployed by this command: `popseg deploy` serves the new champion")
 
 
 def versions(
@@ -101,6 +103,11 @@ def versions(
         "versions": [row.to_json() for row in rows],
     }
     emit(payload, as_json, _print_versions)
+
+
+def _when(iso: str | None) -> str:
+    """2026-01-31T12:34:56Z as 2026-01-31 12:34 (UTC, as the column says)."""
+    return "-" if not iso else iso.replace("T", " ")[:16]
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -132,13 +139,13 @@ def _print_versions(payload: dict[str, Any]) -> None:
         approval = row["approval"]
         decided = approval["state"] or "-"
         if approval["by"]:
-            decided += f"\nby {approval['by']}\nat {approval['at']}"
+            decided += f"\n{approval['by']}\n{_when(approval['at'])}"
         if approval["reason"]:
             decided += f"\n{approval['reason']}"
         table.add_row(
             row["version"],
             ", ".join(row["aliases"]) or "-",
-            (row["created"] or "-").replace("T", " ").rstrip("Z"),
+            _when(row["created"]),
             "-" if row["k"] is None else str(row["k"]),
             _number(row["silhouette"], 4),
             _number(row["stability"], 3),

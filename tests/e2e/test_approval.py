@@ -1,5 +1,5 @@
 """Human approval (``promote.require_approval``) and `popseg versions`, in-process on a trained
-project (crime model: version 1, then version 2 promoted to champion over it): a training that
+project (crime model: version 1, then version 2 promoted to champion over it): a version that
 passes the gate becomes the candidate, `approve` moves champion and records who, when and why,
 `reject` leaves champion, and refused decisions move nothing."""
 
@@ -42,57 +42,43 @@ def _alias(client, alias: str) -> str | None:
     return str(aliases[alias]) if alias in aliases else None
 
 
-def test_train_with_approval_then_approve(trained_project, monkeypatch):
-    trained = _json(
-        invoke(
-            "train",
-            "--data",
-            "data/raw/crime.csv",
-            "--set",
-            "evaluate.bootstrap_rounds=3",
-            "--set",
-            "cluster.k_min=3",
-            "--set",
-            "cluster.k_max=3",
-            *APPROVAL,
-            *RELAXED,
-            "--json",
-        )
-    )
-    assert trained["model_version"] == "3"
-    assert trained["promoted"] is False and trained["approval"] == "pending"
-    assert any("awaiting approval" in reason for reason in trained["gate_reasons"])
+def test_gate_with_approval_then_approve(trained_project, monkeypatch):
+    # The gate on version 1 against champion 2, approval required. (A training with approval
+    # required, paused and approved in the retrain flow: tests/integration/test_approval_flow.py.)
+    gated = _json(invoke("promote", "--version", "1", *APPROVAL, *RELAXED, "--json"))
+    assert gated["passed"] is True and gated["promoted"] is False and gated["candidate"] is True
+    assert any("awaiting approval" in reason for reason in gated["reasons"])
     client = _client()
-    assert _alias(client, "champion") == "2" and _alias(client, "candidate") == "3"
-    tags = client.get_model_version(MODEL, "3").tags
+    assert _alias(client, "champion") == "2" and _alias(client, "candidate") == "1"
+    tags = client.get_model_version(MODEL, "1").tags
     assert tags["gate_passed"] == "true" and tags["approval"] == "pending"
-    assert "previous_champion" not in tags and tags["approval_requested_at"].endswith("Z")
+    assert tags["approval_requested_at"].endswith("Z")
 
     # Refused decisions name the version and move nothing.
-    other = invoke("approve", "1", "--reason", "wrong one")
+    other = invoke("approve", "2", "--reason", "wrong one")
     assert other.exit_code == 13
-    assert "version 1 is not the candidate" in other.stderr and "candidate is version 3" in (
+    assert "version 2 is not the candidate" in other.stderr and "candidate is version 1" in (
         other.stderr
     )
     unknown = invoke("approve", "9", "--json")
     assert unknown.exit_code == 5 and "has no version 9" in json.loads(unknown.stdout)["error"]
-    assert _alias(client, "champion") == "2" and _alias(client, "candidate") == "3"
+    assert _alias(client, "champion") == "2" and _alias(client, "candidate") == "1"
 
     monkeypatch.setenv("POPSEG_USER", "alice")
-    approved = _json(invoke("approve", "3", "--reason", "segments reviewed", "--json"))
+    approved = _json(invoke("approve", "1", "--reason", "segments reviewed", "--json"))
     assert approved["decision"] == "approved" and approved["by"] == "alice"
-    assert approved["champion_before"] == "2" and approved["champion"] == "3"
+    assert approved["champion_before"] == "2" and approved["champion"] == "1"
     assert approved["resumed_flow_runs"] == []  # no retrain flow run was waiting
-    assert _alias(client, "champion") == "3" and _alias(client, "candidate") is None
-    tags = client.get_model_version(MODEL, "3").tags
+    assert _alias(client, "champion") == "1" and _alias(client, "candidate") is None
+    tags = client.get_model_version(MODEL, "1").tags
     assert tags["approval"] == "approved" and tags["approval_by"] == "alice"
     assert tags["approval_reason"] == "segments reviewed"
     assert tags["approval_at"].endswith("Z") and tags["previous_champion"] == "2"
 
-    again = invoke("approve", "3", "--json")
+    again = invoke("approve", "1", "--json")
     assert again.exit_code == 13
-    assert "version 3 was already approved by alice" in json.loads(again.stdout)["error"]
-    assert _alias(client, "champion") == "3"
+    assert "version 1 was already approved by alice" in json.loads(again.stdout)["error"]
+    assert _alias(client, "champion") == "1"
 
 
 def test_reject_leaves_champion(trained_project, monkeypatch):

@@ -159,3 +159,25 @@ def test_no_decision_in_time_ends_the_flow_undeployed(prefect_server, drifted_cs
     assert _client().get_model_version(MODEL, "3").tags["approval"] == "pending"
     assert json.loads(invoke("endpoints", "--json").stdout)["endpoints"] == []
     assert not _paused_runs(f"popseg-approval:{MODEL}:v3")
+
+
+def test_serve_records_its_api_for_the_commands(prefect_server, project_dir):
+    import socket
+
+    from prefect.settings import get_current_settings
+
+    from flows.prefect_server import API_RECORD, recorded_api, recorded_api_url
+
+    url = str(get_current_settings().api.url)
+    assert recorded_api_url() is None
+    with recorded_api(url):
+        assert json.loads(API_RECORD.read_text())["api_url"] == url
+        assert recorded_api_url() == url
+    assert not API_RECORD.exists()
+    # A record left behind by a server that is gone is not used.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    API_RECORD.parent.mkdir(parents=True, exist_ok=True)
+    API_RECORD.write_text(json.dumps({"api_url": gone, "pid": 1}))
+    assert recorded_api_url() is None
