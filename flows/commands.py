@@ -150,9 +150,9 @@ def serve_schedules(
 ) -> str:
     """Serve the scheduled deployments until Ctrl-C or SIGTERM, on PREFECT_API_URL or a local
     Prefect server started here (and stopped after). Returns how serving stopped."""
-    from flows.prefect_server import ensure_server
+    from flows.prefect_server import ensure_server, recorded_api
 
-    with ensure_server(port) as (api_url, started):
+    with ensure_server(port) as (api_url, started), recorded_api(api_url):
         # Prefect reads PREFECT_API_URL when imported: only now, with the server known.
         from flows.schedules import deployments, schedules, serve_until_stopped
 

@@ -101,6 +101,7 @@ def _retrain(params: Params, data_path: str, data: monitor.MonitorData, drift: b
         "triggered": True,
         "model_version": trained.model_version,
         "promoted": trained.promoted,
+        "approval": trained.approval,
         "run_id": trained.run_id,
         "k": trained.k,
         "gate_reasons": trained.gate_reasons,

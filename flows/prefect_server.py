@@ -3,12 +3,14 @@
 Set PREFECT_API_URL to use an existing server (or Prefect Cloud); otherwise
 `prefect server start` runs on 127.0.0.1 with its database under PREFECT_HOME (.prefect/),
 and is stopped when serving stops. Must run before Prefect is imported: Prefect reads its
-settings at import.
+settings at import. While serving, the API in use is recorded in ``.popseg/prefect-api.json``
+so that other popseg commands in the project (`popseg approve`) find the flow runs on it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -90,6 +92,32 @@ def ensure_server(port: int = 0, log_path: Path | None = None) -> Iterator[tuple
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         _stop(process)
+
+
+API_RECORD = Path(".popseg") / "prefect-api.json"
+
+
+@contextlib.contextmanager
+def recorded_api(api_url: str) -> Iterator[None]:
+    """Record ``api_url`` (with this process's pid) for the project's other commands while
+    the block runs; removed after, unless another process has recorded its own meanwhile."""
+    API_RECORD.parent.mkdir(parents=True, exist_ok=True)
+    API_RECORD.write_text(json.dumps({"api_url": api_url, "pid": os.getpid()}))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(API_RECORD.read_text()).get("pid") == os.getpid():
+                API_RECORD.unlink()
+
+
+def recorded_api_url() -> str | None:
+    """The API `popseg serve` recorded in this project, when it still answers."""
+    try:
+        api_url = json.loads(API_RECORD.read_text())["api_url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return api_url if isinstance(api_url, str) and _healthy(api_url) else None
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -17,8 +17,10 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import orchestration
+from flows.approval import wait_for_approval
 from tasks.config import Params, load_params
 from tasks.errors import ConfigError
+from tasks.tracking.layout import ApprovalState
 
 logger = logging.getLogger("flows.schedules")
 
@@ -81,17 +83,32 @@ def scheduled_retrain(
     data_path: str | None = None,
     overrides: list[str] | None = None,
 ):
-    """monitor -> (drift) train on the new data -> gate -> deploy the new champion."""
+    """monitor -> (drift) train on the new data -> gate -> deploy the new champion.
+
+    With promote.require_approval the flow run pauses after the gate until the candidate is
+    approved (deployed) or rejected (not), in the Prefect UI or with `popseg approve/reject`."""
     from flows.monitoring import monitor_flow
 
     params = _params(params_path, overrides)
     outcome = monitor_flow(params, _monitor_data(params, data_path), retrain=True)
-    result: dict[str, Any] = {"monitor": outcome.to_json(), "deploy": None}
+    result: dict[str, Any] = {"monitor": outcome.to_json(), "approval": None, "deploy": None}
     if outcome.retrain_failed is not None:
         raise outcome.retrain_failed
     retrained = outcome.retrain or {}
+    promoted = bool(retrained.get("promoted"))
+    if retrained.get("approval") == ApprovalState.PENDING:
+        # Where an "approval needed" notice goes out (the notify section), before the wait.
+        decision = wait_for_approval(
+            params.register_.model_name,
+            retrained["model_version"],
+            params.promote.approval_timeout_s,
+            retrained.get("gate_reasons"),
+            params.orchestrate.registry_lock_timeout_s,
+        )
+        result["approval"] = decision.to_json()
+        promoted = decision.state == ApprovalState.APPROVED
     target = params.schedule.deploy_target
-    if retrained.get("promoted") and target != "none":
+    if promoted and target != "none":
         deploy = deploy_task.with_options(**orchestration.network_options(params.orchestrate))
         result["deploy"] = deploy(params, target)
     return result

@@ -51,6 +51,8 @@ def print_summary(outcome: TrainingOutcome, console: Console | None = None) -> N
     status = (
         "[green]promoted to champion[/green]"
         if outcome.promoted
+        else "[cyan]candidate, awaiting approval[/cyan]"
+        if outcome.approval == "pending"
         else "[yellow]not promoted[/yellow]"
     )
     console.print(f"model {outcome.model_name} version {outcome.model_version}: {status}")
@@ -121,7 +123,13 @@ def print_monitor_summary(outcome, console: Console | None = None) -> None:
         if "error" in retrain:
             console.print(f"retraining [red]failed[/red]: {retrain['error']}")
         elif retrain["triggered"]:
-            promoted = "promoted to champion" if retrain["promoted"] else "not promoted"
+            promoted = (
+                "promoted to champion"
+                if retrain["promoted"]
+                else "candidate, awaiting approval"
+                if retrain.get("approval") == "pending"
+                else "not promoted"
+            )
             console.print(f"retrained: version {retrain['model_version']} ({promoted})")
             for reason in retrain.get("gate_reasons", []):
                 console.print(f"  - {reason}")

@@ -21,7 +21,7 @@ from tasks import engine as engines
 from tasks import promote, register
 from tasks.config import Params
 from tasks.tracking import runs
-from tasks.tracking.layout import RunTag
+from tasks.tracking.layout import ApprovalState, RunTag
 from tasks.validate import ValidationReport, require_valid
 
 logger = logging.getLogger("flows.training")
@@ -63,6 +63,8 @@ class TrainingOutcome:
     n_rows: int
     features: list[str]
     notes: list[str] = field(default_factory=list)
+    # "pending" when the gate passed with promote.require_approval: alias candidate.
+    approval: str | None = None
     tracking_uri: str = ""
     experiment_id: str = ""
     seconds: float = 0.0
@@ -191,6 +193,7 @@ def training_flow(
         )
         registration = register_task(params, record, lock_s)
     promoted, gate_reasons = False, ["promotion skipped (--no-promote)"]
+    approval = None
     if run_promotion:
         decision = promote_task(
             registration.model_name,
@@ -201,6 +204,8 @@ def training_flow(
             lock_s,
         )
         promoted, gate_reasons = decision.promoted, decision.reasons
+        approval = ApprovalState.PENDING if decision.candidate else None
+        # decision.candidate: where an "approval_needed" notice goes out (notify section).
     report_note = report_task(params, registration)
     if report_note:
         notes.append(report_note)
@@ -223,6 +228,7 @@ def training_flow(
         n_rows=data.n_rows,
         features=prepared.names,
         notes=notes,
+        approval=approval,
         tracking_uri=register.tracking_uri(),
         experiment_id=registration.experiment_id,
         seconds=time.perf_counter() - started,

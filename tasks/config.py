@@ -142,6 +142,11 @@ class PromoteConfig(_Section):
     # A challenger whose input contract (features, their order) differs from the champion's is
     # refused unless this is true; it also lets deploy hot-swap a running endpoint to it.
     allow_contract_change: bool = False
+    # A version that passes the gate gets alias candidate (champion unchanged) until a person
+    # runs `popseg approve` / `popseg reject` (or answers the paused retrain flow run).
+    require_approval: bool = False
+    # How long the scheduled retrain flow waits for that decision before ending undeployed.
+    approval_timeout_s: Annotated[int, Field(ge=1)] = 43200
 
 
 class AutoscalingConfig(_Section):

@@ -89,3 +89,10 @@ class DistributedError(PopsegError):
     (names the address and the step); nothing is registered."""
 
     exit_code = 11
+
+
+class ApprovalError(PopsegError):
+    """An approval that cannot be given: the version is not the candidate, was already
+    decided, or was not decided in time; nothing was moved."""
+
+    exit_code = 13

@@ -3,7 +3,8 @@
 A version passes when its data validation passed, its silhouette and bootstrap stability meet
 the thresholds, and it is not worse than the current champion on the same data (both models
 score the challenger's training rows, each in its own space). Passing moves ``champion``;
-failing leaves it untouched and says why.
+failing leaves it untouched and says why. With ``promote.require_approval`` passing makes the
+version the ``candidate`` instead, pending a person's decision (`tasks.approval`).
 
 The input contract (``SegmentationChain.input_contract``: feature names in order) is part of
 the model: a challenger whose contract differs from the champion's would change what the
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.approval import request_approval
 from tasks.chain import SegmentationChain
 from tasks.config import PromoteConfig
 from tasks.register import (
@@ -30,6 +32,7 @@ from tasks.register import (
     registry_lock,
 )
 from tasks.tracking import runs
+from tasks.tracking.layout import CANDIDATE
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class GateDecision:
     reasons: list[str]
     checks: dict[str, Any] = field(default_factory=dict)
     previous_champion: str | None = None
+    candidate: bool = False  # passed, waiting for approval (alias candidate)
 
 
 _NAMES_SHOWN = 10
@@ -215,7 +219,17 @@ def _promote(
         seed,
         allow_contract_change,
     )
-    runs.record_gate(model_name, version, passed, reasons, current)
+    approval = config.require_approval
+    runs.record_gate(model_name, version, passed, reasons, current, move_champion=not approval)
+    if passed and approval:
+        displaced = request_approval(model_name, version)
+        reasons.append(
+            f"awaiting approval (promote.require_approval): alias {CANDIDATE}, champion "
+            f"unchanged until `popseg approve {version}` or `popseg reject {version}`"
+            + (f"; version {displaced} is no longer the candidate" if displaced else "")
+        )
+        logger.info("%s version %s is the candidate, awaiting approval", model_name, version)
+        return GateDecision(model_name, version, True, False, reasons, checks, current, True)
     if passed:
         logger.info("promoted %s version %s to %s", model_name, version, CHAMPION)
     else:

@@ -222,3 +222,16 @@ def trained_project(project_dir, trained_store):
         state = deploy.read_state(path.stem, project_dir)
         if state is not None:
             deploy._stop_process(state.pid, state.name)
+
+
+@pytest.fixture
+def drifted_csv(trained_project):
+    """The crime data shifted (Murder x3, Assault +200): drift against the trained models."""
+    from tasks.ingest import load_crime
+
+    frame = load_crime()
+    frame["Murder"] *= 3
+    frame["Assault"] += 200
+    path = trained_project / "crime-drifted.csv"
+    frame.to_csv(path, index=False)
+    return path

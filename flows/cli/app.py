@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import deploy, monitoring, servers, stage, train
+from flows.cli import deploy, monitoring, registry, servers, stage, train
 from flows.cli.options import typer_app
 
 app = typer_app(
@@ -33,6 +33,9 @@ COMMANDS = (
     train.run,
     train.train,
     train.promote,
+    registry.approve,
+    registry.reject,
+    registry.versions,
     deploy.package,
     deploy.deploy,
     deploy.undeploy,

@@ -87,8 +87,9 @@ def promote(
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run the promotion gate on a registered version; moves alias champion if it passes.
-    A refusal exits 12 (GateRefused) in text and --json mode alike."""
+    """Run the promotion gate on a registered version; moves alias champion if it passes
+    (with promote.require_approval: alias candidate, until `popseg approve`). A refusal exits
+    12 (GateRefused) in text and --json mode alike."""
     with command_errors(as_json):
         params = load_cli_params(params_path, overrides)
         from tasks.promote import promote as run_gate
@@ -107,6 +108,7 @@ def promote(
         "model_version": decision.version,
         "passed": decision.passed,
         "promoted": decision.promoted,
+        "candidate": decision.candidate,
         "previous_champion": decision.previous_champion,
         "reasons": decision.reasons,
         "checks": decision.checks,
@@ -131,6 +133,8 @@ def _print_run(outcome, endpoint: dict[str, Any] | None) -> None:
 def _print_decision(payload: dict[str, Any]) -> None:
     if payload["promoted"]:
         verdict = "promoted to champion"
+    elif payload["candidate"]:
+        verdict = "passed; candidate, awaiting approval (champion unchanged)"
     elif payload["passed"]:
         verdict = "already champion"
     else:

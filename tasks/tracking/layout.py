@@ -36,6 +36,7 @@ from typing import Final
 
 CHALLENGER: Final = "challenger"
 CHAMPION: Final = "champion"
+CANDIDATE: Final = "candidate"
 
 
 class Artifact:
@@ -125,6 +126,25 @@ class VersionTag:
     ROLLED_BACK_FROM: Final = "rolled_back_from"  # the champion a rollback replaced by it
     LAST_MONITOR_RUN_ID: Final = "last_monitor_run_id"
     LAST_MONITOR_DRIFT: Final = "last_monitor_drift"
+
+
+class ApprovalTag:
+    """Tags of a model version waiting for, or given, a person's decision
+    (``promote.require_approval``)."""
+
+    STATE: Final = "approval"  # an ApprovalState
+    BY: Final = "approval_by"  # user@host, or $POPSEG_USER
+    AT: Final = "approval_at"  # UTC, ISO 8601
+    REASON: Final = "approval_reason"
+    REQUESTED_AT: Final = "approval_requested_at"  # when the gate made it the candidate
+
+
+class ApprovalState:
+    PENDING: Final = "pending"
+    APPROVED: Final = "approved"
+    REJECTED: Final = "rejected"
+    # Another version became the candidate before this one was decided.
+    SUPERSEDED: Final = "superseded"
 
 
 # The run tags a registration copies onto its model version.

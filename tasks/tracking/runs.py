@@ -363,8 +363,20 @@ def tag_version(model_name: str, version: str, tags: Mapping[str, str]) -> None:
         mlflow_client.set_model_version_tag(model_name, str(version), key, value)
 
 
+def delete_version_tags(model_name: str, version: str, keys: Iterable[str]) -> None:
+    """Remove these tags from a model version (those it does not have are skipped)."""
+    present = client().get_model_version(model_name, str(version)).tags or {}
+    for key in keys:
+        if key in present:
+            client().delete_model_version_tag(model_name, str(version), key)
+
+
 def move_alias(model_name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(model_name, alias, str(version))
+
+
+def delete_alias(model_name: str, alias: str) -> None:
+    client().delete_registered_model_alias(model_name, alias)
 
 
 def record_registration(
@@ -391,17 +403,24 @@ def record_registration(
 
 
 def record_gate(
-    model_name: str, version: str, passed: bool, reasons: list[str], champion: str | None
+    model_name: str,
+    version: str,
+    passed: bool,
+    reasons: list[str],
+    champion: str | None,
+    move_champion: bool = True,
 ) -> None:
-    """The gate's verdict on a version; passing moves ``champion`` to it."""
+    """The gate's verdict on a version; passing moves ``champion`` to it (unless not
+    ``move_champion``: approval required, the approval moves it)."""
     tags = {
         VersionTag.GATE_PASSED: str(passed).lower(),
         VersionTag.GATE_REASONS: "; ".join(reasons),
     }
-    if passed and champion is not None:
+    moves = passed and move_champion
+    if moves and champion is not None:
         tags[VersionTag.PREVIOUS_CHAMPION] = champion
     tag_version(model_name, version, tags)
-    if passed:
+    if moves:
         move_alias(model_name, CHAMPION, version)
 
 

@@ -47,16 +47,6 @@ def crime_csv(trained_project):
     return path
 
 
-@pytest.fixture
-def drifted_csv(trained_project):
-    frame = load_crime()
-    frame["Murder"] *= 3
-    frame["Assault"] += 200
-    path = trained_project / "crime-drifted.csv"
-    frame.to_csv(path, index=False)
-    return path
-
-
 def test_training_data_is_no_drift_and_recorded(crime_csv):
     outcome = _monitor(crime_csv)
     assert outcome.model_version == "2" and not outcome.drift and outcome.reasons == []
