@@ -1,5 +1,6 @@
-"""The `popseg` Typer app: process set-up before any command, and the commands of each group
-(`train.py`, `deploy.py`, `monitoring.py`, `servers.py`, and `stage.py` under `popseg stage`)."""
+"""The `popseg` Typer app: `--version`, process set-up before any command, and the commands of
+each group (`train.py`, `deploy.py`, `monitoring.py`, `servers.py`, and `stage.py` under
+`popseg stage`)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,27 @@ app = typer_app(
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"popseg {version('popseg')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            expose_value=False,
+            help="print popseg's version and exit",
+        ),
+    ] = False,
 ) -> None:
     from flows.reaper import start_reaper
     from flows.runtime import configure_environment, configure_logging

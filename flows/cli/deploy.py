@@ -9,20 +9,25 @@ from typing import Annotated, Any
 import typer
 
 from flows.cli.options import (
+    TARGETS,
     AllowContractChangeOption,
     BucketOption,
-    EndpointArgument,
+    EndpointArgumentAlias,
+    EndpointOption,
     EngineOption,
     JsonOption,
+    ModelVersionOption,
     ParamsOption,
     RegionOption,
     RoleArnOption,
     SchedulerOption,
     SetOption,
     TargetOption,
-    VersionOption,
     check_engine,
+    choice,
+    choice_type,
     load_cli_params,
+    pick,
 )
 from flows.cli.output import command_errors, emit
 
@@ -34,21 +39,30 @@ def _check_endpoint_name(name: str, what: str) -> None:
     validate_endpoint_name(name, what)
 
 
-def _params_for_endpoint(endpoint_name: str, params_path: Path | None):
-    """For a command on an existing endpoint: its name checked, then params loaded."""
-    _check_endpoint_name(endpoint_name, "endpoint name")
-    return load_cli_params(params_path)
+def _params_for_endpoint(
+    name: str | None, alias: str | None, params_path: Path | None, overrides: list[str] | None
+):
+    """For a command on an existing endpoint: its name (--endpoint-name, or the argument that
+    was its spelling before) checked, then params loaded; without a name, deploy.endpoint_name
+    (as `popseg deploy`)."""
+    name = pick(name, alias, "--endpoint-name", "the NAME argument")
+    if name is not None:
+        _check_endpoint_name(name, "endpoint name")
+    params = load_cli_params(params_path, overrides)
+    return params, name or params.deploy.endpoint_name
 
 
 def package(
     output: Annotated[Path, typer.Option("--output", "-o", help="model.tar.gz path or folder")],
-    version: VersionOption = None,
+    version: ModelVersionOption = None,
     params_path: ParamsOption = None,
+    overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Write the portable model package (chain.npz + chain.json, code/inference.py, code/chain.py)."""
+    """Write the portable model package (chain.npz + chain.json, code/inference.py,
+    code/chain.py)."""
     with command_errors(as_json):
-        params = load_cli_params(params_path)
+        params = load_cli_params(params_path, overrides)
         from tasks.package import package_members, package_registered
 
         path, registered = package_registered(params.register_.model_name, version, output)
@@ -65,11 +79,8 @@ def package(
 
 
 def deploy(
-    endpoint_name: Annotated[
-        str | None,
-        typer.Option("--endpoint-name", "-n", help="endpoint name (default: deploy.endpoint_name)"),
-    ] = None,
-    version: VersionOption = None,
+    endpoint_name: EndpointOption = None,
+    version: ModelVersionOption = None,
     target: TargetOption = None,
     capture: Annotated[
         str | None,
@@ -90,8 +101,9 @@ def deploy(
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Deploy a registered version (default: champion) to an endpoint and smoke-test it. An
-    existing endpoint is updated in place; on failure the previous model keeps serving. A
+    """Deploy a registered version (default: champion) to an endpoint and smoke-test it.
+
+    An existing endpoint is updated in place; on failure the previous model keeps serving. A
     running endpoint is not swapped to a model with another input contract without
     --allow-contract-change."""
     from flows import commands
@@ -119,15 +131,19 @@ def deploy(
 
 
 def undeploy(
-    endpoint_name: EndpointArgument,
+    endpoint_alias: EndpointArgumentAlias = None,
+    endpoint_name: EndpointOption = None,
     target: TargetOption = None,
     region: RegionOption = None,
     params_path: ParamsOption = None,
+    overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Stop a local endpoint, or delete a SageMaker endpoint (and its config and model)."""
     with command_errors(as_json):
-        params = _params_for_endpoint(endpoint_name, params_path)
+        params, endpoint_name = _params_for_endpoint(
+            endpoint_name, endpoint_alias, params_path, overrides
+        )
         from flows.deploy import undeploy as run_undeploy
 
         payload = run_undeploy(params, endpoint_name, target, region)
@@ -142,11 +158,12 @@ def endpoints(
     target: TargetOption = None,
     region: RegionOption = None,
     params_path: ParamsOption = None,
+    overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List endpoints and the model version each serves (local unless --target sagemaker)."""
     with command_errors(as_json):
-        params = load_cli_params(params_path)
+        params = load_cli_params(params_path, overrides)
         from flows.deploy import list_endpoints
 
         rows = list_endpoints(params, target, region)
@@ -154,18 +171,22 @@ def endpoints(
 
 
 def rollback(
-    endpoint_name: EndpointArgument,
+    endpoint_alias: EndpointArgumentAlias = None,
+    endpoint_name: EndpointOption = None,
     target: TargetOption = None,
     region: RegionOption = None,
     bucket: BucketOption = None,
     role_arn: RoleArnOption = None,
     allow_contract_change: AllowContractChangeOption = False,
     params_path: ParamsOption = None,
+    overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Serve the previous version on an endpoint again and move alias champion back to it."""
     with command_errors(as_json):
-        params = _params_for_endpoint(endpoint_name, params_path)
+        params, endpoint_name = _params_for_endpoint(
+            endpoint_name, endpoint_alias, params_path, overrides
+        )
         from flows.deploy import rollback as run_rollback
 
         payload = run_rollback(
@@ -197,19 +218,22 @@ def score(
             "--target sagemaker: an s3:// folder",
         ),
     ],
-    version: VersionOption = None,
+    version: ModelVersionOption = None,
     engine: EngineOption = "memory",
     scheduler: SchedulerOption = None,
     target: Annotated[
-        str,
+        choice_type(TARGETS),
         typer.Option(
-            "--target", help="local (here) | sagemaker (a batch transform job, s3:// in and out)"
+            "--target",
+            parser=choice(TARGETS),
+            help="local: here; sagemaker: a batch transform job, s3:// in and out",
         ),
     ] = "local",
     region: RegionOption = None,
     bucket: BucketOption = None,
     role_arn: RoleArnOption = None,
     params_path: ParamsOption = None,
+    overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Batch scoring with a registered version (default: champion): id, segment, distance."""
@@ -217,7 +241,7 @@ def score(
 
     with command_errors(as_json):
         check_engine(engine, scheduler)
-        params = load_cli_params(params_path)
+        params = load_cli_params(params_path, overrides)
         where = commands.ScoreSite(target, engine, scheduler, region, bucket, role_arn)
         payload = commands.score(params, data, output, version, where)
     parts = f" ({payload['parts']} parts)" if "parts" in payload else ""

@@ -8,8 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli.options import JsonOption, ParamsOption, SetOption, VersionOption, load_cli_params
-from flows.cli.output import command_errors, emit, fail
+from flows.cli.options import (
+    JsonOption,
+    ModelVersionOption,
+    ParamsOption,
+    SetOption,
+    load_cli_params,
+    pick,
+)
+from flows.cli.output import UsageError, command_errors, emit, fail
 from tasks.errors import DriftDetected
 
 
@@ -30,7 +37,7 @@ def monitor(
             "every .jsonl below it) or a local endpoint's capture log",
         ),
     ] = None,
-    version: VersionOption = None,
+    version: ModelVersionOption = None,
     retrain: Annotated[
         bool,
         typer.Option(
@@ -45,9 +52,11 @@ def monitor(
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Label-free drift of new data against the champion's (or --model-version's) training
-    data: per-feature PSI, segment shares, distance to centroid, missing rates. Recorded as a
-    monitoring run in MLflow. Drift is a result (exit 0) unless --fail-on-drift."""
+    """Label-free drift of new data against a model version's training data.
+
+    Per-feature PSI, segment shares, distance to centroid, missing rates, against the
+    champion's (or --model-version's) training data. Recorded as a monitoring run in MLflow.
+    Drift is a result (exit 0) unless --fail-on-drift."""
     from flows import commands
 
     with command_errors(as_json):
@@ -67,7 +76,13 @@ def monitor(
 
 
 def lineage(
-    model_version: Annotated[str, typer.Argument(help="registered model version")],
+    # `popseg lineage 3`, the spelling before --model-version: still taken, not shown.
+    version_alias: Annotated[
+        str | None, typer.Argument(hidden=True, show_default=False, metavar="VERSION")
+    ] = None,
+    model_version: Annotated[
+        str | None, typer.Option("--model-version", help="registered model version")
+    ] = None,
     params_path: ParamsOption = None,
     overrides: SetOption = None,
     restore: Annotated[
@@ -83,9 +98,15 @@ def lineage(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Which data (DVC md5), params and git commit produced a model version; --restore
-    checks that data out of DVC's cache or remote, byte for byte."""
+    """Which data (DVC md5), params and git commit produced a model version.
+
+    --restore checks that data out of DVC's cache or remote, byte for byte."""
     with command_errors(as_json):
+        model_version = pick(
+            model_version, version_alias, "--model-version", "the VERSION argument"
+        )
+        if model_version is None:
+            raise UsageError("give the model version: --model-version N")
         params = load_cli_params(params_path, overrides)
         from tasks import lineage as lineage_step
 
@@ -114,9 +135,10 @@ def report(
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Write the segmentation report of a registered version: one self-contained HTML page
-    (data and checks, preparation, PCA, the k decision, a profile per segment, stability,
-    drift history) that opens offline."""
+    """Write the segmentation report of a registered version as one HTML page.
+
+    The page is self-contained and opens offline: data and checks, preparation, PCA, the k
+    decision, a profile per segment, stability, drift history."""
     with command_errors(as_json):
         params = load_cli_params(params_path, overrides)
         from tasks.report import write_report

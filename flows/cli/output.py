@@ -6,6 +6,9 @@ A command runs its work inside `command_errors(as_json)` and hands the result to
 - a `PopsegError` exits with the error class's `exit_code` and prints `error: <message>` on
   stderr; with ``--json`` stdout also gets one JSON document naming the error, so a script
   reads stdout in both outcomes and the exit code is the same in both modes;
+- a usage error (an unknown option, a missing one, a value not among an option's choices)
+  exits 2 with one `error:` line, and with ``--json`` the same JSON document on stdout
+  (`usage_failure`; the commands' parser calls it, see `options.PopsegCommand`);
 - any other exception is a bug: exit 1 with a one-line `error: unexpected ...` on stderr, and
   the traceback only with ``--verbose`` or ``POPSEG_DEBUG=1``;
 - with ``--json`` whatever a library prints while the command works goes to stderr, so stdout
@@ -19,10 +22,15 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from typer.main import get_current_context
+
+try:  # Typer vendors click (0.2x on): its usage errors are not the `click` package's classes
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - a Typer that runs on click itself
+    from click.exceptions import NoArgsIsHelpError, UsageError  # noqa: F401
 
 from tasks.errors import PopsegError
 
@@ -59,6 +67,19 @@ def error_document(error: PopsegError) -> dict[str, Any]:
     return document
 
 
+def usage_failure(error: UsageError, as_json: bool = False) -> NoReturn:
+    """A usage error as one `error:` line (and the JSON document with ``as_json``), exit 2;
+    instead of click's boxed message and usage text."""
+    message = " ".join(error.format_message().split())
+    where = f" (see '{error.ctx.command_path} -h')" if error.ctx is not None else ""
+    typer.echo(f"error: {message}{where}", err=True)
+    if as_json:
+        _write_json(
+            {"error": message, "error_type": type(error).__name__, "exit_code": error.exit_code}
+        )
+    raise typer.Exit(error.exit_code)
+
+
 @contextlib.contextmanager
 def command_errors(as_json: bool = False) -> Iterator[None]:
     """Runs a command's work: errors become exit codes (see the module docstring); with
@@ -70,6 +91,8 @@ def command_errors(as_json: bool = False) -> Iterator[None]:
         raise  # an exit the command chose
     except PopsegError as error:
         fail(error, as_json)
+    except UsageError as error:  # e.g. two spellings of one option that disagree
+        usage_failure(error, as_json)
     except Exception as error:
         if debugging():
             raise

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.options import ParamsOption, SetOption, load_cli_params
+from flows.cli.options import DeploymentsOption, ParamsOption, SetOption, load_cli_params
 from flows.cli.output import command_errors
 
 
@@ -18,10 +18,7 @@ def _note(line: str) -> None:
 def serve(
     params_path: ParamsOption = None,
     overrides: SetOption = None,
-    only: Annotated[
-        list[str] | None,
-        typer.Option("--only", help="serve only these deployments: train, retrain, monitor"),
-    ] = None,
+    only: DeploymentsOption = None,
     every: Annotated[
         float | None,
         typer.Option("--every", min=1.0, help="run every N seconds instead of the crons (demos)"),
@@ -40,8 +37,9 @@ def serve(
         typer.Option("--write-prefect-yaml", help="write prefect.yaml from params.yaml and exit"),
     ] = False,
 ) -> None:
-    """Run the scheduled deployments (train, retrain, monitor) on params.yaml's crons. Starts a
-    local Prefect server unless PREFECT_API_URL is set; Ctrl-C stops both."""
+    """Run the scheduled deployments (train, retrain, monitor) on params.yaml's crons.
+
+    Starts a local Prefect server unless PREFECT_API_URL is set; Ctrl-C stops both."""
     with command_errors():
         params = load_cli_params(params_path, overrides)
         if write_prefect_yaml:

@@ -10,6 +10,7 @@ import typer
 
 from flows.cli.options import (
     AllowContractChangeOption,
+    DatasetOption,
     EngineOption,
     JsonOption,
     ParamsOption,
@@ -17,15 +18,14 @@ from flows.cli.options import (
     SetOption,
     check_engine,
     load_cli_params,
+    pick,
 )
-from flows.cli.output import command_errors, emit, fail
-from tasks.errors import GateRefused, PopsegError
+from flows.cli.output import command_errors, emit
+from tasks.errors import GateRefused
 
 
 def run(
-    dataset: Annotated[
-        str, typer.Option("--dataset", help="bundled dataset: crime | counties")
-    ] = "crime",
+    dataset: DatasetOption = "crime",
     params_path: ParamsOption = None,
     overrides: SetOption = None,
     keep_serving: Annotated[
@@ -36,12 +36,11 @@ def run(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """The main job on a bundled dataset: train, register, promote, then serve the champion on
-    a local endpoint and send it the first training rows."""
+    """The main job on a bundled dataset: train, register, promote, serve.
+
+    The champion is then served on a local endpoint and sent the first training rows."""
     from flows import commands
 
-    if dataset not in ("crime", "counties", "synthetic"):
-        fail(PopsegError(f"--dataset {dataset!r}: choose crime or counties"), as_json)
     endpoint: dict[str, Any] | None = None
     with command_errors(as_json):
         params = load_cli_params(
@@ -80,17 +79,24 @@ def train(
 
 def promote(
     version: Annotated[
-        str | None, typer.Option("--version", help="model version (default: alias challenger)")
+        str | None,
+        typer.Option(
+            "--model-version", help="registered model version (default: alias challenger)"
+        ),
     ] = None,
+    # The spelling before --model-version: still taken, not shown.
+    version_alias: Annotated[str | None, typer.Option("--version", hidden=True)] = None,
     allow_contract_change: AllowContractChangeOption = False,
     params_path: ParamsOption = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run the promotion gate on a registered version; moves alias champion if it passes
-    (with promote.require_approval: alias candidate, until `popseg approve`). A refusal exits
-    12 (GateRefused) in text and --json mode alike."""
+    """Run the promotion gate on a registered version; alias champion moves if it passes.
+
+    With promote.require_approval the version becomes the candidate instead, until `popseg
+    approve`. A refusal exits 12 (GateRefused) in text and --json mode alike."""
     with command_errors(as_json):
+        version = pick(version, version_alias, "--model-version", "--version")
         params = load_cli_params(params_path, overrides)
         from tasks.promote import promote as run_gate
 
@@ -161,4 +167,6 @@ def _print_endpoint(payload: dict[str, Any]) -> None:
     if payload["stopped"]:
         typer.echo("endpoint stopped (keep it with --keep-serving)")
     else:
-        typer.echo(f"endpoint still serving: `popseg undeploy {payload['endpoint_name']}` stops it")
+        typer.echo(
+            f"endpoint still serving: `popseg undeploy -n {payload['endpoint_name']}` stops it"
+        )

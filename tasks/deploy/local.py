@@ -527,7 +527,7 @@ def local_endpoint(name: str, project: Path | None = None) -> LocalEndpoint:
     if status != "running":
         raise EndpointError(
             f"local endpoint {name!r} is {status} (pid {state.pid}); redeploy it with "
-            f"`popseg deploy --endpoint-name {name}` or remove it with `popseg undeploy {name}`"
+            f"`popseg deploy --endpoint-name {name}` or remove it with `popseg undeploy -n {name}`"
         )
     return state
 

@@ -71,7 +71,7 @@ def test_deploy_errors_are_clear(trained_project, monkeypatch):
     no_role = invoke("deploy", "--target", "sagemaker", "--region", "us-east-1", "--bucket", "b")
     assert no_role.exit_code == 7 and "needs an execution role" in no_role.stderr
     bad_target = invoke("deploy", "--target", "k8s")
-    assert bad_target.exit_code == 7 and "choose local or sagemaker" in bad_target.stderr
+    assert bad_target.exit_code == 2 and "choose local or sagemaker" in bad_target.stderr
     nothing = invoke("rollback", "nope")
     assert nothing.exit_code == 8
     for result in (missing, unknown, no_role, bad_target, nothing):
