@@ -199,6 +199,7 @@ def training_flow(
             params.cluster.silhouette_sample,
             params.cluster.seed,
             lock_s,
+            lock_lease_s=config.registry_lock_lease_s,
         )
         promoted, gate_reasons = decision.promoted, decision.reasons
     report_note = report_task(params, registration)
