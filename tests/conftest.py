@@ -124,31 +124,21 @@ def small_csv(tmp_path):
 @pytest.fixture(scope="session")
 def moto_server():
     """moto's S3 server on a free loopback port, for the session."""
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.processes import free_port, wait_until_answers
+
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.2)
+    if not wait_until_answers(url + "/moto-api/", process, 60):
+        process.kill()
+        raise RuntimeError("moto server did not start")
     yield url
     process.terminate()
     process.wait(timeout=10)
@@ -161,16 +151,13 @@ def mlflow_server(tmp_path_factory):
     server, never touching the folder) live in a temporary folder no project shares. Yields
     its http:// URL (~5-10 s to start)."""
     import signal
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
+
+    from tests.processes import free_port, wait_until_answers
 
     root = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = (root / "server.log").open("wb")
     process = subprocess.Popen(
         [
@@ -195,18 +182,10 @@ def mlflow_server(tmp_path_factory):
         start_new_session=True,  # its uvicorn worker goes with it
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                os.killpg(process.pid, signal.SIGKILL)
-                raise RuntimeError(
-                    f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}"
-                ) from None
-            time.sleep(0.2)
+    if not wait_until_answers(url + "/health", process, 120):
+        os.killpg(process.pid, signal.SIGKILL)
+        log_text = (root / "server.log").read_text()[-2000:]
+        raise RuntimeError(f"mlflow server did not start: {log_text}")
     yield url
     os.killpg(process.pid, signal.SIGTERM)
     try:

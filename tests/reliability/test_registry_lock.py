@@ -98,3 +98,29 @@ def test_a_killed_holder_blocks_until_its_lease_runs_out(mlflow_server, tmp_path
         assert _lock_model_exists(mlflow_server)  # now held by this process
     assert lease <= waited <= lease + 20
     assert not _lock_model_exists(mlflow_server)
+
+
+def test_a_holder_stalled_past_its_lease_fails_instead_of_carrying_on(
+    mlflow_server, tmp_path, monkeypatch
+):
+    lease = 2.0
+    out, holder = _holder(tmp_path, mlflow_server, "stalled", 3, 60, lease)
+    try:
+        _wait_for(Path(f"{out}.entered"), 120)
+        os.kill(holder.pid, signal.SIGSTOP)  # a paused VM, a partitioned network
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        with registry_lock(60, lease):  # taken over once the lease runs out
+            os.kill(holder.pid, signal.SIGCONT)
+            time.sleep(lease)  # its renewal thread wakes and finds the lock is not its own
+            from mlflow import MlflowClient
+
+            lock = MlflowClient(mlflow_server, mlflow_server).get_registered_model(LOCK_MODEL)
+            assert f":{os.getpid()}:" in lock.tags["popseg.lock.holder"]  # still this one's
+        _, err = holder.communicate(timeout=60)
+    finally:
+        if holder.poll() is None:  # the test failed midway
+            os.kill(holder.pid, signal.SIGCONT)
+            holder.kill()
+            holder.communicate(timeout=30)
+    assert holder.returncode == 1 and not out.exists()
+    assert f"registry lock {LOCK_MODEL!r} in {mlflow_server}: this run's lease was broken" in err
