@@ -72,7 +72,8 @@ _SWEPT_STORES: set[str] = set()
 
 
 def ensure_experiment(name: str) -> str:
-    """Get or create the experiment; new ones keep artifacts under ./mlartifacts."""
+    """Get or create the experiment; with the sqlite store new ones keep artifacts under
+    ./mlartifacts, any other store chooses (a tracking server: its artifact proxy)."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
