@@ -149,7 +149,7 @@ def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on a free loopback port for the session, as in team mode: its
     backend (sqlite here) and artifacts (proxied: clients upload and download through the
     server, never touching the folder) live in a temporary folder no project shares. Yields
-    its http:// URL (~5-10 s to start)."""
+    its http:// URL (start: mostly importing MLflow; 18-48 s measured on the loaded 2-core box)."""
     import signal
     import subprocess
     import sys
