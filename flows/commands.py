@@ -175,6 +175,19 @@ def serve_schedules(
         return serve_until_stopped(built, params.schedule.stop_timeout_s, limit=1, notify=notify)
 
 
+def tracking_server_url() -> str | None:
+    """The URL of the tracking server MLflow is pointed at (user and password left out), or
+    None for a store popseg opens itself (sqlite, a folder, a database)."""
+    from urllib.parse import urlparse
+
+    from tasks.tracking import tracking_uri
+
+    parts = urlparse(tracking_uri())
+    if parts.scheme not in ("http", "https"):
+        return None
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
 def mlflow_ui(host: str, port: int, notify: Callable[[str], None]) -> int:
     """The MLflow UI on the project's tracking store until it exits or popseg is signalled;
     returns its exit code."""

@@ -142,7 +142,8 @@ def rollback(
             f"endpoint {name!r} serves version {current} and has no earlier version to roll back to"
         )
     result = _serve(params, site.rollback, name, previous, allow_contract_change)
-    with registry_lock(params.orchestrate.registry_lock_timeout_s):
+    lock = params.orchestrate
+    with registry_lock(lock.registry_lock_timeout_s, lock.registry_lock_lease_s):
         champion_before = alias_version(model_name, CHAMPION)
         runs.record_rollback(model_name, previous, champion_before)
     logger.info("rolled %s back from version %s to %s", name, current, previous)

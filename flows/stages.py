@@ -235,7 +235,12 @@ def register_stage(
     """Log the training run and register its model (alias challenger)."""
     config = params.register_
     return register.register_training(
-        record, config.experiment, config.model_name, config.log_data_max_mb, lock_timeout_s
+        record,
+        config.experiment,
+        config.model_name,
+        config.log_data_max_mb,
+        lock_timeout_s,
+        params.orchestrate.registry_lock_lease_s,
     )
 
 

@@ -202,6 +202,7 @@ def training_flow(
             params.cluster.silhouette_sample,
             params.cluster.seed,
             lock_s,
+            lock_lease_s=config.registry_lock_lease_s,
         )
         promoted, gate_reasons = decision.promoted, decision.reasons
         approval = ApprovalState.PENDING if decision.candidate else None

@@ -258,6 +258,9 @@ class OrchestrateConfig(_Section):
     task_timeout_s: Annotated[float, Field(gt=0.0)] = 3600.0
     flow_timeout_s: Annotated[float, Field(gt=0.0)] = 14400.0
     registry_lock_timeout_s: Annotated[float, Field(gt=0.0)] = 600.0
+    # The lease of the lock kept in a shared (non-sqlite) MLflow store: a holder killed
+    # without releasing it blocks the others this long at most.
+    registry_lock_lease_s: Annotated[float, Field(ge=1.0, le=3600.0)] = 60.0
 
 
 _CRON_FIELDS = 5

@@ -33,6 +33,7 @@ from tasks.register import (
 )
 from tasks.tracking import runs
 from tasks.tracking.layout import CANDIDATE
+from tasks.tracking.lock import DEFAULT_LEASE_S
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +178,14 @@ def promote(
     seed: int = 0,
     lock_timeout_s: float = 600.0,
     allow_contract_change: bool | None = None,
+    lock_lease_s: float = DEFAULT_LEASE_S,
 ) -> GateDecision:
     """Run the gate on a registered version (default: alias challenger); move champion if it
     passes. Under the registry lock: the champion compared against is still the champion
     when the alias moves. ``allow_contract_change`` None: ``config.allow_contract_change``."""
     if allow_contract_change is None:
         allow_contract_change = config.allow_contract_change
-    with registry_lock(lock_timeout_s):
+    with registry_lock(lock_timeout_s, lock_lease_s):
         return _promote(model_name, version, config, sample, seed, allow_contract_change)
 
 

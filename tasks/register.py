@@ -4,7 +4,7 @@ One parent run per training (params, chosen-k metrics, plots, reports, validatio
 tags ``data_md5`` and ``git_commit``), one nested run per k with its metrics, and the fitted
 chain registered as a pyfunc model version with alias ``challenger``; the names are those of
 `tasks.tracking.layout`, written through `tasks.tracking.runs`. Also: pointing MLflow at the
-project store, and the registry lock.
+project store; the registry lock is `tasks.tracking.lock`'s (re-exported here).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from tasks.tracking import (  # noqa: F401
     tracking_uri,
 )
 from tasks.tracking.layout import CHALLENGER, CHAMPION, Artifact, training_run_name  # noqa: F401
+from tasks.tracking.lock import DEFAULT_LEASE_S, registry_lock
 
 logger = logging.getLogger(__name__)
 _PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
@@ -70,53 +71,9 @@ def configure_mlflow() -> str:
 _SWEPT_STORES: set[str] = set()
 
 
-def registry_lock_path() -> Path:
-    """One lock per tracking store: next to a sqlite file, else in the project's .popseg/."""
-    database = sqlite_database(tracking_uri())
-    if database is not None:
-        return Path(f"{database}.lock")
-    return Path(".popseg") / "registry.lock"
-
-
-_LOCKS: dict[str, Any] = {}
-
-
-def _file_lock(path: Path):
-    """One lock object per file in this process: re-entrant (a step holding it may call code
-    that takes it again) while still excluding other processes."""
-    from filelock import FileLock
-
-    key = str(path.resolve())
-    if key not in _LOCKS:
-        _LOCKS[key] = FileLock(key)
-    return _LOCKS[key]
-
-
-@contextlib.contextmanager
-def registry_lock(timeout_s: float = 600.0):
-    """Serialise the steps that write the registry (log + register, gate + alias move) across
-    processes, so two runs at once never interleave their writes to the store or both move
-    ``champion`` past the same old champion."""
-    from filelock import Timeout
-
-    path = registry_lock_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = _file_lock(path)
-    try:
-        lock.acquire(timeout=timeout_s)
-    except Timeout:
-        raise RegistryError(
-            f"{path}: another run has held the registry lock for over {timeout_s:g} s "
-            "(orchestrate.registry_lock_timeout_s); nothing was registered"
-        ) from None
-    try:
-        yield path
-    finally:
-        lock.release()
-
-
 def ensure_experiment(name: str) -> str:
-    """Get or create the experiment; new ones keep artifacts under ./mlartifacts."""
+    """Get or create the experiment; with the sqlite store new ones keep artifacts under
+    ./mlartifacts, any other store chooses (a tracking server: its artifact proxy)."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
@@ -176,13 +133,14 @@ def register_training(
     model_name: str,
     log_data_max_mb: float,
     lock_timeout_s: float = 600.0,
+    lock_lease_s: float = DEFAULT_LEASE_S,
 ) -> Registration:
     """Log the parent run (+ nested runs per k), register the model, set alias challenger.
 
     The registration happens last; if anything before it fails the run is marked FAILED and
     no model version exists. Holds the registry lock throughout. A store that refuses writes
     (read-only, full, gone) is one `RegistryError` line naming it."""
-    with _store_errors(), registry_lock(lock_timeout_s):
+    with _store_errors(), registry_lock(lock_timeout_s, lock_lease_s):
         return _register_training(record, experiment, model_name, log_data_max_mb)
 
 

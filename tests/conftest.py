@@ -124,34 +124,76 @@ def small_csv(tmp_path):
 @pytest.fixture(scope="session")
 def moto_server():
     """moto's S3 server on a free loopback port, for the session."""
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.processes import free_port, wait_until_answers
+
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.2)
+    if not wait_until_answers(url + "/moto-api/", process, 60):
+        process.kill()
+        raise RuntimeError("moto server did not start")
     yield url
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on a free loopback port for the session, as in team mode: its
+    backend (sqlite here) and artifacts (proxied: clients upload and download through the
+    server, never touching the folder) live in a temporary folder no project shares. Yields
+    its http:// URL (start: mostly importing MLflow; 18-48 s measured on the loaded 2-core box)."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.processes import free_port, wait_until_answers
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (root / "server.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'backend.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            (root / "artifacts").as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        # Not needed by popseg: one process fewer to start and stop.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        start_new_session=True,  # its uvicorn worker goes with it
+    )
+    url = f"http://127.0.0.1:{port}"
+    if not wait_until_answers(url + "/health", process, 120):
+        os.killpg(process.pid, signal.SIGKILL)
+        log_text = (root / "server.log").read_text()[-2000:]
+        raise RuntimeError(f"mlflow server did not start: {log_text}")
+    yield url
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    log.close()
 
 
 @pytest.fixture

@@ -26,3 +26,29 @@ def outputs(
     for process, (_, err) in zip(processes, results, strict=True):
         assert process.returncode == 0, err[-tail:]
     return [out for out, _ in results]
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 free right now (servers under test never take fixed ports)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_answers(url: str, process: subprocess.Popen, timeout_s: float) -> bool:
+    """Polls ``url`` until it answers (any HTTP status); False if ``process`` exits first or
+    ``timeout_s`` passes."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return True
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                return False
+            time.sleep(0.2)

@@ -61,9 +61,15 @@ def ui(
     port: Annotated[int, typer.Option(help="port")] = 5000,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
 ) -> None:
-    """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI overrides)."""
+    """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI overrides).
+    With a tracking server (http/https), print its URL: it serves the UI already."""
     from flows import commands
 
+    server = commands.tracking_server_url()
+    if server is not None:
+        _note("MLFLOW_TRACKING_URI is a tracking server, which already serves the MLflow UI:")
+        typer.echo(server)
+        raise typer.Exit(0)
     with command_errors():
         code = commands.mlflow_ui(host, port, _note)
     raise typer.Exit(code)

@@ -108,6 +108,7 @@ def promote(
             params.cluster.seed,
             params.orchestrate.registry_lock_timeout_s,
             allow_contract_change or None,
+            params.orchestrate.registry_lock_lease_s,
         )
     payload = {
         "model_name": decision.model_name,
