@@ -144,7 +144,12 @@ def _task_mapper(params: Params) -> engines.Mapper | None:
     return run
 
 
-@flow(name="popseg-train", log_prints=True, validate_parameters=False)
+@flow(
+    name="popseg-train",
+    log_prints=True,
+    validate_parameters=False,
+    on_failure=[orchestration.alert_training_failed],
+)
 def training_flow(
     params: Params, run_promotion: bool = True, engine: str = "memory"
 ) -> TrainingOutcome:
@@ -199,6 +204,7 @@ def training_flow(
             params.cluster.silhouette_sample,
             params.cluster.seed,
             lock_s,
+            alerts=params.notify,
         )
         promoted, gate_reasons = decision.promoted, decision.reasons
     report_note = report_task(params, registration)

@@ -193,16 +193,40 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _send_to_block(settings: NotifyConfig, payload: dict[str, Any]) -> bool:
-    """Through a saved Prefect notification block (its own delivery and retries): the text as
-    the body, the event as the subject."""
-    from prefect.blocks.core import Block
+    """Through a saved Prefect notification block: the text as the body, ``popseg <event>`` as
+    the subject; one attempt (the block does its own delivery), bounded by
+    ``notify.max_total_s`` (loading the block goes through the Prefect API, whose client has
+    retries of its own)."""
+    import contextvars
+    import threading
 
-    block = Block.load(settings.prefect_block)
-    block.notify(payload["text"], subject=f"popseg {payload['event']}")
-    logger.info(
-        "notify %s: sent through Prefect block %s", payload["event"], settings.prefect_block
-    )
-    return True
+    outcome: list[BaseException | None] = []
+
+    def deliver() -> None:
+        from prefect.blocks.core import Block
+
+        try:
+            block = Block.load(settings.prefect_block)
+            block.notify(payload["text"], subject=f"popseg {payload['event']}")
+            outcome.append(None)
+        except Exception as error:
+            outcome.append(error)
+
+    # The Prefect settings (API URL) of a flow run live in context variables.
+    context = contextvars.copy_context()
+    worker = threading.Thread(target=context.run, args=(deliver,), daemon=True)
+    worker.start()
+    worker.join(settings.max_total_s)
+    event, block = payload["event"], settings.prefect_block
+    if not outcome:
+        problem = f"no answer within notify.max_total_s={settings.max_total_s:g}"
+    elif outcome[0] is not None:
+        problem = f"{type(outcome[0]).__name__}: {_one_line(outcome[0])}"
+    else:
+        logger.info("notify %s: sent through Prefect block %s", event, block)
+        return True
+    logger.warning("notify %s: not sent through Prefect block %s: %s", event, block, problem)
+    return False
 
 
 # --------------------------------------------------------------------------- the events
@@ -322,7 +346,7 @@ def train_failed(
         "data": data,
         "flow_run": flow_run or {},
     }
-    text = f"popseg: training of {model} on {data} failed: {message}"
+    text = f"popseg: training of {model}{f' on {data}' if data else ''} failed: {message}"
     return send(settings, "train_failed", text=text, model=model, error=message, details=details)
 
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from tasks import notify
 from tasks.chain import SegmentationChain
-from tasks.config import PromoteConfig
+from tasks.config import NotifyConfig, PromoteConfig
 from tasks.register import (
     CHAMPION,
     alias_version,
@@ -43,6 +44,7 @@ class GateDecision:
     reasons: list[str]
     checks: dict[str, Any] = field(default_factory=dict)
     previous_champion: str | None = None
+    run_id: str | None = None
 
 
 _NAMES_SHOWN = 10
@@ -173,14 +175,19 @@ def promote(
     seed: int = 0,
     lock_timeout_s: float = 600.0,
     allow_contract_change: bool | None = None,
+    alerts: NotifyConfig | None = None,
 ) -> GateDecision:
     """Run the gate on a registered version (default: alias challenger); move champion if it
     passes. Under the registry lock: the champion compared against is still the champion
-    when the alias moves. ``allow_contract_change`` None: ``config.allow_contract_change``."""
+    when the alias moves. ``allow_contract_change`` None: ``config.allow_contract_change``.
+    A refusal or a promotion is an alert (``alerts``: the notify settings), sent after the
+    lock is released."""
     if allow_contract_change is None:
         allow_contract_change = config.allow_contract_change
     with registry_lock(lock_timeout_s):
-        return _promote(model_name, version, config, sample, seed, allow_contract_change)
+        decision = _promote(model_name, version, config, sample, seed, allow_contract_change)
+    notify.gate_decision(alerts, decision)
+    return decision
 
 
 def _promote(
@@ -203,7 +210,9 @@ def _promote(
         rows = frame[challenger_chain.feature_names].to_numpy(dtype=np.float64)
     if current == version:
         passed, reasons, checks = True, [f"version {version} is already the champion"], {}
-        return GateDecision(model_name, version, True, False, reasons, checks, current)
+        return GateDecision(
+            model_name, version, True, False, reasons, checks, current, record.run_id
+        )
     passed, reasons, checks = evaluate_gate(
         record.metrics,
         record.validation_passed,
@@ -220,4 +229,6 @@ def _promote(
         logger.info("promoted %s version %s to %s", model_name, version, CHAMPION)
     else:
         logger.warning("gate failed for %s version %s: %s", model_name, version, "; ".join(reasons))
-    return GateDecision(model_name, version, passed, passed, reasons, checks, current)
+    return GateDecision(
+        model_name, version, passed, passed, reasons, checks, current, record.run_id
+    )

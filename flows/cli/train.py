@@ -101,6 +101,7 @@ def promote(
             params.cluster.seed,
             params.orchestrate.registry_lock_timeout_s,
             allow_contract_change or None,
+            alerts=params.notify,
         )
     payload = {
         "model_name": decision.model_name,
