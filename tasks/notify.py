@@ -16,7 +16,8 @@ not apply).
 The event helpers below build each event's fields from what its call site has; each event has
 one call site: drift (flows/monitoring.py), gate_refused and promoted (tasks/promote.py),
 train_failed (the training flow's failure hook), deploy_failed (flows/deploy.py),
-approval_needed (the approval step).
+approval_needed and an approval's promoted (the approval step, with `approval_needed` and
+`promoted`).
 """
 
 from __future__ import annotations
@@ -295,10 +296,43 @@ def gate_decision(settings: NotifyConfig | None, decision: Any) -> bool:
         text = f"popseg: gate refused {name}, champion unchanged: {_reasons_text(refused)}"
         return send(settings, "gate_refused", text=text, **fields)
     if decision.promoted:
-        before = decision.previous_champion or "none"
-        text = f"popseg: {name} promoted to champion (was version {before})"
-        return send(settings, "promoted", text=text, **fields)
+        return promoted(
+            settings,
+            decision.model_name,
+            decision.version,
+            decision.previous_champion,
+            fields["run_id"],
+            decision.reasons,
+            decision.checks,
+        )
     return False
+
+
+def promoted(
+    settings: NotifyConfig | None,
+    model: str,
+    version: str,
+    previous_champion: str | None,
+    run_id: str | None = None,
+    reasons: Sequence[str] = (),
+    checks: dict[str, Any] | None = None,
+) -> bool:
+    """Alias champion moved to ``version`` (by the gate, or by a person's approval)."""
+    text = (
+        f"popseg: {model} version {version} promoted to champion "
+        f"(was version {previous_champion or 'none'})"
+    )
+    details = {"passed": True, "previous_champion": previous_champion, "checks": checks or {}}
+    return send(
+        settings,
+        "promoted",
+        text=text,
+        model=model,
+        version=version,
+        run_id=run_id,
+        reasons=reasons,
+        details=details,
+    )
 
 
 def _is_refusal(reason: str) -> bool:
