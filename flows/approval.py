@@ -16,7 +16,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tasks import approval
+from tasks import approval, notify
+from tasks.config import NotifyConfig
 from tasks.errors import ApprovalError
 from tasks.tracking.layout import CANDIDATE
 
@@ -139,10 +140,16 @@ def decide(
     decision: approval.Decision,
     reason: str | None,
     lock_timeout_s: float = 600.0,
+    alerts: NotifyConfig | None = None,
 ) -> DecisionResult:
     """`popseg approve` / `popseg reject`: record the decision (refused decisions write
-    nothing), then resume the retrain flow run paused waiting for that version, if any."""
+    nothing; an approval is a ``promoted`` alert), then resume the retrain flow run paused
+    waiting for that version, if any."""
     outcome = approval.decide(model_name, version, decision, reason, None, lock_timeout_s)
+    if outcome.decision == "approved" and outcome.champion_before != outcome.version:
+        notify.promoted(
+            alerts, model_name, outcome.version, outcome.champion_before, reasons=[outcome.reason]
+        )
     api = prefect_api_url()
     if api is None:
         return DecisionResult(

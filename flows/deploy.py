@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks import notify
 from tasks.config import DeployConfig, Params
 from tasks.deploy import get_target
 from tasks.deploy.contract import (
@@ -80,11 +81,15 @@ def deploy(
     """Deploy a registered version (default: alias champion) and smoke-test it. A running
     endpoint whose model has another input contract is left as it is unless
     ``allow_contract_change`` (None: ``promote.allow_contract_change``, the setting that let
-    the gate accept the change)."""
-    name = validate_endpoint_name(endpoint_name or params.deploy.endpoint_name)
-    site = target_for(params, target, port, capture, region, bucket, role_arn)
-    site.check()  # settings (and credentials) before anything is downloaded
-    return _serve(params, site.deploy, name, version, allow_contract_change)
+    the gate accept the change). A failure is a deploy_failed alert, then raised."""
+    name = endpoint_name or params.deploy.endpoint_name
+    where = target or params.deploy.target
+    model = params.register_.model_name
+    with notify.deploy_failures(params.notify, model, version, name, where):
+        name = validate_endpoint_name(name)
+        site = target_for(params, target, port, capture, region, bucket, role_arn)
+        site.check()  # settings (and credentials) before anything is downloaded
+        return _serve(params, site.deploy, name, version, allow_contract_change)
 
 
 def check_target(

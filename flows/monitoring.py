@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import monitor, register
+from tasks import monitor, notify, register
 from tasks.config import Params
 from tasks.errors import PopsegError
 from tasks.tracking.layout import MonitorTag
@@ -142,6 +142,7 @@ def monitor_flow(
         model.run_id,
     )
     outcome.monitor_run_id, outcome.experiment_id = run_id, experiment_id
+    notify.drift(params.notify, outcome.to_json())
     verdict = "DRIFT" if report.drift else "no drift"
     logger.info(
         "%s version %s vs %s (%d rows): %s; monitoring run %s",

@@ -252,3 +252,27 @@ def cache_options(config: OrchestrateConfig, key_fn) -> dict[str, Any]:
         "result_serializer": result_cache.PopsegJsonSerializer(),
         "result_storage": storage,
     }
+
+
+def alert_training_failed(flow, flow_run, state) -> None:
+    """The training flow's on_failure hook: the train_failed alert, with the error's one-line
+    message. Runs inside the failed flow run's context, where its parameters (the validated
+    params, secrets unmasked) are."""
+    from prefect.context import FlowRunContext
+
+    from tasks import notify
+
+    context = FlowRunContext.get()
+    params = context.parameters.get("params") if context else None
+    if params is None:
+        return
+    error = state.result(raise_on_failure=False)
+    if not isinstance(error, BaseException):
+        error = state.message or state.name
+    notify.train_failed(
+        params.notify,
+        params.register_.model_name,
+        error,
+        data=params.data.path or params.data.dataset,
+        flow_run={"id": str(flow_run.id), "name": flow_run.name},
+    )

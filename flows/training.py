@@ -146,7 +146,12 @@ def _task_mapper(params: Params) -> engines.Mapper | None:
     return run
 
 
-@flow(name="popseg-train", log_prints=True, validate_parameters=False)
+@flow(
+    name="popseg-train",
+    log_prints=True,
+    validate_parameters=False,
+    on_failure=[orchestration.alert_training_failed],
+)
 def training_flow(
     params: Params, run_promotion: bool = True, engine: str = "memory"
 ) -> TrainingOutcome:
@@ -203,10 +208,11 @@ def training_flow(
             params.cluster.seed,
             lock_s,
             lock_lease_s=config.registry_lock_lease_s,
+            alerts=params.notify,
         )
         promoted, gate_reasons = decision.promoted, decision.reasons
+        # A candidate's "approval_needed" alert is sent by the gate (tasks/promote.py).
         approval = ApprovalState.PENDING if decision.candidate else None
-        # decision.candidate: where an "approval_needed" notice goes out (notify section).
     report_note = report_task(params, registration)
     if report_note:
         notes.append(report_note)

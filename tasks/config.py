@@ -6,11 +6,20 @@ the key (e.g. ``cluster.k_max``), never a pydantic traceback.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tasks.errors import ConfigError
 
@@ -341,6 +350,71 @@ class DaskConfig(_Section):
         return value
 
 
+NOTIFY_EVENTS = (
+    "drift",
+    "gate_refused",
+    "approval_needed",
+    "train_failed",
+    "deploy_failed",
+    "promoted",
+)
+NotifyEvent = Literal[
+    "drift", "gate_refused", "approval_needed", "train_failed", "deploy_failed", "promoted"
+]
+# Fills notify.webhook_url when params.yaml leaves both it and notify.prefect_block null, so a
+# secret webhook URL need not be committed.
+NOTIFY_URL_VARIABLE = "POPSEG_NOTIFY_WEBHOOK_URL"
+
+
+class NotifyConfig(_Section):
+    """Alerts (tasks/notify.py): a Slack-compatible JSON POST to ``webhook_url`` (or a message
+    through the Prefect notification block ``prefect_block``) on each of ``events``. The URL is
+    a secret: it is masked wherever params are logged or printed."""
+
+    webhook_url: SecretStr | None = None  # null or empty = off (or POPSEG_NOTIFY_WEBHOOK_URL)
+    prefect_block: str | None = None  # block-type-slug/block-name, e.g. slack-webhook/on-call
+    events: list[NotifyEvent] = list(NOTIFY_EVENTS)
+    timeout_s: Annotated[float, Field(gt=0.0, le=300.0)] = 5.0  # one attempt
+    retries: Annotated[int, Field(ge=0, le=10)] = 3  # on connection errors, timeouts, 408/429/5xx
+    retry_backoff_s: Annotated[float, Field(ge=0.0, le=300.0)] = 1.0  # 1, 2, 4 s
+    max_total_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0  # all attempts and waits
+
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _http_url(cls, value: Any) -> Any:
+        from urllib.parse import urlsplit
+
+        if value is None or isinstance(value, SecretStr):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("must be an http:// or https:// URL (null or empty = off)")
+        text = value.strip()
+        if not text:
+            return None
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL (null or empty = off)")
+        return text
+
+    @field_validator("prefect_block")
+    @classmethod
+    def _block_name(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and not re.match(r"^[a-z0-9-]+/[a-z0-9-]+$", value):
+            raise ValueError(
+                "must be block-type-slug/block-name (lowercase letters, digits, dashes), "
+                "e.g. slack-webhook/on-call"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_channel(self) -> NotifyConfig:
+        if self.webhook_url is not None and self.prefect_block is not None:
+            raise ValueError("set notify.webhook_url or notify.prefect_block, not both")
+        return self
+
+
 class Params(BaseModel):
     data: DataConfig = DataConfig()
     features: FeaturesConfig = FeaturesConfig()
@@ -358,6 +432,7 @@ class Params(BaseModel):
     orchestrate: OrchestrateConfig = OrchestrateConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     dask: DaskConfig = DaskConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -477,8 +552,9 @@ def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
 
 
 def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> Params:
-    """Read ``params.yaml`` (defaults if the file is absent and no path was given), apply
-    ``--set`` overrides and validate everything once."""
+    """Read ``params.yaml`` (defaults if the file is absent and no path was given), fill
+    ``notify.webhook_url`` from ``POPSEG_NOTIFY_WEBHOOK_URL`` when the file sets no alert
+    channel, apply ``--set`` overrides and validate everything once."""
     raw: dict[str, Any] = {}
     source = "built-in defaults"
     if path is not None or Path(DEFAULT_PARAMS_FILE).exists():
@@ -498,6 +574,11 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
             if values is not None and not isinstance(values, dict):
                 raise ConfigError(f"{file_path}: section {section!r} must be a mapping")
         raw = loaded
+    notify = raw.get("notify") or {}
+    url_from_environment = os.environ.get(NOTIFY_URL_VARIABLE, "").strip()
+    if url_from_environment and not (notify.get("webhook_url") or notify.get("prefect_block")):
+        raw = {**raw, "notify": {**notify, "webhook_url": url_from_environment}}
+        source += f" with {NOTIFY_URL_VARIABLE}"
     if overrides:
         raw = apply_overrides(raw, overrides)
         source += " with --set overrides"

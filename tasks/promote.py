@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from tasks import notify
 from tasks.approval import request_approval
 from tasks.chain import SegmentationChain
-from tasks.config import PromoteConfig
+from tasks.config import NotifyConfig, PromoteConfig
 from tasks.register import (
     CHAMPION,
     alias_version,
@@ -48,6 +49,7 @@ class GateDecision:
     checks: dict[str, Any] = field(default_factory=dict)
     previous_champion: str | None = None
     candidate: bool = False  # passed, waiting for approval (alias candidate)
+    run_id: str | None = None
 
 
 _NAMES_SHOWN = 10
@@ -179,14 +181,19 @@ def promote(
     lock_timeout_s: float = 600.0,
     allow_contract_change: bool | None = None,
     lock_lease_s: float = DEFAULT_LEASE_S,
+    alerts: NotifyConfig | None = None,
 ) -> GateDecision:
     """Run the gate on a registered version (default: alias challenger); move champion if it
     passes. Under the registry lock: the champion compared against is still the champion
-    when the alias moves. ``allow_contract_change`` None: ``config.allow_contract_change``."""
+    when the alias moves. ``allow_contract_change`` None: ``config.allow_contract_change``.
+    A refusal or a promotion is an alert (``alerts``: the notify settings), sent after the
+    lock is released."""
     if allow_contract_change is None:
         allow_contract_change = config.allow_contract_change
     with registry_lock(lock_timeout_s, lock_lease_s):
-        return _promote(model_name, version, config, sample, seed, allow_contract_change)
+        decision = _promote(model_name, version, config, sample, seed, allow_contract_change)
+    notify.gate_decision(alerts, decision)
+    return decision
 
 
 def _promote(
@@ -209,7 +216,9 @@ def _promote(
         rows = frame[challenger_chain.feature_names].to_numpy(dtype=np.float64)
     if current == version:
         passed, reasons, checks = True, [f"version {version} is already the champion"], {}
-        return GateDecision(model_name, version, True, False, reasons, checks, current)
+        return GateDecision(
+            model_name, version, True, False, reasons, checks, current, run_id=record.run_id
+        )
     passed, reasons, checks = evaluate_gate(
         record.metrics,
         record.validation_passed,
@@ -231,9 +240,21 @@ def _promote(
             + (f"; version {displaced} is no longer the candidate" if displaced else "")
         )
         logger.info("%s version %s is the candidate, awaiting approval", model_name, version)
-        return GateDecision(model_name, version, True, False, reasons, checks, current, True)
+        return GateDecision(
+            model_name,
+            version,
+            True,
+            False,
+            reasons,
+            checks,
+            current,
+            candidate=True,
+            run_id=record.run_id,
+        )
     if passed:
         logger.info("promoted %s version %s to %s", model_name, version, CHAMPION)
     else:
         logger.warning("gate failed for %s version %s: %s", model_name, version, "; ".join(reasons))
-    return GateDecision(model_name, version, passed, passed, reasons, checks, current)
+    return GateDecision(
+        model_name, version, passed, passed, reasons, checks, current, run_id=record.run_id
+    )

@@ -59,6 +59,7 @@ def _decide(version, decision, reason, params_path, overrides, as_json) -> None:
             decision,
             reason,
             params.orchestrate.registry_lock_timeout_s,
+            alerts=params.notify,
         )
     emit(result.to_json(), as_json, _print_decision)
 

@@ -109,6 +109,7 @@ def promote(
             params.orchestrate.registry_lock_timeout_s,
             allow_contract_change or None,
             params.orchestrate.registry_lock_lease_s,
+            alerts=params.notify,
         )
     payload = {
         "model_name": decision.model_name,
