@@ -136,3 +136,32 @@ def test_gate_refused_drift_and_promoted_alerts(prefect_server, project_dir, sma
     assert len(warnings) == 1, unreachable.stderr
     assert "not delivered to http://127.0.0.1:" in warnings[0]
     assert "after 2 attempt(s)" in warnings[0] and "WARNING" in warnings[0]
+
+
+def test_approval_needed_and_approved_alerts(prefect_server, project_dir, small_csv):
+    with webhook_receiver() as receiver:
+        hook = f"notify.webhook_url={receiver.url}"
+        trained = invoke(
+            "train",
+            "--data",
+            str(small_csv),
+            *_sets(*FAST_TRAIN, "promote.require_approval=true", hook),
+            "--json",
+        )
+        assert trained.exit_code == 0, trained.stderr
+        outcome = json.loads(trained.stdout)
+        assert outcome["promoted"] is False and outcome["model_version"] == "1"
+        # Passed the gate with approval required: approval_needed, no promoted alert.
+        (needed,) = receiver.payloads("approval_needed")
+        assert (needed["model"], needed["version"]) == ("popseg-segmentation", "1")
+        assert needed["run_id"] == outcome["run_id"]
+        assert needed["details"]["approve"] == "popseg approve 1"
+        assert "waits for approval" in needed["text"]
+        assert receiver.payloads("promoted") == []
+
+        approved = invoke("approve", "1", "--reason", "looks right", *_sets(hook))
+        assert approved.exit_code == 0, approved.stderr
+        (moved,) = receiver.payloads("promoted")
+        assert moved["version"] == "1" and moved["reasons"] == ["looks right"]
+        assert moved["details"]["previous_champion"] is None
+    assert [body["event"] for body in receiver.payloads()] == ["approval_needed", "promoted"]
