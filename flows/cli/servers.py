@@ -63,9 +63,19 @@ def ui(
     port: Annotated[int, typer.Option(help="port")] = 5000,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
 ) -> None:
-    """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI overrides)."""
+    """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI overrides),
+    opening on the runs of the training experiment (register.experiment)."""
     from flows import commands
 
     with command_errors():
-        code = commands.mlflow_ui(host, port, _note)
+        code = commands.mlflow_ui(host, port, _note, _training_experiment())
     raise typer.Exit(code)
+
+
+def _training_experiment() -> str:
+    """register.experiment of ./params.yaml, the default one without a params file."""
+    from tasks.config import RegisterConfig
+
+    if Path("params.yaml").is_file():
+        return load_cli_params(None).register_.experiment
+    return RegisterConfig().experiment
