@@ -1,6 +1,7 @@
 """The monitoring flow: a registered model's training reference -> new data -> drift checks ->
-a monitoring run in MLflow (experiment ``<model>-monitoring``) -> (``retrain=True`` and drift) the training flow on the new data.
-Wiring only: every step is a function in `tasks/monitor.py`, wrapped here as a Prefect task."""
+a monitoring run in MLflow (experiment ``<model>-monitoring``) -> (``retrain=True`` and drift)
+the training flow on the new data. Wiring only: every step is a function in `tasks/monitor.py`,
+wrapped here as a Prefect task."""
 
 from __future__ import annotations
 

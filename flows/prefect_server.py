@@ -3,8 +3,7 @@
 Set PREFECT_API_URL to use an existing server (or Prefect Cloud); otherwise
 `prefect server start` runs on 127.0.0.1 with its database under PREFECT_HOME (.prefect/),
 serving Prefect's UI (deployments, schedules, flow runs) at the same address, and is stopped
-when serving stops. Must run before Prefect is imported: Prefect reads its
-settings at import.
+when serving stops. Must run before Prefect is imported: Prefect reads its settings at import.
 """
 
 from __future__ import annotations
