@@ -211,12 +211,12 @@ def mlflow_ui(host: str, port: int, notify: Callable[[str], None], experiment: s
 
 
 def _experiment_id(uri: str, name: str) -> str | None:
-    """The id of experiment ``name`` in the store; None when there is none yet (a missing
-    sqlite file is not created here)."""
+    """The id of experiment ``name`` in a local store; None when there is none yet (a missing
+    sqlite file is not created here) or the store is a server (not waited for here)."""
     from tasks.tracking import sqlite_database
 
     database = sqlite_database(uri)
-    if database is not None and not database.is_file():
+    if uri.startswith(("http://", "https://")) or (database is not None and not database.is_file()):
         return None
     import mlflow
     from mlflow.exceptions import MlflowException
