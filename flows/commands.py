@@ -151,6 +151,7 @@ def serve_schedules(
     """Serve the scheduled deployments until Ctrl-C or SIGTERM, on PREFECT_API_URL or a local
     Prefect server started here (and stopped after). Returns how serving stopped."""
     from flows.prefect_server import ensure_server, recorded_api
+    from flows.prefect_server import ui_url as prefect_ui_url
 
     with ensure_server(port) as (api_url, started), recorded_api(api_url):
         # Prefect reads PREFECT_API_URL when imported: only now, with the server known.
@@ -159,7 +160,11 @@ def serve_schedules(
         planned = schedules(params, only, every, data)
         built = deployments(params_file, overrides, planned, data)
         where = "started here" if started else "PREFECT_API_URL"
-        notify(f"Prefect API {api_url} ({where}); UI at {api_url.removesuffix('/api')}")
+        ui = prefect_ui_url(api_url)
+        notify(
+            f"Prefect API {api_url} ({where}); "
+            + (f"UI at {ui}" if ui else "no Prefect UI answers there (PREFECT_UI_URL)")
+        )
         for item in planned:
             when = (
                 f"every {item.interval_s:g} s"
@@ -188,14 +193,20 @@ def tracking_server_url() -> str | None:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
-def mlflow_ui(host: str, port: int, notify: Callable[[str], None]) -> int:
+def mlflow_ui(host: str, port: int, notify: Callable[[str], None], experiment: str) -> int:
     """The MLflow UI on the project's tracking store until it exits or popseg is signalled;
-    returns its exit code."""
+    returns its exit code. The address given opens on the runs table of ``experiment``."""
     from flows.runtime import run_until_signalled
     from tasks.tracking import ARTIFACT_DIR, tracking_uri
 
     uri = tracking_uri()
-    notify(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
+    address = f"http://{host}:{port}"
+    experiment_id = _experiment_id(uri, experiment)
+    if experiment_id is not None:
+        from tasks.tracking.layout import ui_runs_path
+
+        address = f"{address}/{ui_runs_path(experiment_id)}"
+    notify(f"MLflow UI for {uri} at {address} (Ctrl-C to stop)")
     mlflow_cli = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     command = [
         mlflow_cli,
@@ -210,3 +221,21 @@ def mlflow_ui(host: str, port: int, notify: Callable[[str], None]) -> int:
         (Path.cwd() / ARTIFACT_DIR).resolve().as_uri(),
     ]
     return run_until_signalled(command)
+
+
+def _experiment_id(uri: str, name: str) -> str | None:
+    """The id of experiment ``name`` in a local store; None when there is none yet (a missing
+    sqlite file is not created here) or the store is a server (not waited for here)."""
+    from tasks.tracking import sqlite_database
+
+    database = sqlite_database(uri)
+    if uri.startswith(("http://", "https://")) or (database is not None and not database.is_file()):
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
+    except MlflowException:
+        return None
+    return None if found is None else found.experiment_id

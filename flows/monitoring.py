@@ -1,6 +1,7 @@
 """The monitoring flow: a registered model's training reference -> new data -> drift checks ->
-a monitoring run in MLflow -> (``retrain=True`` and drift) the training flow on the new data.
-Wiring only: every step is a function in `tasks/monitor.py`, wrapped here as a Prefect task."""
+a monitoring run in MLflow (experiment ``<model>-monitoring``) -> (``retrain=True`` and drift)
+the training flow on the new data. Wiring only: every step is a function in `tasks/monitor.py`,
+wrapped here as a Prefect task."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import monitor, notify, register
 from tasks.config import Params
 from tasks.errors import PopsegError
-from tasks.tracking.layout import MonitorTag
+from tasks.tracking.layout import MonitorTag, monitoring_experiment_name
 
 _step = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -134,7 +135,7 @@ def monitor_flow(
     run_id, experiment_id = log_task(
         report,
         outcome.to_json(),
-        params.register_.experiment,
+        monitoring_experiment_name(model_name),
         model_name,
         model.model_version,
         data.source,

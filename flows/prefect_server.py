@@ -2,9 +2,10 @@
 
 Set PREFECT_API_URL to use an existing server (or Prefect Cloud); otherwise
 `prefect server start` runs on 127.0.0.1 with its database under PREFECT_HOME (.prefect/),
-and is stopped when serving stops. Must run before Prefect is imported: Prefect reads its
-settings at import. While serving, the API in use is recorded in ``.popseg/prefect-api.json``
-so that other popseg commands in the project (`popseg approve`) find the flow runs on it.
+serving Prefect's UI (deployments, schedules, flow runs) at the same address, and is stopped
+when serving stops. Must run before Prefect is imported: Prefect reads its settings at import.
+While serving, the API in use is recorded in ``.popseg/prefect-api.json`` so that other popseg
+commands in the project (`popseg approve`) find the flow runs on it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,33 @@ def _healthy(api_url: str) -> bool:
         return False
 
 
+def server_environment(api_url: str) -> dict[str, str]:
+    """The server's environment: popseg's (every popseg process keeps Prefect's UI off) with
+    the UI on, talking to ``api_url``, its static files copied under PREFECT_HOME (the
+    installed package may be read-only)."""
+    home = Path(os.environ.get("PREFECT_HOME", ".prefect")).resolve()
+    return {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "true",
+        "PREFECT_UI_API_URL": api_url,
+        "PREFECT_UI_STATIC_DIRECTORY": str(home / "ui"),
+    }
+
+
+def ui_url(api_url: str) -> str | None:
+    """The Prefect UI of the server at ``api_url`` when it answers: PREFECT_UI_URL if set, else
+    the API's address without ``/api``. None when no UI page is served there."""
+    url = os.environ.get("PREFECT_UI_URL") or api_url.rstrip("/").removesuffix("/api")
+    request = urllib.request.Request(url, headers={"Accept": "text/html"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            page = response.read(65536)
+            serves_page = response.status == 200 and b"<html" in page.lower()
+    except OSError:
+        return None
+    return url if serves_page else None
+
+
 @contextlib.contextmanager
 def ensure_server(port: int = 0, log_path: Path | None = None) -> Iterator[tuple[str, bool]]:
     """Yield ``(api_url, started_here)``. A configured PREFECT_API_URL is used as is (and
@@ -66,6 +94,7 @@ def ensure_server(port: int = 0, log_path: Path | None = None) -> Iterator[tuple
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [str(prefect_cli), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=server_environment(api_url),
             stdout=log,
             stderr=subprocess.STDOUT,
             # Its own process group, not session: Ctrl-C in the terminal reaches popseg, which

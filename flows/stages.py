@@ -57,11 +57,15 @@ def load_ingested(params: Params) -> IngestedData:
 # --------------------------------------------------------------------------- validate
 
 
-def suite_name(params: Params) -> str:
+def data_name(params: Params) -> str:
+    """The input's short name: the configured file's stem, else the bundled dataset's name."""
     if params.data.path:
-        stem = Path(params.data.path.rstrip("/")).stem or "user-data"
-        return f"popseg-{stem}"
-    return f"popseg-{params.data.dataset}"
+        return Path(params.data.path.rstrip("/")).stem or "user-data"
+    return params.data.dataset
+
+
+def suite_name(params: Params) -> str:
+    return f"popseg-{data_name(params)}"
 
 
 def validate_stage(params: Params, data: IngestedData, engine: Engine = MEMORY) -> ValidationReport:
@@ -226,7 +230,21 @@ def training_record(
             ),
         },
         validation_json=validation_json,
+        dataset=runs.DatasetRef(
+            name=data_name(params),
+            digest=data.md5,
+            source=_dataset_source(data),
+            features=list(trained.chain.feature_names),
+        ),
     )
+
+
+def _dataset_source(data: IngestedData) -> str:
+    """Where the training data is: a URI or glob as given, a local file by its absolute path."""
+    where = data.path or data.source
+    if "://" in where or any(mark in where for mark in "*?["):
+        return where
+    return Path(where).resolve().as_posix()
 
 
 def register_stage(

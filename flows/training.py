@@ -106,6 +106,21 @@ def _run_step(step, *args, cached: list[str]):
     return state.result()
 
 
+def _flow_run_tags() -> dict[str, str]:
+    """The Prefect flow run this training is, and its page when a Prefect UI is known
+    (PREFECT_UI_URL, or derived from PREFECT_API_URL; not for the ephemeral server)."""
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_UI_URL
+
+    run_id = flow_run.id
+    if run_id is None:
+        return {}
+    tags = {RunTag.PREFECT_FLOW_RUN_ID: str(run_id)}
+    if PREFECT_UI_URL.value():
+        tags[RunTag.PREFECT_FLOW_RUN_URL] = flow_run.ui_url
+    return tags
+
+
 @contextlib.contextmanager
 def _this_api():
     from prefect.client.orchestration import get_client
@@ -166,7 +181,7 @@ def training_flow(
     execution = engines.open_engine(engine, _task_mapper(params))
     data = ingest_task.with_options(**orchestration.network_options(config))(params, execution)
     notes: list[str] = list(data.warnings)
-    tags = stages.training_tags(params, data, execution)
+    tags = {**stages.training_tags(params, data, execution), **_flow_run_tags()}
     with tempfile.TemporaryDirectory(prefix="popseg-") as scratch_dir:
         scratch = Path(scratch_dir)
         report = validate_task(params, data, execution)

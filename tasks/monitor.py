@@ -13,9 +13,10 @@ New data is a CSV/Parquet table (local or s3://), the local endpoint's capture l
 lines written by ``tasks/serving/server.py --capture``) or a SageMaker endpoint's capture files
 under an S3 prefix (`tasks.deploy.sagemaker_capture`): the same records, parsed with the
 endpoint's own request parser. `compute_drift` is pure (arrays in, a `DriftReport` out);
-`log_monitor_run` records a monitoring run in MLflow in the layout other readers rely on
-(`tasks.tracking.layout`: run type ``monitor``, `MonitorTag`, `MonitorMetric`, artifact
-``monitor/monitor.json``, model-version tags ``last_monitor_run_id`` / ``last_monitor_drift``).
+`log_monitor_run` records a monitoring run in MLflow, in the model's experiment
+``<model>-monitoring``, in the layout other readers rely on (`tasks.tracking.layout`: run type
+``monitor``, `MonitorTag`, `MonitorMetric`, artifact ``monitor/monitor.json``, model-version
+tags ``last_monitor_run_id`` / ``last_monitor_drift`` / ``monitoring_experiment``).
 """
 
 from __future__ import annotations
@@ -531,8 +532,10 @@ def log_monitor_run(
     Run: tags ``popseg.run_type=monitor``, ``model_name``, ``model_version``, ``data_source``,
     ``data_md5``, ``drift`` (true/false); metrics ``drift``, ``max_psi``, ``n_rows``,
     ``n_reasons``, ``psi_<feature>``; artifact ``monitor/monitor.json`` = ``payload`` with
-    ``monitor_run_id`` and ``experiment_id``. Model version tags ``last_monitor_run_id``, ``last_monitor_drift``.
-    Returns (run id, experiment id)."""
+    ``monitor_run_id`` and ``experiment_id``; in ``experiment`` (the model's monitoring
+    experiment, `layout.monitoring_experiment_name`). Model version tags
+    ``last_monitor_run_id``, ``last_monitor_drift``, ``monitoring_experiment`` (its name) and
+    ``monitoring_experiment_id``. Returns (run id, experiment id)."""
     import mlflow
 
     from tasks import register
@@ -586,7 +589,12 @@ def log_monitor_run(
     runs.tag_version(
         model_name,
         str(model_version),
-        {VersionTag.LAST_MONITOR_RUN_ID: run_id, VersionTag.LAST_MONITOR_DRIFT: drift},
+        {
+            VersionTag.LAST_MONITOR_RUN_ID: run_id,
+            VersionTag.LAST_MONITOR_DRIFT: drift,
+            VersionTag.MONITORING_EXPERIMENT: experiment,
+            VersionTag.MONITORING_EXPERIMENT_ID: experiment_id,
+        },
     )
     return run_id, experiment_id
 

@@ -1,8 +1,9 @@
 """Register: record a training in MLflow and register its model.
 
 One parent run per training (params, chosen-k metrics, plots, reports, validation result,
-tags ``data_md5`` and ``git_commit``), one nested run per k with its metrics, and the fitted
-chain registered as a pyfunc model version with alias ``challenger``; the names are those of
+tags ``data_md5`` and ``git_commit``, the training data as its MLflow dataset input), one
+nested run per k with its metrics, and the fitted chain registered as a pyfunc model version
+(input schema: the features as doubles) with alias ``challenger``; the names are those of
 `tasks.tracking.layout`, written through `tasks.tracking.runs`. Also: pointing MLflow at the
 project store; the registry lock is `tasks.tracking.lock`'s (re-exported here).
 """
@@ -32,7 +33,14 @@ from tasks.tracking import (  # noqa: F401
     sqlite_database,
     tracking_uri,
 )
-from tasks.tracking.layout import CHALLENGER, CHAMPION, Artifact, training_run_name  # noqa: F401
+from tasks.tracking.layout import (  # noqa: F401
+    CHALLENGER,
+    CHAMPION,
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING_KIND,
+    Artifact,
+    training_run_name,
+)
 from tasks.tracking.lock import DEFAULT_LEASE_S, registry_lock
 
 logger = logging.getLogger(__name__)
@@ -72,17 +80,24 @@ _SWEPT_STORES: set[str] = set()
 
 
 def ensure_experiment(name: str) -> str:
-    """Get or create the experiment; with the sqlite store new ones keep artifacts under
-    ./mlartifacts, any other store chooses (a tracking server: its artifact proxy)."""
+    """Get or create the experiment, marked a model-training experiment (one made before the
+    mark gets it too); with the sqlite store new ones keep artifacts under ./mlartifacts, any
+    other store chooses (a tracking server: its artifact proxy)."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) is None:
+            client().set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+            )
         return experiment.experiment_id
     location = None
     if tracking_uri().startswith("sqlite:"):
         location = (Path.cwd() / ARTIFACT_DIR).resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(
+        name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+    )
 
 
 def git_commit() -> str:
@@ -116,6 +131,7 @@ class TrainingRecord:
     json_artifacts: dict[str, Any]  # artifact path -> JSON-able payload
     csv_artifacts: dict[str, pd.DataFrame]  # artifact path -> table
     validation_json: Path | None = None
+    dataset: runs.DatasetRef | None = None  # the training data, as the run's MLflow input
 
 
 @dataclass(frozen=True)
@@ -180,7 +196,7 @@ def _register_training(
 ) -> Registration:
     import mlflow
     from mlflow.models import ModelSignature
-    from mlflow.types.utils import _infer_schema
+    from mlflow.types import ColSpec, DataType, Schema
 
     configure_mlflow()
     experiment_id = ensure_experiment(experiment)
@@ -197,16 +213,26 @@ def _register_training(
         if record.validation_json is not None:
             runs.log_file(record.validation_json, Artifact.VALIDATION_RESULT)
         runs.log_training_data(record.training_frame, log_data_max_mb)
+        if record.dataset is not None:
+            runs.log_dataset(record.dataset)
         with tempfile.TemporaryDirectory() as scratch:
             chain_dir = Path(scratch) / Artifact.CHAIN
             record.chain.save(str(chain_dir))
             runs.log_chain(chain_dir)
-            features = record.training_frame[record.chain.feature_names].head(5)
-            segments, distances = record.chain.predict(features.to_numpy(dtype=np.float64))
-            output = pd.DataFrame({"closest_cluster": segments, "distance_to_cluster": distances})
-            # Output schema only: an input schema would make MLflow refuse integer columns
-            # ("can not safely convert int64 to float64"); the chain checks inputs itself.
-            signature = ModelSignature(inputs=None, outputs=_infer_schema(output))
+            names = record.chain.feature_names
+            features = record.training_frame[names].head(5).astype(np.float64)
+            # Declared, not inferred (inferring warns about integer columns): every feature a
+            # double, as the chain computes in float64 and a column may hold missing values
+            # at scoring time, which an integer column cannot.
+            signature = ModelSignature(
+                inputs=runs.feature_schema(names),
+                outputs=Schema(
+                    [
+                        ColSpec(DataType.long, "closest_cluster"),
+                        ColSpec(DataType.double, "distance_to_cluster"),
+                    ]
+                ),
+            )
             info = mlflow.pyfunc.log_model(
                 name=Artifact.MODEL,
                 python_model=str(_PYFUNC_FILE),

@@ -12,7 +12,8 @@ Two steps, both pure apart from reading MLflow:
 
 What is read where is the run layout of `tasks.tracking.layout`, read through
 `tasks.tracking.runs`. Monitoring runs are found by their tags (run type ``monitor``, model
-name and version) in the training run's experiment and the configured one; the artifact
+name and version) in the model's monitoring experiment (``<model>-monitoring``), the training
+run's experiment and the configured one; the artifact
 ``monitor/monitor.json`` gives ``drift``, ``reasons`` and ``features``.
 """
 
@@ -40,6 +41,7 @@ from tasks.tracking.layout import (
     MonitorMetric,
     MonitorTag,
     RunTag,
+    monitoring_experiment_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -622,8 +624,9 @@ def gather(
     model_name: str, version: str | None = None, experiment: str | None = None
 ) -> ReportData:
     """Read a registered version's training run (default: the champion, else the latest
-    version) and its monitoring runs. ``experiment`` names one more experiment to search for
-    monitoring runs (the configured ``register.experiment``)."""
+    version) and its monitoring runs (in the model's monitoring experiment and the training
+    run's). ``experiment`` names one more experiment to search for monitoring runs (the
+    configured ``register.experiment``)."""
     import mlflow
 
     from tasks.register import tracking_uri
@@ -658,9 +661,11 @@ def gather(
             if local is not None:
                 title, caption = PLOTS.get(name, (_humanize(name), ""))
                 images[name] = Image(name, title, caption, local.read_bytes())
+        # Monitoring runs are in the model's monitoring experiment; older ones in the training
+        # run's or the configured experiment.
         experiment_ids = [record.experiment_id]
-        if experiment:
-            found = mlflow.get_experiment_by_name(experiment)
+        for name in (monitoring_experiment_name(model_name), experiment):
+            found = mlflow.get_experiment_by_name(name) if name else None
             if found is not None and found.experiment_id not in experiment_ids:
                 experiment_ids.append(found.experiment_id)
         monitoring = monitoring_history(model_name, version, experiment_ids, scratch / "monitor")

@@ -61,8 +61,9 @@ def ui(
     port: Annotated[int, typer.Option(help="port")] = 5000,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
 ) -> None:
-    """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI overrides).
-    With a tracking server (http/https), print its URL: it serves the UI already."""
+    """Start the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI overrides),
+    opening on the runs of the training experiment (register.experiment). With a tracking
+    server (http/https), print its URL: it serves the UI already."""
     from flows import commands
 
     server = commands.tracking_server_url()
@@ -71,5 +72,14 @@ def ui(
         typer.echo(server)
         raise typer.Exit(0)
     with command_errors():
-        code = commands.mlflow_ui(host, port, _note)
+        code = commands.mlflow_ui(host, port, _note, _training_experiment())
     raise typer.Exit(code)
+
+
+def _training_experiment() -> str:
+    """register.experiment of ./params.yaml, the default one without a params file."""
+    from tasks.config import RegisterConfig
+
+    if Path("params.yaml").is_file():
+        return load_cli_params(None).register_.experiment
+    return RegisterConfig().experiment

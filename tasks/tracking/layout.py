@@ -17,17 +17,30 @@ A **training run** (parent, one per training, run name ``train-k<k>``):
 * artifacts: :class:`Artifact` (chain, model, training data, plots, validation, reports);
 * one nested run per k tried (run name ``k=<k>``): param ``k``, tag ``chosen``, its metrics.
 
+and ``PREFECT_FLOW_RUN_ID`` / ``PREFECT_FLOW_RUN_URL``, the Prefect flow run that trained it (the URL
+when a Prefect UI is known); its input (``mlflow.log_input``, context :data:`DATASET_CONTEXT`)
+is the training data as an MLflow dataset: name, digest = the DVC md5, source = its path/URI.
+
 A run whose data failed validation is logged FAILED (run name ``validation-failed``) with the
 lineage tags, ``validation_success=false``, the validation artifact and metric
 ``failed_expectations``; nothing is registered.
 
 A **registered model version** carries :class:`VersionTag` (lineage copied from its run, k,
-the input contract, the promotion gate's verdict, rollbacks, the last monitoring run) and the
-aliases :data:`CHALLENGER` (newest registration) and :data:`CHAMPION` (passed the gate).
+the input contract, the promotion gate's verdict, rollbacks, the last monitoring run and its
+experiment), a description stating the gate's decision and reasons (:func:`gate_description`)
+and the aliases :data:`CHALLENGER` (newest registration) and :data:`CHAMPION` (passed the
+gate). Its model has an input schema: the feature columns as doubles.
 
-A **monitoring run** (run name ``monitor-v<version>``): tag ``popseg.run_type=monitor`` and
-:class:`MonitorTag`, params ``monitor.<threshold>``, :class:`MonitorMetric` (plus
-``psi_<feature>``) and artifact :attr:`Artifact.MONITOR`.
+A **monitoring run** (run name ``monitor-v<version>``), in the model's own experiment
+:func:`monitoring_experiment_name`: tag ``popseg.run_type=monitor`` and :class:`MonitorTag`,
+params ``monitor.<threshold>``, :class:`MonitorMetric` (plus ``psi_<feature>``) and artifact
+:attr:`Artifact.MONITOR`. Runs logged before monitoring had its own experiment are in the
+training experiment; readers search both.
+
+Every experiment popseg creates is tagged :data:`EXPERIMENT_KIND_TAG` =
+:data:`MODEL_TRAINING_KIND` (MLflow's marker of a model-training experiment, as opposed to a
+GenAI one). MLflow 3.17's UI picks its GenAI or model-training view from a global switch
+instead, which :func:`ui_runs_path` sets in the link it gives.
 """
 
 from __future__ import annotations
@@ -94,6 +107,8 @@ class RunTag:
     REPORT_ERROR: Final = "report_error"
     CHOSEN: Final = "chosen"  # nested run per k: "true" on the k chosen
     RUN_TYPE: Final = "popseg.run_type"
+    PREFECT_FLOW_RUN_ID: Final = "prefect_flow_run_id"
+    PREFECT_FLOW_RUN_URL: Final = "prefect_flow_run_url"  # its page in the Prefect UI
 
 
 class Param:
@@ -126,6 +141,8 @@ class VersionTag:
     ROLLED_BACK_FROM: Final = "rolled_back_from"  # the champion a rollback replaced by it
     LAST_MONITOR_RUN_ID: Final = "last_monitor_run_id"
     LAST_MONITOR_DRIFT: Final = "last_monitor_drift"
+    MONITORING_EXPERIMENT: Final = "monitoring_experiment"  # name of the monitoring experiment
+    MONITORING_EXPERIMENT_ID: Final = "monitoring_experiment_id"
 
 
 class ApprovalTag:
@@ -196,3 +213,26 @@ def monitor_run_name(version: str) -> str:
 
 
 VALIDATION_FAILED_RUN_NAME: Final = "validation-failed"
+
+# MLflow's experiment-kind tag and its value for a model-training experiment
+# (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+EXPERIMENT_KIND_TAG: Final = "mlflow.experimentKind"
+MODEL_TRAINING_KIND: Final = "custom_model_development"
+# The `mlflow.log_input` context of the training data.
+DATASET_CONTEXT: Final = "training"
+
+
+def monitoring_experiment_name(model_name: str) -> str:
+    return f"{model_name}-monitoring"
+
+
+def ui_runs_path(experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment, in its model-training view (MLflow 3.17
+    otherwise opens an experiment on the GenAI overview)."""
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def gate_description(passed: bool, reasons: list[str]) -> str:
+    """A model version's description after the promotion gate (Markdown in the MLflow UI)."""
+    verdict = "passed" if passed else "refused"
+    return "\n".join([f"Promotion gate {verdict}:", *(f"- {reason}" for reason in reasons)])

@@ -1,7 +1,8 @@
 """The writer and the reader of the run layout (`tasks.tracking.layout`).
 
-Writing: the artifacts and tags of the active run (``log_*``), of a run by id (``tag_run``,
-``log_text``, ``fail_run``) and of a model version (``tag_version``, ``record_*``).
+Writing: the artifacts, tags and dataset input of the active run (``log_*``), of a run by id
+(``tag_run``, ``log_text``, ``fail_run``) and of a model version (``tag_version``,
+``describe_version``, ``record_*``).
 Reading: :func:`read_version` gives a registered version and its training run as one
 :class:`RunRecord`; :func:`download` fetches an artifact, a missing one being a
 `RegistryError` that names it. MLflow is imported inside the functions, as everywhere in
@@ -26,6 +27,7 @@ from tasks.tracking.layout import (
     CHAMPION,
     CONTRACT_TAG_MAX,
     COPIED_TO_VERSION,
+    DATASET_CONTEXT,
     GATE_TAGS,
     VALIDATION_FAILED_RUN_NAME,
     Artifact,
@@ -33,6 +35,7 @@ from tasks.tracking.layout import (
     Param,
     RunTag,
     VersionTag,
+    gate_description,
     k_run_name,
 )
 
@@ -333,6 +336,48 @@ def log_training_data(frame, max_mb: float) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class DatasetRef:
+    """The training data as an MLflow dataset: where it is, not its rows."""
+
+    name: str
+    digest: str  # the DVC md5
+    source: str  # local path or URI (s3://..., a folder or glob on the Dask engine)
+    features: list[str]
+
+
+def log_dataset(dataset: DatasetRef) -> None:
+    """The training data as the active run's input (the MLflow UI's Datasets column): name,
+    digest, source and the features as double columns."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with warnings.catch_warnings():
+            # Two registered local-file sources claim a path ("interpreted in multiple ways").
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(dataset.source)
+    except MlflowException:
+        source = CodeDatasetSource(tags={"source": dataset.source})
+    frame = MetaDataset(
+        source, name=dataset.name, digest=dataset.digest, schema=feature_schema(dataset.features)
+    )
+    mlflow.log_input(frame, context=DATASET_CONTEXT)
+
+
+def feature_schema(features: list[str]):
+    """The model's input: every feature a double (integer columns are converted by the
+    chain, so MLflow's integer-column warning does not apply)."""
+    from mlflow.types import ColSpec, DataType, Schema
+
+    return Schema([ColSpec(DataType.double, name) for name in features])
+
+
 def log_chain(chain_dir: str | Path) -> None:
     import mlflow
 
@@ -410,8 +455,9 @@ def record_gate(
     champion: str | None,
     move_champion: bool = True,
 ) -> None:
-    """The gate's verdict on a version; passing moves ``champion`` to it (unless not
-    ``move_champion``: approval required, the approval moves it)."""
+    """The gate's verdict on a version (tags and the version's description); passing moves
+    ``champion`` to it (unless not ``move_champion``: approval required, the approval moves
+    it)."""
     tags = {
         VersionTag.GATE_PASSED: str(passed).lower(),
         VersionTag.GATE_REASONS: "; ".join(reasons),
@@ -420,8 +466,13 @@ def record_gate(
     if moves and champion is not None:
         tags[VersionTag.PREVIOUS_CHAMPION] = champion
     tag_version(model_name, version, tags)
+    describe_version(model_name, version, gate_description(passed, reasons))
     if moves:
         move_alias(model_name, CHAMPION, version)
+
+
+def describe_version(model_name: str, version: str, description: str) -> None:
+    client().update_model_version(model_name, str(version), description=description)
 
 
 def record_rollback(model_name: str, version: str, champion_before: str | None) -> None:

@@ -98,6 +98,15 @@ def test_dask_engine_matches_in_memory(prefect_server, project_dir):
     assert run.data.tags["execution_engine"] == "dask"
     assert int(run.data.tags["dask_partitions"]) > 1
     assert run.data.tags["dask_sample_rows"] == "5000"
+    # The same MLflow layout as in memory: the whole data set as the run's dataset input, the
+    # gate's decision as the version's description.
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "synthetic"
+    assert dataset_input.dataset.digest == dask.data_md5 == run.data.tags["data_md5"]
+    raw = (project_dir / "data" / "raw" / "synthetic.csv").resolve()
+    assert json.loads(dataset_input.dataset.source) == {"uri": str(raw)}
+    verdict = "passed" if dask.promoted else "refused"
+    assert version.description.startswith(f"Promotion gate {verdict}:\n- ")
     # What was sampled is stated in the run's notes.
     notes = json.loads(mlflow.artifacts.load_text(f"runs:/{dask.run_id}/reports/notes.json"))
     assert any("silhouette and Dunn index on a seeded sample of 5000" in n for n in notes)

@@ -98,7 +98,8 @@ def test_request_formats_match_pyfunc_and_training_labels(served, trained_projec
     assert segments == assignments["segment"].tolist()
     np.testing.assert_allclose(distances, assignments["distance_to_cluster"], rtol=1e-9)
     # ... == the registered pyfunc model
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(rows)
+    # (its input schema declares every feature a double: MLflow refuses int64 columns)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(rows.astype(float))
     assert segments == pyfunc["closest_cluster"].tolist()
     np.testing.assert_allclose(distances, pyfunc["distance_to_cluster"], rtol=1e-9)
     # Missing values are filled as in training.

@@ -15,6 +15,7 @@ from tasks.errors import DataError, RegistryError
 from tasks.ingest import load_crime, md5_bytes
 
 MODEL = "popseg-segmentation"
+MONITORING = "popseg-segmentation-monitoring"
 FEATURES = ["Murder", "Assault", "UrbanPop", "Rape", "Density"]
 RETRAIN_FAST = ["evaluate.bootstrap_rounds=5", "cluster.k_min=4", "cluster.k_max=4"]
 
@@ -34,7 +35,9 @@ def _client():
 
 
 def _monitoring_runs(client):
-    experiment = client.get_experiment_by_name("popseg")
+    experiment = client.get_experiment_by_name(MONITORING)
+    if experiment is None:  # made by the first monitoring run
+        return []
     return client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`{monitor.RUN_TYPE_TAG}` = 'monitor'"
     )
@@ -72,7 +75,12 @@ def test_training_data_is_no_drift_and_recorded(crime_csv):
     assert run.data.metrics["drift"] == 0.0 and run.data.metrics["n_rows"] == 50
     assert run.data.metrics["n_reasons"] == 0 and run.data.metrics["max_psi"] == 0.0
     assert {f"psi_{name}" for name in FEATURES} <= set(run.data.metrics)
-    assert run.info.experiment_id == client.get_experiment_by_name("popseg").experiment_id
+    # Monitoring runs have their own experiment, linked from the version.
+    monitoring = client.get_experiment_by_name(MONITORING)
+    assert run.info.experiment_id == monitoring.experiment_id
+    assert monitoring.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert version.tags["monitoring_experiment"] == MONITORING
+    assert version.tags["monitoring_experiment_id"] == monitoring.experiment_id
     artifact = json.loads(
         mlflow.artifacts.load_text(f"runs:/{outcome.monitor_run_id}/{monitor.ARTIFACT_PATH}")
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import mlflow
@@ -16,15 +15,12 @@ import pytest
 
 from tasks import report
 from tasks.register import configure_mlflow
+from tests import browser
 from tests.e2e.helpers import invoke
 
 MODEL = "popseg-segmentation"
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "test-artifacts" / "report-screenshot.png"
-CHROMIUM_INSTALL = (
-    "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "
-    "--no-install-recommends chromium"
-)
 EVIL = "<script>alert(1)</script>"
 
 
@@ -142,38 +138,8 @@ def test_drift_history_from_monitoring_runs(trained_project):
     assert EVIL not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium") or (
-        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-    )
-    if path is None:
-        pytest.fail(
-            "headless Chromium is needed to test the HTML report and is not installed; run the "
-            f"install step of .ci/run (as root: {CHROMIUM_INSTALL})"
-        )
-    return path
-
-
-def _run_chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        *args,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
-
-
 def test_report_renders_in_headless_chromium(trained_project, tmp_path):
-    chromium = _chromium()
+    chromium = browser.chromium()
     _log_monitor_run("2", True, ["Murder: PSI 0.61 > 0.25"], "data/new/april.csv")
     written = report.write_report(MODEL, None, tmp_path / "report.html", "popseg")
     html = written.path.read_text()
@@ -191,7 +157,7 @@ def test_report_renders_in_headless_chromium(trained_project, tmp_path):
             "});</script></body>",
         )
     )
-    dom = _run_chromium(
+    dom = browser.run_chromium(
         chromium,
         tmp_path / "profile-dom",
         "--dump-dom",
@@ -205,7 +171,7 @@ def test_report_renders_in_headless_chromium(trained_project, tmp_path):
     assert re.search(r"<h2>\s*Drift history\s*</h2>", dom.stdout)
 
     shot = tmp_path / "report-screenshot.png"
-    result = _run_chromium(
+    result = browser.run_chromium(
         chromium,
         tmp_path / "profile-shot",
         f"--screenshot={shot}",

@@ -164,7 +164,7 @@ def test_serve_starts_a_server_and_a_schedule_fires(trained_project):
 
         configure_mlflow()
         runs = mlflow.search_runs(
-            experiment_names=["popseg"],
+            experiment_names=["popseg-segmentation-monitoring"],
             filter_string="tags.`popseg.run_type` = 'monitor'",
         )
         assert len(runs) >= 2

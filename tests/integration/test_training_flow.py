@@ -103,7 +103,8 @@ def test_pyfunc_and_chain_reproduce_training_labels(trained, project_dir):
     outcome = trained
     frame = pd.read_csv(project_dir / "data" / "raw" / "crime.csv")
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    predictions = model.predict(frame.drop(columns="State"))
+    # The input schema declares every feature a double; MLflow refuses int64 columns.
+    predictions = model.predict(frame.drop(columns="State").astype(float))
     assert list(predictions.columns) == ["closest_cluster", "distance_to_cluster"]
     sizes = predictions["closest_cluster"].value_counts().to_dict()
     assert sizes == outcome.sizes

