@@ -142,7 +142,8 @@ class DaskSession:
             if on_step is not None:
                 from distributed import as_completed
 
-                for done, _ in enumerate(as_completed(futures), start=1):
+                finished = as_completed(futures, loop=self.client.loop)
+                for done, _ in enumerate(finished, start=1):
                     on_step(done, len(futures))
             return self.client.gather(futures)
         except BaseException as error:

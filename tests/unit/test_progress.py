@@ -86,10 +86,10 @@ def test_eta_and_heartbeat_from_the_clock(caplog):
 
 
 def test_a_failed_step_says_where_it_stopped_and_the_error_propagates(progress_lines):
-    with pytest.raises(RuntimeError, match="lost"):
-        with progress("k-means passes", 300, "passes", stream=io.StringIO()) as on_step:
-            on_step(7)
-            raise RuntimeError("lost")
+    step = progress("k-means passes", 300, "passes", stream=io.StringIO())
+    with pytest.raises(RuntimeError, match="lost"), step as on_step:
+        on_step(7)
+        raise RuntimeError("lost")
     assert progress_lines()[-1].startswith("k-means passes: 7/300 passes, ")
     assert progress_lines()[-1].endswith("(stopped)")
 
@@ -121,7 +121,7 @@ def test_steps_open_at_once_in_threads_share_one_display():
                 started.wait(timeout=10)
                 for done in range(1, 51):
                     on_step(done)
-        except BaseException as error:  # noqa: BLE001 - collected for the assertion
+        except BaseException as error:  # collected for the assertion
             errors.append(error)
 
     threads = [threading.Thread(target=step, args=(f"step-{i}",)) for i in range(4)]
@@ -137,9 +137,8 @@ def test_steps_open_at_once_in_threads_share_one_display():
 
 def test_silenced_reports_nothing(progress_lines):
     terminal = TerminalBuffer()
-    with silenced():
-        with progress("sweep", 11, "k", stream=terminal) as on_step:
-            on_step(5)
+    with silenced(), progress("sweep", 11, "k", stream=terminal) as on_step:
+        on_step(5)
     assert terminal.getvalue() == "" and progress_lines() == []
 
 
@@ -176,8 +175,10 @@ def test_knn_imputer_reports_parts_of_the_rows(monkeypatch):
     whole = KNNImputer(n_neighbors=3).fit(values).transform(values)
     monkeypatch.setattr(compute_impute, "_PART_MIN", 64)
     calls = []
-    parts = KNNImputer(n_neighbors=3).fit(values).transform(
-        values, on_step=lambda done, total: calls.append((done, total))
+    parts = (
+        KNNImputer(n_neighbors=3)
+        .fit(values)
+        .transform(values, on_step=lambda done, total: calls.append((done, total)))
     )
     assert len(calls) >= 3 and calls[-1] == (incomplete, incomplete)
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
