@@ -460,6 +460,8 @@ def _fit_runs(X, sample_weight, specs, init, max_iter, tol, on_step=None):
         labels, inertia = _lloyd_lockstep(
             Xc, sample_weight, all_runs, max_iter, tol_abs, x_sq, passed
         )
+        if passed is not None:  # every run is done now, those stopped at max_iter too
+            passed(max(r.n_iter for r in all_runs))
     out = []
     pos = 0
     for group in groups:

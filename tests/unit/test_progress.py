@@ -159,9 +159,21 @@ def test_kmeans_sweep_reports_each_k_finished_between_passes(blobs):
     assert calls[0][1] == {"iteration": 0, "runs_moving": 15}  # after the seeding
     assert calls[-1][1]["runs_moving"] == 0
     iterations = [kw["iteration"] for _, kw in calls]
-    assert iterations == list(range(len(calls)))  # one call per Lloyd pass
+    # one call per Lloyd pass, and a last one once every run is done
+    assert iterations[:-1] == list(range(len(calls) - 1)) and iterations[-1] == iterations[-2]
     for k in range(2, 7):  # the callback changes nothing
         np.testing.assert_array_equal(reported.models_[k].labels_, plain.models_[k].labels_)
+
+
+def test_kmeans_sweep_stopped_at_max_iter_still_ends_with_every_k(blobs):
+    from tasks.compute import KMeansSweep
+
+    values, _ = blobs
+    calls = []
+    KMeansSweep(k_values=range(2, 7), n_init=2, max_iter=1, tol=0.0, random_state=0).fit(
+        values, on_step=lambda *a, **kw: calls.append((a, kw))
+    )
+    assert calls[-1] == ((5, 5), {"iteration": 1, "runs_moving": 0})
 
 
 def test_knn_imputer_reports_parts_of_the_rows(monkeypatch):
