@@ -111,6 +111,10 @@ class LineReporter(Reporter):
 
     def __init__(self, description: str, total: int, unit: str, clock=time.monotonic) -> None:
         super().__init__(description, total, unit, clock)
+        if logger.level == logging.NOTSET:
+            # Prefect's logging set-up (when it is imported) puts the root logger at WARNING:
+            # these INFO lines are the point of this logger, whoever configured the root.
+            logger.setLevel(logging.INFO)
         self._last_line: float | None = None
         self._next_milestone = 0
         self._logged_done = -1
