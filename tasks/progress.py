@@ -60,6 +60,21 @@ def _seconds(value: float) -> str:
     return f"{minutes} min {seconds:02d} s"
 
 
+def _shown() -> None:
+    if logger.level == logging.NOTSET:
+        # Prefect's logging set-up (when it is imported) puts the root logger at WARNING:
+        # these INFO lines are the point of this logger, whoever configured the root.
+        logger.setLevel(logging.INFO)
+
+
+def announce(message: str) -> None:
+    """One line about where to watch the work (e.g. the Dask dashboard's URL), on the
+    progress logger, so it shows wherever the progress lines show."""
+    _shown()
+    # about the process, not a Prefect run: not for the run logs (it may come before any run)
+    logger.info("%s", message, extra={"send_to_api": False})
+
+
 class Reporter:
     """The callback of one step. ``reporter(done, total=None, **sub_counts)``: ``done`` of
     ``total`` (unchanged when None) done so far; safe to call from any thread."""
@@ -111,10 +126,7 @@ class LineReporter(Reporter):
 
     def __init__(self, description: str, total: int, unit: str, clock=time.monotonic) -> None:
         super().__init__(description, total, unit, clock)
-        if logger.level == logging.NOTSET:
-            # Prefect's logging set-up (when it is imported) puts the root logger at WARNING:
-            # these INFO lines are the point of this logger, whoever configured the root.
-            logger.setLevel(logging.INFO)
+        _shown()
         self._last_line: float | None = None
         self._next_milestone = 0
         self._logged_done = -1

@@ -149,7 +149,9 @@ class DaskEngine:
         with progress(f"{step} on the Dask cluster", total, "items") as on_step:
             if self._mapper is None:
                 return self.session.map(step, function, *iterables, on_step=on_step)
-            return self._mapper(step, function, *iterables)
+            results = self._mapper(step, function, *iterables)
+            on_step(len(results))
+            return results
 
     # ------------------------------------------------------------------ settings
 

@@ -173,7 +173,8 @@ def lloyd(
     centers = {k: np.ascontiguousarray(c, dtype=np.float64) for k, c in inits.items()}
     n_iter = dict.fromkeys(centers, 0)
     active = sorted(centers)
-    what = f"k-means passes over {len(blocks.items)} partitions (k={active[0]}..{active[-1]})"
+    parts = f"{len(blocks.items)} partition{'' if len(blocks.items) == 1 else 's'}"
+    what = f"k-means passes over {parts} (k={active[0]}..{active[-1]})"
     with progress(what, max_iter, "passes") as on_step:
         for iteration in range(1, max_iter + 1):
             if not active:

@@ -12,6 +12,7 @@ from typing import Any
 
 from tasks.config import DaskConfig
 from tasks.errors import DataError, DistributedError, PopsegError
+from tasks.progress import announce
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +328,7 @@ def open_session(config: DaskConfig, scheduler: str | None = None) -> Iterator[D
             address = cluster.scheduler_address
         session = DaskSession(client, cluster, config, address)
         logger.info("dask engine: %s", session.describe())
-        logger.info("%s", session.dashboard_note())
+        announce(session.dashboard_note())
         previous, _current = _current, session
         try:
             yield session

@@ -30,7 +30,7 @@ def session(params):
 def test_dashboard_url_when_bokeh_is_installed_else_a_note(params, caplog):
     from tasks.dask_engine.session import DASHBOARD_OFF, open_session
 
-    caplog.set_level(logging.INFO, logger="tasks.dask_engine.session")
+    caplog.set_level(logging.INFO, logger="tasks.progress")
     config = params.dask.model_copy(
         update={"n_workers": 1, "threads_per_worker": 1, "processes": False}
     )
@@ -45,7 +45,7 @@ def test_dashboard_url_when_bokeh_is_installed_else_a_note(params, caplog):
         else:
             assert url is None
             expected = DASHBOARD_OFF
-    logged = [r.getMessage() for r in caplog.records if r.name == "tasks.dask_engine.session"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "tasks.progress"]
     assert expected in logged
 
 
