@@ -61,6 +61,7 @@ from threadpoolctl import threadpool_limits
 
 from tasks.cluster import SweepResult, fit_k_values, sweep
 from tasks.config import Params, load_params
+from tasks.progress import silenced
 from tasks.reduce import reduce
 from tasks.scale import scale
 from tasks.select import select_k
@@ -199,14 +200,10 @@ def prepare(values: np.ndarray, params: Params) -> np.ndarray:
     return reduce(scaled.values, names, params.reduce).values
 
 
-def _quiet(_: str) -> None:
-    pass
-
-
 def _inertias(values: np.ndarray, k_max: int, params: Params) -> np.ndarray:
     """Within-group sums of squares W_1..W_k_max with the pipeline's k-means."""
     k_max = min(k_max, len(values) - 1)
-    fits = fit_k_values(values, list(range(2, k_max + 1)), params.cluster, _quiet)
+    fits = fit_k_values(values, list(range(2, k_max + 1)), params.cluster)
     total = float(((values - values.mean(axis=0)) ** 2).sum())
     return np.array([total] + [fits[k][2] for k in range(2, k_max + 1)])
 
@@ -240,8 +237,8 @@ def _strength(
     train: np.ndarray, test: np.ndarray, k_values: list[int], params: Params
 ) -> dict[int, float]:
     """Prediction strength of each k for one (train, test) split."""
-    train_fits = fit_k_values(train, k_values, params.cluster, _quiet)
-    test_fits = fit_k_values(test, k_values, params.cluster, _quiet)
+    train_fits = fit_k_values(train, k_values, params.cluster)
+    test_fits = fit_k_values(test, k_values, params.cluster)
     out = {}
     for k in k_values:
         centroids = train_fits[k][0]
@@ -309,7 +306,7 @@ def run_case(
     values, truth = make_case(family, seed)
     n, d = values.shape
     prepared = prepare(values, params)
-    result = sweep(prepared, params.cluster, _quiet)
+    result = sweep(prepared, params.cluster)
     picks: dict[str, int] = {}
     seconds: dict[str, float] = {}
     extra: dict[str, Any] = {}
@@ -320,7 +317,7 @@ def run_case(
     fits_of = dict.fromkeys(picks, result)
     if d <= NO_PCA_MAX_FEATURES:
         t = time.perf_counter()
-        plain = sweep(prepare(values, no_pca), no_pca.cluster, _quiet)
+        plain = sweep(prepare(values, no_pca), no_pca.cluster)
         picks["consensus_no_pca"] = select_k(plain, "consensus").k
         fits_of["consensus_no_pca"] = plain
         seconds["consensus_no_pca"] = time.perf_counter() - t
@@ -447,7 +444,9 @@ def main() -> None:
         family_seeds = [0] if family.real else seeds
         t = time.perf_counter()
         for seed in family_seeds:
-            rows.append(run_case(family, seed, params, no_pca, args.quick))
+            # thousands of small sweeps: the per-family line below is the progress
+            with silenced():
+                rows.append(run_case(family, seed, params, no_pca, args.quick))
         print(
             f"{family.name}: {len(family_seeds)} case(s) in {time.perf_counter() - t:.1f} s",
             flush=True,

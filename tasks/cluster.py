@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tasks.config import ClusterConfig
+from tasks.progress import OnStep, progress
 
 logger = logging.getLogger(__name__)
 
@@ -147,39 +148,37 @@ def _fit_of(model: Any) -> tuple[np.ndarray, np.ndarray, float, int]:
 
 
 def _sklearn_fits(
-    values: np.ndarray, k_values: list[int], config: ClusterConfig, progress: Callable[[str], None]
+    values: np.ndarray, k_values: list[int], config: ClusterConfig, on_step: OnStep
 ) -> dict[int, tuple[np.ndarray, np.ndarray, float, int]]:
     from sklearn.cluster import KMeans
 
     fits = {}
     for position, k in enumerate(k_values, start=1):
         fits[k] = _fit_of(KMeans(n_clusters=k, **_lloyd_options(config)).fit(values))
-        progress(f"k={k}: inertia {fits[k][2]:.4g} ({position}/{len(k_values)})")
+        on_step(position, len(k_values), last_k=k, iterations=fits[k][3])
     return fits
 
 
 def _numba_fits(
-    values: np.ndarray, k_values: list[int], config: ClusterConfig, progress: Callable[[str], None]
+    values: np.ndarray, k_values: list[int], config: ClusterConfig, on_step: OnStep
 ) -> dict[int, tuple[np.ndarray, np.ndarray, float, int]]:
     from tasks.compute import KMeansSweep
 
-    sweep = KMeansSweep(k_values=k_values, **_lloyd_options(config)).fit(values)
-    fits = {k: _fit_of(sweep.models_[k]) for k in k_values}
-    progress(f"fitted k={k_values[0]}..{k_values[-1]} in one sweep")
-    return fits
+    sweep = KMeansSweep(k_values=k_values, **_lloyd_options(config)).fit(values, on_step=on_step)
+    return {k: _fit_of(sweep.models_[k]) for k in k_values}
 
 
 def fit_k_values(
-    values: np.ndarray,
-    k_values: list[int],
-    config: ClusterConfig,
-    progress: Callable[[str], None] | None = None,
+    values: np.ndarray, k_values: list[int], config: ClusterConfig, what: str = "k-means"
 ) -> dict[int, tuple[np.ndarray, np.ndarray, float, int]]:
     """k-means for every k with ``cluster.backend`` (best of ``n_init`` seeded runs each):
-    ``{k: (centroids, labels, inertia, n_iter)}``, unscored."""
+    ``{k: (centroids, labels, inertia, n_iter)}``, unscored. Progress per k finished (with
+    the Lloyd iteration of the numba sweep, whose k values run in lockstep) as ``what``."""
     fitter = _numba_fits if config.backend == "numba" else _sklearn_fits
     values = np.ascontiguousarray(values, dtype=np.float64)
-    return fitter(values, k_values, config, progress or logger.info)
+    description = f"{what} k={k_values[0]}..{k_values[-1]} ({len(values)} rows)"
+    with progress(description, len(k_values), "k") as on_step:
+        return fitter(values, k_values, config, on_step)
 
 
 def metric_functions(backend: str) -> dict[str, Callable[..., float]]:
@@ -226,31 +225,28 @@ def score_fit(
     }
 
 
-def sweep(
-    values: np.ndarray,
-    config: ClusterConfig,
-    progress: Callable[[str], None] | None = None,
-) -> SweepResult:
-    """Fit k-means for every k in range and score each fit."""
-    progress = progress or logger.info
+def sweep(values: np.ndarray, config: ClusterConfig) -> SweepResult:
+    """Fit k-means for every k in range and score each fit (progress per k of each)."""
     values = np.ascontiguousarray(values, dtype=np.float64)
     n_rows = len(values)
     ks = k_range(config, n_rows)
     for note in ks.notes():
         logger.warning(note)
-    raw_fits = fit_k_values(values, ks.k_values, config, progress)
+    raw_fits = fit_k_values(values, ks.k_values, config)
     sample = silhouette_subset(n_rows, config)
     functions = metric_functions(config.backend)
     fits = {}
-    for k, (centroids, labels, inertia, n_iter) in raw_fits.items():
-        labels = np.asarray(labels, dtype=np.int64)
-        centroids = np.asarray(centroids, dtype=np.float64)
-        fits[k] = KFit(
-            k=k,
-            centroids=centroids,
-            labels=labels,
-            inertia=inertia,
-            n_iter=n_iter,
-            metrics=score_fit(values, centroids, labels, inertia, sample, functions),
-        )
+    with progress(f"scoring k ({len(sample)} rows for silhouette)", len(raw_fits), "k") as done:
+        for k, (centroids, labels, inertia, n_iter) in raw_fits.items():
+            labels = np.asarray(labels, dtype=np.int64)
+            centroids = np.asarray(centroids, dtype=np.float64)
+            fits[k] = KFit(
+                k=k,
+                centroids=centroids,
+                labels=labels,
+                inertia=inertia,
+                n_iter=n_iter,
+                metrics=score_fit(values, centroids, labels, inertia, sample, functions),
+            )
+            done(len(fits), last_k=k)
     return sweep_result(fits, config, ks, n_rows, len(sample))

@@ -175,14 +175,21 @@ def bootstrap_stability(
 ) -> list[float]:
     """ARI between the model's labels and refits on bootstrap resamples (each predicting all
     rows). 1.0 = the same partition every time. ``mapper(function, round_indices, samples)``
-    may run the rounds elsewhere (in parallel); by default they run here, in order."""
+    may run the rounds elsewhere (in parallel; it reports their progress); by default they
+    run here, in order, with progress per refit."""
     if rounds == 0:
         return []
     rng = np.random.default_rng(config.seed)
     samples = [rng.integers(0, len(values), size=len(values)) for _ in range(rounds)]
     round_fit = functools.partial(bootstrap_round, values, labels, k, config)
     if mapper is None:
-        scores = [round_fit(index, sample) for index, sample in enumerate(samples)]
+        from tasks.progress import progress
+
+        scores = []
+        with progress(f"bootstrap refits (k={k}, {len(values)} rows)", rounds, "refits") as done:
+            for index, sample in enumerate(samples):
+                scores.append(round_fit(index, sample))
+                done(index + 1)
     else:
         scores = mapper(round_fit, list(range(rounds)), samples)
     return [score for score in scores if score is not None]

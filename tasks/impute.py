@@ -65,12 +65,48 @@ def column_statistics(values: np.ndarray, strategy: str, fill_value: float) -> n
     return fill_values_from_stats(strategy, fill_value, values.shape[1], computed)
 
 
-def _knn_imputer(n_neighbors: int, backend: str):
-    if backend == "numba":
-        from tasks.compute import KNNImputer
-    else:
+def _knn_fill(values: np.ndarray, n_neighbors: int, backend: str) -> np.ndarray:
+    """KNN imputation, with progress per part of the rows to fill on the numba backend
+    (scikit-learn's imputer has no callback: one step)."""
+    from tasks.progress import progress
+
+    incomplete = int(np.isnan(values).any(axis=1).sum())
+    with progress(f"KNN imputation ({len(values)} donor rows)", incomplete, "rows") as on_step:
+        if backend == "numba":
+            from tasks.compute import KNNImputer
+
+            imputer = KNNImputer(n_neighbors=n_neighbors).fit(values)
+            return imputer.transform(values, on_step=on_step)
         from sklearn.impute import KNNImputer
-    return KNNImputer(n_neighbors=n_neighbors)
+
+        return KNNImputer(n_neighbors=n_neighbors).fit_transform(values)
+
+
+def _iterative_fill(values: np.ndarray, config: ImputeConfig) -> np.ndarray:
+    """Iterative imputation (MICE), with progress per feature model fitted: up to
+    ``impute.max_iter`` rounds of one model per feature (fewer when it converges)."""
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer
+
+    from tasks.progress import progress
+
+    total = config.max_iter * values.shape[1]
+
+    class _CountingImputer(IterativeImputer):
+        # scikit-learn has no progress hook; each round fits one model per feature through
+        # this method (the same count as its own verbose output).
+        def _impute_one_feature(self, *args, **kwargs):
+            result = super()._impute_one_feature(*args, **kwargs)
+            fitted[0] += 1
+            rounds = -(-fitted[0] // values.shape[1])
+            on_step(fitted[0], total, round=f"{rounds}/{config.max_iter}")
+            return result
+
+    fitted = [0]
+    with progress("iterative imputation", total, "feature fits") as on_step:
+        return _CountingImputer(
+            max_iter=config.max_iter, random_state=config.seed, sample_posterior=False
+        ).fit_transform(values)
 
 
 def impute(features: pd.DataFrame, config: ImputeConfig, backend: str = "sklearn") -> ImputeResult:
@@ -93,14 +129,9 @@ def impute(features: pd.DataFrame, config: ImputeConfig, backend: str = "sklearn
         statistics = column_statistics(values, strategy, config.fill_value)
         filled = np.where(missing, statistics[None, :], values)
     elif strategy == "knn":
-        filled = _knn_imputer(config.n_neighbors, backend).fit_transform(values)
+        filled = _knn_fill(values, config.n_neighbors, backend)
     else:  # iterative (MICE)
-        from sklearn.experimental import enable_iterative_imputer  # noqa: F401
-        from sklearn.impute import IterativeImputer
-
-        filled = IterativeImputer(
-            max_iter=config.max_iter, random_state=config.seed, sample_posterior=False
-        ).fit_transform(values)
+        filled = _iterative_fill(values, config)
     if strategy in FILL_STATISTIC:
         fill_values = column_statistics(values, strategy, config.fill_value)
     else:

@@ -13,6 +13,10 @@ from tasks.compute._threads import kernel_threads
 
 _BLOCK = 32  # receivers per block (one block per thread at a time)
 _TILE = 2048  # donors per tile: a block x tile of distances stays in L2
+#: With a progress callback the receivers go to the kernel in up to this many calls, each
+#: of at least `_PART_MIN` rows (enough blocks to keep every thread busy).
+_PARTS = 20
+_PART_MIN = 64 * _BLOCK
 
 __all__ = ["KNNImputer"]
 
@@ -79,8 +83,10 @@ class KNNImputer(TransformerMixin, BaseEstimator):
         self._valid_mask = ~np.all(mask, axis=0)
         return self
 
-    def transform(self, X):
-        """Impute all missing values of ``X``."""
+    def transform(self, X, *, on_step=None):
+        """Impute all missing values of ``X``. ``on_step(done, total)``, if given, is called
+        after each part of the rows to impute (``done`` of ``total`` rows), between kernel
+        calls."""
         check_is_fitted(self, "_fit_X")
         self._check_params()
         X = self._validate(X, reset=False)
@@ -104,27 +110,38 @@ class KNNImputer(TransformerMixin, BaseEstimator):
             np.cumsum(Qm.sum(axis=1), out=miss_ptr[1:])
             miss_idx = np.nonzero(Qm)[1].astype(np.int64)
             out = Q.copy()
-            with kernel_threads(rows.size * F0.shape[0] * X.shape[1]):
-                knn_impute(
-                    (A, miss_idx, miss_ptr, np.ascontiguousarray(impute_mask[rows])),
-                    (
-                        B,
-                        np.einsum("ij,ij->i", F0, F0),
-                        np.ascontiguousarray((F0 * F0).T),
-                        np.ascontiguousarray(PF.T),
-                        fit_mask.sum(axis=1).astype(np.float64),
-                        F0,
-                        col_mean,
-                    ),
-                    (
-                        int(self.n_neighbors),
-                        self.weights == "distance",
-                        float(X.shape[1]),
-                        _BLOCK,
-                        _TILE,
-                    ),
-                    out,
-                )
+            receiver_mask = np.ascontiguousarray(impute_mask[rows])
+            donors = (
+                B,
+                np.einsum("ij,ij->i", F0, F0),
+                np.ascontiguousarray((F0 * F0).T),
+                np.ascontiguousarray(PF.T),
+                fit_mask.sum(axis=1).astype(np.float64),
+                F0,
+                col_mean,
+            )
+            settings = (
+                int(self.n_neighbors),
+                self.weights == "distance",
+                float(X.shape[1]),
+                _BLOCK,
+                _TILE,
+            )
+            n_rows = rows.size
+            part = n_rows if on_step is None else max(_PART_MIN, -(-n_rows // _PARTS))
+            for r0 in range(0, n_rows, part):
+                r1 = min(n_rows, r0 + part)
+                # Receivers are independent: a slice of them (miss_ptr keeps its offsets
+                # into the whole miss_idx) imputes exactly as the whole.
+                with kernel_threads((r1 - r0) * F0.shape[0] * X.shape[1]):
+                    knn_impute(
+                        (A[r0:r1], miss_idx, miss_ptr[r0 : r1 + 1], receiver_mask[r0:r1]),
+                        donors,
+                        settings,
+                        out[r0:r1],
+                    )
+                if on_step is not None:
+                    on_step(r1, n_rows)
             X[rows] = out.astype(X.dtype, copy=False)
         if self.keep_empty_features:
             X[:, ~valid] = 0

@@ -96,13 +96,14 @@ def _resolve_n_init(n_init, init) -> int:
 class _Run:
     """One k-means run (one k, one init) inside a lockstep batch."""
 
-    __slots__ = ("centers", "draws", "init_ids", "k", "n_iter")
+    __slots__ = ("centers", "done", "draws", "init_ids", "k", "n_iter")
 
     def __init__(self, k):
         self.k = k
         self.centers = None
         self.draws = None
         self.n_iter = 0
+        self.done = False  # converged, or stopped at max_iter
 
 
 def _kmeanspp_lockstep(X, x_sq, sample_weight, runs, n_chunks):
@@ -207,10 +208,11 @@ _DENSE_SHARE = 0.5
 _BOUNDED_MIN_ROWS = 50_000
 
 
-def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, x_sq):
+def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, x_sq, passed=None):
     """Lloyd iterations for all runs; one pass over X per iteration for all of the
     still-active runs (converged runs leave the pass). Returns (labels (n_runs, n),
-    inertia (n_runs,)) computed with the final centroids.
+    inertia (n_runs,)) computed with the final centroids. ``passed(iteration)``, if given,
+    is called after each pass (the runs that left it have ``done`` set).
 
     Above ``_BOUNDED_MIN_ROWS`` rows the first pass computes every distance (BLAS) and
     later passes use Hamerly's bounds (see :mod:`tasks.compute._hamerly_kernels`), which
@@ -219,15 +221,16 @@ def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, x_sq):
     costs more than the distances it saves. ``x_sq``: squared row norms of X.
     """
     n = X.shape[0]
+    passed = passed or (lambda iteration: None)
     if n < _BOUNDED_MIN_ROWS:
-        return _lloyd_plain(X, sample_weight, runs, max_iter, tol)
+        return _lloyd_plain(X, sample_weight, runs, max_iter, tol, passed)
     labels = np.empty((len(runs), n), dtype=np.int32)
     inertia = np.empty(len(runs))
     group = max(1, _BOUNDS_BYTES_MAX // max(1, 12 * n))
     for g0 in range(0, len(runs), group):
         g1 = min(len(runs), g0 + group)
         inertia[g0:g1] = _lloyd_bounded(
-            X, sample_weight, runs[g0:g1], max_iter, tol, x_sq, labels[g0:g1]
+            X, sample_weight, runs[g0:g1], max_iter, tol, x_sq, labels[g0:g1], passed
         )
     return labels, inertia
 
@@ -262,7 +265,7 @@ def _stack_dense(C, half, offsets, dense, n_runs):
     return C_dense, half_dense, dense_at
 
 
-def _lloyd_plain(X, sample_weight, runs, max_iter, tol):
+def _lloyd_plain(X, sample_weight, runs, max_iter, tol, passed):
     """:func:`_lloyd_lockstep` with every distance in every pass (one fused pass over X
     per iteration for all the still-active runs)."""
     active = list(runs)
@@ -276,7 +279,12 @@ def _lloyd_plain(X, sample_weight, runs, max_iter, tol):
             sl = slice(offsets[b], offsets[b + 1])
             if _lloyd_step(X, sample_weight, r, S[sl], W[sl], it)[0] > tol:
                 still.append(r)
+            else:
+                r.done = True
         active = still
+        passed(it + 1)
+    for r in runs:
+        r.done = True
     C, offsets = _stack(runs)
     labels, inertia, _ = _nearest(X, sample_weight, C, offsets, False)
     return labels, inertia
@@ -361,7 +369,7 @@ class BoundedLloyd:
                 self.Q[sl] += dQ[sl]
 
 
-def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, x_sq, labels):
+def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, x_sq, labels, passed):
     """:func:`_lloyd_lockstep` for one group of runs; fills ``labels`` (n_runs, n) and
     returns the inertia per run."""
     n_runs = len(runs)
@@ -384,9 +392,14 @@ def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, x_sq, labels):
             sq_shift, lloyd.shift[sl] = _lloyd_step(X, sample_weight, r, Sb, Wb, it)
             if sq_shift > tol:
                 still.append(b)
+            else:
+                r.done = True
         active = np.asarray(still, dtype=np.int64)
+        passed(it + 1)
         if active.shape[0] == 0:
             break
+    for r in runs:
+        r.done = True
     # final assignment with the final centroids; the inertia from the per-centroid sums:
     # sum over rows of w |x - c|^2 = Q - 2 c.S + W |c|^2 (X is centred, so no cancellation
     # beyond float64's reach)
@@ -401,11 +414,14 @@ def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, x_sq, labels):
     return inertia
 
 
-def _fit_runs(X, sample_weight, specs, init, max_iter, tol):
+def _fit_runs(X, sample_weight, specs, init, max_iter, tol, on_step=None):
     """Fit every ``(k, random_state)`` spec (each possibly with several inits).
 
     ``specs``: list of ``(k, n_init, random_state_instance)``. Returns, per spec, the
     best run as ``(centers, labels, inertia, n_iter)`` in the original data frame.
+    ``on_step(done, total, iteration=..., runs_moving=...)``, if given, is called after the
+    seeding and after each Lloyd pass: ``done`` of the ``total`` specs have every run
+    finished.
     """
     n = X.shape[0]
     n_chunks = n_chunks_for(n)
@@ -429,9 +445,23 @@ def _fit_runs(X, sample_weight, specs, init, max_iter, tol):
             group.append(r)
         groups.append(group)
         all_runs.extend(group)
+    passed = None
+    if on_step is not None:
+
+        def passed(iteration):
+            finished = sum(all(r.done for r in group) for group in groups)
+            moving = sum(not r.done for r in all_runs)
+            on_step(finished, len(groups), iteration=iteration, runs_moving=moving)
+
     with kernel_threads(n * X.shape[1] * sum(r.k for r in all_runs)):
         _kmeanspp_lockstep(Xc, x_sq, sample_weight, all_runs, n_chunks)
-        labels, inertia = _lloyd_lockstep(Xc, sample_weight, all_runs, max_iter, tol_abs, x_sq)
+        if passed is not None:
+            passed(0)
+        labels, inertia = _lloyd_lockstep(
+            Xc, sample_weight, all_runs, max_iter, tol_abs, x_sq, passed
+        )
+        if passed is not None:  # every run is done now, those stopped at max_iter too
+            passed(max(r.n_iter for r in all_runs))
     out = []
     pos = 0
     for group in groups:
@@ -746,7 +776,10 @@ class KMeansSweep(BaseEstimator):
         self.k_values = k_values
         _set_lloyd_params(self, init, n_init, max_iter, tol, random_state)
 
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None, *, on_step=None):
+        """Fit every k. ``on_step(done, total, iteration=..., runs_moving=...)``, if given,
+        is called between passes over the data (never inside a kernel): ``done`` of the
+        ``total`` k values have all their ``n_init`` runs converged (or at ``max_iter``)."""
         ks = [k for k in self.k_values]
         if not ks:
             raise ValueError("k_values is empty; give at least one number of clusters.")
@@ -773,6 +806,7 @@ class KMeansSweep(BaseEstimator):
             self.init,
             self.max_iter,
             self.tol,
+            on_step,
         )
         self.models_ = {}
         for k, result in zip(ks, results, strict=True):

@@ -44,6 +44,7 @@ from tasks.errors import ConfigError, DataError
 from tasks.ingest import IngestedData
 from tasks.package import build_chain, transform_chain
 from tasks.prepare import Prepared
+from tasks.progress import progress
 from tasks.tracking.layout import RunTag
 from tasks.validate import (
     ROW_EXPECTATIONS,
@@ -142,8 +143,15 @@ class DaskEngine:
         return self._session
 
     def _map(self, step: str, function, *iterables) -> list:
-        mapper = self._mapper or self.session.map
-        return mapper(step, function, *iterables)
+        """``function`` over the zipped ``iterables`` on the cluster, with progress per item
+        done (on Prefect task mapping, whose results come back together: the whole step)."""
+        total = min((len(items) for items in iterables), default=0)
+        with progress(f"{step} on the Dask cluster", total, "items") as on_step:
+            if self._mapper is None:
+                return self.session.map(step, function, *iterables, on_step=on_step)
+            results = self._mapper(step, function, *iterables)
+            on_step(len(results))
+            return results
 
     # ------------------------------------------------------------------ settings
 
@@ -427,9 +435,8 @@ class DaskEngine:
                 f"dask.sample_rows gives {len(sample)} usable sample rows, fewer than "
                 f"cluster.k_max={max(k_values)}; raise dask.sample_rows"
             )
-        progress = logger.info
         with _timed(f"k-means++ seeding on the sample ({len(sample)} rows)"):
-            seeds = cluster.fit_k_values(sample, k_values, config, progress)
+            seeds = cluster.fit_k_values(sample, k_values, config, "k-means on the sample")
         reduced_stage = stats.Stage(prepared.names, self._model_chain(prepared), drop, reduce=True)
         blocks = kmeans.prepared_blocks(
             session, table, reduced_stage, n_kept, p, params.dask.persist
@@ -451,7 +458,6 @@ class DaskEngine:
                     {k: seeds[k][0] for k in k_values},
                     config.max_iter,
                     tol_abs,
-                    progress,
                 )
             with _timed("per-k statistics on all rows"):
                 per_k = kmeans.sweep_statistics(session, blocks, centers)

@@ -12,7 +12,6 @@ so workers never need more than a partition at a time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +29,7 @@ from tasks.compute import (
 from tasks.dask_engine.session import DaskSession
 from tasks.dask_engine.stats import Moments, Stage, merge_all, numba_threads, row_slices
 from tasks.dask_engine.table import Columns, DaskTable, row_ids
+from tasks.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -162,48 +162,57 @@ def lloyd(
     inits: dict[int, np.ndarray],
     max_iter: int,
     tol_abs: float,
-    progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[int, np.ndarray], dict[int, int]]:
     """Lloyd iterations from ``inits`` (k -> centroids) on every row, all k in one pass per
     iteration; a k leaves the pass once its centroids move (squared, summed) no more than
-    ``tol_abs``. Returns (k -> centroids, k -> iterations)."""
+    ``tol_abs``. Returns (k -> centroids, k -> iterations). Progress per pass, out of
+    ``max_iter`` (the time left is an upper bound: the k values usually converge sooner);
+    each iteration's shifts are logged at debug level."""
     import dask
 
-    progress = progress or logger.info
     centers = {k: np.ascontiguousarray(c, dtype=np.float64) for k, c in inits.items()}
     n_iter = dict.fromkeys(centers, 0)
     active = sorted(centers)
-    for iteration in range(1, max_iter + 1):
-        if not active:
-            break
-        C, offsets = stack_centers([centers[k] for k in active])
-        shared_c, shared_offsets = dask.delayed(C), dask.delayed(offsets)
-        total = tree_sum(
-            [
-                dask.delayed(_lloyd_part)(block, shared_c, shared_offsets, session.kernel_threads)
-                for block in blocks.items
-            ]
-        )
-        S, W = session.compute(f"k-means iteration {iteration}", [total])[0]
-        still, moved = [], 0.0
-        for b, k in enumerate(active):
-            part = slice(offsets[b], offsets[b + 1])
+    parts = f"{len(blocks.items)} partition{'' if len(blocks.items) == 1 else 's'}"
+    what = f"k-means passes over {parts} (k={active[0]}..{active[-1]})"
+    with progress(what, max_iter, "passes") as on_step:
+        for iteration in range(1, max_iter + 1):
+            if not active:
+                break
+            C, offsets = stack_centers([centers[k] for k in active])
+            shared_c, shared_offsets = dask.delayed(C), dask.delayed(offsets)
+            total = tree_sum(
+                [
+                    dask.delayed(_lloyd_part)(
+                        block, shared_c, shared_offsets, session.kernel_threads
+                    )
+                    for block in blocks.items
+                ]
+            )
+            S, W = session.compute(f"k-means iteration {iteration}", [total])[0]
+            still, moved = [], 0.0
+            for b, k in enumerate(active):
+                part = slice(offsets[b], offsets[b + 1])
 
-            def relocate(sums, counts, old=centers[k]):
-                n_empty = int((counts == 0).sum())
-                points, labels = _farthest(session, blocks, old, n_empty)
-                relocate_empty_clusters(sums, counts, points, np.ones(len(points)), labels)
+                def relocate(sums, counts, old=centers[k]):
+                    n_empty = int((counts == 0).sum())
+                    points, labels = _farthest(session, blocks, old, n_empty)
+                    relocate_empty_clusters(sums, counts, points, np.ones(len(points)), labels)
 
-            new, shift = lloyd_update(centers[k], S[part], W[part], relocate)
-            centers[k], n_iter[k] = new, iteration
-            moved = max(moved, shift)
-            if shift > tol_abs:
-                still.append(k)
-        progress(
-            f"k-means iteration {iteration}: {len(active)} k still moving "
-            f"(largest shift {moved:.3g}, tolerance {tol_abs:.3g})"
-        )
-        active = still
+                new, shift = lloyd_update(centers[k], S[part], W[part], relocate)
+                centers[k], n_iter[k] = new, iteration
+                moved = max(moved, shift)
+                if shift > tol_abs:
+                    still.append(k)
+            logger.debug(
+                "k-means iteration %d: %d k still moving (largest shift %.3g, tolerance %.3g)",
+                iteration,
+                len(active),
+                moved,
+                tol_abs,
+            )
+            active = still
+            on_step(iteration, k_moving=len(active))
     return centers, n_iter
 
 

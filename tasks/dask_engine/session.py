@@ -12,6 +12,7 @@ from typing import Any
 
 from tasks.config import DaskConfig
 from tasks.errors import DataError, DistributedError, PopsegError
+from tasks.progress import announce
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,29 @@ class DaskSession:
             f"{kind} at {self.address}"
         )
 
+    @property
+    def dashboard_url(self) -> str | None:
+        """Dask's live view of the cluster's tasks: on a LocalCluster started here, its
+        address when bokeh is installed (None otherwise); on a scheduler elsewhere, the link
+        it advertises (None when it serves no dashboard)."""
+        services = self.client.scheduler_info(n_workers=0).get("services", {})
+        if "dashboard" not in services:
+            return None
+        if self.cluster is None:
+            return self.client.dashboard_link
+        if not dashboard_available():
+            return None
+        return f"http://{DASHBOARD_HOST}:{services['dashboard']}/status"
+
+    def dashboard_note(self) -> str:
+        """One line for the log: the dashboard's URL, or why there is none."""
+        url = self.dashboard_url
+        if url is not None:
+            return f"dask dashboard: {url}"
+        if self.cluster is not None:
+            return DASHBOARD_OFF
+        return f"dask dashboard: none served by the scheduler at {self.address}"
+
     # ------------------------------------------------------------------ work
 
     def compute(self, step: str, tasks: Sequence[Any], source: str | None = None) -> list[Any]:
@@ -102,13 +126,26 @@ class DaskSession:
                     if hasattr(future, "release"):
                         future.release()
 
-    def map(self, step: str, function: Callable[..., Any], *iterables: Sequence[Any]) -> list:
-        """``function`` over the zipped ``iterables`` on the workers (plain Dask futures)."""
+    def map(
+        self,
+        step: str,
+        function: Callable[..., Any],
+        *iterables: Sequence[Any],
+        on_step: Callable[..., None] | None = None,
+    ) -> list:
+        """``function`` over the zipped ``iterables`` on the workers (plain Dask futures);
+        ``on_step(done, total)`` as each one finishes."""
         items = list(zip(*iterables, strict=True))
         if not items:
             return []
         try:
             futures = self.client.map(apply_item, [function] * len(items), items, pure=False)
+            if on_step is not None:
+                from distributed import as_completed
+
+                finished = as_completed(futures, loop=self.client.loop)
+                for done, _ in enumerate(finished, start=1):
+                    on_step(done, len(futures))
             return self.client.gather(futures)
         except BaseException as error:
             raise self._translate(error, step, None) from error
@@ -230,13 +267,27 @@ def _connect(address: str, timeout_s: float):
         ) from None
 
 
+def dashboard_available() -> bool:
+    """Dask's dashboard needs bokeh (the ``dask`` extra installs it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
+
+
+DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_OFF = "dask dashboard: off (bokeh is not installed; `pip install bokeh` turns it on)"
+
+
 def _local_cluster(config: DaskConfig):
     import distributed
 
     kwargs: dict[str, Any] = {
         "processes": config.processes,
         "memory_limit": config.memory_limit or "auto",
-        "dashboard_address": None,
+        # The scheduler's HTTP server (the dashboard when bokeh is installed; health and
+        # metrics routes always) on a free port of this machine only: several runs may each
+        # have one open.
+        "dashboard_address": f"{DASHBOARD_HOST}:0",
         "silence_logs": logging.ERROR,
     }
     if config.n_workers is not None:
@@ -277,6 +328,7 @@ def open_session(config: DaskConfig, scheduler: str | None = None) -> Iterator[D
             address = cluster.scheduler_address
         session = DaskSession(client, cluster, config, address)
         logger.info("dask engine: %s", session.describe())
+        announce(session.dashboard_note())
         previous, _current = _current, session
         try:
             yield session
