@@ -89,3 +89,10 @@ class DistributedError(PopsegError):
     (names the address and the step); nothing is registered."""
 
     exit_code = 11
+
+
+class StackError(PopsegError):
+    """The team stack (`popseg stack`): a busy port, a missing binary, a service that did not
+    start or is down (names it and its log)."""
+
+    exit_code = 13

@@ -1,5 +1,6 @@
 """The `popseg` Typer app: process set-up before any command, and the commands of each group
-(`train.py`, `deploy.py`, `monitoring.py`, `servers.py`, and `stage.py` under `popseg stage`)."""
+(`train.py`, `deploy.py`, `monitoring.py`, `servers.py`; `stage.py` under `popseg stage`,
+`stack.py` under `popseg stack`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import deploy, monitoring, servers, stage, train
+from flows.cli import deploy, monitoring, servers, stack, stage, train
 from flows.cli.options import typer_app
 
 app = typer_app(
@@ -48,3 +49,4 @@ COMMANDS = (
 for command in COMMANDS:
     app.command()(command)
 app.add_typer(stage.stage_app, name="stage")
+app.add_typer(stack.stack_app, name="stack")

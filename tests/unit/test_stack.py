@@ -1,0 +1,106 @@
+"""`popseg stack` without a stack: bad inputs are one-line errors naming what is at fault,
+`status`/`down` when nothing is up, and `down` never signalling a process that only reuses a
+recorded pid."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from flows.stack.processes import Service, StackState, save_state
+from tests.e2e.helpers import invoke
+
+STACK_ERROR = 13
+
+
+@pytest.fixture
+def empty_project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_busy_port_is_refused_before_anything_starts(empty_project):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = invoke("stack", "up", "--mlflow-port", str(port), "--json")
+    assert result.exit_code == STACK_ERROR
+    assert f"port {port}" in _error_line(result) and "mlflow" in _error_line(result)
+    assert json.loads(result.stdout)["error_type"] == "StackError"
+    assert not (empty_project / ".popseg" / "stack" / "postgres").exists()
+    assert not (empty_project / ".popseg" / "stack" / "state.json").exists()
+
+
+def test_a_missing_postgres_binary_is_named(empty_project, monkeypatch):
+    monkeypatch.setenv("POPSEG_POSTGRES_BIN", str(empty_project / "no-such-bin"))
+    result = invoke("stack", "up")
+    assert result.exit_code == STACK_ERROR
+    line = _error_line(result)
+    assert "'initdb'" in line and "no-such-bin" in line
+    assert not (empty_project / ".popseg" / "stack" / "state.json").exists()
+
+
+def test_binary_lookup_names_the_package_to_install(monkeypatch, tmp_path):
+    from flows.stack import postgres
+    from tasks.errors import StackError
+
+    monkeypatch.delenv(postgres.BIN_VARIABLE, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(postgres, "DEBIAN_BIN_GLOB", str(tmp_path / "nothing" / "*" / "bin"))
+    with pytest.raises(StackError, match=r"'postgres' not found on PATH.*apt-get install"):
+        postgres.binary("postgres")
+
+
+def test_down_and_status_when_nothing_is_up(empty_project):
+    down = invoke("stack", "down")
+    assert down.exit_code == 0 and "nothing to stop" in down.stdout
+    status = invoke("stack", "status", "--json")
+    assert status.exit_code == STACK_ERROR
+    payload = json.loads(status.stdout)
+    assert payload["up"] is False and payload["components"] == {}
+    assert "not up" in _error_line(status)
+    env = invoke("stack", "env")
+    assert env.exit_code == STACK_ERROR and "popseg stack up" in _error_line(env)
+
+
+def test_status_reports_a_dead_part_and_down_spares_a_reused_pid(empty_project):
+    # A live process that is not ours, recorded under its pid with another start time: what
+    # a state file looks like once the recorded server died and the pid was handed out again.
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        state = StackState(str(empty_project))
+        state.services["postgres"] = Service("postgres", stranger.pid, "1", 5432, "pg.log")
+        state.services["mlflow"] = Service("mlflow", dead.pid, "1", 5000, "mlflow.log")
+        save_state(state)
+        status = invoke("stack", "status", "--json")
+        assert status.exit_code == STACK_ERROR
+        payload = json.loads(status.stdout)
+        assert payload["up"] is False
+        parts = payload["components"]
+        assert set(parts) == {"postgres", "mlflow"}
+        assert not parts["postgres"]["running"] and not parts["mlflow"]["healthy"]
+        assert parts["postgres"]["pid"] == stranger.pid and parts["mlflow"]["port"] == 5000
+        assert "down: postgres, mlflow" in _error_line(status)
+
+        down = invoke("stack", "down")
+        assert down.exit_code == 0 and "nothing to stop" in down.stdout
+        assert stranger.poll() is None  # not signalled
+        assert (
+            json.loads((empty_project / ".popseg/stack/state.json").read_text())["services"] == {}
+        )
+    finally:
+        stranger.kill()
+        stranger.wait()
