@@ -86,6 +86,9 @@ def up(
     with _stack_lock(project_dir):
         state = load_state(project_dir) or StackState(str(project_dir))
         _check_wanted_ports(state, ports)
+        for name in ("initdb", "postgres"):
+            postgres.binary(name)
+        prefect_stack.check_project(project_dir)
         settings = state.settings
         settings.setdefault("bucket", bucket)
         started: list[str] = []
@@ -111,7 +114,10 @@ def up(
         )
         postgres.create_databases(root, database.port)
 
-        configured_by = s3.configured()
+        recorded_moto = state.services.get("s3")
+        configured_by = s3.configured(
+            f"http://127.0.0.1:{recorded_moto.port}" if recorded_moto else None
+        )
         if configured_by:
             if (old := state.services.pop("s3", None)) is not None:
                 stop(old)  # the AWS variables now name a store: moto is not needed
@@ -128,11 +134,13 @@ def up(
         artifact_destination = f"s3://{settings['bucket']}/{ARTIFACT_PREFIX}"
         s3_environment = s3.client_environment(endpoint_url)
 
+        # The two servers start side by side: each spends its first minute importing and,
+        # on an empty database, migrating.
         backend = postgres.url(root, database.port, "mlflow", "psycopg")
         tracking = keep_or_start(
             "mlflow",
             lambda s: mlflow_server.healthy(s.port),
-            lambda old: mlflow_server.start(
+            lambda old: mlflow_server.launch(
                 root,
                 _port(ports.mlflow, old, "mlflow"),
                 backend,
@@ -140,36 +148,44 @@ def up(
                 s3_environment,
             ),
         )
-        tracking_uri = f"http://127.0.0.1:{tracking.port}"
-
         server = keep_or_start(
             "prefect_server",
             lambda s: prefect_stack.healthy(s.port),
-            lambda old: prefect_stack.start_server(
+            lambda old: prefect_stack.launch_server(
                 root,
                 _port(ports.prefect, old, "prefect"),
                 postgres.url(root, database.port, "prefect", "asyncpg"),
             ),
         )
+        if "mlflow" in started:
+            mlflow_server.wait(tracking)
+        if "prefect_server" in started:
+            prefect_stack.wait_server(server)
+        tracking_uri = f"http://127.0.0.1:{tracking.port}"
         client_environment = {
             **prefect_stack.client_environment(root, server.port),
             "MLFLOW_TRACKING_URI": tracking_uri,
             **s3_environment,
         }
-        if "prefect_server" in started or not settings.get("deployments_registered"):
-            prefect_stack.register_deployments(root, project_dir, WORK_POOL, client_environment)
-            settings["deployments_registered"] = True
-            save_state(state)
+        deploy = "prefect_server" in started or not settings.get("deployments_registered")
+        if deploy:
+            prefect_stack.create_pool(root, project_dir, WORK_POOL, client_environment)
         # A worker started against an earlier server or tracking URL is restarted with them.
         if {"prefect_server", "mlflow", "s3"} & set(started) and "prefect_worker" in state.services:
             stop(state.services.pop("prefect_worker"))
-        keep_or_start(
+        worker = keep_or_start(
             "prefect_worker",
             lambda s: True,
-            lambda old: prefect_stack.start_worker(
+            lambda old: prefect_stack.launch_worker(
                 root, project_dir, WORK_POOL, client_environment
             ),
         )
+        if deploy:  # while the worker starts
+            prefect_stack.register_deployments(root, project_dir, client_environment)
+            settings["deployments_registered"] = True
+            save_state(state)
+        if "prefect_worker" in started:
+            prefect_stack.wait_worker(worker)
         settings.update(
             {
                 "tracking_uri": tracking_uri,

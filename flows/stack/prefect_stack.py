@@ -38,7 +38,16 @@ def _base_environment(root: Path) -> dict[str, str]:
     }
 
 
-def start_server(root: Path, port: int, database_url: str) -> Service:
+def check_project(project_dir: Path) -> None:
+    """The deployments come from the project's prefect.yaml: checked before anything starts."""
+    if not (project_dir / "prefect.yaml").is_file():
+        raise StackError(
+            f"{project_dir / 'prefect.yaml'}: not found; bring the stack up in the project "
+            "folder (the one with prefect.yaml; `popseg serve --write-prefect-yaml` writes it)"
+        )
+
+
+def launch_server(root: Path, port: int, database_url: str) -> Service:
     environment = service_environment(
         {
             **_base_environment(root),
@@ -49,29 +58,30 @@ def start_server(root: Path, port: int, database_url: str) -> Service:
     environment.pop("PREFECT_API_URL", None)
     command = [_prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     log = root / "logs" / "prefect-server.log"
-    service = spawn("prefect_server", command, log, port, environment, root)
-    wait_ready(service, lambda: healthy(port), STARTUP_TIMEOUT_S, "Prefect server")
-    return service
+    return spawn("prefect_server", command, log, port, environment, root)
+
+
+def wait_server(service: Service) -> None:
+    wait_ready(service, lambda: healthy(service.port), STARTUP_TIMEOUT_S, "Prefect server")
 
 
 def client_environment(root: Path, port: int) -> dict[str, str]:
     return {**_base_environment(root), "PREFECT_API_URL": api_url(port)}
 
 
-def register_deployments(
-    root: Path, project_dir: Path, pool: str, environment: dict[str, str]
-) -> None:
-    """The work pool (once) and every deployment of prefect.yaml, through Prefect's CLI."""
-    if not (project_dir / "prefect.yaml").is_file():
-        raise StackError(
-            f"{project_dir / 'prefect.yaml'}: not found; bring the stack up in the project "
-            "folder (the one with prefect.yaml; `popseg serve --write-prefect-yaml` writes it)"
-        )
+def create_pool(root: Path, project_dir: Path, pool: str, environment: dict[str, str]) -> None:
+    """The process work pool, unless it exists (its data lives in PostgreSQL)."""
     full = service_environment({**environment, "POPSEG_PROJECT_DIR": str(project_dir)})
     log = root / "logs" / "prefect-deploy.log"
     inspect = _run(["work-pool", "inspect", pool], full, project_dir, log, check=False)
     if inspect != 0:
         _run(["work-pool", "create", pool, "--type", "process"], full, project_dir, log)
+
+
+def register_deployments(root: Path, project_dir: Path, environment: dict[str, str]) -> None:
+    """Every deployment of prefect.yaml (train, retrain, monitor), through Prefect's CLI."""
+    full = service_environment({**environment, "POPSEG_PROJECT_DIR": str(project_dir)})
+    log = root / "logs" / "prefect-deploy.log"
     _run(["--no-prompt", "deploy", "--all"], full, project_dir, log)
 
 
@@ -105,7 +115,7 @@ def _run(
     return result.returncode
 
 
-def start_worker(root: Path, project_dir: Path, pool: str, environment: dict[str, str]) -> Service:
+def launch_worker(root: Path, project_dir: Path, pool: str, environment: dict[str, str]) -> Service:
     command = [
         _prefect_cli(),
         "worker",
@@ -127,10 +137,13 @@ def start_worker(root: Path, project_dir: Path, pool: str, environment: dict[str
         }
     )
     log = root / "logs" / "prefect-worker.log"
-    service = spawn("prefect_worker", command, log, None, full, project_dir)
+    return spawn("prefect_worker", command, log, None, full, project_dir)
+
+
+def wait_worker(service: Service) -> None:
     # The worker serves nothing to probe; it says so in its log once it polls the pool.
+    log = Path(service.log)
     wait_ready(service, lambda: _worker_started(log), STARTUP_TIMEOUT_S, "Prefect worker")
-    return service
 
 
 def _worker_started(log: Path) -> bool:

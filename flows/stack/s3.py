@@ -21,8 +21,13 @@ MOTO_CREDENTIALS = {
 }
 
 
-def configured() -> str | None:
-    """Why an S3 store is configured (the variable that says so), or None for moto."""
+def configured(own_endpoint: str | None = None) -> str | None:
+    """Why an S3 store is configured (the variable that says so), or None for moto. The
+    stack's own moto endpoint in the environment (a shell that ran `popseg stack env`) is not
+    another store."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if own_endpoint and endpoint == own_endpoint:
+        return None
     for variable in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE"):
         if os.environ.get(variable):
             return variable

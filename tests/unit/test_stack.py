@@ -104,3 +104,25 @@ def test_status_reports_a_dead_part_and_down_spares_a_reused_pid(empty_project):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_the_stacks_own_moto_endpoint_is_not_another_s3_store(monkeypatch):
+    from flows.stack import s3
+
+    for variable in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(variable, raising=False)
+    own = "http://127.0.0.1:40001"
+    # A shell that ran `eval "$(popseg stack env)"`: moto's endpoint and its dummy keys.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", own)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "popseg-stack")
+    assert s3.configured(own) is None
+    assert s3.configured("http://127.0.0.1:40002") == "AWS_ENDPOINT_URL"
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert s3.configured(own) == "AWS_ACCESS_KEY_ID"
+
+
+def test_up_outside_a_project_names_prefect_yaml(empty_project):
+    result = invoke("stack", "up")
+    assert result.exit_code == STACK_ERROR
+    assert "prefect.yaml: not found" in _error_line(result)
+    assert not (empty_project / ".popseg" / "stack" / "postgres").exists()
