@@ -170,9 +170,12 @@ def up(
         deploy = "prefect_server" in started or not settings.get("deployments_registered")
         if deploy:
             prefect_stack.create_pool(root, project_dir, WORK_POOL, client_environment)
-        # A worker started against an earlier server or tracking URL is restarted with them.
-        if {"prefect_server", "mlflow", "s3"} & set(started) and "prefect_worker" in state.services:
-            stop(state.services.pop("prefect_worker"))
+        # A worker whose flow runs would get other URLs (a part came back on another port) is
+        # restarted; one whose URLs still hold keeps running, and so do its flow runs.
+        if settings.get("worker_environment") != client_environment:
+            if (old_worker := state.services.pop("prefect_worker", None)) is not None:
+                stop(old_worker)
+            settings["worker_environment"] = client_environment
         worker = keep_or_start(
             "prefect_worker",
             lambda s: True,

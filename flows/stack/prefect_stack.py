@@ -4,6 +4,7 @@ whose flow runs get the stack's environment (MLflow, Prefect, S3)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,7 @@ def client_environment(root: Path, port: int) -> dict[str, str]:
 
 def create_pool(root: Path, project_dir: Path, pool: str, environment: dict[str, str]) -> None:
     """The process work pool, unless it exists (its data lives in PostgreSQL)."""
-    full = service_environment({**environment, "POPSEG_PROJECT_DIR": str(project_dir)})
+    full = _command_environment(environment, project_dir)
     log = root / "logs" / "prefect-deploy.log"
     inspect = _run(["work-pool", "inspect", pool], full, project_dir, log, check=False)
     if inspect != 0:
@@ -80,9 +81,15 @@ def create_pool(root: Path, project_dir: Path, pool: str, environment: dict[str,
 
 def register_deployments(root: Path, project_dir: Path, environment: dict[str, str]) -> None:
     """Every deployment of prefect.yaml (train, retrain, monitor), through Prefect's CLI."""
-    full = service_environment({**environment, "POPSEG_PROJECT_DIR": str(project_dir)})
+    full = _command_environment(environment, project_dir)
     log = root / "logs" / "prefect-deploy.log"
     _run(["--no-prompt", "deploy", "--all"], full, project_dir, log)
+
+
+def _command_environment(environment: dict[str, str], project_dir: Path) -> dict[str, str]:
+    # Unlike the services these one-off commands keep popseg's watchdog mark: a `stack up`
+    # killed midway takes them with it.
+    return {**os.environ, **environment, "POPSEG_PROJECT_DIR": str(project_dir)}
 
 
 def _run(

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import processes
-from tests.team.conftest import POPSEG, popseg
+from tests.team.conftest import POPSEG, clean_environment, popseg
 
 pytestmark = pytest.mark.team
 
@@ -218,7 +218,8 @@ def test_tracking_server_killed_mid_training_then_postgres_restarted(team_stack,
     again = popseg(["stack", "up", "--json"], team_stack["dir"], team_stack["env"])
     assert again.returncode == 0, again.stderr[-2000:]
     restarted = json.loads(again.stdout)
-    assert "mlflow" in restarted["started"] and "postgres" not in restarted["started"]
+    # Back on its port: the worker's URLs still hold, so it (and any flow run) keeps running.
+    assert restarted["started"] == ["mlflow"]
     assert restarted["tracking_uri"] == payload["tracking_uri"]  # same port, exports stay
     # Nothing half-registered: the same versions, champion unmoved.
     assert _versions(team_stack) == versions and _champion(team_stack) == champion
@@ -242,6 +243,62 @@ def test_tracking_server_killed_mid_training_then_postgres_restarted(team_stack,
     assert _versions(team_stack) == [*versions, outcome["model_version"]]
 
 
+def test_stack_up_killed_midway_then_down_leaves_nothing(team_stack):
+    """`stack up` SIGKILLed while it starts the servers: what it started is recorded (the
+    services run detached by design) and `stack down` stops all of it."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="popseg-team-kill-"))
+    folder.chmod(0o755)
+    try:
+        shutil.copy(team_stack["dir"] / "prefect.yaml", folder / "prefect.yaml")
+        env = clean_environment()
+        up = subprocess.Popen(
+            [POPSEG, "stack", "up"],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        state_file = folder / ".popseg/stack/state.json"
+        deadline = time.monotonic() + 300
+        while "mlflow" not in (
+            json.loads(state_file.read_text())["services"] if state_file.exists() else {}
+        ):
+            assert up.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        up.kill()
+        up.wait(timeout=30)
+        recorded = json.loads(state_file.read_text())["services"]
+        assert {"postgres", "s3", "mlflow"} <= set(recorded)
+        down = popseg(["stack", "down"], folder, env)
+        assert down.returncode == 0, down.stderr[-2000:]
+        assert "mlflow, s3, postgres" in down.stdout
+        _assert_nothing_left(folder, recorded)
+    finally:
+        popseg(["stack", "down"], folder, clean_environment())
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _assert_nothing_left(folder: Path, services: dict) -> None:
+    for service in services.values():
+        with pytest.raises(ProcessLookupError):
+            os.killpg(service["pid"], 0)  # the whole group is gone, workers too
+        if service["port"]:
+            with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+                probe.connect(("127.0.0.1", service["port"]))
+    # No process names the folder (PostgreSQL's backends, in sessions of their own, exit with
+    # the server).
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            assert str(folder) not in command, command
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
@@ -262,21 +319,6 @@ def test_up_again_reuses_everything_and_down_leaves_nothing(team_stack):
     down = popseg(["stack", "down"], team_stack["dir"], team_stack["env"])
     assert down.returncode == 0, down.stderr[-2000:]
     assert "stopped: prefect_worker, prefect_server, mlflow, s3, postgres" in down.stdout
-    for service in services.values():
-        with pytest.raises(ProcessLookupError):
-            os.killpg(service["pid"], 0)  # the whole group is gone, workers too
-    for port in payload["ports"].values():
-        with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
-            probe.connect(("127.0.0.1", port))
-    # Nothing else of the stack: no process names its folder (PostgreSQL's backends, which
-    # run in sessions of their own, exit with the server).
-    folder = str(team_stack["dir"])
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            assert folder not in command, command
+    _assert_nothing_left(team_stack["dir"], services)
     status = popseg(["stack", "status", "--json"], team_stack["dir"], team_stack["env"])
     assert status.returncode == 13 and json.loads(status.stdout)["components"] == {}
