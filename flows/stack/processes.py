@@ -23,6 +23,8 @@ from tasks.run_liveness import process_start_ticks
 
 STACK_DIR = Path(".popseg") / "stack"
 STATE_FILE = "state.json"
+# After SIGKILL: until init has collected the killed processes.
+KILL_WAIT_S = 5.0
 
 
 @dataclass
@@ -155,12 +157,14 @@ def spawn(
 
 def wait_ready(service: Service, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Until ``ready()``; the process exiting first, or the time running out, is an error
-    pointing at its log."""
+    pointing at its log, and what is left of the process is stopped."""
     deadline = time.monotonic() + timeout_s
     while not ready():
         if not service.running():
+            stop(service)
             raise StackError(f"{service.name} exited while starting; see {service.log}")
         if time.monotonic() > deadline:
+            stop(service)
             raise StackError(
                 f"{service.name}: {what} not ready within {timeout_s:g} s; see {service.log}"
             )
@@ -170,16 +174,22 @@ def wait_ready(service: Service, ready: Callable[[], bool], timeout_s: float, wh
 def stop(service: Service, first_signal: int = signal.SIGTERM, grace_s: float = 20.0) -> bool:
     """Stop the service's process group if it is still the one recorded; returns whether
     anything of it was running."""
-    if service.running():
-        _signal_group(service.pid, first_signal)
-    elif not service.group_left():
+    if not (service.running() or service.group_left()):
         return False
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _signal_group(service.pid, 0):
-        _reap_child(service.pid)
+    _signal_group(service.pid, first_signal)
+    if not _group_ends(service.pid, grace_s):
+        _signal_group(service.pid, signal.SIGKILL)
+        _group_ends(service.pid, KILL_WAIT_S)
+    return True
+
+
+def _group_ends(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _signal_group(pgid, 0):
+        _reap_child(pgid)
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.1)
-    _signal_group(service.pid, signal.SIGKILL)
-    _reap_child(service.pid)
     return True
 
 

@@ -126,3 +126,19 @@ def test_up_outside_a_project_names_prefect_yaml(empty_project):
     assert result.exit_code == STACK_ERROR
     assert "prefect.yaml: not found" in _error_line(result)
     assert not (empty_project / ".popseg" / "stack" / "postgres").exists()
+
+
+def test_a_service_that_dies_while_starting_leaves_no_process(tmp_path):
+    import os
+
+    from flows.stack.processes import service_environment, spawn, wait_ready
+    from tasks.errors import StackError
+
+    # The leader exits at once; the child it forked (a server's worker) would stay behind.
+    log = tmp_path / "logs" / "broken.log"
+    command = ["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(60)' & exit 1"]
+    service = spawn("broken", command, log, None, service_environment({}), tmp_path)
+    with pytest.raises(StackError, match=rf"broken exited while starting; see {log}"):
+        wait_ready(service, lambda: False, 30, "broken server")
+    with pytest.raises(ProcessLookupError):
+        os.killpg(service.pid, 0)
