@@ -96,3 +96,10 @@ class ApprovalError(PopsegError):
     decided, or was not decided in time; nothing was moved."""
 
     exit_code = 13
+
+
+class StackError(PopsegError):
+    """The team stack (`popseg stack`): a busy port, a missing binary, a service that did not
+    start or is down (names it and its log)."""
+
+    exit_code = 14

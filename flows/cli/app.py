@@ -1,6 +1,6 @@
 """The `popseg` Typer app: `--version`, process set-up before any command, and the commands of
-each group (`train.py`, `deploy.py`, `monitoring.py`, `servers.py`, and `stage.py` under
-`popseg stage`)."""
+each group (`train.py`, `deploy.py`, `monitoring.py`, `registry.py`, `servers.py`; `stage.py`
+under `popseg stage`, `stack.py` under `popseg stack`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import deploy, monitoring, registry, servers, stage, train
+from flows.cli import deploy, monitoring, registry, servers, stack, stage, train
 from flows.cli.options import typer_app
 
 app = typer_app(
@@ -70,3 +70,4 @@ COMMANDS = (
 for command in COMMANDS:
     app.command()(command)
 app.add_typer(stage.stage_app, name="stage")
+app.add_typer(stack.stack_app, name="stack")
