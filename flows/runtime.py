@@ -69,9 +69,13 @@ class _UserErrorFilter(logging.Filter):
         return True
 
 
-class _CurrentStderrHandler(logging.StreamHandler):
+class CurrentStderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is when a record is emitted, not when the handler was
-    made: callers that swap stderr (test runners, --json redirection) keep getting logs."""
+    made: callers that swap stderr (test runners, --json redirection) keep getting logs.
+
+    Public name on purpose: Prefect's logging set-up (run when Prefect is first imported,
+    after this) keeps a root handler it takes for the user's, and replaces one whose class
+    name starts with "_" (its own test handlers), which hid every INFO line of `tasks.*`."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
@@ -87,7 +91,7 @@ class _CurrentStderrHandler(logging.StreamHandler):
 
 def configure_logging(verbose: bool = False) -> None:
     """Our logs to stderr (stdout stays clean for --json)."""
-    handler = _CurrentStderrHandler()
+    handler = CurrentStderrHandler()
     handler.setFormatter(
         _RunFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     )

@@ -12,7 +12,9 @@ sub-counts (e.g. ``iteration=12``) show next to the count.
   handler writes to the current ``sys.stderr``) prints above the bars.
 * Otherwise: log records on the ``tasks.progress`` logger (Prefect forwards the ``tasks``
   loggers to its run logs): the first step, then a line whenever the count crosses the next
-  of about `LINES` milestones or `HEARTBEAT_S` passed since the last line, and the last step.
+  of about `LINES` milestones (at least `MIN_GAP_S` after the last line, so a step of a
+  second logs its start and end only) or `HEARTBEAT_S` passed since the last line, and the
+  last step.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ logger = logging.getLogger(__name__)
 LINES = 12
 #: Plain mode: a slow step still gets a line this often (when its count moved).
 HEARTBEAT_S = 30.0
+#: Plain mode: no milestone line sooner than this after the previous line.
+MIN_GAP_S = 2.0
 
 OnStep = Callable[..., None]
 
@@ -146,7 +150,7 @@ class LineReporter(Reporter):
         now = self._clock()
         due = (
             self._last_line is None
-            or self.done >= self._next_milestone
+            or (self.done >= self._next_milestone and now - self._last_line >= MIN_GAP_S)
             or (now - self._last_line >= HEARTBEAT_S and self.done != self._logged_done)
         )
         if due and self.done < self.total:

@@ -39,9 +39,31 @@ def _lines(caplog) -> list[str]:
 
 
 @pytest.fixture
-def progress_lines(caplog):
+def progress_lines(caplog, monkeypatch):
+    """Plain-mode lines, with no minimum gap between milestones (these loops take no time)."""
+    monkeypatch.setattr(progress_module, "MIN_GAP_S", 0.0)
     caplog.set_level(logging.INFO, logger="tasks.progress")
     return lambda: _lines(caplog)
+
+
+def test_a_quick_step_logs_its_start_and_end_only(caplog):
+    caplog.set_level(logging.INFO, logger="tasks.progress")
+    clock = FakeClock()
+    reporter = LineReporter("k-means k=2..12", 11, "k", clock=clock)
+    reporter(0)
+    for done in range(1, 12):
+        clock.now += 0.05
+        reporter(done)
+    reporter.finish(completed=True)
+    lines = _lines(caplog)
+    assert lines[0] == "k-means k=2..12: 0/11 k, 0.0 s" and len(lines) == 2
+    assert lines[1].startswith("k-means k=2..12: 11/11 k, 0.")
+    clock.now += progress_module.MIN_GAP_S
+    slow = LineReporter("refits", 20, "refits", clock=clock)
+    slow(0)
+    clock.now += progress_module.MIN_GAP_S
+    slow(2)  # a milestone, long enough after the last line
+    assert _lines(caplog)[-1].startswith("refits: 2/20 refits, 2.0 s")
 
 
 def test_plain_lines_at_milestones_and_the_last_step(progress_lines):
