@@ -156,6 +156,9 @@ def engine_class(name: str) -> type:
     check_engine_name(name)
     if name == "memory":
         return MemoryEngine
+    from tasks.extras import require
+
+    require("dask", "--engine dask")
     from tasks.dask_engine.engine import DaskEngine
 
     return DaskEngine

@@ -89,3 +89,20 @@ class DistributedError(PopsegError):
     (names the address and the step); nothing is registered."""
 
     exit_code = 11
+
+
+class MissingExtraError(PopsegError):
+    """A command needs an optional part of popseg that is not installed (names the extra and
+    the pip command that adds it; built by ``tasks.extras.missing_extra``)."""
+
+    exit_code = 13
+
+    def __init__(
+        self,
+        message: str,
+        extra: str | None = None,
+        feature: str = "",
+        module: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.extra, self.feature, self.module = extra, feature, module

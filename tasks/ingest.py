@@ -173,6 +173,9 @@ def ingest_bundled(config: DataConfig) -> RawTable:
 
 def _read_bytes(path: str) -> bytes:
     if path.startswith("s3://"):
+        from tasks.extras import require
+
+        require("aws", path)
         import s3fs
         from botocore.exceptions import BotoCoreError, NoCredentialsError, PartialCredentialsError
 

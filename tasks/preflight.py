@@ -192,7 +192,10 @@ def check_aws_credentials(purpose: str, error_type: type[PopsegError]) -> None:
     """AWS credentials are configured for ``purpose`` (an s3:// path, a sagemaker target):
     botocore's chain (variables, profiles, shared files, SSO, assume-role, credential_process)
     without its network providers, which count when their settings are there (container
-    credential variables) or this machine is an EC2 instance."""
+    credential variables) or this machine is an EC2 instance. Needs the 'aws' extra."""
+    from tasks.extras import require
+
+    require("aws", purpose)
     import botocore.session
     from botocore.exceptions import BotoCoreError
 

@@ -83,6 +83,9 @@ def _s3_call(uri: str, call, *args):
 def capture_files(uri: str) -> list[str]:
     """The capture files (``.jsonl``) under an S3 prefix, oldest first. A prefix holding the
     capture of several endpoints is an error naming them: their requests are not one stream."""
+    from tasks.extras import require
+
+    require("aws", uri)
     import s3fs
 
     fs = s3fs.S3FileSystem()
