@@ -1,7 +1,7 @@
 """popseg without its optional extras (`dask`, `aws`, `dvc`, `team`), in `popseg` processes
 whose imports of those packages are refused (a meta-path finder, as if they were not
-installed): each command that needs an extra fails with the one line naming it and exit code
-13, in text and --json modes; the main job trains on the bundled crime data and serves it on a
+installed): every module of flows/ and tasks/ imports; each command that needs an extra fails
+with the one line naming it and exit code 13, in text and --json modes; the main job trains on the bundled crime data and serves it on a
 local endpoint (slow). The real minimal install (a fresh venv, `pip install popseg`) is
 `test_minimal_install.py`."""
 
@@ -32,18 +32,29 @@ class RefuseExtras:
 sys.meta_path.insert(0, RefuseExtras())
 """
 
-# One interpreter runs the commands in turn (imports paid once): exit code, stdout, stderr.
+# One interpreter (imports paid once) imports every module of flows/ and tasks/ (none may
+# import an extra's package at import time), then runs the commands in turn.
 COMMANDS_WITHOUT_EXTRAS = (
     REFUSE_EXTRAS
     + """
-import json
+import importlib, json, pkgutil
+import flows, tasks
+unimportable = []
+for package in (flows, tasks):
+    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if module.name.endswith(".__main__"):  # `python -m flows.cli` runs the CLI
+            continue
+        try:
+            importlib.import_module(module.name)
+        except ImportError as error:
+            unimportable.append(f"{module.name}: {error}")
 from typer.testing import CliRunner
 from flows.cli import app
 results = []
 for args in json.loads(sys.argv[1]):
     result = CliRunner().invoke(app, args, prog_name="popseg")
     results.append([result.exit_code, result.stdout, result.stderr])
-print(json.dumps(results))
+print(json.dumps({"unimportable": unimportable, "results": results}))
 """
 )
 
@@ -87,19 +98,26 @@ def _env(cwd: Path) -> dict[str, str]:
     return env
 
 
-def test_a_command_needing_a_missing_extra_names_it(trained_project):
-    runs = [args for args, _ in NEEDS_AN_EXTRA]
-    runs.append(NEEDS_AN_EXTRA[0][0] + ["--json"])
-    probe = subprocess.run(
-        [sys.executable, "-c", COMMANDS_WITHOUT_EXTRAS, json.dumps(runs)],
-        cwd=trained_project,
-        env=_env(trained_project),
+def _without_extras(code: str, args: list[str], cwd: Path, timeout: int):
+    """``code`` (one of the programs above) with ``args``, in a fresh interpreter in ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env=_env(cwd),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
+
+
+def test_modules_import_and_commands_name_the_missing_extra(trained_project):
+    runs = [args for args, _ in NEEDS_AN_EXTRA]
+    runs.append(NEEDS_AN_EXTRA[0][0] + ["--json"])
+    probe = _without_extras(COMMANDS_WITHOUT_EXTRAS, [json.dumps(runs)], trained_project, 300)
     assert probe.returncode == 0, probe.stderr[-3000:]
-    results = json.loads(probe.stdout.strip().splitlines()[-1])
+    seen = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert seen["unimportable"] == []
+    results = seen["results"]
     for (code, _, stderr), (_, message) in zip(results, NEEDS_AN_EXTRA, strict=False):
         said = [line for line in stderr.splitlines() if line.startswith("error")]
         assert (code, said) == (13, [f"error: {message}"]), stderr[-2000:]
@@ -116,14 +134,8 @@ def test_a_command_needing_a_missing_extra_names_it(trained_project):
 def test_main_job_trains_and_serves_without_extras(project_dir):
     """`popseg run` on the bundled crime data: trained, registered, promoted, served on a local
     endpoint that answers the first training rows, stopped."""
-    run = subprocess.run(
-        [sys.executable, "-c", POPSEG_WITHOUT_EXTRAS, "run", "--set", "cluster.k_max=4", "--json"],
-        cwd=project_dir,
-        env=_env(project_dir),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = ["run", "--set", "cluster.k_max=4", "--json"]
+    run = _without_extras(POPSEG_WITHOUT_EXTRAS, args, project_dir, 600)
     assert run.returncode == 0, run.stderr[-3000:]
     outcome = json.loads(run.stdout)
     assert outcome["model_version"] == "1" and outcome["promoted"] is True
