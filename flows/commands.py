@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import ConfigError, DataError, DeployError
+from tasks.extras import require
 
 if TYPE_CHECKING:
     from tasks.config import Params
@@ -45,8 +46,6 @@ def engine_preflight(
     workers' file system, so it is not looked for on this one. The Dask engine needs the 'dask'
     extra."""
     if engine == "dask":
-        from tasks.extras import require
-
         require("dask", "--engine dask")
     remote = engine == "dask" and bool(scheduler or params.dask.scheduler)
     preflight(params, None if remote else data, write_store, folders=engine == "dask")
@@ -86,8 +85,6 @@ def score(
     if site.target == "sagemaker" and site.engine != "memory":
         raise ConfigError("--target sagemaker runs on SageMaker; drop --engine")
     if site.target == "sagemaker":
-        from tasks.extras import require
-
         require("aws", "--target sagemaker")
     engine_preflight(params, data, site.engine, site.scheduler, write_store=False)
     if site.target == "sagemaker":

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from tasks.errors import CredentialsError, DataError, PopsegError, RegistryError
+from tasks.extras import require
 from tasks.tracking import sqlite_database
 
 # A store with less room than this cannot take a training's artifacts (plots, chain, data).
@@ -193,8 +194,6 @@ def check_aws_credentials(purpose: str, error_type: type[PopsegError]) -> None:
     botocore's chain (variables, profiles, shared files, SSO, assume-role, credential_process)
     without its network providers, which count when their settings are there (container
     credential variables) or this machine is an EC2 instance. Needs the 'aws' extra."""
-    from tasks.extras import require
-
     require("aws", purpose)
     import botocore.session
     from botocore.exceptions import BotoCoreError
