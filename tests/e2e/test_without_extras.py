@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tasks.extras import EXTRAS
+from tests.conftest import TRAIN_FAST
 
 # Every module of every extra, and what only they pull in.
 REFUSED = sorted({*(m for modules in EXTRAS.values() for m in modules), "dvc_s3", "bokeh"})
@@ -134,7 +135,7 @@ def test_modules_import_and_commands_name_the_missing_extra(trained_project):
 def test_main_job_trains_and_serves_without_extras(project_dir):
     """`popseg run` on the bundled crime data: trained, registered, promoted, served on a local
     endpoint that answers the first training rows, stopped."""
-    args = ["run", "--set", "cluster.k_max=4", "--json"]
+    args = ["run", *[f"--set={s}" for s in TRAIN_FAST], "--json"]
     run = _without_extras(POPSEG_WITHOUT_EXTRAS, args, project_dir, 600)
     assert run.returncode == 0, run.stderr[-3000:]
     outcome = json.loads(run.stdout)
