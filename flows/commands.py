@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.errors import ConfigError, DataError, DeployError
+from tasks.extras import require
 
 if TYPE_CHECKING:
     from tasks.config import Params
@@ -42,7 +43,10 @@ def engine_preflight(
 ) -> None:
     """`preflight` for a command run on an execution engine: on Dask the data may be a folder
     or a glob, and a cluster elsewhere (``--scheduler`` or ``dask.scheduler``) reads it on its
-    workers' file system, so it is not looked for on this one."""
+    workers' file system, so it is not looked for on this one. The Dask engine needs the 'dask'
+    extra."""
+    if engine == "dask":
+        require("dask", "--engine dask")
     remote = engine == "dask" and bool(scheduler or params.dask.scheduler)
     preflight(params, None if remote else data, write_store, folders=engine == "dask")
 
@@ -80,6 +84,8 @@ def score(
         raise DeployError(f"--target {site.target!r}: choose local or sagemaker")
     if site.target == "sagemaker" and site.engine != "memory":
         raise ConfigError("--target sagemaker runs on SageMaker; drop --engine")
+    if site.target == "sagemaker":
+        require("aws", "--target sagemaker")
     engine_preflight(params, data, site.engine, site.scheduler, write_store=False)
     if site.target == "sagemaker":
         from tasks.deploy.sagemaker_batch import score_with_batch_transform
@@ -121,7 +127,7 @@ def check_deploy(
 
 def serve_sample(params: Params, keep_serving: bool) -> dict[str, Any]:
     """The main job's last step: the champion on a local endpoint, its smoke test (the first
-    training rows through the boto3 sagemaker-runtime client) shown, the endpoint stopped
+    training rows through SageMaker's runtime call) shown, the endpoint stopped
     (unless kept)."""
     from flows import deploy as deploy_flow
     from tasks.register import CHAMPION, alias_version

@@ -163,6 +163,6 @@ def rollback(
 def invoke_rows(
     name: str, rows: np.ndarray, target: str = "local", region: str | None = None
 ) -> list[dict[str, Any]]:
-    """Send rows to a running endpoint through the boto3 sagemaker-runtime client."""
+    """Send rows to a running endpoint through SageMaker's runtime call (the target's client)."""
     options = TargetOptions(region=region)
     return get_target(target, DeployConfig(), options).invoke(name, rows)

@@ -22,6 +22,7 @@ from tasks import cluster, evaluate, ingest, prepare
 from tasks.chain import SegmentationChain
 from tasks.config import Params
 from tasks.errors import ConfigError
+from tasks.extras import require
 from tasks.ingest import IngestedData
 from tasks.prepare import Prepared
 from tasks.tracking.layout import RunTag
@@ -156,6 +157,7 @@ def engine_class(name: str) -> type:
     check_engine_name(name)
     if name == "memory":
         return MemoryEngine
+    require("dask", "--engine dask")
     from tasks.dask_engine.engine import DaskEngine
 
     return DaskEngine

@@ -103,3 +103,20 @@ class StackError(PopsegError):
     start or is down (names it and its log)."""
 
     exit_code = 14
+
+
+class MissingExtraError(PopsegError):
+    """A command needs an optional part of popseg that is not installed (names the extra and
+    the pip command that adds it; built by ``tasks.extras.missing_extra``)."""
+
+    exit_code = 15
+
+    def __init__(
+        self,
+        message: str,
+        extra: str | None = None,
+        feature: str = "",
+        module: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.extra, self.feature, self.module = extra, feature, module

@@ -21,6 +21,7 @@ import pyarrow.parquet as pa_parquet
 from tasks.config import DataConfig, FeaturesConfig
 from tasks.encoding import category_levels, onehot
 from tasks.errors import CredentialsError, DataError, SourceUnavailableError
+from tasks.extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ def ingest_bundled(config: DataConfig) -> RawTable:
 
 def _read_bytes(path: str) -> bytes:
     if path.startswith("s3://"):
+        require("aws", path)
         import s3fs
         from botocore.exceptions import BotoCoreError, NoCredentialsError, PartialCredentialsError
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from tasks.errors import DataError, RegistryError
+from tasks.extras import require
 
 RESTORE_DIR = Path("data/restored")
 
@@ -91,7 +92,8 @@ def restore_data(record: Lineage, output: str | Path | None = None, remote: str 
 
     Writes a small ``.dvc`` file at the project root naming the recorded md5 and the output,
     checks it out (``dvc checkout``, then ``dvc pull`` if the cache lacks it) and removes it
-    again. The output must be inside the project (DVC's rule)."""
+    again. The output must be inside the project (DVC's rule). Needs the 'dvc' extra."""
+    require("dvc", "--restore")
     project = Path.cwd().resolve()
     if not (project / ".dvc").is_dir():
         raise DataError(f"{project}: not a DVC project (no .dvc/); run this in the project")

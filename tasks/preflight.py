@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from tasks.errors import CredentialsError, DataError, PopsegError, RegistryError
+from tasks.extras import require
 from tasks.tracking import sqlite_database
 
 # A store with less room than this cannot take a training's artifacts (plots, chain, data).
@@ -192,7 +193,8 @@ def check_aws_credentials(purpose: str, error_type: type[PopsegError]) -> None:
     """AWS credentials are configured for ``purpose`` (an s3:// path, a sagemaker target):
     botocore's chain (variables, profiles, shared files, SSO, assume-role, credential_process)
     without its network providers, which count when their settings are there (container
-    credential variables) or this machine is an EC2 instance."""
+    credential variables) or this machine is an EC2 instance. Needs the 'aws' extra."""
+    require("aws", purpose)
     import botocore.session
     from botocore.exceptions import BotoCoreError
 

@@ -9,6 +9,10 @@ A command runs its work inside `command_errors(as_json)` and hands the result to
 - a usage error (an unknown option, a missing one, a value not among an option's choices)
   exits 2 with one `error:` line, and with ``--json`` the same JSON document on stdout
   (`usage_failure`; the commands' parser calls it, see `options.PopsegCommand`);
+- a command that needs an optional extra which is not installed exits with
+  `MissingExtraError`'s code and names the command, the extra and the pip command (also when
+  the missing package is only noticed at its import: a `ModuleNotFoundError` of a module an
+  extra provides);
 - any other exception is a bug: exit 1 with a one-line `error: unexpected ...` on stderr, and
   the traceback only with ``--verbose`` or ``POPSEG_DEBUG=1``;
 - with ``--json`` whatever a library prints while the command works goes to stderr, so stdout
@@ -32,7 +36,8 @@ try:  # Typer vendors click (0.2x on): its usage errors are not the `click` pack
 except ImportError:  # pragma: no cover - a Typer that runs on click itself
     from click.exceptions import NoArgsIsHelpError, UsageError  # noqa: F401
 
-from tasks.errors import PopsegError
+from tasks.errors import MissingExtraError, PopsegError
+from tasks.extras import extra_providing, missing_extra
 
 DEBUG_VARIABLE = "POPSEG_DEBUG"
 
@@ -90,18 +95,47 @@ def command_errors(as_json: bool = False) -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise  # an exit the command chose
     except PopsegError as error:
-        fail(error, as_json)
+        fail(_for_command(error), as_json)
     except UsageError as error:  # e.g. two spellings of one option that disagree
         usage_failure(error, as_json)
+    except ModuleNotFoundError as error:
+        extra = extra_providing(error.name)
+        if extra is None:
+            _unexpected(error, as_json)
+        fail(missing_extra(extra, _command_path(), error.name), as_json)
     except Exception as error:
-        if debugging():
-            raise
-        message = " ".join(str(error).split()) or "(no message)"
-        hint = f"rerun with --verbose or {DEBUG_VARIABLE}=1 for the traceback"
-        typer.echo(f"error: unexpected {type(error).__name__}: {message} ({hint})", err=True)
-        if as_json:
-            _write_json({"error": message, "error_type": type(error).__name__, "exit_code": 1})
-        raise typer.Exit(1) from None
+        _unexpected(error, as_json)
+
+
+def _unexpected(error: Exception, as_json: bool) -> NoReturn:
+    if debugging():
+        raise error
+    message = " ".join(str(error).split()) or "(no message)"
+    hint = f"rerun with --verbose or {DEBUG_VARIABLE}=1 for the traceback"
+    typer.echo(f"error: unexpected {type(error).__name__}: {message} ({hint})", err=True)
+    if as_json:
+        _write_json({"error": message, "error_type": type(error).__name__, "exit_code": 1})
+    raise typer.Exit(1) from None
+
+
+def _for_command(error: PopsegError) -> PopsegError:
+    """A missing extra named with the command that needs it: "popseg score --engine dask
+    needs the 'dask' extra: ..."."""
+    if not isinstance(error, MissingExtraError) or error.extra is None:
+        return error
+    separator = " " if error.feature.startswith("-") else ": "
+    feature = f"{_command_path()}{separator}{error.feature}"
+    return missing_extra(error.extra, feature, error.module)
+
+
+def _command_path() -> str:
+    """``popseg`` and the running (sub)command's names, however popseg was started."""
+    names = []
+    context = get_current_context(silent=True)
+    while context is not None and context.parent is not None:
+        names.append(context.info_name or "")
+        context = context.parent
+    return " ".join(["popseg", *reversed(names)])
 
 
 def debugging() -> bool:

@@ -159,7 +159,7 @@ def _print_endpoint(payload: dict[str, Any]) -> None:
     typer.echo(
         f"\nEndpoint {payload['endpoint_name']!r} served {payload['model_name']} version "
         f"{payload['model_version']} at {payload['endpoint_url']} (smoke test passed); "
-        "answers through boto3 sagemaker-runtime invoke_endpoint:"
+        "answers through SageMaker's runtime call (invoke_endpoint):"
     )
     for item in payload["sample"]:
         typer.echo(

@@ -23,6 +23,7 @@ from flows.stack.processes import (
     stop,
 )
 from tasks.errors import StackError
+from tasks.extras import require
 
 ORDER = ("postgres", "s3", "mlflow", "prefect_server", "prefect_worker")
 WORK_POOL = "popseg"
@@ -86,6 +87,9 @@ def up(
     with _stack_lock(project_dir):
         state = load_state(project_dir) or StackState(str(project_dir))
         _check_wanted_ports(state, ports)
+        # The MLflow server's PostgreSQL driver and the bucket's S3 client are extras.
+        require("team", "popseg stack up")
+        require("aws", "popseg stack up")
         for name in ("initdb", "postgres"):
             postgres.binary(name)
         prefect_stack.check_project(project_dir)

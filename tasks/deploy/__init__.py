@@ -6,7 +6,8 @@
   capture files read back for `popseg monitor`), batch transform (``sagemaker_batch.py``:
   `popseg score --target sagemaker`) and autoscaling (``sagemaker_autoscaling.py``).
 
-A new target is one module with a class that follows the protocol, added to ``TARGETS``.
+A new target is one module with a class that follows the protocol, added to ``TARGETS``; its
+``extra`` names the optional dependencies it needs (``tasks/extras.py``), checked on lookup.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tasks.deploy.contract import Target, TargetOptions
 from tasks.deploy.local import LocalTarget
 from tasks.deploy.sagemaker import SagemakerTarget
 from tasks.errors import DeployError
+from tasks.extras import require
 
 TARGETS: dict[str, type] = {LocalTarget.name: LocalTarget, SagemakerTarget.name: SagemakerTarget}
 
@@ -26,4 +28,7 @@ def get_target(name: str, config: DeployConfig, options: TargetOptions | None = 
         raise DeployError(
             f"--target {name!r}: no such deploy target; choose {' or '.join(TARGETS)}"
         )
-    return TARGETS[name](config, options)
+    target = TARGETS[name]
+    if target.extra:
+        require(target.extra, f"--target {name}")
+    return target(config, options)

@@ -3,8 +3,9 @@ request/response contract of an endpoint, and its smoke test.
 
 A ``Release`` is a registered version loaded once: its chain artifact on disk, the chain
 itself and the smoke rows (the first training rows, with their ids). A target deploys a
-release, smoke-tests the endpoint through the stock boto3 ``sagemaker-runtime`` client and
-checks the answers against the chain itself (same segments, same distances).
+release, smoke-tests the endpoint through SageMaker's runtime call (the stock boto3
+``sagemaker-runtime`` client for SageMaker, ``http_runtime.HttpRuntimeClient`` for a local
+endpoint) and checks the answers against the chain itself (same segments, same distances).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from tasks.package import RegisteredChain
 # SageMaker's endpoint-name rule; local names follow it too, which also keeps them plain file
 # names (no "/", "..") inside the local state folder.
 ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
-LOCAL_REGION = "us-east-1"
 FILL_VALUES_ID = "training fill values"
 
 
@@ -168,6 +168,7 @@ class Target(Protocol):
     """A place that serves releases. Built from the ``deploy`` config and ``TargetOptions``."""
 
     name: str
+    extra: str | None  # the popseg extra it needs (tasks/extras.py), None for none
 
     def check(self) -> None:
         """Settings and credentials this target needs, checked before anything is loaded."""
@@ -198,6 +199,7 @@ class BaseTarget:
     of the earlier release. A subclass writes ``_deploy`` and the rest of the protocol."""
 
     name = ""
+    extra: str | None = None
 
     def __init__(self, config: DeployConfig, options: TargetOptions | None = None) -> None:
         self.config = config
@@ -225,22 +227,13 @@ class BaseTarget:
 # ----------------------------------------------------------------------------- invoke + smoke
 
 
-def runtime_client(endpoint_url: str | None = None, region: str | None = None):
-    """The stock boto3 ``sagemaker-runtime`` client; for a local endpoint, pointed at it with
-    placeholder credentials (the local server does not check signatures)."""
+def runtime_client(region: str | None = None):
+    """The stock boto3 ``sagemaker-runtime`` client for SageMaker endpoints (the 'aws'
+    extra); local endpoints are invoked with ``http_runtime.HttpRuntimeClient``."""
     import boto3
     from botocore.config import Config
 
     config = Config(retries={"max_attempts": 2, "mode": "standard"}, read_timeout=60)
-    if endpoint_url is not None:
-        return boto3.client(
-            "sagemaker-runtime",
-            endpoint_url=endpoint_url,
-            region_name=region or LOCAL_REGION,
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-            config=config,
-        )
     return boto3.client("sagemaker-runtime", region_name=region, config=config)
 
 
@@ -258,9 +251,9 @@ def invoke(
     content_type: str = "text/csv",
     custom_attributes: str | None = None,
 ) -> dict[str, Any]:
-    """One invocation through the runtime client; returns the decoded JSON answer."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
+    """One invocation through the runtime client (boto3's, or the local HttpRuntimeClient);
+    returns the decoded JSON answer."""
+    refused, unreachable = _client_errors(client)
     extra = {"CustomAttributes": custom_attributes} if custom_attributes else {}
     try:
         reply = client.invoke_endpoint(
@@ -270,16 +263,27 @@ def invoke(
             Body=body,
             **extra,
         )
-    except ClientError as error:
+    except refused as error:
         message = error.response.get("Error", {}).get("Message") or str(error)
         raise EndpointError(f"endpoint {endpoint_name!r} refused the request: {message}") from None
-    except BotoCoreError as error:
+    except unreachable as error:
         raise EndpointError(f"endpoint {endpoint_name!r} did not answer: {error}") from None
     raw = reply["Body"].read()
     try:
         return json.loads(raw)
     except ValueError:
         return {"_raw": raw.decode(errors="replace"), "_content_type": reply.get("ContentType")}
+
+
+def _client_errors(client) -> tuple[type[Exception], type[Exception]]:
+    """(refused, unreachable): the exception classes ``client`` raises for an error answer
+    and for no answer."""
+    errors = getattr(client, "errors", None)
+    if isinstance(errors, tuple):
+        return errors
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return ClientError, BotoCoreError
 
 
 def invoke_rows(client, endpoint_name: str, rows: np.ndarray) -> list[dict[str, Any]]:

@@ -39,10 +39,10 @@ from tasks.deploy.contract import (
     invoke_rows,
     refuse_contract_change,
     rows_to_csv,
-    runtime_client,
     smoke_sample,
     validate_endpoint_name,
 )
+from tasks.deploy.http_runtime import HttpRuntimeClient
 from tasks.errors import DeployError, EndpointError, PopsegError
 from tasks.package import RegisteredChain, build_package, unpack_package
 
@@ -407,7 +407,7 @@ def _deploy_local(
         _admin_reload(state, model_dir, registered.model_version)
         try:
             smoke = check_predictions(
-                invoke(runtime_client(state.url), name, rows_to_csv(rows)), chain, rows
+                invoke(HttpRuntimeClient(state.url), name, rows_to_csv(rows)), chain, rows
             )
         except PopsegError as error:
             _admin_reload(state, Path(previous[0]), previous[1])
@@ -463,7 +463,7 @@ def _deploy_local(
         )
         try:
             smoke = check_predictions(
-                invoke(runtime_client(state.url), name, rows_to_csv(rows)), chain, rows
+                invoke(HttpRuntimeClient(state.url), name, rows_to_csv(rows)), chain, rows
             )
         except PopsegError as error:
             _stop_process(pid, name)
@@ -584,4 +584,4 @@ class LocalTarget(BaseTarget):
 
     def invoke(self, endpoint_name: str, rows: np.ndarray) -> list[dict[str, Any]]:
         state = local_endpoint(endpoint_name)
-        return invoke_rows(runtime_client(state.url), endpoint_name, rows)
+        return invoke_rows(HttpRuntimeClient(state.url), endpoint_name, rows)

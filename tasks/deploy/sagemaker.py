@@ -676,6 +676,7 @@ class SagemakerTarget(BaseTarget):
     bucket and role resolved from the options, params.yaml and the environment."""
 
     name = "sagemaker"
+    extra = "aws"
 
     def _settings(self) -> dict[str, str]:
         options = self.options

@@ -17,6 +17,7 @@ from typing import Any
 
 from tasks.config import DeployConfig
 from tasks.errors import CredentialsError, DataError, DeployError, SourceUnavailableError
+from tasks.extras import require
 
 CAPTURE_SUFFIX = ".jsonl"
 # Captured as text (encoding CSV / JSON) rather than base64: the request types inference.py
@@ -83,6 +84,7 @@ def _s3_call(uri: str, call, *args):
 def capture_files(uri: str) -> list[str]:
     """The capture files (``.jsonl``) under an S3 prefix, oldest first. A prefix holding the
     capture of several endpoints is an error naming them: their requests are not one stream."""
+    require("aws", uri)
     import s3fs
 
     fs = s3fs.S3FileSystem()

@@ -133,7 +133,7 @@ def test_score_dask_engine_writes_the_in_memory_scores(trained_project):
 
 def test_run_serving_step_answers_like_training(trained_project):
     """The main job's last step (in-process): champion on a local endpoint, the first training
-    rows through boto3's sagemaker-runtime client, the endpoint stopped."""
+    rows through SageMaker's runtime call, the endpoint stopped."""
     from flows.commands import serve_sample
     from tasks.config import load_params
 
@@ -171,6 +171,6 @@ def test_popseg_run_deploys_answers_and_keeps_serving_on_request(project_dir):
     assert stopped.returncode == 0, stopped.stderr
     summary = run_popseg(["run", "--set", "cluster.k_max=5"], project_dir)
     assert summary.returncode == 0, summary.stderr[-3000:]
-    assert "answers through boto3 sagemaker-runtime" in summary.stdout
+    assert "answers through SageMaker's runtime call (invoke_endpoint)" in summary.stdout
     assert "endpoint stopped" in summary.stdout
     assert not (project_dir / ".popseg/endpoints/popseg.json").exists()

@@ -1,0 +1,56 @@
+"""The Makefile's interpreter check (`make python`, which `setup`, `run` and `test` go through):
+the python3 on PATH if it is 3.11 or newer, else one error line naming what it found."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+MAKE = shutil.which("make")
+
+# A python3 that answers the Makefile's three questions as Python 3.10 would.
+OLD_PYTHON = """#!/bin/sh
+case "$*" in
+  *sys.executable*) echo "$0" ;;
+  *python_version*) echo 3.10.13 ;;
+  *version_info*) exit 1 ;;
+esac
+"""
+
+
+def _make_python(path: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [MAKE, "--no-print-directory", "-s", "-C", str(ROOT), "python"],
+        env={"PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_python3_on_path_is_used_when_it_is_new_enough():
+    done = _make_python(f"{Path(sys.executable).parent}:/usr/bin:/bin")
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_older_python3_is_one_error_line_naming_it(tmp_path):
+    stub = tmp_path / "python3"
+    stub.write_text(OLD_PYTHON)
+    stub.chmod(0o755)
+    done = _make_python(f"{tmp_path}:/usr/bin:/bin")
+    assert done.returncode != 0
+    assert done.stderr.splitlines()[0] == (
+        f"error: python3 on PATH ({stub}) is Python 3.10.13; popseg needs 3.11 or newer"
+    )
+
+
+def test_no_python3_at_all_is_one_error_line(tmp_path):
+    done = _make_python(str(tmp_path))
+    assert done.returncode != 0
+    assert done.stderr.splitlines()[0] == (
+        "error: no python3 on PATH; popseg needs Python 3.11 or newer"
+    )
