@@ -20,6 +20,7 @@ from tasks import approval, notify
 from tasks.config import NotifyConfig
 from tasks.errors import ApprovalError
 from tasks.tracking.layout import CANDIDATE
+from tasks.tracking.lock import DEFAULT_LEASE_S
 
 logger = logging.getLogger("flows.approval")
 
@@ -64,6 +65,7 @@ def wait_for_approval(
     timeout_s: int,
     gate_reasons: list[str] | None = None,
     lock_timeout_s: float = 600.0,
+    lock_lease_s: float = DEFAULT_LEASE_S,
 ) -> approval.ApprovalRecord:
     """Inside a flow run: tag it, pause it until the candidate ``version`` is decided (by
     `popseg approve/reject`, or in the Prefect UI, whose answer is recorded here), and return
@@ -103,7 +105,7 @@ def wait_for_approval(
     # Answered in the Prefect UI: record it here, as the command would.
     reason = answer.reason.strip() or f"{answer.decision} in the Prefect UI (no reason given)"
     by = answer.approver.strip() or f"prefect-ui (flow run {flow_run.name})"
-    approval.decide(model_name, version, answer.decision, reason, by, lock_timeout_s)
+    approval.decide(model_name, version, answer.decision, reason, by, lock_timeout_s, lock_lease_s)
     return approval.read_approval(model_name, version)
 
 
@@ -141,11 +143,14 @@ def decide(
     reason: str | None,
     lock_timeout_s: float = 600.0,
     alerts: NotifyConfig | None = None,
+    lock_lease_s: float = DEFAULT_LEASE_S,
 ) -> DecisionResult:
     """`popseg approve` / `popseg reject`: record the decision (refused decisions write
     nothing; an approval is a ``promoted`` alert), then resume the retrain flow run paused
     waiting for that version, if any."""
-    outcome = approval.decide(model_name, version, decision, reason, None, lock_timeout_s)
+    outcome = approval.decide(
+        model_name, version, decision, reason, None, lock_timeout_s, lock_lease_s
+    )
     if outcome.decision == "approved" and outcome.champion_before != outcome.version:
         notify.promoted(
             alerts, model_name, outcome.version, outcome.champion_before, reasons=[outcome.reason]

@@ -97,13 +97,14 @@ def scheduled_retrain(
     retrained = outcome.retrain or {}
     promoted = bool(retrained.get("promoted"))
     if retrained.get("approval") == ApprovalState.PENDING:
-        # Where an "approval needed" notice goes out (the notify section), before the wait.
+        # The gate has sent the "approval_needed" alert; wait for the decision.
         decision = wait_for_approval(
             params.register_.model_name,
             retrained["model_version"],
             params.promote.approval_timeout_s,
             retrained.get("gate_reasons"),
             params.orchestrate.registry_lock_timeout_s,
+            params.orchestrate.registry_lock_lease_s,
         )
         result["approval"] = decision.to_json()
         promoted = decision.state == ApprovalState.APPROVED

@@ -26,6 +26,7 @@ from tasks.errors import ApprovalError, ConfigError
 from tasks.register import configure_mlflow, registry_lock
 from tasks.tracking import runs
 from tasks.tracking.layout import CANDIDATE, CHAMPION, ApprovalState, ApprovalTag, VersionTag
+from tasks.tracking.lock import DEFAULT_LEASE_S
 
 USER_VARIABLE = "POPSEG_USER"
 Decision = Literal["approve", "reject"]
@@ -130,6 +131,7 @@ def decide(
     reason: str | None = None,
     by: str | None = None,
     lock_timeout_s: float = 600.0,
+    lock_lease_s: float = DEFAULT_LEASE_S,
 ) -> ApprovalOutcome:
     """Approve or reject the candidate ``version``; a reject needs a reason. Refused (an
     `ApprovalError` naming the version, nothing written) when it is not the candidate or
@@ -139,7 +141,7 @@ def decide(
     reason = (reason or "").strip()
     if decision == "reject" and not reason:
         raise ConfigError(f"reject version {version}: --reason is required (say why)")
-    with registry_lock(lock_timeout_s):
+    with registry_lock(lock_timeout_s, lock_lease_s):
         return _decide(model_name, str(version), decision, reason, by or current_user())
 
 

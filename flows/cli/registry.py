@@ -60,6 +60,7 @@ def _decide(version, decision, reason, params_path, overrides, as_json) -> None:
             reason,
             params.orchestrate.registry_lock_timeout_s,
             alerts=params.notify,
+            lock_lease_s=params.orchestrate.registry_lock_lease_s,
         )
     emit(result.to_json(), as_json, _print_decision)
 
