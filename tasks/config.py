@@ -436,6 +436,20 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _row_bounds(self) -> Params:
+        # The validation suite's row-count bounds must leave room for some data set.
+        low = self.validate_.min_rows
+        low_key = "validate.min_rows"
+        if low is None:
+            low, low_key = self.data.min_rows, "data.min_rows"
+        high = self.validate_.max_rows
+        if high is not None and low > high:
+            raise ValueError(
+                f"validate.max_rows ({high}) is below {low_key} ({low}): no data set could pass"
+            )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with the params.yaml section names (for logging and JSON)."""
         return self.model_dump(mode="json", by_alias=True)
@@ -528,7 +542,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         got = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {location}: {message}{got}")
+        # A check across sections (no location) names its keys in its message.
+        lines.append(f"  {location}: {message}{got}" if location else f"  {message}")
     # Unions report one error per member: keep the first message per key.
     seen: set[str] = set()
     unique = [lines[0]]

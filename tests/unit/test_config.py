@@ -115,3 +115,19 @@ def test_endpoint_limits_reach_the_server_command_line():
     assert options["--max-connections"] == "7"
     assert options["--capture-max-bytes"] == str(512 * 1024)
     assert options["--request-timeout-s"] == "30.0" and options["--idle-timeout-s"] == "10.0"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["validate.max_rows=5"], r"validate\.max_rows \(5\) is below data\.min_rows \(10\)"),
+        (
+            ["validate.min_rows=50", "validate.max_rows=20"],
+            r"validate\.max_rows \(20\) is below validate\.min_rows \(50\)",
+        ),
+    ],
+)
+def test_row_bounds_that_no_data_could_pass(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(overrides=overrides)
+    assert load_params(overrides=["validate.max_rows=10"]).validate_.max_rows == 10
