@@ -199,6 +199,25 @@ def tracking_server_url() -> str | None:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
+def tracking_server_ui(server: str, experiment: str) -> str:
+    """The tracking server's UI address, opening on ``experiment``'s runs table when the server
+    knows it (one REST look-up, a few seconds at most); else the server's own address."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    from tasks.tracking.layout import ui_runs_path
+
+    query = urllib.parse.urlencode({"experiment_name": experiment})
+    lookup = f"{server.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}"
+    try:
+        with urllib.request.urlopen(lookup, timeout=5) as response:
+            experiment_id = json.load(response)["experiment"]["experiment_id"]
+    except (OSError, ValueError, KeyError):  # unknown experiment, auth, a server that is down
+        return server
+    return f"{server.rstrip('/')}/{ui_runs_path(str(experiment_id))}"
+
+
 def mlflow_ui(host: str, port: int, notify: Callable[[str], None], experiment: str) -> int:
     """The MLflow UI on the project's tracking store until it exits or popseg is signalled;
     returns its exit code. The address given opens on the runs table of ``experiment``."""

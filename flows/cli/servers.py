@@ -69,7 +69,7 @@ def ui(
     server = commands.tracking_server_url()
     if server is not None:
         _note("MLFLOW_TRACKING_URI is a tracking server, which already serves the MLflow UI:")
-        typer.echo(server)
+        typer.echo(commands.tracking_server_ui(server, _training_experiment()))
         raise typer.Exit(0)
     with command_errors():
         code = commands.mlflow_ui(host, port, _note, _training_experiment())

@@ -109,17 +109,30 @@ def test_every_command_on_a_tracking_server(
 
 
 def test_ui_prints_the_servers_url(mlflow_server, tmp_path):
-    """With an http store there is nothing to start: `popseg ui` names the server's UI."""
+    """With an http store there is nothing to start: `popseg ui` names the server's UI, on the
+    training experiment's runs table once the server knows that experiment."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("popseg")), "ui"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    experiment = f"ui-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "params.yaml").write_text(f"register:\n  experiment: {experiment}\n")
+
+    def popseg_ui() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(Path(sys.executable).with_name("popseg")), "ui"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    result = popseg_ui()  # no such experiment on the server yet: its address
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == mlflow_server
+    experiment_id = mlflow.MlflowClient(mlflow_server).create_experiment(experiment)
+    result = popseg_ui()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"{mlflow_server}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    )
     assert "tracking server, which already serves the MLflow UI" in result.stderr
     assert _local_stores(tmp_path) == []
