@@ -416,6 +416,10 @@ def _deploy_local(
                 f"local endpoint {name!r}: version {registered.model_version} failed its smoke "
                 f"test; rolled back to version {previous[1]}: {error}"
             ) from None
+        except BaseException:  # a bug or Ctrl-C mid smoke test: the previous model serves on
+            _admin_reload(state, Path(previous[0]), previous[1])
+            shutil.rmtree(model_dir, ignore_errors=True)
+            raise
         action = "updated" if previous[1] != registered.model_version else "reloaded"
         previous_version = previous[1]
         state.model_dir, state.model_version, state.run_id = (
@@ -471,6 +475,9 @@ def _deploy_local(
                 f"local endpoint {name!r}: version {registered.model_version} failed its smoke "
                 f"test; the server was stopped: {error}"
             ) from None
+        except BaseException:  # a bug or Ctrl-C mid smoke test: no server left behind
+            _stop_process(pid, name)
+            raise
         action = "created"
     write_state(state, project)
     _prune_models(state)

@@ -198,6 +198,33 @@ def test_failed_smoke_test_keeps_the_previous_model(served, monkeypatch):
     assert deploy.read_state(NAME).model_version == "2"
 
 
+def _servers_named(name: str) -> list[int]:
+    """Live endpoint-server processes for ``name`` (their command lines carry it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and deploy._pid_is_server(int(entry), name):
+            found.append(int(entry))
+    return found
+
+
+def test_a_bug_in_the_smoke_test_leaves_no_server_and_the_previous_model(served, monkeypatch):
+    """Not a PopsegError (a bug, or Ctrl-C): a new endpoint's server is stopped, a running one
+    swaps back to its previous model; the exception itself propagates."""
+    params, _, state, _ = served
+
+    def buggy(answer, chain, rows):
+        raise RuntimeError("simulated bug in the smoke test")
+
+    monkeypatch.setattr(deploy, "check_predictions", buggy)
+    with pytest.raises(RuntimeError, match="simulated bug"):
+        deploy_flow.deploy(params, endpoint_name="fresh")
+    assert deploy.read_state("fresh") is None and _servers_named("fresh") == []
+    with pytest.raises(RuntimeError, match="simulated bug"):
+        deploy_flow.deploy(params, version="1", endpoint_name=NAME)
+    assert deploy.ping(state.url)["model_version"] == "2"
+    assert deploy.read_state(NAME).model_version == "2"
+
+
 def test_stale_state_is_detected_and_replaced(served):
     params, _, state, _ = served
     os.killpg(state.pid, signal.SIGKILL)
