@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -107,21 +106,72 @@ def _child(workload: str) -> None:
     )
 
 
+#: Runs argv[2:] and writes its wait4 rusage to the file argv[1]. The measured command is
+#: spawned from this small process, not from the benchmark's: on exec Linux carries the
+#: spawning process's peak RSS into the new program's ru_maxrss, so a command spawned from a
+#: parent that has loaded numpy and pandas would show at least the parent's peak.
+_LAUNCHER = """
+import json, os, sys
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump([os.waitstatus_to_exitcode(status), ru.ru_utime + ru.ru_stime, ru.ru_maxrss], f)
+"""
+
+
+def timed_run(
+    cmd: list[str], env: dict | None = None, cwd=None, timeout: float | None = None
+) -> dict:
+    """Run ``cmd`` in a fresh process; its exit code, output and what it cost.
+
+    wall_s: wall seconds; cpu_s: user + sys seconds of the process and the children it
+    waited for; max_rss_mb: the peak resident set of the process or of any one of those
+    children (``ru_maxrss`` from ``wait4`` for this command alone, unlike
+    ``RUSAGE_CHILDREN``, which keeps the peak of every child ever waited for). A command
+    killed at ``timeout`` gets returncode -9 and no CPU/RSS figures."""
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        usage = Path(tmp) / "usage.json"
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(usage), *cmd],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        rc, cpu, rss = (
+            json.loads(usage.read_text()) if usage.exists() else (proc.returncode, None, None)
+        )
+        return dict(
+            returncode=rc,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+            wall_s=wall,
+            cpu_s=cpu,
+            max_rss_mb=None if rss is None else rss / 1024,
+        )
+
+
 def _run_child(workload: str, cache_dir: str) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.compile_time", "--child", workload],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]), wall_s=wall, cpu_s=cpu)
+    run = timed_run([sys.executable, "-m", "benchmarks.compile_time", "--child", workload], env)
+    if run["returncode"] != 0:
+        raise RuntimeError(f"{workload} child exited {run['returncode']}:\n{run['stderr']}")
+    child = json.loads(run["stdout"].strip().splitlines()[-1])
+    return dict(child, wall_s=run["wall_s"], cpu_s=run["cpu_s"])
 
 
 def main(argv=None):
