@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.processes import free_port
 
 
 @dataclass
@@ -84,7 +85,4 @@ def webhook_receiver(*script: Answer) -> Iterator[Receiver]:
 
 def closed_port_url() -> str:
     """A URL on 127.0.0.1 where nothing listens (connection refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/hooks/secret-token"
+    return f"http://127.0.0.1:{free_port()}/hooks/secret-token"

@@ -9,7 +9,6 @@ import http.server
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,15 +20,10 @@ import pytest
 
 from flows.prefect_server import ui_url
 from tests import browser
+from tests.processes import free_port
 
 BIN = Path(sys.executable).parent
 NEVER = "0 3 1 1 *"  # 1 January 03:00: no scheduled run fires during the test
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_for_line(process: subprocess.Popen, log: Path, pattern: str, timeout_s: float):
@@ -67,7 +61,7 @@ def _stop(process: subprocess.Popen, log: Path) -> None:
 @pytest.mark.slow
 def test_popseg_ui_opens_on_the_training_runs(trained_project, tmp_path):
     chromium = browser.chromium()
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "ui.log"
     with open(log, "w") as stderr:
         process = subprocess.Popen(
@@ -159,7 +153,7 @@ def test_ui_address_only_when_a_ui_answers(monkeypatch):
         api = f"http://127.0.0.1:{server.server_address[1]}/api"
         monkeypatch.delenv("PREFECT_UI_URL", raising=False)
         assert ui_url(api) is None
-        monkeypatch.setenv("PREFECT_UI_URL", f"http://127.0.0.1:{_free_port()}")
+        monkeypatch.setenv("PREFECT_UI_URL", f"http://127.0.0.1:{free_port()}")
         assert ui_url(api) is None  # nothing listens there
     finally:
         server.shutdown()
