@@ -328,7 +328,7 @@ def _smoke(
     answer = invoke(
         client,
         endpoint_name,
-        rows_to_csv(rows),
+        rows_to_csv(rows, chain),
         custom_attributes=f"popseg-smoke-test={deployment}",
     )
     if "predictions" not in answer and ".amazonaws.com" not in url:
