@@ -391,7 +391,7 @@ class SegmentationChain:
             column = self.legacy_indicator(legacy[0])
             return (
                 "%s: one-hot indicator column(s) are not taken; send the raw value of the "
-                "categorical column %r instead (e.g. %r: %r); expected %s"
+                'categorical column %r instead (e.g. "%s": "%s"); expected %s'
                 % (
                     ", ".join(repr(name) for name in legacy),
                     column,
