@@ -23,6 +23,8 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # The level of a missing categorical value (None, NaN, empty or blank text).
 MISSING_LEVEL = "Unknown"
+# What `request_rows` sends for a row with no level indicator set (an unseen level).
+UNSEEN_VALUE = "(unseen)"
 
 _ARRAYS = (
     "fill_values",
@@ -312,8 +314,10 @@ class SegmentationChain:
     def request_rows(self, values: np.ndarray) -> List[List[Any]]:
         """Rows in feature space -> request rows (values of `input_columns`, NaN = missing): a
         categorical column's value is the level of its largest indicator (a training row's own
-        level; the most frequent one for averaged rows such as the fill values), None where
-        none is set. What smoke tests and signature examples send."""
+        level; the most frequent one for averaged rows such as the fill values), or where none
+        is set (a scored row of an unseen level) a value that is no level, so that encoding the
+        request gives the rows back. What smoke tests, batch transform input and signature
+        examples send."""
         values = np.atleast_2d(np.asarray(values, dtype=np.float64))
         n = values.shape[0]
         position = {name: index for index, name in enumerate(self.feature_names)}
@@ -323,8 +327,9 @@ class SegmentationChain:
                 columns.append(values[:, position[column]].tolist())
                 continue
             pairs = self.indicator_positions(column)
+            unseen = _unseen_value(self.categories[column])
             if not pairs:
-                columns.append([None] * n)
+                columns.append([unseen] * n)
                 continue
             block = np.nan_to_num(values[:, [feature for _, feature in pairs]], nan=0.0)
             best = block.argmax(axis=1)
@@ -332,7 +337,7 @@ class SegmentationChain:
             levels = self.categories[column]
             columns.append(
                 [
-                    levels[pairs[choice][0]] if largest > 0 else None
+                    levels[pairs[choice][0]] if largest > 0 else unseen
                     for choice, largest in zip(best.tolist(), top.tolist())
                 ]
             )
@@ -445,6 +450,14 @@ class SegmentationChain:
             categories=description.get("categories"),
             **values,
         )
+
+
+def _unseen_value(levels: Sequence[str]) -> str:
+    """A category value that is none of ``levels``."""
+    value = UNSEEN_VALUE
+    while value in levels:
+        value += "_"
+    return value
 
 
 def contract_digest(contract: Dict[str, Any]) -> str:

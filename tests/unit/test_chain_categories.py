@@ -153,11 +153,12 @@ def test_format_2_round_trip_and_format_1_still_loads(tmp_path):
 def test_request_rows_decode_training_rows_and_averaged_rows():
     chain = categorical_chain()
     rows = np.array([[1.0, 0.0, 1.0, 0.0], [2.0, 0.0, 0.0, 0.0], [0.5, 0.2, 0.5, 0.3]])
-    assert chain.request_rows(rows) == [[1.0, "NE"], [2.0, None], [0.5, "NE"]]
-    # What a smoke test sends and what it expects are the same request.
-    assert rows_to_csv(rows, chain) == "1.0,NE\n2.0,\n0.5,NE\n"
+    # No indicator set (a scored row of an unseen level): a value that is no level.
+    assert chain.request_rows(rows) == [[1.0, "NE"], [2.0, "(unseen)"], [0.5, "NE"]]
+    # What a smoke test or batch transform sends and what it expects are the same request.
+    assert rows_to_csv(rows, chain) == "1.0,NE\n2.0,(unseen)\n0.5,NE\n"
     np.testing.assert_array_equal(
-        chain.reencode(rows), [[1.0, 0.0, 1.0, 0.0], [2.0, 0.0, 0.0, 1.0], [0.5, 0.0, 1.0, 0.0]]
+        chain.reencode(rows), [[1.0, 0.0, 1.0, 0.0], [2.0, 0.0, 0.0, 0.0], [0.5, 0.0, 1.0, 0.0]]
     )
 
 
