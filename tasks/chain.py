@@ -191,6 +191,12 @@ class SegmentationChain:
     def input_columns(self) -> List[str]:
         """The columns a request carries, in order: each feature, a categorical column in
         place of its first indicator (one without indicators last)."""
+        cached = self.__dict__.get("_input_columns")  # parsers ask once per record
+        if cached is None:
+            cached = self.__dict__["_input_columns"] = self._request_columns()
+        return list(cached)
+
+    def _request_columns(self) -> List[str]:
         indicators = self.indicator_features
         columns: List[str] = []
         for name in self.feature_names:

@@ -203,6 +203,8 @@ def _parse_csv(text: str, chain: SegmentationChain) -> EncodedRows:
     if len(rows) > MAX_ROWS:
         raise RequestError("too many rows (%d > %d)" % (len(rows), MAX_ROWS), status=413)
     categorical = [chain.is_categorical(name) for name in names]
+    numeric_only = not any(categorical)
+    values = np.full((len(rows), len(names)), np.nan) if numeric_only else None
     table: List[List[Any]] = []
     for index, row in enumerate(rows):
         line = index + (2 if has_header else 1)
@@ -217,14 +219,21 @@ def _parse_csv(text: str, chain: SegmentationChain) -> EncodedRows:
                     _onehot_hint(len(row), chain),
                 )
             )
-        values: List[Any] = [None if flag else float("nan") for flag in categorical]
+        if values is not None:  # no categorical column: straight into the feature rows
+            for position, cell in enumerate(row):
+                column = columns[position]
+                values[index, column] = _cell(cell, line, names[column])
+            continue
+        parsed: List[Any] = [None if flag else float("nan") for flag in categorical]
         for position, cell in enumerate(row):
             column = columns[position]
             if categorical[column]:
-                values[column] = _category_cell(cell)
+                parsed[column] = _category_cell(cell)
             else:
-                values[column] = _cell(cell, line, names[column])
-        table.append(values)
+                parsed[column] = _cell(cell, line, names[column])
+        table.append(parsed)
+    if values is not None:
+        return EncodedRows(values, {})
     return _encode(table, chain)
 
 
