@@ -372,3 +372,21 @@ def test_categorical_columns_drift_by_psi_over_level_shares():
     payload = report.to_json()["features"]["region"]
     assert payload["kind"] == "categorical"
     assert payload["levels"][UNSEEN_BUCKET] == {"ref_share": 0.0, "new_share": 0.3}
+
+
+def test_capture_logs_and_tables_of_raw_category_values(tmp_path):
+    """Monitored data with raw values is encoded as the endpoint encodes it: a captured JSON
+    request and a CSV table give the same feature rows, an unseen level none set."""
+    chain = categorical_chain()
+    body = json.dumps([{"x": 1, "region": "NE"}, {"x": 2, "region": "XX"}, {"x": 3}])
+    record = {
+        "captureData": {"endpointInput": {"observedContentType": "application/json", "data": body}},
+        "eventMetadata": {"status": 200},
+    }
+    log = tmp_path / "capture.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    table = tmp_path / "new.csv"
+    table.write_text("x,region\n1,NE\n2,XX\n3,\n")
+    expected = [[1.0, 0.0, 1.0, 0.0], [2.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 1.0]]
+    for path in (log, table):
+        np.testing.assert_array_equal(read_monitor_data(str(path), chain).values, expected)
