@@ -135,6 +135,7 @@ def train_stage(
             "id_column": data.id_column,
             "execution_engine": engine.name,
         },
+        categories=data.categories,
     )
     metrics = {**chosen.metrics, "k": float(selection.k), "stability": evaluation.stability}
     if "match_cost" in evaluation.id_mapping:

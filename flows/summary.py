@@ -86,7 +86,7 @@ def print_monitor_summary(outcome, console: Console | None = None) -> None:
         table.add_column(column, justify="left" if column == "feature" else "right")
     for feature in report.features:
         table.add_row(
-            feature.name,
+            feature.name + (" (levels)" if feature.levels is not None else ""),
             "n/a" if feature.psi is None else f"{feature.psi:.3f}",
             "" if feature.psi_threshold is None else f"{feature.psi_threshold:.3f}",
             f"{feature.missing_rate_ref:.1%} -> {feature.missing_rate_new:.1%}",

@@ -1,8 +1,8 @@
 """The fitted segmentation chain: raw feature rows in, (segment, distance) out.
 
-One artifact holds the whole chain (fill values, log1p flags, clip bounds, scaler, PCA,
-centroids, segment-id map, feature names) as ``chain.npz`` + ``chain.json``, loaded with
-``allow_pickle=False``. This module is the serving path's only model code: it imports
+One artifact holds the whole chain (categorical levels, fill values, log1p flags, clip bounds,
+scaler, PCA, centroids, segment-id map, feature names) as ``chain.npz`` + ``chain.json``, loaded
+with ``allow_pickle=False``. This module is the serving path's only model code: it imports
 numpy and the standard library only and stays valid Python 3.9 (the SageMaker
 scikit-learn 1.2-1 serving image), so it is copied as-is into ``model.tar.gz``.
 """
@@ -12,13 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 CHAIN_NPZ = "chain.npz"
 CHAIN_JSON = "chain.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions `load` reads: 1 has no "categories" (one-hot indicators are plain features).
+READABLE_VERSIONS = (1, 2)
+# The level of a missing categorical value (None, NaN, empty or blank text).
+MISSING_LEVEL = "Unknown"
+# What `request_rows` sends for a row with no level indicator set (an unseen level).
+UNSEEN_VALUE = "(unseen)"
 
 _ARRAYS = (
     "fill_values",
@@ -38,9 +44,79 @@ class ChainInputError(ValueError):
     """A request that does not fit the chain (wrong feature count/names, non-numbers)."""
 
 
+def category_text(value: Any) -> str:
+    """The level a raw categorical value belongs to: its text without surrounding blanks;
+    ``MISSING_LEVEL`` for a missing value (None, NaN, empty or blank text)."""
+    if value is None:
+        return MISSING_LEVEL
+    if isinstance(value, (float, np.floating)) and value != value:
+        return MISSING_LEVEL
+    text = value.strip() if isinstance(value, str) else str(value).strip()
+    return text or MISSING_LEVEL
+
+
+def category_levels(values: Iterable[Any]) -> List[str]:
+    """The levels of a categorical column's raw values, sorted (what training learns)."""
+    return sorted({category_text(value) for value in values})
+
+
+def encode_categories(
+    values: Sequence[Any], levels: Sequence[str]
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The one encoding of a categorical column, used by training and every serving path:
+    raw values -> (indicators, shape (n, len(levels)), 1.0 where the value is that level;
+    codes, shape (n,), the level's index or -1 for a level not in ``levels``). An unseen level
+    sets no indicator (it is not mistaken for a missing value, whose level is
+    ``MISSING_LEVEL``)."""
+    index = {level: position for position, level in enumerate(levels)}
+    memo: Dict[Tuple[type, Any], int] = {}
+    codes = np.empty(len(values), dtype=np.int64)
+    for row, value in enumerate(values):
+        key: Optional[Tuple[type, Any]] = (value.__class__, value)  # True, 1, 1.0: 3 levels
+        try:
+            code = memo.get(key)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable value: encoded, never memoised
+            code, key = None, None
+        if code is None:
+            code = index.get(category_text(value), -1)
+            if key is not None:
+                memo[key] = code
+        codes[row] = code
+    indicators = np.zeros((len(codes), len(levels)))
+    seen = np.flatnonzero(codes >= 0)
+    indicators[seen, codes[seen]] = 1.0
+    return indicators, codes
+
+
+def indicator_name(column: str, level: str) -> str:
+    """The feature name of a level's one-hot indicator."""
+    return "%s=%s" % (column, level)
+
+
+class EncodedRows:
+    """Rows in the chain's feature space and what the encoding could not place: ``unseen``
+    maps a categorical column to {raw value's level text: count} of values whose level the
+    model never saw (answered with no indicator set)."""
+
+    def __init__(self, values: np.ndarray, unseen: Dict[str, Dict[str, int]]) -> None:
+        self.values = values
+        self.unseen = unseen
+
+    def unseen_counts(self) -> Dict[str, int]:
+        """{column: number of values with an unseen level}, columns with none left out."""
+        return {column: sum(levels.values()) for column, levels in self.unseen.items()}
+
+
 class SegmentationChain:
     """Every fitted transform of a training run, applied in order:
-    fill missing -> log1p -> clip -> (x - center) / scale -> PCA -> nearest centroid."""
+    (one-hot encode categorical columns ->) fill missing -> log1p -> clip -> (x - center) /
+    scale -> PCA -> nearest centroid.
+
+    ``feature_names`` are the model's features (a categorical column's level is the feature
+    ``column=level``); ``categories`` maps each categorical column to its levels (format 2;
+    None or empty: no categorical column, requests carry the features themselves, as in
+    format 1). The request columns (`input_columns`) are the numeric features and the
+    categorical columns, with raw values; `encode_columns` turns them into features."""
 
     def __init__(
         self,
@@ -56,8 +132,13 @@ class SegmentationChain:
         centroids: np.ndarray,
         segment_ids: np.ndarray,
         metadata: Optional[Dict[str, Any]] = None,
+        categories: Optional[Dict[str, Sequence[str]]] = None,
     ) -> None:
         self.feature_names = [str(name) for name in feature_names]
+        self.categories = {
+            str(column): [str(level) for level in levels]
+            for column, levels in (categories or {}).items()
+        }
         d = len(self.feature_names)
         self.fill_values = np.asarray(fill_values, dtype=np.float64).reshape(d)
         self.log1p_mask = np.asarray(log1p_mask, dtype=bool).reshape(d)
@@ -76,6 +157,63 @@ class SegmentationChain:
             raise ValueError("centroids must have shape (k, n_components)")
         if self.segment_ids.shape != (self.centroids.shape[0],):
             raise ValueError("segment_ids must have one id per centroid")
+        self._check_categories()
+
+    def _check_categories(self) -> None:
+        """Each categorical column is not a feature itself and its levels are distinct."""
+        for column, levels in self.categories.items():
+            if column in self.feature_names:
+                raise ValueError("categorical column %r is also a numeric feature" % column)
+            if len(set(levels)) != len(levels):
+                raise ValueError("categorical column %r lists a level twice" % column)
+
+    def indicator_positions(self, column: str) -> List[Tuple[int, int]]:
+        """(level index, feature index) of each of ``column``'s levels that is a feature (a
+        level whose indicator training dropped, e.g. a constant one, is known but has none)."""
+        position = {name: index for index, name in enumerate(self.feature_names)}
+        return [
+            (level_index, position[indicator_name(column, level)])
+            for level_index, level in enumerate(self.categories[column])
+            if indicator_name(column, level) in position
+        ]
+
+    @property
+    def indicator_features(self) -> Dict[str, str]:
+        """{indicator feature name: its categorical column}."""
+        return {
+            indicator_name(column, level): column
+            for column, levels in self.categories.items()
+            for level in levels
+            if indicator_name(column, level) in self.feature_names
+        }
+
+    @property
+    def input_columns(self) -> List[str]:
+        """The columns a request carries, in order: each feature, a categorical column in
+        place of its first indicator (one without indicators last)."""
+        cached = self.__dict__.get("_input_columns")  # parsers ask once per record
+        if cached is None:
+            cached = self.__dict__["_input_columns"] = self._request_columns()
+        return list(cached)
+
+    def _request_columns(self) -> List[str]:
+        indicators = self.indicator_features
+        columns: List[str] = []
+        for name in self.feature_names:
+            column = indicators.get(name, name)
+            if column not in columns:
+                columns.append(column)
+        columns.extend(column for column in self.categories if column not in columns)
+        return columns
+
+    def is_categorical(self, column: str) -> bool:
+        return column in self.categories
+
+    def legacy_indicator(self, name: str) -> Optional[str]:
+        """The categorical column of a one-hot feature name (``region=NE``) this chain takes
+        raw (the request form of format-1 models), else None."""
+        column = name.partition("=")[0]
+        return column if "=" in name and column in self.categories else None
 
     @property
     def n_features(self) -> int:
@@ -86,10 +224,41 @@ class SegmentationChain:
         return int(self.centroids.shape[0])
 
     def input_contract(self) -> Dict[str, Any]:
-        """What a request must look like: the feature names in order. One-hot columns are
-        features, so a categorical's levels are part of it. Equal contracts accept the same
-        requests; a different one breaks clients built for the other."""
-        return {"features": list(self.feature_names)}
+        """What a request must look like: the request columns in order (and, with categorical
+        columns, which ones take raw text values; their levels are not part of it, as a new
+        level breaks no client). Equal contracts accept the same requests; a different one
+        breaks clients built for the other."""
+        if not self.categories:
+            return {"features": list(self.feature_names)}
+        return {"features": self.input_columns, "categorical": sorted(self.categories)}
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode_columns(self, columns: Dict[str, Any], n_rows: int) -> EncodedRows:
+        """Request columns -> rows in feature space. ``columns`` maps a request column to its
+        n_rows values: numbers (NaN = missing) for a numeric feature, raw values for a
+        categorical column; an absent column is missing in every row."""
+        values = np.full((n_rows, self.n_features), np.nan)
+        position = {name: index for index, name in enumerate(self.feature_names)}
+        unseen: Dict[str, Dict[str, int]] = {}
+        for column in self.input_columns:
+            given = columns.get(column)
+            if column not in self.categories:
+                if given is not None:
+                    values[:, position[column]] = np.asarray(given, dtype=np.float64)
+                continue
+            raw = [None] * n_rows if given is None else given
+            indicators, codes = encode_categories(raw, self.categories[column])
+            for level_index, feature_index in self.indicator_positions(column):
+                values[:, feature_index] = indicators[:, level_index]
+            unseen_rows = np.flatnonzero(codes < 0)
+            if unseen_rows.size:
+                counts: Dict[str, int] = {}
+                for row in unseen_rows.tolist():
+                    level = category_text(raw[row])
+                    counts[level] = counts.get(level, 0) + 1
+                unseen[column] = counts
+        return EncodedRows(values, unseen)
 
     # ------------------------------------------------------------------ inference
 
@@ -148,23 +317,104 @@ class SegmentationChain:
         closest, distance = self.predict_internal(rows)
         return self.segment_ids[closest], distance
 
+    def request_rows(self, values: np.ndarray) -> List[List[Any]]:
+        """Rows in feature space -> request rows (values of `input_columns`, NaN = missing): a
+        categorical column's value is the level of its largest indicator (a training row's own
+        level; the most frequent one for averaged rows such as the fill values), or where none
+        is set (a scored row of an unseen level) a value that is no level, so that encoding the
+        request gives the rows back. What smoke tests, batch transform input and signature
+        examples send."""
+        values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+        n = values.shape[0]
+        position = {name: index for index, name in enumerate(self.feature_names)}
+        columns: List[List[Any]] = []
+        for column in self.input_columns:
+            if column not in self.categories:
+                columns.append(values[:, position[column]].tolist())
+                continue
+            pairs = self.indicator_positions(column)
+            unseen = _unseen_value(self.categories[column])
+            if not pairs:
+                columns.append([unseen] * n)
+                continue
+            block = np.nan_to_num(values[:, [feature for _, feature in pairs]], nan=0.0)
+            best = block.argmax(axis=1)
+            top = block[np.arange(n), best]
+            levels = self.categories[column]
+            columns.append(
+                [
+                    levels[pairs[choice][0]] if largest > 0 else unseen
+                    for choice, largest in zip(best.tolist(), top.tolist())
+                ]
+            )
+        return [list(row) for row in zip(*columns)] if columns else [[] for _ in range(n)]
+
+    def reencode(self, values: np.ndarray) -> np.ndarray:
+        """Feature-space rows as a request of their `request_rows` is encoded (the identity for
+        rows of encoded training data; averaged indicators become their largest level)."""
+        if not self.categories:
+            return np.atleast_2d(np.asarray(values, dtype=np.float64))
+        rows = self.request_rows(values)
+        columns = {name: [row[i] for row in rows] for i, name in enumerate(self.input_columns)}
+        return self.encode_columns(columns, len(rows)).values
+
     def rows_from_records(self, records: Sequence[Dict[str, Any]]) -> np.ndarray:
-        """Records keyed by feature name -> an (n, n_features) array; missing keys are NaN."""
-        rows = np.full((len(records), self.n_features), np.nan)
-        known = set(self.feature_names)
+        """Records keyed by request column -> an (n, n_features) array; missing keys are
+        missing values."""
+        return self.encode_records(records).values
+
+    def encode_records(self, records: Sequence[Dict[str, Any]]) -> EncodedRows:
+        """Records keyed by request column (raw values for categorical columns) -> rows in
+        feature space; missing keys are missing values."""
+        names = self.input_columns
+        known = set(names)
+        columns: Dict[str, List[Any]] = {name: [] for name in names}
         for index, record in enumerate(records):
             if not isinstance(record, dict):
                 raise ChainInputError("record %d is not an object" % (index + 1))
             unknown = sorted(set(record) - known)
             if unknown:
                 raise ChainInputError(
-                    "record %d: unknown feature(s) %s; expected %s"
-                    % (index + 1, ", ".join(unknown), ", ".join(self.feature_names))
+                    "record %d: %s" % (index + 1, self.unknown_columns_message(unknown))
                 )
-            for column, name in enumerate(self.feature_names):
+            for name in names:
                 value = record.get(name)
-                rows[index, column] = _to_float(value, index, name)
-        return rows
+                if name in self.categories:
+                    columns[name].append(self.category_value(value, index, name))
+                else:
+                    columns[name].append(_to_float(value, index, name))
+        return self.encode_columns(columns, len(records))
+
+    def category_value(self, value: Any, index: int, name: str) -> Any:
+        """A request's raw categorical value: text, a number, a boolean or missing."""
+        if value is None or isinstance(value, (str, bool, int, float)):
+            return value
+        raise ChainInputError(
+            "row %d, column %r: %r is not a category value (text or a number)"
+            % (index + 1, name, value)
+        )
+
+    def unknown_columns_message(self, unknown: Sequence[str]) -> str:
+        """Why request columns ``unknown`` are refused: one-hot indicators of a column this
+        chain takes raw say so, with an example; others list the expected columns."""
+        legacy = [name for name in unknown if self.legacy_indicator(name)]
+        if legacy:
+            column = self.legacy_indicator(legacy[0])
+            return (
+                "%s: one-hot indicator column(s) are not taken; send the raw value of the "
+                'categorical column %r instead (e.g. "%s": "%s"); expected %s'
+                % (
+                    ", ".join(repr(name) for name in legacy),
+                    column,
+                    column,
+                    legacy[0].partition("=")[2],
+                    ", ".join(self.input_columns),
+                )
+            )
+        return "unknown feature(s) %s; expected %s" % (
+            ", ".join(unknown),
+            ", ".join(self.input_columns),
+        )
 
     # ------------------------------------------------------------------ storage
 
@@ -182,6 +432,7 @@ class SegmentationChain:
                     "k": self.k,
                     "n_components": int(self.pca_components.shape[0]),
                     "metadata": self.metadata,
+                    **({"categories": self.categories} if self.categories else {}),
                 },
                 handle,
                 indent=2,
@@ -193,7 +444,7 @@ class SegmentationChain:
     def load(cls, directory: str) -> SegmentationChain:
         with open(os.path.join(directory, CHAIN_JSON)) as handle:
             description = json.load(handle)
-        if description.get("format_version") != FORMAT_VERSION:
+        if description.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(
                 "unsupported chain format %r in %s" % (description.get("format_version"), directory)
             )
@@ -202,8 +453,17 @@ class SegmentationChain:
         return cls(
             feature_names=description["feature_names"],
             metadata=description.get("metadata", {}),
+            categories=description.get("categories"),
             **values,
         )
+
+
+def _unseen_value(levels: Sequence[str]) -> str:
+    """A category value that is none of ``levels``."""
+    value = UNSEEN_VALUE
+    while value in levels:
+        value += "_"
+    return value
 
 
 def contract_digest(contract: Dict[str, Any]) -> str:

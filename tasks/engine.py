@@ -126,15 +126,17 @@ class MemoryEngine:
     def score(
         self, params: Params, chain: SegmentationChain, data: str, output: str
     ) -> dict[str, Any]:
-        from tasks.score import score_frame, write_scores
+        from tasks.score import UNSEEN_ATTR, score_frame, write_scores
 
         scores = score_frame(chain, data, params.data.delimiter)
+        unseen = scores.attrs.get(UNSEEN_ATTR)
         path = write_scores(scores, output)
         counts = scores["segment"].value_counts().sort_index()
         return {
             "rows": len(scores),
             "output": str(path),
             "segments": {int(k): int(v) for k, v in counts.items()},
+            **({UNSEEN_ATTR: unseen} if unseen else {}),
         }
 
     def tags(self, data: IngestedData) -> dict[str, str]:

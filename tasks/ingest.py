@@ -58,6 +58,8 @@ class IngestedData:
     path: str | None = None
     dropped_columns: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # One-hot encoded columns: {column: its levels}, as the fitted chain stores them.
+    categories: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def features(self) -> pd.DataFrame:
@@ -512,6 +514,7 @@ def select_features(
             categorical.append(name)
 
     dropped: list[str] = []
+    categories: dict[str, list[str]] = {}
     if categorical:
         if features_config.categorical == "drop":
             dropped = categorical
@@ -529,6 +532,7 @@ def select_features(
                         f"{source}: categorical column {name!r} has {len(levels)} distinct values, "
                         f"more than features.max_categories={features_config.max_categories}"
                     )
+                categories[name] = levels
                 encoded = onehot(frame[name], name, levels)
                 frame = frame.drop(columns=[name]).assign(**encoded)
                 numeric += list(encoded)
@@ -549,4 +553,5 @@ def select_features(
         path=raw.path,
         dropped_columns=dropped,
         warnings=warnings,
+        categories=categories,
     )

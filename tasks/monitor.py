@@ -3,7 +3,9 @@
 Four checks, thresholds from the ``monitor:`` section of params.yaml:
 
 - per-feature PSI (`tasks.compute.population_stability_index`, bins from the training
-  quantiles) on the raw feature columns the model uses;
+  quantiles) on the raw numeric feature columns the model uses, and for each categorical
+  column of the chain the PSI over its level shares plus an "unseen" bucket (values whose
+  level the model never saw), with the same thresholds (`level_shares`, `categorical_psi`);
 - the share of rows per segment (both sides predicted with the model's chain) and the PSI
   over those shares;
 - the distance of each row to its assigned centroid (median and p90 ratio, PSI);
@@ -32,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from tasks.chain import ChainInputError, SegmentationChain
+from tasks.chain import MISSING_LEVEL, ChainInputError, SegmentationChain
 from tasks.compute import population_stability_index
 from tasks.compute.drift import PSI_EPSILON
 from tasks.config import MonitorConfig
-from tasks.encoding import feature_matrix
+from tasks.encoding import encode_frame
 from tasks.errors import DataError, RegistryError
 from tasks.tracking.layout import (
     CHAMPION,
@@ -183,7 +185,7 @@ def read_monitor_data(path: str, chain: SegmentationChain, delimiter: str = ",")
     if is_capture_log(path, payload):
         return read_capture_log(payload, path, chain)
     table = ingest.parse_table(payload, path, delimiter)
-    values = feature_matrix(table.frame, chain.feature_names, path)
+    values = encode_frame(table.frame, chain, path).values
     return MonitorData(values=values, source=path, md5=table.md5, kind="table")
 
 
@@ -200,6 +202,9 @@ class FeatureDrift:
     missing_rate_new: float
     psi_drifted: bool
     missing_drifted: bool
+    # A categorical column: {level: (train share, new share)}, the bucket UNSEEN_BUCKET last
+    # (bins = levels + 1; missing rates = the share of the level MISSING_LEVEL). None: numeric.
+    levels: dict[str, tuple[float, float]] | None = None
 
     @property
     def drifted(self) -> bool:
@@ -257,6 +262,17 @@ class DriftReport:
                     "missing_rate_ref": _round(f.missing_rate_ref),
                     "missing_rate_new": _round(f.missing_rate_new),
                     "drifted": f.drifted,
+                    **(
+                        {}
+                        if f.levels is None
+                        else {
+                            "kind": "categorical",
+                            "levels": {
+                                level: {"ref_share": _round(ref), "new_share": _round(new)}
+                                for level, (ref, new) in f.levels.items()
+                            },
+                        }
+                    ),
                 }
                 for f in self.features
             },
@@ -324,6 +340,54 @@ def categorical_psi(expected_shares: np.ndarray, actual_shares: np.ndarray) -> f
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+UNSEEN_BUCKET = "(unseen)"  # the level-share bucket of values with a level not in training
+
+
+def level_shares(indicators: np.ndarray) -> np.ndarray:
+    """The shares of a categorical column's levels in rows of its one-hot ``indicators``
+    (n, levels), then the share of rows with none set (a level the model never saw)."""
+    indicators = np.asarray(indicators, dtype=np.float64)
+    n = max(len(indicators), 1)
+    counts = np.nan_to_num(indicators, nan=0.0).sum(axis=0)
+    unseen = float((np.nan_to_num(indicators, nan=0.0).sum(axis=1) == 0).sum())
+    return np.append(counts, unseen) / n
+
+
+def _categorical_drift(
+    chain: SegmentationChain,
+    column: str,
+    reference: np.ndarray,
+    new: np.ndarray,
+    alpha: float | None,
+    config: MonitorConfig,
+) -> FeatureDrift:
+    """PSI over ``column``'s level shares (plus the unseen bucket), training vs new rows."""
+    pairs = chain.indicator_positions(column)
+    features = [feature for _, feature in pairs]
+    names = [chain.categories[column][level] for level, _ in pairs] + [UNSEEN_BUCKET]
+    ref_shares = level_shares(reference[:, features])
+    new_shares = level_shares(new[:, features])
+    psi = categorical_psi(ref_shares, new_shares)
+    threshold = psi_threshold(len(reference), len(new), len(names), alpha, config.psi_threshold)
+    missing = names.index(MISSING_LEVEL) if MISSING_LEVEL in names else None
+    missing_ref = float(ref_shares[missing]) if missing is not None else 0.0
+    missing_new = float(new_shares[missing]) if missing is not None else 0.0
+    return FeatureDrift(
+        name=column,
+        psi=psi,
+        psi_threshold=threshold,
+        bins=len(names),
+        missing_rate_ref=missing_ref,
+        missing_rate_new=missing_new,
+        psi_drifted=psi > threshold,
+        missing_drifted=missing_new - missing_ref > config.missing_rate_increase,
+        levels={
+            name: (float(ref), float(new_share))
+            for name, ref, new_share in zip(names, ref_shares, new_shares, strict=True)
+        },
+    )
+
+
 def _ratio(new: float, ref: float) -> float | None:
     if ref > 0:
         return new / ref
@@ -360,10 +424,14 @@ def compute_drift(
     alpha = config.significance
     reasons: list[str] = []
 
-    # Per feature: PSI and missing-value rate.
+    # Per feature: PSI and missing-value rate; per categorical column, over its level shares.
     features: list[FeatureDrift] = []
-    feature_alpha = None if alpha is None else alpha / len(names)
+    indicators = chain.indicator_features
+    n_checked = len(names) - len(indicators) + len(chain.categories)
+    feature_alpha = None if alpha is None else alpha / n_checked
     for j, name in enumerate(names):
+        if name in indicators:
+            continue
         e, a = reference[:, j], new[:, j]
         e_present, a_present = int((~np.isnan(e)).sum()), int((~np.isnan(a)).sum())
         missing_ref, missing_new = 1.0 - e_present / n_ref, 1.0 - a_present / n_new
@@ -392,6 +460,21 @@ def compute_drift(
                 name, psi, threshold, bins, missing_ref, missing_new, psi_drifted, missing_drifted
             )
         )
+    for column in chain.categories:
+        drift = _categorical_drift(chain, column, reference, new, feature_alpha, config)
+        if drift.psi_drifted:
+            reasons.append(
+                f"categorical column {column}: PSI over level shares {drift.psi:.3g} > "
+                f"{drift.psi_threshold:.3g}"
+                + _raised(drift.psi_threshold, config.psi_threshold, n_ref, n_new)
+            )
+        if drift.missing_drifted:
+            reasons.append(
+                f"categorical column {column}: missing rate {drift.missing_rate_ref:.3g} -> "
+                f"{drift.missing_rate_new:.3g} (+{drift.missing_rate_new - drift.missing_rate_ref:.3g}"
+                f" > {config.missing_rate_increase:.3g})"
+            )
+        features.append(drift)
 
     # Segment shares: both sides through the model's chain.
     try:
@@ -504,11 +587,9 @@ def load_monitored_model(model_name: str, version: str | None) -> MonitoredModel
     record = runs.read_version(model_name, version, alias=CHAMPION)
     chain = register.load_chain(record.run_id)
     frame = register.load_training_frame(record.run_id)
-    reference = feature_matrix(
-        frame,
-        chain.feature_names,
-        f"training data of run {record.run_id} (version {record.version})",
-    )
+    reference = encode_frame(
+        frame, chain, f"training data of run {record.run_id} (version {record.version})"
+    ).values
     return MonitoredModel(model_name, record.version, record.run_id, chain, reference)
 
 

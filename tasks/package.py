@@ -34,6 +34,7 @@ def build_chain(
     centroids: np.ndarray,
     segment_ids: np.ndarray,
     metadata: dict[str, Any] | None = None,
+    categories: dict[str, list[str]] | None = None,
 ) -> SegmentationChain:
     return SegmentationChain(
         feature_names=feature_names,
@@ -48,6 +49,7 @@ def build_chain(
         centroids=centroids,
         segment_ids=segment_ids,
         metadata=metadata,
+        categories=categories,
     )
 
 

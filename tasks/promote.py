@@ -65,9 +65,16 @@ def contract_changes(champion: dict[str, Any], challenger: dict[str, Any]) -> li
     """How the challenger's input contract differs from the champion's, each part naming the
     features (added, removed, reordered); empty when they are equal."""
     old, new = list(champion["features"]), list(challenger["features"])
-    if old == new:
+    # Which columns take raw text (format 2 categorical columns); absent: none.
+    old_text, new_text = champion.get("categorical", []), challenger.get("categorical", [])
+    retyped = sorted(
+        name for name in set(old) & set(new) if (name in old_text) != (name in new_text)
+    )
+    if old == new and not retyped:
         return []
     changes = []
+    if retyped:
+        changes.append(f"changed numeric/categorical type of {_names(retyped)}")
     old_set, new_set = set(old), set(new)
     added = [name for name in new if name not in old_set]
     removed = [name for name in old if name not in new_set]

@@ -219,13 +219,17 @@ def _register_training(
             chain_dir = Path(scratch) / Artifact.CHAIN
             record.chain.save(str(chain_dir))
             runs.log_chain(chain_dir)
-            names = record.chain.feature_names
-            features = record.training_frame[names].head(5).astype(np.float64)
-            # Declared, not inferred (inferring warns about integer columns): every feature a
-            # double, as the chain computes in float64 and a column may hold missing values
-            # at scoring time, which an integer column cannot.
+            chain = record.chain
+            encoded = record.training_frame[chain.feature_names].head(5).astype(np.float64)
+            # The request columns: a categorical column's raw level, not its indicators.
+            features = pd.DataFrame(
+                chain.request_rows(encoded.to_numpy()), columns=chain.input_columns
+            )
+            # Declared, not inferred (inferring warns about integer columns): every numeric
+            # feature a double, as the chain computes in float64 and a column may hold missing
+            # values at scoring time, which an integer column cannot; categorical columns text.
             signature = ModelSignature(
-                inputs=runs.feature_schema(names),
+                inputs=runs.feature_schema(chain.input_columns, list(chain.categories)),
                 outputs=Schema(
                     [
                         ColSpec(DataType.long, "closest_cluster"),

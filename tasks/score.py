@@ -1,10 +1,13 @@
 """Batch scoring with a fitted chain: a table in, one (id, segment, distance_to_cluster) row out
-per input row. `score_rows` scores one frame (the whole table here, one partition on the Dask
+per input row. Categorical columns hold raw values, encoded by the chain (`encode_frame`); values
+whose level the model never saw are scored (no indicator set), logged and counted in the
+scores' ``attrs[UNSEEN_ATTR]`` ({column: count}), which `popseg score` reports. `score_rows` scores one frame (the whole table here, one partition on the Dask
 engine: `tasks.dask_engine.scoring`); `score_frame` reads a table through `tasks.ingest` (same
 CSV/Parquet handling and errors as training) and scores it in memory."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +15,14 @@ import numpy as np
 import pandas as pd
 
 from tasks.chain import SegmentationChain
-from tasks.encoding import feature_matrix
+from tasks.encoding import encode_frame, unseen_summary
 from tasks.errors import DataError
 from tasks.ingest import detect_id_column, generated_id_column, read_table
 
 SCORE_COLUMNS = ("segment", "distance_to_cluster")
+UNSEEN_ATTR = "unseen_categories"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,17 @@ def score_rows(
     """Score the rows of ``frame`` (raw columns; ``first_row``: the position of its first row
     in the whole data set, for generated ids): columns id, segment, distance_to_cluster."""
     id_values = _id_values(frame, ids, source, first_row)
-    segments, distances = chain.predict(feature_matrix(frame, chain.feature_names, source))
-    return scores_table(ids.column, id_values, segments, distances)
+    encoded = encode_frame(frame, chain, source)
+    segments, distances = chain.predict(encoded.values)
+    scores = scores_table(ids.column, id_values, segments, distances)
+    if encoded.unseen:
+        logger.warning(
+            "%s: category level(s) the model never saw, scored with no indicator set: %s",
+            source,
+            unseen_summary(encoded.unseen),
+        )
+        scores.attrs[UNSEEN_ATTR] = encoded.unseen_counts()
+    return scores
 
 
 def score_inputs(
@@ -90,7 +105,7 @@ def score_inputs(
     return (
         ids.column,
         _id_values(frame, ids, path),
-        feature_matrix(frame, chain.feature_names, path),
+        encode_frame(frame, chain, path).values,
     )
 
 

@@ -30,3 +30,17 @@ def identity_chain(feature_names: list[str], centroids: Any, **overrides: Any) -
         **overrides,
     }
     return SegmentationChain(**values)
+
+
+CATEGORICAL_FEATURES = ["x", "region=MW", "region=NE", "region=Unknown"]
+
+
+def categorical_chain() -> SegmentationChain:
+    """A format-2 chain with one numeric feature ``x`` and the categorical column ``region``
+    (levels MW, NE, Unknown), identity transforms; centroids: (0, MW) -> segment 0,
+    (0, NE) -> 1, (10, Unknown) -> 2. A missing x is filled with 0."""
+    return identity_chain(
+        CATEGORICAL_FEATURES,
+        [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [10.0, 0.0, 0.0, 1.0]],
+        categories={"region": ["MW", "NE", "Unknown"]},
+    )

@@ -245,12 +245,18 @@ def score(
         where = commands.ScoreSite(target, engine, scheduler, region, bucket, role_arn)
         payload = commands.score(params, data, output, version, where)
     parts = f" ({payload['parts']} parts)" if "parts" in payload else ""
+    unseen = payload.get("unseen_categories") or {}
+    # Values of a category level the model never saw were scored with no indicator set.
+    unseen_note = "".join(
+        f"\n{count} value(s) of {column} with a level the model never saw"
+        for column, count in unseen.items()
+    )
     emit(
         payload,
         as_json,
         lambda _: typer.echo(
             f"scored {payload['rows']} rows with {payload['model_name']} version "
-            f"{payload['model_version']} -> {payload['output']}{parts}"
+            f"{payload['model_version']} -> {payload['output']}{parts}{unseen_note}"
         ),
     )
 

@@ -10,6 +10,8 @@ endpoint) and checks the answers against the chain itself (same segments, same d
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -237,11 +239,27 @@ def runtime_client(region: str | None = None):
     return boto3.client("sagemaker-runtime", region_name=region, config=config)
 
 
-def rows_to_csv(rows: np.ndarray) -> str:
-    lines = []
-    for row in np.atleast_2d(rows):
-        lines.append(",".join("" if np.isnan(value) else repr(float(value)) for value in row))
-    return "\n".join(lines) + "\n"
+def rows_to_csv(rows: np.ndarray, chain: SegmentationChain | None = None) -> str:
+    """Feature-space rows as a headerless CSV request; with ``chain``, in its request columns
+    (a categorical column's raw level, not its one-hot indicators: `request_rows`)."""
+    if chain is None or not chain.categories:
+        lines = []
+        for row in np.atleast_2d(rows):
+            lines.append(",".join("" if np.isnan(value) else repr(float(value)) for value in row))
+        return "\n".join(lines) + "\n"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for row in chain.request_rows(rows):
+        writer.writerow([_csv_value(value) for value in row])
+    return buffer.getvalue()
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if np.isnan(value) else repr(value)
+    return str(value)
 
 
 def invoke(
@@ -306,7 +324,7 @@ def check_predictions(
         raise DeployError(
             f"smoke test: expected {len(rows)} predictions, got {str(answer)[:300]!r}"
         )
-    segments, distances = chain.predict(rows)
+    segments, distances = chain.predict(chain.reencode(rows))  # as sent by `rows_to_csv`
     got_segments = [p.get("closest_cluster") for p in predictions]
     got_distances = [p.get("distance_to_cluster") for p in predictions]
     if got_segments != segments.tolist() or not np.allclose(

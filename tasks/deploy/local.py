@@ -407,7 +407,7 @@ def _deploy_local(
         _admin_reload(state, model_dir, registered.model_version)
         try:
             smoke = check_predictions(
-                invoke(HttpRuntimeClient(state.url), name, rows_to_csv(rows)), chain, rows
+                invoke(HttpRuntimeClient(state.url), name, rows_to_csv(rows, chain)), chain, rows
             )
         except PopsegError as error:
             _admin_reload(state, Path(previous[0]), previous[1])
@@ -467,7 +467,7 @@ def _deploy_local(
         )
         try:
             smoke = check_predictions(
-                invoke(HttpRuntimeClient(state.url), name, rows_to_csv(rows)), chain, rows
+                invoke(HttpRuntimeClient(state.url), name, rows_to_csv(rows, chain)), chain, rows
             )
         except PopsegError as error:
             _stop_process(pid, name)

@@ -243,7 +243,7 @@ def _refuse_contract_change(
         raise DeployError(
             f"endpoint {endpoint_name!r} serves version {old_tags.get(TAG_MODEL_VERSION)}, whose "
             f"input contract (sha256 {served[:12]}) differs from version {version}'s "
-            f"({', '.join(chain.feature_names)}); not updated (nothing uploaded or changed); "
+            f"({', '.join(chain.input_columns)}); not updated (nothing uploaded or changed); "
             "--allow-contract-change or promote.allow_contract_change=true updates it anyway"
         )
 
@@ -328,7 +328,7 @@ def _smoke(
     answer = invoke(
         client,
         endpoint_name,
-        rows_to_csv(rows),
+        rows_to_csv(rows, chain),
         custom_attributes=f"popseg-smoke-test={deployment}",
     )
     if "predictions" not in answer and ".amazonaws.com" not in url:

@@ -175,7 +175,7 @@ def batch_transform(
         {"Key": TAG_RUN_ID, "Value": registered.run_id},
     ]
 
-    _put(s3, locations["input"], rows_to_csv(rows).encode(), "text/csv")
+    _put(s3, locations["input"], rows_to_csv(rows, chain).encode(), "text/csv")
     model_data = create_model(
         s3, sagemaker, registered, config, settings, job_name, image, stamp, tags
     )

@@ -6,15 +6,24 @@ numpy and the standard library only, valid Python 3.9: this file is copied as-is
 ``tasks/chain.py``). The local endpoint (``tasks/serving/server.py``) serves through the same
 functions (``handle``), so every target runs the same code and the same numbers.
 
-Requests (raw, unscaled feature values):
+Requests (raw, unscaled values of the chain's request columns, ``input_columns``: the numeric
+features and, for a model with categorical columns, each categorical column's raw text):
 
-- ``text/csv``: one row per line, no header, or a header row naming the features (any order;
-  absent features are missing values, filled as in training);
+- ``text/csv``: one row per line, no header, or a header row naming the columns (any order;
+  absent columns are missing values, filled as in training);
 - ``application/json``: ``{"instances": [{"features": [...]}, ...]}`` (an instance may also be
-  a plain list, or an object keyed by feature name), or a list of records keyed by feature name.
+  a plain list, or an object keyed by column name), or a list of records keyed by column name.
+
+A categorical value is encoded by the chain (`chain.encode_categories`): a missing one (null,
+an empty CSV cell, ``NA``/``null``/``nan`` in CSV) is the level ``Unknown``; a level the model
+never saw sets none of the column's indicators and is counted in the response. One-hot
+indicator columns (``region=NE``, the request form of format-1 models) are refused with a
+400 that names the raw column to send instead.
 
 Response, as SageMaker's built-in k-means:
-``{"predictions": [{"closest_cluster": 2, "distance_to_cluster": 0.41}, ...]}``.
+``{"predictions": [{"closest_cluster": 2, "distance_to_cluster": 0.41}, ...]}``, plus
+``"unseen_categories": {"region": 2}`` (values per column whose level the model never saw)
+when a request had any.
 
 A request the model cannot answer is a ``RequestError`` with its 4xx status (400; 406 for an
 unacceptable Accept, 413 for too many rows, 415 for an unsupported Content-Type), answered
@@ -38,9 +47,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 try:  # inside model.tar.gz, chain.py sits next to this file in code/
-    from chain import ChainInputError, SegmentationChain
+    from chain import ChainInputError, EncodedRows, SegmentationChain
 except ImportError:  # in the project itself
-    from tasks.chain import ChainInputError, SegmentationChain
+    from tasks.chain import ChainInputError, EncodedRows, SegmentationChain
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -49,6 +58,10 @@ MAX_ROWS = 100000
 # Requests are at most 4 levels deep; the JSON decoder recurses per level, so a body nested
 # 100k deep is refused before it is decoded (a RecursionError is not a client's 400).
 MAX_JSON_DEPTH = 64
+# The response key counting, per categorical column, the values whose level is unseen.
+UNSEEN_KEY = "unseen_categories"
+# CSV cells that are a missing value (as pandas reads training CSVs), compared lowercased.
+_CSV_MISSING = ("", "nan", "na", "null", "none")
 
 
 MAX_MESSAGE_CHARS = 300  # error messages and log lines: never echo a client's megabytes back
@@ -112,12 +125,17 @@ def _text(body: Any) -> str:
 
 def _cell(value: str, row: int, name: str) -> float:
     text = value.strip()
-    if text == "" or text.lower() in ("nan", "na", "null", "none"):
+    if text.lower() in _CSV_MISSING:
         return float("nan")
     try:
         return float(text)
     except ValueError:
         raise RequestError("row %d, feature %r: %r is not a number" % (row, name, text)) from None
+
+
+def _category_cell(value: str) -> Optional[str]:
+    text = value.strip()
+    return None if text.lower() in _CSV_MISSING else text
 
 
 def _is_number(text: str) -> bool:
@@ -128,17 +146,49 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _parse_csv(text: str, chain: SegmentationChain) -> np.ndarray:
+def _is_header(cells: Sequence[str], chain: SegmentationChain) -> bool:
+    """A first CSV line of names: no cell a number (and, where categorical columns make a data
+    row of text possible, at least one cell names a column)."""
+    if not all(cell and not _is_number(cell) for cell in cells):
+        return False
+    if not chain.categories:
+        return True
+    known = set(chain.input_columns) | set(chain.feature_names)
+    return any(cell in known for cell in cells)
+
+
+def _onehot_hint(count: int, chain: SegmentationChain) -> str:
+    """Why a row of the one-hot width is refused (models with categorical columns)."""
+    if not chain.categories or count != chain.n_features:
+        return ""
+    return "; one-hot indicators are not taken: send the raw value of %s" % ", ".join(
+        sorted(chain.categories)
+    )
+
+
+def _encode(table: List[List[Any]], chain: SegmentationChain) -> EncodedRows:
+    """Rows of request-column values (numbers, raw category values) -> the chain's features."""
+    names = chain.input_columns
+    columns: Dict[str, Any] = {}
+    for position, name in enumerate(names):
+        values = [row[position] for row in table]
+        columns[name] = values if chain.is_categorical(name) else np.asarray(values, dtype=float)
+    return chain.encode_columns(columns, len(table))
+
+
+def _parse_csv(text: str, chain: SegmentationChain) -> EncodedRows:
     lines = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
     if not lines:
         raise RequestError("the request body holds no CSV rows")
-    names = chain.feature_names
+    names = chain.input_columns
     first = [cell.strip() for cell in lines[0]]
     columns: List[int] = list(range(len(names)))
     rows = lines
-    has_header = all(cell and not _is_number(cell) for cell in first)
+    has_header = _is_header(first, chain)
     if has_header:
         unknown = [cell for cell in first if cell not in names]
+        if any(chain.legacy_indicator(cell) for cell in unknown):
+            raise RequestError("CSV header: %s" % chain.unknown_columns_message(unknown))
         if unknown:
             raise RequestError(
                 "CSV header: unknown feature(s) %s; expected %s"
@@ -152,23 +202,39 @@ def _parse_csv(text: str, chain: SegmentationChain) -> np.ndarray:
             raise RequestError("the CSV has a header but no data rows")
     if len(rows) > MAX_ROWS:
         raise RequestError("too many rows (%d > %d)" % (len(rows), MAX_ROWS), status=413)
-    values = np.full((len(rows), len(names)), np.nan)
+    categorical = [chain.is_categorical(name) for name in names]
+    numeric_only = not any(categorical)
+    values = np.full((len(rows), len(names)), np.nan) if numeric_only else None
+    table: List[List[Any]] = []
     for index, row in enumerate(rows):
         line = index + (2 if has_header else 1)
         if len(row) != len(columns):
             raise RequestError(
-                "CSV line %d has %d field(s); expected %d (%s)"
+                "CSV line %d has %d field(s); expected %d (%s)%s"
                 % (
                     line,
                     len(row),
                     len(columns),
                     ", ".join(names[c] for c in columns),
+                    _onehot_hint(len(row), chain),
                 )
             )
+        if values is not None:  # no categorical column: straight into the feature rows
+            for position, cell in enumerate(row):
+                column = columns[position]
+                values[index, column] = _cell(cell, line, names[column])
+            continue
+        parsed: List[Any] = [None if flag else float("nan") for flag in categorical]
         for position, cell in enumerate(row):
             column = columns[position]
-            values[index, column] = _cell(cell, line, names[column])
-    return values
+            if categorical[column]:
+                parsed[column] = _category_cell(cell)
+            else:
+                parsed[column] = _cell(cell, line, names[column])
+        table.append(parsed)
+    if values is not None:
+        return EncodedRows(values, {})
+    return _encode(table, chain)
 
 
 def _number(value: Any, row: int, name: str) -> float:
@@ -179,15 +245,34 @@ def _number(value: Any, row: int, name: str) -> float:
     return float(value)
 
 
-def _vector(values: Any, row: int, names: Sequence[str]) -> List[float]:
+def _value(value: Any, row: int, name: str, chain: SegmentationChain) -> Any:
+    """A JSON value of request column ``name``: a number, or a category value."""
+    if not chain.is_categorical(name):
+        return _number(value, row, name)
+    try:
+        return chain.category_value(value, row - 1, name)
+    except ChainInputError as error:
+        raise RequestError(str(error)) from None
+
+
+def _vector(values: Any, row: int, chain: SegmentationChain) -> List[Any]:
+    names = chain.input_columns
     if not isinstance(values, list):
         raise RequestError("instance %d: features must be a list of numbers" % row)
     if len(values) != len(names):
         raise RequestError(
-            "instance %d has %d feature(s); expected %d (%s)"
-            % (row, len(values), len(names), ", ".join(names))
+            "instance %d has %d feature(s); expected %d (%s)%s"
+            % (row, len(values), len(names), ", ".join(names), _onehot_hint(len(values), chain))
         )
-    return [_number(value, row, names[i]) for i, value in enumerate(values)]
+    return [_value(value, row, names[i], chain) for i, value in enumerate(values)]
+
+
+def _record(record: Dict[str, Any], row: int, chain: SegmentationChain) -> List[Any]:
+    names = chain.input_columns
+    unknown = sorted(str(name) for name in record if name not in names)
+    if unknown:
+        raise RequestError("record %d: %s" % (row, chain.unknown_columns_message(unknown)))
+    return [_value(record.get(name), row, name, chain) for name in names]
 
 
 def _json_depth(text: str) -> int:
@@ -204,7 +289,7 @@ def _json_depth(text: str) -> int:
     return int(np.cumsum(opens.astype(np.int64) - closes).max(initial=0))
 
 
-def _parse_json(text: str, chain: SegmentationChain) -> np.ndarray:
+def _parse_json(text: str, chain: SegmentationChain) -> EncodedRows:
     if _json_depth(text) > MAX_JSON_DEPTH:
         raise RequestError("the request body nests JSON deeper than %d levels" % MAX_JSON_DEPTH)
     try:
@@ -226,27 +311,20 @@ def _parse_json(text: str, chain: SegmentationChain) -> np.ndarray:
         raise RequestError("no instances in the request")
     if len(items) > MAX_ROWS:
         raise RequestError("too many rows (%d > %d)" % (len(items), MAX_ROWS), status=413)
-    names = chain.feature_names
-    rows: List[List[float]] = []
+    table: List[List[Any]] = []
     for index, item in enumerate(items):
         row = index + 1
         if isinstance(item, dict) and "features" in item and set(item) <= {"features", "id"}:
-            rows.append(_vector(item["features"], row, names))
+            table.append(_vector(item["features"], row, chain))
         elif isinstance(item, list):
-            rows.append(_vector(item, row, names))
+            table.append(_vector(item, row, chain))
         elif isinstance(item, dict):
-            for name, value in item.items():
-                if name in names:
-                    _number(value, row, name)
-            try:
-                rows.append(list(chain.rows_from_records([item])[0]))
-            except ChainInputError as error:
-                raise RequestError(str(error).replace("record 1", "record %d" % row)) from None
+            table.append(_record(item, row, chain))
         else:
             raise RequestError(
                 'instance %d: expected {"features": [...]}, a list of numbers or a record' % row
             )
-    return np.asarray(rows, dtype=np.float64)
+    return _encode(table, chain)
 
 
 def decode_request(request_body: Any, request_content_type: Optional[str]) -> Any:
@@ -271,28 +349,38 @@ class _Parsed:
         self.media = media
         self.text = text
 
-    def rows(self, chain: SegmentationChain) -> np.ndarray:
+    def encode(self, chain: SegmentationChain) -> EncodedRows:
+        """The rows in the chain's feature space, with the unseen category levels."""
         if self.media == CSV:
             return _parse_csv(self.text, chain)
         return _parse_json(self.text, chain)
 
+    def rows(self, chain: SegmentationChain) -> np.ndarray:
+        return self.encode(chain).values
 
-def predict(input_data: Any, model: SegmentationChain) -> Dict[str, List[Dict[str, Any]]]:
-    """Rows -> {"predictions": [{"closest_cluster", "distance_to_cluster"}, ...]}."""
+
+def predict(input_data: Any, model: SegmentationChain) -> Dict[str, Any]:
+    """Rows -> {"predictions": [{"closest_cluster", "distance_to_cluster"}, ...]} (and
+    ``unseen_categories`` when a categorical value had a level the model never saw)."""
+    unseen: Dict[str, int] = {}
     if isinstance(input_data, _Parsed):
-        rows = input_data.rows(model)
+        encoded = input_data.encode(model)
+        rows, unseen = encoded.values, encoded.unseen_counts()
     else:
         rows = np.asarray(input_data, dtype=np.float64)
     try:
         segments, distances = model.predict(rows)
     except ChainInputError as error:
         raise RequestError(str(error)) from None
-    return {
+    answer: Dict[str, Any] = {
         "predictions": [
             {"closest_cluster": int(segment), "distance_to_cluster": _finite(distance)}
             for segment, distance in zip(segments.tolist(), distances.tolist())
         ]
     }
+    if unseen:
+        answer[UNSEEN_KEY] = unseen
+    return answer
 
 
 def _finite(value: float) -> Optional[float]:

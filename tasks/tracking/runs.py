@@ -370,12 +370,21 @@ def log_dataset(dataset: DatasetRef) -> None:
     mlflow.log_input(frame, context=DATASET_CONTEXT)
 
 
-def feature_schema(features: list[str]):
-    """The model's input: every feature a double (integer columns are converted by the
-    chain, so MLflow's integer-column warning does not apply)."""
+def feature_schema(features: list[str], categorical: list[str] | None = None):
+    """The model's input: every numeric feature a double (integer columns are converted by
+    the chain, so MLflow's integer-column warning does not apply), a categorical column text
+    (raw values; optional, as a missing value is the level ``Unknown``)."""
     from mlflow.types import ColSpec, DataType, Schema
 
-    return Schema([ColSpec(DataType.double, name) for name in features])
+    text = set(categorical or ())
+    return Schema(
+        [
+            ColSpec(DataType.string, name, required=False)
+            if name in text
+            else ColSpec(DataType.double, name)
+            for name in features
+        ]
+    )
 
 
 def log_chain(chain_dir: str | Path) -> None:

@@ -216,3 +216,60 @@ def test_the_sklearn_container_serves_the_package_and_refuses_bad_requests_with_
         assert len(answer["body"]) < 600, case.name
     assert answers[-1]["status"] == 200  # still serving
     assert "Traceback" not in served.stderr, served.stderr[-4000:]
+
+
+def test_the_sklearn_container_takes_raw_category_values(tmp_path):
+    """A format-2 chain with a categorical column (`tests.chains.categorical_chain`), packaged
+    and served by the container's stack: raw values in JSON and CSV, a missing value (level
+    Unknown), an unseen level answered and counted, the one-hot form a 400."""
+    from tasks.package import build_package
+    from tests.chains import categorical_chain
+
+    categorical_chain().save(str(tmp_path / "chain"))
+    package = build_package(tmp_path / "chain", tmp_path / "model.tar.gz")
+    base = tmp_path / "opt-ml"
+    with tarfile.open(package) as archive:
+        archive.extractall(base / "model")  # our own package
+    environment = {
+        **os.environ,
+        "SAGEMAKER_BASE_DIR": str(base),
+        "SAGEMAKER_PROGRAM": "inference.py",
+        "SAGEMAKER_SUBMIT_DIRECTORY": str(base / Path(SUBMIT_DIRECTORY).relative_to("/opt/ml")),
+        "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+    }
+    environment.pop("PYTHONPATH", None)
+    records = [{"x": 0, "region": "NE"}, {"x": 0, "region": "MW"}, {"x": 9, "region": None}]
+    requests = [
+        _invocation(json.dumps(records).encode(), "application/json"),
+        _invocation(b"region,x\nNE,0\n MW ,0\n,9\n", "text/csv"),
+        _invocation(b'{"instances": [[0, "Atlantis"], [0, "NE"]]}', "application/json"),
+        _invocation(b'[{"x": 0, "region=NE": 1}]', "application/json"),
+    ]
+    (tmp_path / "requests.json").write_text(json.dumps(requests))
+    with _serving_env() as python:
+        served = subprocess.run(
+            [str(python), str(SERVING_SCRIPT), "requests.json", "answers.json"],
+            cwd=tmp_path,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert served.returncode == 0, served.stderr[-4000:]
+    raw_json, raw_csv, unseen, onehot = json.loads((tmp_path / "answers.json").read_text())[
+        "answers"
+    ]
+    for answer in (raw_json, raw_csv):
+        assert answer["status"] == 200, answer["body"][:500]
+        reply = json.loads(answer["body"])
+        assert [p["closest_cluster"] for p in reply["predictions"]] == [1, 0, 2]
+        assert "unseen_categories" not in reply
+    assert unseen["status"] == 200
+    reply = json.loads(unseen["body"])
+    assert [p["closest_cluster"] for p in reply["predictions"]] == [0, 1]
+    assert reply["unseen_categories"] == {"region": 1}
+    assert onehot["status"] == 400
+    assert (
+        "send the raw value of the categorical column 'region'"
+        in (json.loads(onehot["body"])["message"])
+    )

@@ -9,10 +9,17 @@ import pandas as pd
 import pytest
 
 from tasks.config import DataConfig, FeaturesConfig
-from tasks.encoding import feature_matrix, missing_features, source_columns
+from tasks.encoding import (
+    encode_frame,
+    feature_matrix,
+    missing_features,
+    source_columns,
+    unseen_summary,
+)
 from tasks.errors import DataError
 from tasks.ingest import RawTable, select_features
-from tasks.score import ScoreIds, score_ids, score_rows
+from tasks.score import UNSEEN_ATTR, ScoreIds, score_ids, score_rows
+from tests.chains import categorical_chain
 from tests.unit.test_monitor import make_chain
 
 NAMES = ["alpha", "beta", "gamma"]
@@ -112,3 +119,34 @@ def test_score_rows_errors_name_the_source_and_column():
         score_rows(frame, chain, ScoreIds("code", False), "part.csv")
     with pytest.raises(DataError, match=r"^part\.csv: missing feature column\(s\) beta that"):
         score_rows(frame.drop(columns="beta"), chain, ScoreIds("row_id", True), "part.csv")
+
+
+def test_encode_frame_reads_raw_categorical_columns_and_counts_unseen_levels():
+    chain = categorical_chain()
+    frame = pd.DataFrame({"x": ["1", None, "3"], "region": ["NE", np.nan, "Atlantis"]})
+    encoded = encode_frame(frame, chain, "new.csv")
+    np.testing.assert_array_equal(
+        encoded.values, [[1.0, 0.0, 1.0, 0.0], [np.nan, 0.0, 0.0, 1.0], [3.0, 0.0, 0.0, 0.0]]
+    )
+    assert encoded.unseen == {"region": {"Atlantis": 1}}
+    assert unseen_summary(encoded.unseen) == "region: 1 value(s) ('Atlantis')"
+
+
+def test_encode_frame_reads_the_encoded_training_layout_and_names_missing_columns():
+    chain = categorical_chain()
+    training = pd.DataFrame(
+        {"x": [1.0], "region=MW": [0.0], "region=NE": [1.0], "region=Unknown": [0.0]}
+    )
+    np.testing.assert_array_equal(encode_frame(training, chain, "t").values, [[1.0, 0.0, 1.0, 0.0]])
+    with pytest.raises(DataError, match=r"new\.csv: missing feature column\(s\) region that"):
+        encode_frame(pd.DataFrame({"x": [1.0]}), chain, "new.csv")
+    with pytest.raises(DataError, match="feature column 'x' is not numeric: data row 1"):
+        encode_frame(pd.DataFrame({"x": ["NE"], "region": ["NE"]}), chain, "new.csv")
+
+
+def test_score_rows_report_unseen_levels():
+    chain = categorical_chain()
+    frame = pd.DataFrame({"x": [0.0, 0.0, 9.0], "region": ["NE", "XX", None]})
+    scores = score_rows(frame, chain, ScoreIds("row_id", True), "new.csv")
+    assert scores["segment"].tolist() == [1, 0, 2]
+    assert scores.attrs[UNSEEN_ATTR] == {"region": 1}

@@ -21,13 +21,15 @@ from tasks.compute.drift import PSI_EPSILON
 from tasks.config import MonitorConfig, load_params
 from tasks.errors import ConfigError, DataError
 from tasks.monitor import (
+    UNSEEN_BUCKET,
     compute_drift,
     is_capture_log,
+    level_shares,
     metric_key,
     psi_threshold,
     read_monitor_data,
 )
-from tests.chains import identity_chain
+from tests.chains import categorical_chain, identity_chain
 
 NAMES = ["alpha", "beta", "gamma"]
 CENTERS = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
@@ -319,3 +321,72 @@ def test_monitor_params_section(tmp_path, monkeypatch):
 def test_metric_key_sanitises_feature_names():
     assert metric_key("Murder") == "Murder"
     assert metric_key("state=IL (%)") == "state_IL ___"
+
+
+# ----------------------------------------------------------------------------- categoricals
+
+
+def _regions(levels: list[str | None], seed: int) -> np.ndarray:
+    """Feature rows of `categorical_chain` (x ~ N(0, 1)) for these raw region values."""
+    chain = categorical_chain()
+    rng = np.random.default_rng(seed)
+    columns = {"x": rng.normal(size=len(levels)), "region": levels}
+    return chain.encode_columns(columns, len(levels)).values
+
+
+def test_level_shares_end_with_the_unseen_bucket():
+    block = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_allclose(level_shares(block), [0.25, 0.5, 0.25])
+
+
+def test_categorical_columns_drift_by_psi_over_level_shares():
+    chain = categorical_chain()
+    reference = _regions(["MW"] * 100 + ["NE"] * 80 + [None] * 20, seed=1)
+    same = compute_drift(
+        chain, reference, _regions(["MW"] * 50 + ["NE"] * 40 + [None] * 10, 2), MonitorConfig()
+    )
+    region = next(f for f in same.features if f.name == "region")
+    assert [f.name for f in same.features] == ["x", "region"]  # no PSI per indicator
+    assert region.psi == pytest.approx(0.0, abs=1e-12)
+    assert region.bins == 4 and not region.drifted
+    assert region.missing_rate_ref == pytest.approx(0.1)
+    # New data: NE has become rare, a fifth of the rows carry levels never seen.
+    new = _regions(["MW"] * 100 + ["NE"] * 20 + [None] * 20 + ["XX"] * 40 + ["YY"] * 20, seed=3)
+    report = compute_drift(chain, reference, new, MonitorConfig())
+    region = next(f for f in report.features if f.name == "region")
+    expected = np.array([0.5, 0.4, 0.1, PSI_EPSILON])
+    actual = np.array([100, 20, 20, 60]) / 200
+    assert region.psi == pytest.approx(
+        float(np.sum((actual - expected) * np.log(actual / expected)))
+    )
+    assert region.levels == {
+        "MW": (0.5, 0.5),
+        "NE": (0.4, 0.1),
+        "Unknown": (0.1, 0.1),
+        UNSEEN_BUCKET: (0.0, 0.3),
+    }
+    assert region.drifted
+    assert any(
+        r.startswith("categorical column region: PSI over level shares") for r in report.reasons
+    )
+    payload = report.to_json()["features"]["region"]
+    assert payload["kind"] == "categorical"
+    assert payload["levels"][UNSEEN_BUCKET] == {"ref_share": 0.0, "new_share": 0.3}
+
+
+def test_capture_logs_and_tables_of_raw_category_values(tmp_path):
+    """Monitored data with raw values is encoded as the endpoint encodes it: a captured JSON
+    request and a CSV table give the same feature rows, an unseen level none set."""
+    chain = categorical_chain()
+    body = json.dumps([{"x": 1, "region": "NE"}, {"x": 2, "region": "XX"}, {"x": 3}])
+    record = {
+        "captureData": {"endpointInput": {"observedContentType": "application/json", "data": body}},
+        "eventMetadata": {"status": 200},
+    }
+    log = tmp_path / "capture.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    table = tmp_path / "new.csv"
+    table.write_text("x,region\n1,NE\n2,XX\n3,\n")
+    expected = [[1.0, 0.0, 1.0, 0.0], [2.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 1.0]]
+    for path in (log, table):
+        np.testing.assert_array_equal(read_monitor_data(str(path), chain).values, expected)

@@ -16,7 +16,7 @@ import pytest
 from tasks.chain import SegmentationChain
 from tasks.serving import inference
 from tasks.serving.inference import RequestError
-from tests.chains import identity_chain
+from tests.chains import categorical_chain, identity_chain
 
 ROOT = Path(__file__).resolve().parents[3]
 NAMES = ["a", "b", "c"]
@@ -249,3 +249,85 @@ def test_handlers_run_alone_with_only_numpy(chain, tmp_path):
     assert [p["closest_cluster"] for p in payload["body"]["predictions"]] == [8, 9]
     assert payload["chain_from"] == str(code / "chain.py")
     assert payload["heavy"] == []
+
+
+# ----------------------------------------------------------------------------- categorical
+
+
+def full_answer(chain, body, content_type):
+    text, _ = inference.handle(chain, body, content_type, "application/json")
+    return json.loads(text)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'[{"x": 0, "region": "NE"}, {"x": 0, "region": "MW"}, {"x": 9}]', "application/json"),
+        (
+            b'{"instances": [{"features": [0, "NE"]}, [0, "MW"], {"x": 9, "region": null}]}',
+            "application/json",
+        ),
+        (b"x,region\n0,NE\n0, MW\n9,\n", "text/csv"),
+        (b'region,x\nNE,0\n"MW",0\nNA,9\n', "text/csv"),
+        (b"0,NE\n0,MW\n9,\n", "text/csv"),
+    ],
+)
+def test_categorical_requests_take_raw_values(body, content_type):
+    chain = categorical_chain()
+    reply = full_answer(chain, body, content_type)
+    assert [p["closest_cluster"] for p in reply["predictions"]] == [1, 0, 2]
+    assert reply["predictions"][2]["distance_to_cluster"] == pytest.approx(1.0)  # x 9 vs 10
+    assert inference.UNSEEN_KEY not in reply
+
+
+def test_an_unseen_level_is_answered_and_counted():
+    chain = categorical_chain()
+    reply = full_answer(
+        chain,
+        b'[{"x": 0, "region": "XX"}, {"x": 0, "region": "YY"}, {"x": 0, "region": "NE"}]',
+        JSON_TYPE,
+    )
+    # No indicator set: (0, 0, 0, 0) is 1 from centroids 0 and 1; the first (segment 0) wins.
+    assert [p["closest_cluster"] for p in reply["predictions"]] == [0, 0, 1]
+    assert reply["predictions"][0]["distance_to_cluster"] == pytest.approx(1.0)
+    assert reply[inference.UNSEEN_KEY] == {"region": 2}
+    csv_reply = full_answer(chain, b"x,region\n0,XX\n", "text/csv")
+    assert csv_reply[inference.UNSEEN_KEY] == {"region": 1}
+
+
+JSON_TYPE = "application/json"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (
+            b'[{"x": 0, "region=NE": 1}]',
+            JSON_TYPE,
+            "'region=NE': one-hot indicator column(s) are not taken",
+        ),
+        (
+            b"x,region=MW,region=NE,region=Unknown\n0,0,1,0\n",
+            "text/csv",
+            "CSV header: 'region=MW', 'region=NE', 'region=Unknown': one-hot",
+        ),
+        (
+            b"0,0,1,0\n",
+            "text/csv",
+            "one-hot indicators are not taken: send the raw value of region",
+        ),
+        (b'{"instances": [[0, 0, 1, 0]]}', JSON_TYPE, "one-hot indicators are not taken"),
+        (
+            b'[{"x": "zero", "region": "NE"}]',
+            JSON_TYPE,
+            "row 1, feature 'x': 'zero' is not a number",
+        ),
+        (b"x,region\nzero,NE\n", "text/csv", "row 2, feature 'x': 'zero' is not a number"),
+        (b'[{"x": 0, "region": [1]}]', JSON_TYPE, "column 'region': [1] is not a category value"),
+    ],
+)
+def test_categorical_request_errors_are_400s_naming_the_column(body, content_type, message):
+    with pytest.raises(RequestError) as caught:
+        inference.handle(categorical_chain(), body, content_type, JSON_TYPE)
+    assert caught.value.status == 400
+    assert message in str(caught.value)
