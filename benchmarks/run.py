@@ -83,6 +83,7 @@ def _intelex_kmeans():
     logger = logging.getLogger("sklearnex")
     logger.addHandler(log)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # one line per fit otherwise: collected, not printed
     return IntelexKMeans, log
 
 
