@@ -27,9 +27,15 @@ uv: python
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
 		$(PYTHON) -m pip install --quiet --disable-pip-version-check "uv>=0.5"
 
-# Every extra, so the tests exercise Dask, AWS, DVC and team mode too.
+# Every extra, so the tests exercise Dask, AWS, DVC and team mode too. Then numba's first
+# compilation of the pipeline's kernels (tasks/compute/warm.py, ~10 s of one core on a fresh
+# clone, a second or two when the cache is warm) starts in the background: it fills the
+# kernel cache while the next command starts up (Prefect, ingest, validation), so the first
+# `make run` does not wait for it. It ends by itself; if it has not finished, the kernels
+# it has not cached yet compile on first use, as without it.
 setup: uv
 	$(UV) sync --locked --all-extras
+	@$(UV) run --no-sync python -m tasks.compute.warm </dev/null >/dev/null 2>&1 &
 
 run: setup
 	$(UV) run popseg run

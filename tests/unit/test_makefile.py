@@ -82,3 +82,13 @@ def test_the_bench_group_is_installed_by_make_bench_only():
     for target in ("bench", "bench-quick"):
         commands = [line for line in _dry_run(target).splitlines() if " python -m " in line]
         assert commands and all("--group bench" in line for line in commands), commands
+
+
+def test_setup_warms_the_kernel_cache_in_the_background():
+    """`make setup` syncs, then starts the numba warm-up detached from the terminal (its
+    own output to /dev/null, in the background) so that the next command does not wait."""
+    commands = _dry_run("setup").splitlines()
+    sync = next(i for i, line in enumerate(commands) if "sync --locked --all-extras" in line)
+    warm = [line for line in commands[sync + 1 :] if "-m tasks.compute.warm" in line]
+    assert len(warm) == 1
+    assert warm[0].rstrip().endswith("&") and "</dev/null >/dev/null 2>&1" in warm[0]
