@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 
 def _blobs(n: int, d: int, seed: int) -> np.ndarray:
@@ -64,12 +66,33 @@ def warm_kernels() -> None:
     KNNImputer(n_neighbors=5).fit(missing).transform(missing)
 
 
+def _lock_path() -> Path:
+    """A lock file beside the cache the kernels write to (numba's ``NUMBA_CACHE_DIR``, else
+    the ``__pycache__`` next to the kernel modules)."""
+    import numba
+
+    folder = Path(numba.config.CACHE_DIR or Path(__file__).parent / "__pycache__")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "popseg-warm.lock"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    start = time.perf_counter()
-    warm_kernels()
-    print(f"numba kernels cached in {time.perf_counter() - start:.1f} s")
+    # `make lint` then `make test` each start one: a second warm-up while the first is
+    # compiling would compile the same kernels again on the other core, for nothing
+    lock = FileLock(_lock_path())
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print("numba kernels: another warm-up is filling the same cache")
+        return
+    try:
+        start = time.perf_counter()
+        warm_kernels()
+        print(f"numba kernels cached in {time.perf_counter() - start:.1f} s")
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":
