@@ -16,7 +16,7 @@ export UV_PYTHON := $(PYTHON)
 # (`python3 -m uv` works even where pip's script directory is not on PATH).
 UV = $(shell command -v uv >/dev/null 2>&1 && echo uv || echo $(PYTHON) -m uv)
 
-.PHONY: python uv setup run test test-all lint format bench bench-quick ui clean
+.PHONY: python uv setup run test test-all lint format bench-setup bench bench-quick ui clean
 
 python:
 	@[ -n "$(PYTHON)" ] || { echo "error: no python3 on PATH; popseg needs Python 3.11 or newer" >&2; exit 1; }
@@ -27,9 +27,15 @@ uv: python
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
 		$(PYTHON) -m pip install --quiet --disable-pip-version-check "uv>=0.5"
 
-# Every extra, so the tests exercise Dask, AWS, DVC and team mode too.
+# Every extra, so the tests exercise Dask, AWS, DVC and team mode too. Then numba's first
+# compilation of the pipeline's kernels (tasks/compute/warm.py, ~10 s of one core on a fresh
+# clone, a second or two when the cache is warm) starts in the background: it fills the
+# kernel cache while the next command starts up (Prefect, ingest, validation), so the first
+# `make run` does not wait for it. It ends by itself; if it has not finished, the kernels
+# it has not cached yet compile on first use, as without it.
 setup: uv
 	$(UV) sync --locked --all-extras
+	@$(UV) run --no-sync python -m tasks.compute.warm </dev/null >/dev/null 2>&1 &
 
 run: setup
 	$(UV) run popseg run
@@ -48,17 +54,24 @@ format: setup
 	$(UV) run ruff format .
 	$(UV) run ruff check --fix .
 
-bench: setup
-	$(UV) run python -m benchmarks.run
-	$(UV) run python -m benchmarks.compile_time
-	$(UV) run python -m benchmarks.k_selection
-	$(UV) run python -m benchmarks.pipeline
+# The benchmarks also need the `bench` dependency group (scikit-learn-intelex, a second
+# reference for the sweep); setup, run and test never install it.
+bench-setup: uv
+	$(UV) sync --locked --all-extras --group bench
 
-bench-quick: setup
-	$(UV) run python -m benchmarks.run --quick
-	$(UV) run python -m benchmarks.compile_time --quick
-	$(UV) run python -m benchmarks.k_selection --quick
-	$(UV) run python -m benchmarks.pipeline --quick
+BENCH = $(UV) run --locked --all-extras --group bench python -m
+
+bench: bench-setup
+	$(BENCH) benchmarks.run
+	$(BENCH) benchmarks.compile_time
+	$(BENCH) benchmarks.k_selection
+	$(BENCH) benchmarks.pipeline
+
+bench-quick: bench-setup
+	$(BENCH) benchmarks.run --quick
+	$(BENCH) benchmarks.compile_time --quick
+	$(BENCH) benchmarks.k_selection --quick
+	$(BENCH) benchmarks.pipeline --quick
 
 ui: setup
 	$(UV) run popseg ui

@@ -11,12 +11,19 @@ REPEAT runs for both sides; each of our kernels is compiled (cache=True) by a wa
 call on tiny data before timing. Both libraries run in one process: our kernels' thread
 count and the other thread pools (scikit-learn's OpenMP, OpenBLAS) are listed in the
 report.
+
+scikit-learn-intelex (oneDAL; the ``bench`` dependency group, installed by ``make bench``)
+is a second reference for the k-means sweep, timed the same way; the report says whether
+oneDAL ran (its log, not a silent fall-back to scikit-learn) or that it is not installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
+import logging
 import os
 import platform
 import time
@@ -43,6 +50,41 @@ from tasks.compute import (
 RESULTS = Path(__file__).parent / "results"
 #: each timing is the best of REPEAT runs (both sides), to damp noise from other processes
 REPEAT = 3
+
+
+#: KMeans sweep goals: against scikit-learn, and against scikit-learn-intelex at equal
+#: inertia (sum over k within 1.01x of intelex's)
+SWEEP_GOAL_SKLEARN = 5
+SWEEP_GOAL_INTELEX = 2
+
+
+class _OneDALLog(logging.Handler):
+    """Collects sklearnex's dispatch log: "running accelerated version on CPU" when
+    oneDAL fitted, "fallback to original Scikit-learn" when it handed over."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@functools.cache
+def _intelex_kmeans():
+    """sklearnex's KMeans class and a handler on its dispatch log, or (None, None) when the
+    ``bench`` group is not installed (no import at module load: the import patches
+    nothing, but it loads oneDAL, which costs a second)."""
+    if importlib.util.find_spec("sklearnex") is None:
+        return None, None
+    from sklearnex.cluster import KMeans as IntelexKMeans
+
+    log = _OneDALLog()
+    logger = logging.getLogger("sklearnex")
+    logger.addHandler(log)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # one line per fit otherwise: collected, not printed
+    return IntelexKMeans, log
 
 
 def _cpu_model() -> str:
@@ -90,6 +132,9 @@ def warmup():
     Xn = X[:300].astype(np.float64)
     Xn[::7, 1] = np.nan
     KNNImputer().fit_transform(Xn)
+    IntelexKMeans, _ = _intelex_kmeans()
+    if IntelexKMeans is not None:  # oneDAL's first call loads and initialises the library
+        IntelexKMeans(3, random_state=0, n_init=1).fit(X)
 
 
 def _against_sklearn(name, t_ours, t_sk, goal_speedup, quality, quality_met, **extra):
@@ -109,29 +154,65 @@ def _against_sklearn(name, t_ours, t_sk, goal_speedup, quality, quality_met, **e
     return row
 
 
+def _time_per_k(cls, X, ks, kw):
+    """Total best-of-REPEAT time of fitting ``cls(k)`` for each k, summed inertia, iterations."""
+    total_s, inertia, iters = 0.0, 0.0, 0
+    for k in ks:
+        t, m = _time(lambda k=k: cls(k, random_state=0, **kw).fit(X), repeat=REPEAT)
+        total_s += t
+        inertia += m.inertia_
+        iters += m.n_iter_
+    return total_s, inertia, iters
+
+
+def _intelex_columns(X, ks, kw, t_ours, our_inertia) -> dict:
+    """The intelex columns of the sweep row: time, our speed-up, inertia ratio, and whether
+    oneDAL itself ran every fit."""
+    IntelexKMeans, log = _intelex_kmeans()
+    if IntelexKMeans is None:
+        return dict(intelex_note="scikit-learn-intelex not installed (make bench installs it)")
+    log.messages.clear()
+    t_x, x_inertia, x_iters = _time_per_k(IntelexKMeans, X, ks, kw)
+    fallbacks = [m for m in log.messages if "fallback" in m.lower()]
+    accelerated = sum("accelerated" in m.lower() for m in log.messages)
+    ratio = our_inertia / x_inertia
+    return dict(
+        intelex_s=t_x,
+        speedup_intelex=t_x / t_ours,
+        intelex_quality=f"sum inertia ratio vs intelex {ratio:.4f} (goal <= 1.01)",
+        intelex_met=bool(t_x / t_ours >= SWEEP_GOAL_INTELEX and ratio <= 1.01 and not fallbacks),
+        intelex_note=(
+            f"oneDAL ran {accelerated} fits"
+            if not fallbacks
+            else f"{len(fallbacks)} fits fell back to scikit-learn: {fallbacks[0]}"
+        ),
+        intelex_total_iters=int(x_iters),
+    )
+
+
 def bench_sweep(n, d, ks, rows):
     X, _ = _blobs(n, d, 8, 1)
     kw = dict(n_init=1, max_iter=100, tol=1e-4)
     t_ours, sweep = _time(lambda: KMeansSweep(ks, random_state=0, **kw).fit(X), repeat=REPEAT)
-    sk_inertia, t_sk, sk_iters = 0.0, 0.0, 0
-    for k in ks:
-        t, m = _time(lambda k=k: skc.KMeans(k, random_state=0, **kw).fit(X), repeat=REPEAT)
-        t_sk += t
-        sk_inertia += m.inertia_
-        sk_iters += m.n_iter_
+    t_sk, sk_inertia, sk_iters = _time_per_k(skc.KMeans, X, ks, kw)
     our_inertia = sum(m.inertia_ for m in sweep.models_.values())
-    rows.append(
-        _against_sklearn(
-            f"KMeansSweep k={ks[0]}..{ks[-1]}, {n}x{d} float32, n_init=1, max_iter=100",
-            t_ours,
-            t_sk,
-            5,
-            f"sum inertia ratio {our_inertia / sk_inertia:.4f} (goal <= 1.01)",
-            our_inertia <= 1.01 * sk_inertia,
-            our_iters={int(k): int(m.n_iter_) for k, m in sweep.models_.items()},
-            sk_total_iters=int(sk_iters),
-        )
+    row = _against_sklearn(
+        f"KMeansSweep k={ks[0]}..{ks[-1]}, {n}x{d} float32, n_init=1, max_iter=100",
+        t_ours,
+        t_sk,
+        SWEEP_GOAL_SKLEARN,
+        f"sum inertia ratio {our_inertia / sk_inertia:.4f} (goal <= 1.01)",
+        our_inertia <= 1.01 * sk_inertia,
+        our_iters={int(k): int(m.n_iter_) for k, m in sweep.models_.items()},
+        sk_total_iters=int(sk_iters),
     )
+    intelex = _intelex_columns(X, ks, kw, t_ours, our_inertia)
+    row.update(intelex)
+    if "intelex_s" in intelex:
+        row["goal"] += f"; vs intelex >= {SWEEP_GOAL_INTELEX}"
+        row["quality"] += f"; {intelex['intelex_quality']}"
+        row["met"] = bool(row["met"] and intelex["intelex_met"])
+    rows.append(row)
     _bench_lloyd_passes(X, ks, rows)
 
 
@@ -249,6 +330,15 @@ def bench_minibatch(n, d, k, rows):
         )
 
 
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
 def _fmt(v):
     return "-" if v is None else f"{v:.3f}"
 
@@ -280,6 +370,7 @@ def main(argv=None):
         numpy=np.__version__,
         sklearn=sklearn.__version__,
         numba=numba.__version__,
+        sklearnex=_version("scikit-learn-intelex"),
         quick=q,
         total_s=time.perf_counter() - t0,
         loadavg_start=load_start,
@@ -295,17 +386,25 @@ def main(argv=None):
             f"{t['internal_api']}:{t['prefix']}={t['num_threads']}" for t in env["threadpools"]
         ),
         "",
-        "| benchmark | ours (s) | scikit-learn (s) | speed-up | goal | quality | met |",
-        "|---|---:|---:|---:|---|---|---|",
+        "| benchmark | ours (s) | scikit-learn (s) | speed-up | intelex (s) | vs intelex "
+        "| goal | quality | met |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
         sp = "-" if r["speedup"] is None else f"{r['speedup']:.1f}x"
+        sp_x = f"{r['speedup_intelex']:.1f}x" if "speedup_intelex" in r else "-"
         lines.append(
-            f"| {r['name']} | {_fmt(r['ours_s'])} | {_fmt(r['sklearn_s'])} | {sp} | {r['goal']} "
-            f"| {r['quality']} | {met} |"
+            f"| {r['name']} | {_fmt(r['ours_s'])} | {_fmt(r['sklearn_s'])} | {sp} "
+            f"| {_fmt(r.get('intelex_s'))} | {sp_x} | {r['goal']} | {r['quality']} | {met} |"
         )
     lines += [
+        "",
+        "intelex: scikit-learn-intelex "
+        + (_version("scikit-learn-intelex") or "not installed")
+        + " (oneDAL), the sweep only (it does not accelerate the other estimators). "
+        + "; ".join(r["intelex_note"] for r in rows if "intelex_note" in r)
+        + ".",
         "",
         f"Total benchmark time: {env['total_s']:.0f} s. Load average (1/5/15 min) at start "
         f"{'/'.join(f'{v:.2f}' for v in load_start)}, at end "

@@ -26,7 +26,12 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import euclidean_distances
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _assert_all_finite,
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
 
 from tasks.compute._hamerly_kernels import _bound_stats, bounded_pass
 from tasks.compute._kmeans_kernels import (
@@ -650,8 +655,18 @@ class _BaseKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.inertia_ = inertia
         self.n_iter_ = n_iter
 
-    def _validate_fit_input(self, X, sample_weight):
-        X = validate_data(self, X, dtype=[np.float64, np.float32], order="C", reset=True)
+    def _validate_fit_input(self, X, sample_weight, ensure_all_finite=True):
+        """``X`` and the sample weights as the kernels take them; ``ensure_all_finite=False``
+        leaves X's NaN/inf check to the caller (who must then make it before trusting a
+        result: see :meth:`_check_finite`)."""
+        X = validate_data(
+            self,
+            X,
+            dtype=[np.float64, np.float32],
+            order="C",
+            reset=True,
+            ensure_all_finite=ensure_all_finite,
+        )
         n = X.shape[0]
         if n < self.n_clusters:
             raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
@@ -664,6 +679,10 @@ class _BaseKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                     f"(n_clusters, n_features) = ({self.n_clusters}, {X.shape[1]})."
                 )
         return X, np.ascontiguousarray(sample_weight)
+
+    def _check_finite(self, X):
+        """scikit-learn's NaN/inf error for ``X`` (the message ``validate_data`` gives), if any."""
+        _assert_all_finite(X, input_name="X", estimator_name=type(self).__name__)
 
     def _check_test_data(self, X):
         check_is_fitted(self)

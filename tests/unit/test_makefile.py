@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -54,3 +55,40 @@ def test_no_python3_at_all_is_one_error_line(tmp_path):
     assert done.stderr.splitlines()[0] == (
         "error: no python3 on PATH; popseg needs Python 3.11 or newer"
     )
+
+
+def _dry_run(*targets: str) -> str:
+    done = subprocess.run(
+        [MAKE, "--no-print-directory", "-s", "-n", "-C", str(ROOT), *targets],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_bench_group_is_installed_by_make_bench_only():
+    """scikit-learn-intelex (the `bench` group) is a benchmark anchor, not a dependency:
+    the default sync (`make setup`/`run`/`test`, plain `uv sync`) leaves it out."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    bench = pyproject["dependency-groups"]["bench"]
+    assert any(req.startswith("scikit-learn-intelex") for req in bench)
+    assert "bench" not in pyproject["tool"]["uv"].get("default-groups", [])
+    assert not any("intelex" in dep for dep in pyproject["project"]["dependencies"])
+    default_setup = _dry_run("setup", "run", "test", "test-all")
+    assert "sync --locked --all-extras" in default_setup
+    assert "bench" not in default_setup and "--all-groups" not in default_setup
+    for target in ("bench", "bench-quick"):
+        commands = [line for line in _dry_run(target).splitlines() if " python -m " in line]
+        assert commands and all("--group bench" in line for line in commands), commands
+
+
+def test_setup_warms_the_kernel_cache_in_the_background():
+    """`make setup` syncs, then starts the numba warm-up detached from the terminal (its
+    own output to /dev/null, in the background) so that the next command does not wait."""
+    commands = _dry_run("setup").splitlines()
+    sync = next(i for i, line in enumerate(commands) if "sync --locked --all-extras" in line)
+    warm = [line for line in commands[sync + 1 :] if "-m tasks.compute.warm" in line]
+    assert len(warm) == 1
+    assert warm[0].rstrip().endswith("&") and "</dev/null >/dev/null 2>&1" in warm[0]

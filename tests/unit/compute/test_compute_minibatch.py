@@ -244,3 +244,22 @@ def test_warns_on_fewer_distinct_clusters():
     with pytest.warns(ConvergenceWarning, match="distinct clusters"):
         m = MiniBatchKMeans(3, batch_size=10, random_state=0).fit(X)
     assert len(np.unique(m.labels_)) == 2
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("kw", [{}, dict(n_init=3)])
+@pytest.mark.parametrize("rows", [slice(None), 0, 2500, 4999])
+def test_non_finite_rows_give_sklearns_error_and_no_fit(value, kw, rows):
+    """X's NaN/inf check is made on the init/validation subsets and by the final full
+    pass, not by a pass of its own: a bad value in any row (most single rows are outside
+    the 300-row init subsets) still gets scikit-learn's error, with the same message, and
+    leaves the estimator unfitted."""
+    X = _data(5000, 4, 3, 0, np.float32)
+    X[rows, 2] = value
+    ours = MiniBatchKMeans(3, batch_size=100, random_state=0, **kw)
+    with pytest.raises(ValueError) as ours_error:
+        ours.fit(X)
+    with pytest.raises(ValueError) as sk_error:
+        skc.MiniBatchKMeans(3, batch_size=100, random_state=0, **kw).fit(X)
+    assert str(ours_error.value) == str(sk_error.value)
+    assert not hasattr(ours, "cluster_centers_")
