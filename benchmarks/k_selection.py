@@ -1,22 +1,30 @@
 """How often each k-selection method picks the true number of groups (issue 16, item 1).
 
-    uv run python -m benchmarks.k_selection            # full: 10 seeds a family (~4 min, 2 cores)
+    uv run python -m benchmarks.k_selection            # full: 10 seeds a family (4+ min, 2 cores)
     uv run python -m benchmarks.k_selection --quick    # 2 seeds, fewer reference sets (~30 s)
+    uv run python -m benchmarks.k_selection --no-candidates  # the pipeline's methods only (~4x faster)
 
-Measurement only: nothing here changes the pipeline's default. Every case runs the
-project's own preparation and sweep with the defaults of params.yaml (`tasks.config.
-load_params`): `tasks.scale.scale` -> `tasks.reduce.reduce` (PCA to 80% of the variance)
--> `tasks.cluster.sweep` (k = 2..12, numba k-means, 10 inits) -> `tasks.select.select_k`.
-The data have no missing values, so the impute step is a no-op and is skipped.
+The default it chose (session 23, on the design families only): ``select.criterion:
+stable_consensus`` and ``reduce.min_components: 2``. Every case runs the project's own
+preparation and sweep with the defaults of params.yaml (`tasks.config.load_params`):
+`tasks.scale.scale` -> `tasks.reduce.reduce` (PCA to 80% of the variance, at least 2
+components) -> `tasks.cluster.sweep` (k = 2..12, numba k-means, 10 inits) ->
+`tasks.select.select_k`. The data have no missing values, so the impute step is a no-op and
+is skipped.
 
 Methods, each giving a k; the ARI is that of the pipeline's k-means fit at that k (all rows
 in one group for k = 1) against the labels:
 
+* ``stable_consensus``: the default (`tasks.select`): prediction strength on a seeded sample
+  of <= ``select.sample_rows`` rows decides whether there is structure (k = 1 if not), then
+  the consensus of the four criteria and prediction strength.
 * ``elbow``, ``silhouette``, ``calinski_harabasz``, ``davies_bouldin``, ``consensus``:
   `tasks.select.select_k` on the default sweep.
+* ``consensus_previous_default``: the default before session 23: consensus on PCA to 80%
+  without the 2-component floor (``reduce.min_components=1``; differs on 2-D data only).
 * ``consensus_no_pca``: the same on a sweep without PCA (``reduce.n_components=none``), only
   for data with <= 10 features, to show what the 80%-variance default does to them.
-* Candidates, implemented here (they move into tasks/select.py, with tests, only if chosen):
+* Single candidates on all the prepared rows (the maths of `tasks.select`):
   ``candidate_gap`` (gap statistic, Tibshirani, Walther & Hastie 2001: 20 uniform reference
   sets (5 in --quick) over the PCA-aligned box of the prepared data, the smallest k with
   Gap(k) >= Gap(k+1) - s(k+1), k = 1..12), ``candidate_prediction_strength`` (Tibshirani &
@@ -27,7 +35,8 @@ in one group for k = 1) against the labels:
   prediction strength use the pipeline's k-means (`tasks.cluster.fit_k_values`).
 
 For true k = 1 the ARI is 1 when a method answers k = 1 and 0 otherwise. The pipeline's
-sweep starts at k = 2, so the five `select_k` methods can never be right there. The knee
+sweep starts at k = 2, so the sweep-metric methods (all but the default and the candidates)
+can never be right there. The knee
 lies strictly inside the k range, so the elbow answers k_min = 2 only by its fallback (the
 best silhouette when there is no knee) and never votes for it in the consensus.
 
@@ -48,7 +57,6 @@ import argparse
 import json
 import platform
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +67,8 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
-from tasks.cluster import SweepResult, fit_k_values, sweep
+from tasks import select
+from tasks.cluster import SweepResult, sweep
 from tasks.config import Params, load_params
 from tasks.progress import silenced
 from tasks.reduce import reduce
@@ -70,13 +79,16 @@ RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 
 CRITERIA = ("elbow", "silhouette", "calinski_harabasz", "davies_bouldin", "consensus")
+#: the default (tasks.select, needs the rows) and the default before session 23
+DEFAULT = "stable_consensus"
+PREVIOUS = "consensus_previous_default"
 CANDIDATES = (
     "candidate_gap",
     "candidate_prediction_strength",
     "candidate_gmm_bic_full",
     "candidate_gmm_bic_diag",
 )
-METHODS = (*CRITERIA, "consensus_no_pca", *CANDIDATES)
+METHODS = (DEFAULT, *CRITERIA, PREVIOUS, "consensus_no_pca", *CANDIDATES)
 #: consensus without PCA is run only up to this many features
 NO_PCA_MAX_FEATURES = 10
 PS_THRESHOLD = 0.8
@@ -200,80 +212,23 @@ def prepare(values: np.ndarray, params: Params) -> np.ndarray:
     return reduce(scaled.values, names, params.reduce).values
 
 
-def _inertias(values: np.ndarray, k_max: int, params: Params) -> np.ndarray:
-    """Within-group sums of squares W_1..W_k_max with the pipeline's k-means."""
-    k_max = min(k_max, len(values) - 1)
-    fits = fit_k_values(values, list(range(2, k_max + 1)), params.cluster)
-    total = float(((values - values.mean(axis=0)) ** 2).sum())
-    return np.array([total] + [fits[k][2] for k in range(2, k_max + 1)])
-
-
 def candidate_gap(
     values: np.ndarray, params: Params, references: int, seed: int = 0
 ) -> tuple[int, dict[str, Any]]:
-    """Gap statistic with the 1-SE rule; uniform reference over the PCA-aligned box."""
+    """Gap statistic with the 1-SE rule (`tasks.select.gap_statistic`) on all the rows."""
     k_max = min(params.cluster.k_max, len(values) - 1)
-    log_w = np.log(np.maximum(_inertias(values, k_max, params), 1e-300))
-    mean = values.mean(axis=0)
-    _, _, vt = np.linalg.svd(values - mean, full_matrices=False)
-    rotated = (values - mean) @ vt.T
-    low, high = rotated.min(axis=0), rotated.max(axis=0)
-    rng = np.random.default_rng(seed)
-    reference = np.empty((references, k_max))
-    for b in range(references):
-        draw = rng.uniform(low, high, size=rotated.shape) @ vt + mean
-        reference[b] = np.log(np.maximum(_inertias(draw, k_max, params), 1e-300))
-    gap = reference.mean(axis=0) - log_w
-    s = reference.std(axis=0) * np.sqrt(1.0 + 1.0 / references)
-    chosen = k_max
-    for k in range(1, k_max):
-        if gap[k - 1] >= gap[k] - s[k]:
-            chosen = k
-            break
-    return chosen, {"gap": gap.round(4).tolist(), "s": s.round(4).tolist()}
-
-
-def _strength(
-    train: np.ndarray, test: np.ndarray, k_values: list[int], params: Params
-) -> dict[int, float]:
-    """Prediction strength of each k for one (train, test) split."""
-    train_fits = fit_k_values(train, k_values, params.cluster)
-    test_fits = fit_k_values(test, k_values, params.cluster)
-    out = {}
-    for k in k_values:
-        centroids = train_fits[k][0]
-        predicted = np.argmin(((test[:, None, :] - centroids[None]) ** 2).sum(axis=2), axis=1)
-        test_labels = np.asarray(test_fits[k][1])
-        worst = 1.0
-        for group in range(k):
-            members = predicted[test_labels == group]
-            m = len(members)
-            if m < 2:
-                continue
-            counts = np.bincount(members)
-            worst = min(worst, float((counts * (counts - 1)).sum() / (m * (m - 1))))
-        out[k] = worst
-    return out
+    gap, s = select.gap_statistic(values, k_max, params.cluster, references, seed)
+    return select.gap_k(gap, s), {"gap": gap.round(4).tolist(), "s": s.round(4).tolist()}
 
 
 def candidate_prediction_strength(
     values: np.ndarray, params: Params, repeats: int, seed: int = 0
 ) -> tuple[int, dict[str, Any]]:
-    """Largest k whose mean 2-fold prediction strength is >= 0.8 (k = 1 always is)."""
-    n = len(values)
-    k_max = min(params.cluster.k_max, n // 2 - 1)
-    k_values = list(range(2, k_max + 1))
-    rng = np.random.default_rng(seed)
-    totals: dict[int, list[float]] = defaultdict(list)
-    for _ in range(repeats):
-        order = rng.permutation(n)
-        halves = (order[: n // 2], order[n // 2 :])
-        for a, b in (halves, halves[::-1]):
-            for k, value in _strength(values[a], values[b], k_values, params).items():
-                totals[k].append(value)
-    strength = {k: float(np.mean(v)) for k, v in totals.items()}
-    passing = [k for k in k_values if strength[k] >= PS_THRESHOLD]
-    return (max(passing) if passing else 1), {
+    """Largest k whose mean 2-fold prediction strength is >= 0.8, else 1
+    (`tasks.select.prediction_strength` on all the rows)."""
+    k_values = list(range(2, params.cluster.k_max + 1))
+    strength = select.prediction_strength(values, k_values, params.cluster, repeats, seed)
+    return select.prediction_strength_k(strength, PS_THRESHOLD), {
         "prediction_strength": {k: round(v, 4) for k, v in strength.items()}
     }
 
@@ -301,7 +256,12 @@ def _labels_at(result: SweepResult, k: int, n: int) -> np.ndarray:
 
 
 def run_case(
-    family: Family, seed: int, params: Params, no_pca: Params, quick: bool
+    family: Family,
+    seed: int,
+    params: Params,
+    variants: dict[str, Params],
+    quick: bool,
+    candidates: bool = True,
 ) -> dict[str, Any]:
     values, truth = make_case(family, seed)
     n, d = values.shape
@@ -310,11 +270,25 @@ def run_case(
     picks: dict[str, int] = {}
     seconds: dict[str, float] = {}
     extra: dict[str, Any] = {}
+    t = time.perf_counter()
+    chosen = select_k(result, DEFAULT, prepared, params.select, params.cluster)
+    picks[DEFAULT] = chosen.chosen_k
+    seconds[DEFAULT] = time.perf_counter() - t
+    extra[DEFAULT] = {"reason": chosen.reason}
     for criterion in CRITERIA:
         t = time.perf_counter()
         picks[criterion] = select_k(result, criterion).k
         seconds[criterion] = time.perf_counter() - t
     fits_of = dict.fromkeys(picks, result)
+    previous, no_pca = variants[PREVIOUS], variants["consensus_no_pca"]
+    t = time.perf_counter()
+    old_prepared = prepare(values, previous)
+    if old_prepared.shape == prepared.shape:  # the floor of 2 components changed nothing
+        picks[PREVIOUS], fits_of[PREVIOUS] = picks["consensus"], result
+    else:
+        old = sweep(old_prepared, previous.cluster)
+        picks[PREVIOUS], fits_of[PREVIOUS] = select_k(old, "consensus").k, old
+    seconds[PREVIOUS] = time.perf_counter() - t
     if d <= NO_PCA_MAX_FEATURES:
         t = time.perf_counter()
         plain = sweep(prepare(values, no_pca), no_pca.cluster)
@@ -329,7 +303,7 @@ def run_case(
         "candidate_gmm_bic_full": lambda: candidate_gmm_bic(prepared, params, "full"),
         "candidate_gmm_bic_diag": lambda: candidate_gmm_bic(prepared, params, "diag"),
     }
-    for name, runner in runners.items():
+    for name, runner in runners.items() if candidates else ():
         t = time.perf_counter()
         picks[name], extra[name] = runner()
         fits_of[name] = result
@@ -411,6 +385,8 @@ def table(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         ]
         for method in METHODS:
             entry = summary[split][method]
+            if entry["all"] is None:  # not run (--no-candidates)
+                continue
             cells = [_fmt(entry["all"]), _fmt(entry["well_separated"]), _fmt(entry["no_structure"])]
             cells += [_fmt(entry["families"][f.name]) for f in families]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -431,13 +407,42 @@ def table(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def large_data_cost(params: Params, n: int = 500_000, d: int = 20) -> str:
+    """Wall and CPU seconds of the default selection alone on n x d rows (6 groups): its
+    refits run on a sample of ``select.sample_rows``, so they should not grow with n. The
+    sweep it needs is fitted with one init (its cost is not what is measured here)."""
+    family = Family("large", "-", "", n=n, d=d, k=6)
+    values, _ = make_case(family, 0)
+    prepared = prepare(values, params)
+    one_init = params.cluster.model_copy(update={"n_init": 1})
+    with silenced():
+        result = sweep(prepared, one_init)
+        wall, cpu = time.perf_counter(), time.process_time()
+        chosen = select_k(result, DEFAULT, prepared, params.select, params.cluster)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return (
+        f"{DEFAULT} alone on {n} x {d} rows (6 groups, {prepared.shape[1]} components): "
+        f"{wall:.1f} s wall, {cpu:.1f} s CPU (all threads of this process), chose k="
+        f"{chosen.chosen_k}."
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2 seeds per family, fewer references")
+    p.add_argument(
+        "--no-candidates",
+        action="store_true",
+        help="only the pipeline's methods (default, criteria, consensus variants): ~4x faster; "
+        "writes k_selection[-quick]-no-candidates.*",
+    )
     args = p.parse_args()
     seeds = [0, 1] if args.quick else list(range(10))
     params = load_params(ROOT / "params.yaml")
-    no_pca = load_params(ROOT / "params.yaml", ["reduce.n_components=none"])
+    variants = {
+        "consensus_no_pca": load_params(ROOT / "params.yaml", ["reduce.n_components=none"]),
+        PREVIOUS: load_params(ROOT / "params.yaml", ["reduce.min_components=1"]),
+    }
     start = time.perf_counter()
     rows = []
     for family in FAMILIES:
@@ -446,35 +451,47 @@ def main() -> None:
         for seed in family_seeds:
             # thousands of small sweeps: the per-family line below is the progress
             with silenced():
-                rows.append(run_case(family, seed, params, no_pca, args.quick))
+                rows.append(
+                    run_case(family, seed, params, variants, args.quick, not args.no_candidates)
+                )
         print(
             f"{family.name}: {len(family_seeds)} case(s) in {time.perf_counter() - t:.1f} s",
             flush=True,
         )
     elapsed = time.perf_counter() - start
+    large = "" if args.quick else large_data_cost(params)
+    print(large, flush=True)
     summary = summarise(rows)
     method_seconds = {
-        method: round(sum(r["seconds"].get(method, 0.0) for r in rows), 2) for method in METHODS
+        method: round(sum(r["seconds"].get(method, 0.0) for r in rows), 2)
+        for method in METHODS
+        if any(method in r["seconds"] for r in rows)
     }
     body = table(summary, rows)
     header = (
-        f"## k selection ({'quick' if args.quick else 'full'}): {len(rows)} cases, "
+        f"## k selection ({'quick' if args.quick else 'full'}"
+        f"{', no candidates' if args.no_candidates else ''}): {len(rows)} cases, "
         f"{elapsed:.0f} s\n\n"
         f"Defaults from params.yaml: scale.method={params.scale.method}, "
-        f"reduce.n_components={params.reduce.n_components}, cluster k={params.cluster.k_min}.."
+        f"reduce.n_components={params.reduce.n_components} (min_components="
+        f"{params.reduce.min_components}), cluster k={params.cluster.k_min}.."
         f"{params.cluster.k_max} ({params.cluster.backend}, n_init={params.cluster.n_init}), "
-        f"select.criterion={params.select.criterion}. Seeds per synthetic family: {len(seeds)}; "
+        f"select.criterion={params.select.criterion} (sample_rows={params.select.sample_rows}, "
+        f"threshold={params.select.prediction_strength_threshold}, repeats="
+        f"{params.select.prediction_strength_repeats}). Seeds per synthetic family: {len(seeds)}; "
         f"real sets once. consensus_no_pca only for <= {NO_PCA_MAX_FEATURES} features. "
         f"Machine: {platform.machine()}, Python {platform.python_version()}.\n\n"
         f"Seconds per method (all cases, beyond the shared default sweep): "
         + ", ".join(f"{m} {s}" for m, s in method_seconds.items())
         + "\n"
+        + (f"\n{large}\n" if large else "")
     )
     text = header + "\n" + body
     print(text)
     print(f"\n{len(rows)} cases in {elapsed:.1f} s")
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "k_selection-quick" if args.quick else "k_selection"
+    stem += "-no-candidates" if args.no_candidates else ""
     (RESULTS / f"{stem}.md").write_text(text + "\n")
     payload = {
         "mode": "quick" if args.quick else "full",

@@ -116,7 +116,9 @@ def train_stage(
     """Sweep k, select one, evaluate it (segment ids matched to the champion's when there
     is one) and build the serving chain."""
     swept = engine.sweep(params, data, prepared)
-    selection = select.select_k(swept, params.select.criterion)
+    selection = select.select_k(
+        swept, params.select.criterion, prepared.reduced.values, params.select, params.cluster
+    )
     evaluation = engine.evaluate(params, data, prepared, swept, selection.k, champion)
     kept_frame = data.frame[prepared.imputed.kept_rows].reset_index(drop=True)
     chosen = swept.fits[selection.k]
@@ -200,6 +202,8 @@ def training_record(
         json_artifacts={
             Artifact.SELECTION: {
                 "k": selection.k,
+                "chosen_k": selection.chosen_k,
+                "structure_found": selection.structure_found,
                 "criterion": selection.criterion,
                 "reason": selection.reason,
                 "votes": selection.votes,

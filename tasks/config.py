@@ -94,6 +94,7 @@ class ScaleConfig(_Section):
 class ReduceConfig(_Section):
     n_components: int | float | Literal["auto", "none"] = 0.8
     auto_min_features: Annotated[int, Field(ge=1)] = 100
+    min_components: Annotated[int, Field(ge=1)] = 2
 
     @field_validator("n_components", mode="before")
     @classmethod
@@ -128,8 +129,20 @@ class ClusterConfig(_Section):
 
 class SelectConfig(_Section):
     criterion: Literal[
-        "elbow", "silhouette", "calinski_harabasz", "davies_bouldin", "consensus"
-    ] = "consensus"
+        "elbow",
+        "silhouette",
+        "calinski_harabasz",
+        "davies_bouldin",
+        "consensus",
+        "prediction_strength",
+        "gap",
+        "stable_consensus",
+    ] = "stable_consensus"
+    sample_rows: Annotated[int, Field(ge=20)] = 2000
+    prediction_strength_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    prediction_strength_repeats: Annotated[int, Field(ge=1)] = 2
+    gap_references: Annotated[int, Field(ge=2)] = 10
+    seed: int = 0
 
 
 class EvaluateConfig(_Section):

@@ -1,5 +1,6 @@
-"""Reduce: PCA by component count, by explained-variance fraction (default >= 80%), `auto`
-(PCA only past ``reduce.auto_min_features``, default 100 features) or none. Records explained variance and
+"""Reduce: PCA by component count, by explained-variance fraction (default >= 80%, keeping at
+least ``reduce.min_components``, default 2, so 2-D data stays 2-D), `auto` (PCA only past
+``reduce.auto_min_features``, default 100 features) or none. Records explained variance and
 the component makeup (loadings) in the original feature names."""
 
 from __future__ import annotations
@@ -100,9 +101,13 @@ def reduce_from_pca(
             report={"applied": False, "n_components": d, "reason": _skip_reason(config, d)},
         )
     if isinstance(target, float):
-        keep = int(np.searchsorted(np.cumsum(ratios), target - 1e-12) + 1)
-        keep = min(keep, max_components)
+        by_variance = int(np.searchsorted(np.cumsum(ratios), target - 1e-12) + 1)
+        # A floor: one component of 2-D data merges groups that differ along the other axis
+        # (benchmarks/k_selection.py).
+        keep = min(max(by_variance, config.min_components), max_components)
         reason = f"smallest number of components explaining >= {target:.0%} of variance"
+        if keep > by_variance:
+            reason += f", at least reduce.min_components={config.min_components}"
     else:
         keep = min(target, max_components)
         if keep < target:

@@ -191,3 +191,22 @@ def test_prepared_round_trips_through_its_files(holes, tmp_path):
                 np.testing.assert_array_equal(value, getattr(before, field.name))
     with pytest.raises(DataError, match="prepared.npz: missing"):
         Prepared.load(tmp_path / "elsewhere")
+
+
+def test_pca_by_variance_keeps_at_least_min_components():
+    # 2-D data whose first component alone explains > 80%: the floor keeps both, so groups
+    # that differ along the minor axis are not merged.
+    rng = np.random.default_rng(7)
+    values = np.column_stack([rng.normal(scale=3.0, size=200), rng.normal(size=200)])
+    values = StandardScaler(with_std=False).fit_transform(values)
+    names = ["wide", "narrow"]
+    floor = reduce(values, names, load_params().reduce)
+    assert floor.values.shape == (200, 2)
+    assert "at least reduce.min_components=2" in floor.report["reason"]
+    plain = reduce(values, names, load_params(overrides=["reduce.min_components=1"]).reduce)
+    assert plain.values.shape == (200, 1) and "min_components" not in plain.report["reason"]
+    # Never more components than features.
+    one = reduce(
+        values[:, :1], names[:1], load_params(overrides=["reduce.min_components=3"]).reduce
+    )
+    assert one.values.shape == (200, 1)

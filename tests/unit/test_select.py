@@ -1,0 +1,157 @@
+"""The refitting k-selection methods of tasks/select.py against hand-checked cases."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tasks.cluster import sweep
+from tasks.config import load_params
+from tasks.errors import ConfigError
+from tasks.select import (
+    NO_STRUCTURE,
+    gap_k,
+    gap_statistic,
+    prediction_strength,
+    prediction_strength_k,
+    sample_rows,
+    select_k,
+    strength_of_split,
+)
+
+
+def _params(*overrides):
+    # few inits and references: the cases are well separated (or have nothing to find)
+    return load_params(overrides=["cluster.n_init=3", "select.gap_references=5", *overrides])
+
+
+def _blobs(centres, n_per, seed=0, spread=0.3):
+    rng = np.random.default_rng(seed)
+    centres = np.asarray(centres, dtype=np.float64)
+    labels = np.repeat(np.arange(len(centres)), n_per)
+    return centres[labels] + rng.normal(scale=spread, size=(len(labels), centres.shape[1]))
+
+
+def test_strength_of_one_split_by_hand():
+    # Test half: its own clusters {0, 0.1, 0.2} and {10, 10.1, 4.8}. The train centroids
+    # 0 and 10 put 4.8 with the first group: the second cluster keeps 1 of its 3 pairs.
+    test = np.array([[0.0], [0.1], [0.2], [10.0], [10.1], [4.8]])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    assert strength_of_split(np.array([[0.0], [10.0]]), test, labels) == pytest.approx(1 / 3)
+    # Centroids that keep both clusters whole: strength 1.
+    assert strength_of_split(np.array([[0.0], [9.0]]), test, labels) == pytest.approx(1.0)
+
+
+def test_prediction_strength_of_two_far_blobs_is_one_at_k2():
+    values = _blobs([[0, 0], [20, 20]], 50)
+    strength = prediction_strength(values, [2, 3, 4], _params().cluster, repeats=2, seed=0)
+    assert strength[2] == pytest.approx(1.0)
+    assert strength[3] < 0.8 and strength[4] < 0.8  # splitting a round blob is not stable
+    assert prediction_strength_k(strength, 0.8) == 2
+
+
+def test_prediction_strength_k_rule():
+    assert prediction_strength_k({2: 0.95, 3: 0.85, 4: 0.4}, 0.8) == 3
+    assert prediction_strength_k({2: 0.7, 3: 0.3}, 0.8) == 1
+    assert prediction_strength_k({}, 0.8) == 1
+    # k values a half cannot hold (k > n // 2 - 1) are left out.
+    values = _blobs([[0, 0], [9, 9]], 5)
+    assert sorted(prediction_strength(values, [2, 3, 4, 5], _params().cluster, 1, 0)) == [2, 3, 4]
+
+
+def test_gap_statistic_with_given_reference_draws_by_hand():
+    # Data 0, 1, 10, 11: W1 = 101, W2 = 1. References 0..3 (W1 = 5, W2 = 1) and 0, 2, 4, 6
+    # (W1 = 20, W2 = 4): mean log W = log 10 and log 2, spread log 2 (x sqrt(1 + 1/2)).
+    values = np.array([[0.0], [1.0], [10.0], [11.0]])
+    references = [np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([[0.0], [2.0], [4.0], [6.0]])]
+    gap, spread = gap_statistic(values, 2, _params().cluster, 2, 0, reference_sets=references)
+    assert gap == pytest.approx([math.log(10 / 101), math.log(2)], abs=1e-9)
+    assert spread == pytest.approx([math.log(2) * math.sqrt(1.5)] * 2, abs=1e-9)
+    assert gap_k(gap, spread) == 2  # Gap(1) < Gap(2) - s(2): two groups
+
+
+def test_gap_rule_takes_the_first_k_within_one_standard_error():
+    assert gap_k(np.array([0.1, 0.5, 0.55, 0.4]), np.array([0.1, 0.1, 0.1, 0.1])) == 2
+    assert gap_k(np.array([0.5, 0.4, 0.3]), np.array([0.1, 0.1, 0.1])) == 1
+    assert gap_k(np.array([0.1, 0.2, 0.3]), np.array([0.01, 0.01, 0.01])) == 3
+
+
+@pytest.mark.parametrize("criterion", ["stable_consensus", "prediction_strength", "gap"])
+def test_uniform_noise_has_no_cluster_structure(criterion):
+    values = np.random.default_rng(3).uniform(-1, 1, size=(120, 2))
+    params = _params("cluster.k_max=5")
+    result = sweep(values, params.cluster)
+    selection = select_k(result, criterion, values, params.select, params.cluster)
+    assert not selection.structure_found and selection.chosen_k == 1
+    assert selection.k == 2  # the model keeps the smallest swept k
+    assert selection.reason.startswith(NO_STRUCTURE)
+    assert "smallest k=2" in selection.reason
+
+
+@pytest.mark.parametrize("criterion", ["stable_consensus", "prediction_strength", "gap"])
+def test_well_separated_groups_are_found(criterion):
+    values = _blobs([[0, 0], [8, 0], [0, 8], [8, 8]], 30, seed=1)
+    params = _params("cluster.k_max=6")
+    result = sweep(values, params.cluster)
+    selection = select_k(result, criterion, values, params.select, params.cluster)
+    assert selection.structure_found and selection.k == 4, selection.reason
+    assert (
+        selection.details["candidates"][
+            criterion if criterion != "stable_consensus" else "prediction_strength"
+        ]
+        == 4
+    )
+
+
+def test_stable_consensus_records_each_vote():
+    values = _blobs([[0, 0], [8, 0], [4, 7]], 40, seed=2)
+    params = _params("cluster.k_max=6")
+    selection = select_k(
+        sweep(values, params.cluster), "stable_consensus", values, params.select, params.cluster
+    )
+    assert selection.k == 3 and selection.votes[3] >= 3
+    assert selection.reason.startswith("k=3: chosen by ") and "of 5 criteria" in selection.reason
+    assert set(selection.details["candidates"]) == {
+        "elbow",
+        "silhouette",
+        "calinski_harabasz",
+        "davies_bouldin",
+        "prediction_strength",
+    }
+    assert selection.details["prediction_strength"][3] >= 0.8
+
+
+def test_refits_run_on_a_seeded_sample_above_sample_rows():
+    values = np.arange(300, dtype=np.float64).reshape(100, 3)
+    config = _params("select.sample_rows=40").select
+    sample = sample_rows(values, config)
+    assert sample.shape == (40, 3) and np.array_equal(sample, sample_rows(values, config))
+    assert set(map(tuple, sample)) <= set(map(tuple, values))
+    assert sample_rows(values, _params().select).shape == (100, 3)
+
+
+def test_refitting_criterion_needs_the_rows():
+    values = _blobs([[0, 0], [8, 8]], 20)
+    result = sweep(values, _params("cluster.k_max=4").cluster)
+    with pytest.raises(ValueError, match="stable_consensus"):
+        select_k(result, "stable_consensus")
+
+
+def test_too_few_rows_for_prediction_strength_fall_back_to_the_consensus():
+    values = np.array([[0.0, 0.0], [0.1, 0.0], [8.0, 8.0], [8.1, 8.0], [8.0, 8.1]])
+    params = _params("cluster.k_max=3")  # halves of 2 and 3 rows hold no k >= 2
+    selection = select_k(
+        sweep(values, params.cluster), "stable_consensus", values, params.select, params.cluster
+    )
+    assert selection.structure_found and selection.k == 2
+    assert "too few rows (5) for prediction strength" in selection.reason
+
+
+def test_select_config_keys_are_validated():
+    assert _params().select.criterion == "stable_consensus"
+    with pytest.raises(ConfigError, match=r"select\.criterion"):
+        _params("select.criterion=bic")
+    with pytest.raises(ConfigError, match=r"select\.prediction_strength_threshold"):
+        _params("select.prediction_strength_threshold=1.5")
+    with pytest.raises(ConfigError, match=r"select\.sample_rows"):
+        _params("select.sample_rows=5")
