@@ -259,6 +259,7 @@ def register_stage(
         config.log_data_max_mb,
         lock_timeout_s,
         params.orchestrate.registry_lock_lease_s,
+        data_sample_seed=params.cluster.seed,
     )
 
 

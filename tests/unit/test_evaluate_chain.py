@@ -182,6 +182,12 @@ def test_gate_thresholds_and_champion_comparison(blobs):
     assert checks["champion_silhouette_same_data"] > checks["challenger_silhouette_same_data"]
     passed, _, _ = on_the_same_rows(challenger=good, champion=bad)
     assert passed
+    # No rows to compare on (the challenger's run logged none): not compared is not passed.
+    passed, reasons, checks = evaluate_gate(
+        {"silhouette": 0.5, "stability": 0.9}, True, config, challenger=good, champion=bad
+    )
+    assert not passed and "champion_silhouette_same_data" not in checks
+    assert any(r.startswith("cannot compare with the champion on the same data") for r in reasons)
 
 
 def _features(*names):
