@@ -216,11 +216,130 @@ def run_validation(
     suite_name: str,
     root: str | Path = ".",
 ) -> ValidationReport:
-    """Run the suite; returns the report (success or not). Use `require_valid` to stop on failure."""
+    """Run the suite; returns the report (success or not). Use `require_valid` to stop on failure.
+
+    Up to ``validate.gx_max_rows`` rows GX evaluates every expectation. Above, GX's per-row
+    Python work (its stdev metric scans every value for ``Decimal`` objects) would dominate
+    the run: the `ROW_EXPECTATIONS` are evaluated from counts over every row (`row_counts`,
+    one vectorised pass) and GX checks the rest on a seeded sample (`report_from_counts`,
+    as the Dask engine does)."""
+    expectations = build_expectations(data, data_config, config)
+    if len(data.frame) <= config.gx_max_rows:
+        return _gx_validation(data, expectations, suite_name, root)
+    from dataclasses import replace
+
+    rows = np.random.default_rng(0).choice(len(data.frame), config.gx_max_rows, replace=False)
+    sample = data.frame.iloc[np.sort(rows)].reset_index(drop=True)
+    on_sample = _gx_validation(replace(data, frame=sample), expectations, suite_name, root)
+    counts = row_counts(data, config.ranges)
+    return report_from_counts(
+        expectations,
+        counts,
+        on_sample,
+        suite_name,
+        data.feature_columns,
+        {"execution_engine": "memory", "rows": counts.rows, "sample_rows": len(sample)},
+    )
+
+
+def row_counts(data: IngestedData, ranges: dict[str, tuple[float | None, float | None]]):
+    """What `ROW_EXPECTATIONS` check, counted over every row of an in-memory table: id
+    nulls and duplicates, and per feature the moments (missing, infinite, spread) and the
+    values outside ``validate.ranges``, one slice of rows at a time (no copy of the table)."""
+    from tasks.dask_engine.stats import Moments, ValidationCounts, merge_all, row_slices
+
+    frame, names = data.frame, data.feature_columns
+    ids = frame[data.id_column]
+    missing_ids = ids.isna().to_numpy()
+    repeated = ids[ids.duplicated(keep=False).to_numpy() & ~missing_ids]
+    counts = ValidationCounts(
+        rows=len(frame),
+        id_nulls=int(missing_ids.sum()),
+        id_null_examples=(np.flatnonzero(missing_ids)[:5] + 1).tolist(),
+        moments=Moments.of(np.zeros((0, len(names)))),
+        duplicate_ids=len(repeated),
+        duplicate_examples=repeated.astype(str).drop_duplicates().head(5).tolist(),
+    )
+    pieces = []
+    for name in ranges:
+        counts.out_of_range[name], counts.range_examples[name] = 0, []
+    for start, stop in row_slices(len(frame)):
+        values = frame[names].iloc[start:stop].to_numpy(dtype=np.float64)
+        pieces.append(Moments.of(values))
+        for name, (low, high) in ranges.items():
+            column = values[:, names.index(name)]
+            with np.errstate(invalid="ignore"):
+                bad = ~np.isnan(column) & (
+                    (column < low if low is not None else False)
+                    | (column > high if high is not None else False)
+                )
+            counts.out_of_range[name] += int(bad.sum())
+            examples = counts.range_examples[name]
+            examples += column[bad][: 5 - len(examples)].tolist()
+    if pieces:
+        counts.moments = merge_all(pieces)
+    return counts
+
+
+def report_from_counts(
+    expectations: list[Any],
+    counts: Any,
+    on_sample: ValidationReport,
+    suite_name: str,
+    feature_columns: list[str],
+    result: dict[str, Any],
+) -> ValidationReport:
+    """The suite's report when `ROW_EXPECTATIONS` were counted over every row (``counts``,
+    `tasks.dask_engine.stats.ValidationCounts`) and GX ran on a sample (``on_sample``: the
+    other expectations' verdicts). ``result`` says where; each expectation's verdict is
+    listed in ``result["results"]`` in GX's form."""
+    failures: list[dict[str, Any]] = []
+    verdicts = []
+    for expectation in expectations:
+        kind, column = expectation_type(expectation)
+        if kind in ROW_EXPECTATIONS:
+            failure = failure_from_counts(expectation, counts, feature_columns)
+            found = [failure] if failure is not None else []
+        else:
+            found = [
+                failure
+                for failure in on_sample.failures
+                if failure["expectation"] == kind and failure["column"] == column
+            ]
+        failures += found
+        config = _configuration(expectation)
+        verdicts.append(
+            {
+                "success": not found,
+                "expectation_config": {"type": kind, "kwargs": _jsonable_kwargs(config.kwargs)},
+            }
+        )
+    return ValidationReport(
+        success=not failures,
+        suite_name=suite_name,
+        evaluated=len(expectations),
+        failures=failures,
+        result={
+            **result,
+            "success": not failures,
+            "results": verdicts,
+            "on_all_rows": sorted(ROW_EXPECTATIONS),
+            "on_the_sample": on_sample.result,
+        },
+    )
+
+
+def _jsonable_kwargs(kwargs: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(kwargs), default=str))
+
+
+def _gx_validation(
+    data: IngestedData, expectations: list[Any], suite_name: str, root: str | Path
+) -> ValidationReport:
+    """GX runs ``expectations`` on ``data.frame`` (its file context under ``root``)."""
     from filelock import FileLock
 
     _quiet_gx_environment()
-    expectations = build_expectations(data, data_config, config)
     # The file context in gx/ is shared by every popseg process of the project, and GX's
     # get-or-create of a suite is not atomic: two trainings at once both "add" it and one
     # fails. One validation at a time per project (they take about a second).
