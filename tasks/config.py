@@ -137,6 +137,8 @@ class SelectConfig(_Section):
 
 class EvaluateConfig(_Section):
     bootstrap_rounds: Annotated[int, Field(ge=0)] = 20
+    # Above this many rows the bootstrap runs on a seeded sample of this size (as on Dask).
+    stability_sample: Annotated[int, Field(ge=100)] = 50_000
     top_features: Annotated[int, Field(ge=1)] = 3
     example_members: Annotated[int, Field(ge=0)] = 5
 
