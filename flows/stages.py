@@ -118,7 +118,7 @@ def train_stage(
     swept = engine.sweep(params, data, prepared)
     selection = select.select_k(swept, params.select.criterion)
     evaluation = engine.evaluate(params, data, prepared, swept, selection.k, champion)
-    kept_frame = data.frame[prepared.imputed.kept_rows].reset_index(drop=True)
+    kept_frame = prepared.imputed.kept(data.frame)
     chosen = swept.fits[selection.k]
     chain = build_chain(
         prepared.names,

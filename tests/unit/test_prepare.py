@@ -191,3 +191,15 @@ def test_prepared_round_trips_through_its_files(holes, tmp_path):
                 np.testing.assert_array_equal(value, getattr(before, field.name))
     with pytest.raises(DataError, match="prepared.npz: missing"):
         Prepared.load(tmp_path / "elsewhere")
+
+
+def test_kept_rows_of_the_input_frame(holes):
+    frame = holes.reset_index(drop=True).assign(row=[f"r{i}" for i in range(len(holes))])
+    features = frame.drop(columns="row")
+    every = impute(features, load_params().impute)
+    pd.testing.assert_frame_equal(every.kept(frame), frame)
+    dropped = impute(features, load_params(overrides=["impute.strategy=drop"]).impute)
+    kept = dropped.kept(frame)
+    assert len(kept) == int(dropped.kept_rows.sum()) < len(frame)
+    assert list(kept.index) == list(range(len(kept)))
+    assert kept["row"].tolist() == frame["row"][dropped.kept_rows].tolist()
