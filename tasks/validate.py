@@ -242,43 +242,72 @@ def run_validation(
     )
 
 
-def row_counts(data: IngestedData, ranges: dict[str, tuple[float | None, float | None]]):
-    """What `ROW_EXPECTATIONS` check, counted over every row of an in-memory table: id
-    nulls and duplicates, and per feature the moments (missing, infinite, spread) and the
-    values outside ``validate.ranges``, one slice of rows at a time (no copy of the table)."""
-    from tasks.dask_engine.stats import Moments, ValidationCounts, merge_all, row_slices
+@dataclass(frozen=True)
+class ColumnCounts:
+    """Per feature column: missing and infinite values and the sample standard deviation
+    (ddof 1) of the finite ones; what `failure_from_counts` reads as ``counts.moments``."""
 
+    n_missing: np.ndarray
+    n_posinf: np.ndarray
+    n_neginf: np.ndarray
+    sample_std: np.ndarray
+
+
+@dataclass
+class RowCounts:
+    """What `ROW_EXPECTATIONS` check, over every row (the fields of the Dask engine's
+    `tasks.dask_engine.stats.ValidationCounts`)."""
+
+    rows: int
+    id_nulls: int
+    id_null_examples: list[int]  # data row numbers (1-based)
+    moments: ColumnCounts
+    out_of_range: dict[str, int] = field(default_factory=dict)
+    range_examples: dict[str, list[float]] = field(default_factory=dict)
+    duplicate_ids: int = 0
+    duplicate_examples: list[str] = field(default_factory=list)
+
+
+def row_counts(
+    data: IngestedData, ranges: dict[str, tuple[float | None, float | None]]
+) -> RowCounts:
+    """`RowCounts` of an in-memory table: id nulls and duplicates, and per feature column
+    its missing/infinite values, spread and values outside ``validate.ranges``; numpy, one
+    column at a time (temporaries of one column, no copy of the table)."""
     frame, names = data.frame, data.feature_columns
     ids = frame[data.id_column]
     missing_ids = ids.isna().to_numpy()
     repeated = ids[ids.duplicated(keep=False).to_numpy() & ~missing_ids]
-    counts = ValidationCounts(
-        rows=len(frame),
-        id_nulls=int(missing_ids.sum()),
-        id_null_examples=(np.flatnonzero(missing_ids)[:5] + 1).tolist(),
-        moments=Moments.of(np.zeros((0, len(names)))),
-        duplicate_ids=len(repeated),
-        duplicate_examples=repeated.astype(str).drop_duplicates().head(5).tolist(),
-    )
-    pieces = []
-    for name in ranges:
-        counts.out_of_range[name], counts.range_examples[name] = 0, []
-    for start, stop in row_slices(len(frame)):
-        values = frame[names].iloc[start:stop].to_numpy(dtype=np.float64)
-        pieces.append(Moments.of(values))
-        for name, (low, high) in ranges.items():
-            column = values[:, names.index(name)]
+    d = len(names)
+    missing, posinf, neginf, std = np.zeros(d), np.zeros(d), np.zeros(d), np.full(d, np.nan)
+    out_of_range: dict[str, int] = {}
+    range_examples: dict[str, list[float]] = {}
+    for j, name in enumerate(names):
+        column = frame[name].to_numpy(dtype=np.float64)
+        finite = np.isfinite(column)
+        missing[j] = np.isnan(column).sum()
+        posinf[j], neginf[j] = (column == np.inf).sum(), (column == -np.inf).sum()
+        if finite.sum() > 1:
+            std[j] = column[finite].std(ddof=1)
+        if name in ranges:
+            low, high = ranges[name]
             with np.errstate(invalid="ignore"):
                 bad = ~np.isnan(column) & (
                     (column < low if low is not None else False)
                     | (column > high if high is not None else False)
                 )
-            counts.out_of_range[name] += int(bad.sum())
-            examples = counts.range_examples[name]
-            examples += column[bad][: 5 - len(examples)].tolist()
-    if pieces:
-        counts.moments = merge_all(pieces)
-    return counts
+            out_of_range[name] = int(bad.sum())
+            range_examples[name] = column[bad][:5].tolist()
+    return RowCounts(
+        rows=len(frame),
+        id_nulls=int(missing_ids.sum()),
+        id_null_examples=(np.flatnonzero(missing_ids)[:5] + 1).tolist(),
+        moments=ColumnCounts(missing, posinf, neginf, std),
+        out_of_range=out_of_range,
+        range_examples=range_examples,
+        duplicate_ids=len(repeated),
+        duplicate_examples=repeated.astype(str).drop_duplicates().head(5).tolist(),
+    )
 
 
 def report_from_counts(
@@ -289,8 +318,8 @@ def report_from_counts(
     feature_columns: list[str],
     result: dict[str, Any],
 ) -> ValidationReport:
-    """The suite's report when `ROW_EXPECTATIONS` were counted over every row (``counts``,
-    `tasks.dask_engine.stats.ValidationCounts`) and GX ran on a sample (``on_sample``: the
+    """The suite's report when `ROW_EXPECTATIONS` were counted over every row (``counts``: a
+    `RowCounts`, or the Dask engine's ValidationCounts) and GX ran on a sample (``on_sample``: the
     other expectations' verdicts). ``result`` says where; each expectation's verdict is
     listed in ``result["results"]`` in GX's form."""
     failures: list[dict[str, Any]] = []
