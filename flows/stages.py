@@ -120,7 +120,7 @@ def train_stage(
         swept, params.select.criterion, prepared.reduced.values, params.select, params.cluster
     )
     evaluation = engine.evaluate(params, data, prepared, swept, selection.k, champion)
-    kept_frame = data.frame[prepared.imputed.kept_rows].reset_index(drop=True)
+    kept_frame = prepared.imputed.kept(data.frame)
     chosen = swept.fits[selection.k]
     chain = build_chain(
         prepared.names,
@@ -264,6 +264,7 @@ def register_stage(
         config.log_data_max_mb,
         lock_timeout_s,
         params.orchestrate.registry_lock_lease_s,
+        data_sample_seed=params.cluster.seed,
     )
 
 

@@ -159,13 +159,34 @@ def _sklearn_fits(
     return fits
 
 
+#: The sweep runs every (k, init) in lockstep, each run holding ~12 bytes per row (labels,
+#: seeding distances); k values are fitted in groups whose runs stay within this many bytes.
+SWEEP_GROUP_BYTES = 256 * 2**20
+
+
+def sweep_groups(k_values: list[int], n_init: int, n_rows: int) -> list[list[int]]:
+    """Consecutive groups of ``k_values`` fitted together: each k is seeded with its own
+    ``RandomState(seed)``, so grouping changes memory, not results."""
+    per_k = max(1, SWEEP_GROUP_BYTES // max(1, 12 * n_rows * n_init))
+    return [k_values[i : i + per_k] for i in range(0, len(k_values), per_k)]
+
+
 def _numba_fits(
     values: np.ndarray, k_values: list[int], config: ClusterConfig, on_step: OnStep
 ) -> dict[int, tuple[np.ndarray, np.ndarray, float, int]]:
     from tasks.compute import KMeansSweep
 
-    sweep = KMeansSweep(k_values=k_values, **_lloyd_options(config)).fit(values, on_step=on_step)
-    return {k: _fit_of(sweep.models_[k]) for k in k_values}
+    fits: dict[int, tuple[np.ndarray, np.ndarray, float, int]] = {}
+    for group in sweep_groups(k_values, config.n_init, len(values)):
+        done_before = len(fits)
+
+        def group_step(done: int, total: int, done_before=done_before, **details) -> None:
+            on_step(done_before + done, len(k_values), **details)
+
+        sweep = KMeansSweep(k_values=group, **_lloyd_options(config))
+        sweep.fit(values, on_step=group_step)
+        fits.update({k: _fit_of(sweep.models_[k]) for k in group})
+    return fits
 
 
 def fit_k_values(

@@ -65,6 +65,9 @@ class ValidateConfig(_Section):
     min_std: Annotated[float, Field(ge=0.0)] = 1e-12
     ranges: dict[str, tuple[float | None, float | None]] = {}
     expected_columns: list[str] | None = None
+    # GX evaluates the whole suite itself up to this many rows; above, the row expectations
+    # are counted over every row in numpy and GX checks the rest on a seeded sample this size.
+    gx_max_rows: Annotated[int, Field(ge=100)] = 50_000
 
 
 class ImputeConfig(_Section):
@@ -147,6 +150,8 @@ class SelectConfig(_Section):
 
 class EvaluateConfig(_Section):
     bootstrap_rounds: Annotated[int, Field(ge=0)] = 20
+    # Above this many rows the bootstrap runs on a seeded sample of this size (as on Dask).
+    stability_sample: Annotated[int, Field(ge=100)] = 50_000
     top_features: Annotated[int, Field(ge=1)] = 3
     example_members: Annotated[int, Field(ge=0)] = 5
 

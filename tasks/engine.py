@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
+
 from tasks import cluster, evaluate, ingest, prepare
 from tasks.chain import SegmentationChain
 from tasks.config import Params
@@ -108,14 +110,20 @@ class MemoryEngine:
         champion: SegmentationChain | None,
     ) -> evaluate.Evaluation:
         chosen = swept.fits[k]
-        kept_frame = data.frame[prepared.imputed.kept_rows].reset_index(drop=True)
+        kept_frame = prepared.imputed.kept(data.frame)
         names = prepared.names
+        # The rows as the champion receives them: only read when there is one to match to.
+        champion_rows = (
+            kept_frame[names].to_numpy(dtype="float64")
+            if champion is not None
+            else np.empty((0, len(names)))
+        )
         return evaluate.evaluate(
             prepared.reduced.values,
             chosen.labels,
             chosen.centroids,
             prepared.imputed.values,
-            kept_frame[names].to_numpy(dtype="float64"),
+            champion_rows,
             names,
             kept_frame[data.id_column].tolist(),
             params.cluster,

@@ -24,6 +24,13 @@ class ImputeResult:
     fill_values: np.ndarray  # (d,) used by the serving chain
     report: dict[str, Any] = field(default_factory=dict)
 
+    def kept(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of the input ``frame`` that imputation kept, numbered from 0: the frame
+        itself when it kept every row (a boolean selection would copy all of it)."""
+        if self.kept_rows.all():
+            return frame.reset_index(drop=True)
+        return frame[self.kept_rows].reset_index(drop=True)
+
 
 def _most_frequent(column: np.ndarray) -> float:
     observed = column[~np.isnan(column)]
@@ -126,15 +133,16 @@ def impute(features: pd.DataFrame, config: ImputeConfig, backend: str = "sklearn
             )
         filled = values[kept]
     elif strategy in FILL_STATISTIC:
-        statistics = column_statistics(values, strategy, config.fill_value)
-        filled = np.where(missing, statistics[None, :], values)
+        fill_values = column_statistics(values, strategy, config.fill_value)
+        # In place: ``values`` is this function's own copy (one copy of the data, not two).
+        rows, columns = np.nonzero(missing)
+        values[rows, columns] = fill_values[columns]
+        filled = values
     elif strategy == "knn":
         filled = _knn_fill(values, config.n_neighbors, backend)
     else:  # iterative (MICE)
         filled = _iterative_fill(values, config)
-    if strategy in FILL_STATISTIC:
-        fill_values = column_statistics(values, strategy, config.fill_value)
-    else:
+    if strategy not in FILL_STATISTIC:
         fill_values = filled.mean(axis=0)
     report = impute_report(
         strategy, names, missing.sum(axis=0), len(values), int((~kept).sum()), fill_values

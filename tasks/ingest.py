@@ -338,9 +338,28 @@ def ingest(config: DataConfig) -> RawTable:
     if not config.path.startswith("s3://") and copy.resolve() == Path(config.path).resolve():
         return table
     copy.parent.mkdir(parents=True, exist_ok=True)
-    if not copy.exists() or copy.read_bytes() != payload:
+    if not _holds(copy, payload):
         _write_atomically(copy, payload)
     return replace(table, path=str(copy))
+
+
+_COMPARE_CHUNK = 4 * 2**20
+
+
+def _holds(path: Path, payload: bytes) -> bool:
+    """Whether the file at ``path`` has exactly these bytes: by size first, then chunk by
+    chunk (no second copy of a large input in memory)."""
+    try:
+        if path.stat().st_size != len(payload):
+            return False
+        view = memoryview(payload)
+        with open(path, "rb") as handle:
+            for start in range(0, len(payload), _COMPARE_CHUNK):
+                if handle.read(_COMPARE_CHUNK) != view[start : start + _COMPARE_CHUNK]:
+                    return False
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def read_raw(config: DataConfig) -> RawTable:
@@ -458,7 +477,8 @@ def select_features(
     raw: RawTable, data_config: DataConfig, features_config: FeaturesConfig
 ) -> IngestedData:
     """Pick the id column and numeric features; handle non-numeric columns per params."""
-    frame = raw.frame.copy()
+    # Copy-on-write (pandas 3): the columns are copied only where this function changes them.
+    frame = raw.frame.copy(deep=False)
     source = raw.source
     warnings: list[str] = []
     id_column = detect_id_column(frame, source, data_config.id_column)
@@ -543,7 +563,8 @@ def select_features(
             f"(id column {id_column!r}; non-numeric columns: {', '.join(categorical) or 'none'})"
         )
     frame = frame[[id_column, *numeric]]
-    frame[numeric] = frame[numeric].astype("float64")
+    # Only the columns that are not float64 yet are converted (a frame-wide astype copied all).
+    frame = frame.astype({name: "float64" for name in numeric if frame[name].dtype != "float64"})
     return IngestedData(
         frame=frame.reset_index(drop=True),
         id_column=id_column,

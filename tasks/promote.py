@@ -2,7 +2,8 @@
 
 A version passes when its data validation passed, its silhouette and bootstrap stability meet
 the thresholds, and it is not worse than the current champion on the same data (both models
-score the challenger's training rows, each in its own space). Passing moves ``champion``;
+score the challenger's logged training rows, each in its own space: every row, or the seeded
+sample its run kept when the data was above ``register.log_data_max_mb``). Passing moves ``champion``;
 failing leaves it untouched and says why. With ``promote.require_approval`` passing makes the
 version the ``candidate`` instead, pending a person's decision (`tasks.approval`).
 
@@ -161,7 +162,14 @@ def evaluate_gate(
                 f"input contract change allowed: {'; '.join(changes)}; not comparable with "
                 "the champion on the same data (comparison skipped)"
             )
-        elif rows is not None:
+        elif rows is None:
+            # Not compared is not "not worse": the champion stays.
+            passed = False
+            reasons.append(
+                "cannot compare with the champion on the same data: the challenger's run "
+                "logged no training rows (register.log_data_max_mb too small for one row)"
+            )
+        else:
             ours = chain_silhouette(challenger, rows, sample, seed)
             theirs = chain_silhouette(champion, rows, sample, seed)
             checks["challenger_silhouette_same_data"] = ours
@@ -203,6 +211,16 @@ def promote(
     return decision
 
 
+def _logged_rows(record: runs.RunRecord, features: list[str]) -> np.ndarray | None:
+    """The challenger's logged training rows (every row, or the seeded sample kept when the
+    data was above ``register.log_data_max_mb``) as the chains receive them; None when its
+    run logged none."""
+    if not record.training_data_logged:
+        return None
+    frame = load_training_frame(record.run_id)
+    return frame[features].to_numpy(dtype=np.float64)
+
+
 def _promote(
     model_name: str,
     version: str | None,
@@ -219,8 +237,7 @@ def _promote(
     if current is not None and current != version:
         champion_chain = load_chain(runs.model_version(model_name, current).run_id)
         challenger_chain = load_chain(record.run_id)
-        frame = load_training_frame(record.run_id)
-        rows = frame[challenger_chain.feature_names].to_numpy(dtype=np.float64)
+        rows = _logged_rows(record, challenger_chain.feature_names)
     if current == version:
         passed, reasons, checks = True, [f"version {version} is already the champion"], {}
         return GateDecision(

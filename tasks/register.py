@@ -150,14 +150,17 @@ def register_training(
     log_data_max_mb: float,
     lock_timeout_s: float = 600.0,
     lock_lease_s: float = DEFAULT_LEASE_S,
+    data_sample_seed: int = 0,
 ) -> Registration:
     """Log the parent run (+ nested runs per k), register the model, set alias challenger.
+    The training rows are logged up to ``log_data_max_mb`` (above it a sample seeded by
+    ``data_sample_seed``: `runs.log_training_data`).
 
     The registration happens last; if anything before it fails the run is marked FAILED and
     no model version exists. Holds the registry lock throughout. A store that refuses writes
     (read-only, full, gone) is one `RegistryError` line naming it."""
     with _store_errors(), registry_lock(lock_timeout_s, lock_lease_s):
-        return _register_training(record, experiment, model_name, log_data_max_mb)
+        return _register_training(record, experiment, model_name, log_data_max_mb, data_sample_seed)
 
 
 @contextlib.contextmanager
@@ -192,7 +195,11 @@ def _reason(error: BaseException) -> str:
 
 
 def _register_training(
-    record: TrainingRecord, experiment: str, model_name: str, log_data_max_mb: float
+    record: TrainingRecord,
+    experiment: str,
+    model_name: str,
+    log_data_max_mb: float,
+    data_sample_seed: int = 0,
 ) -> Registration:
     import mlflow
     from mlflow.models import ModelSignature
@@ -212,7 +219,7 @@ def _register_training(
             runs.log_csv(table, path)
         if record.validation_json is not None:
             runs.log_file(record.validation_json, Artifact.VALIDATION_RESULT)
-        runs.log_training_data(record.training_frame, log_data_max_mb)
+        runs.log_training_data(record.training_frame, log_data_max_mb, data_sample_seed)
         if record.dataset is not None:
             runs.log_dataset(record.dataset)
         with tempfile.TemporaryDirectory() as scratch:

@@ -26,9 +26,12 @@ class ScaleResult:
 
 def skewness(values: np.ndarray) -> np.ndarray:
     """Sample skewness per column (Fisher-Pearson, biased, as scipy.stats.skew)."""
-    centered = values - values.mean(axis=0)
-    second = (centered**2).mean(axis=0)
-    third = (centered**3).mean(axis=0)
+    # Column by column: temporaries of one column, not three of the whole table.
+    second, third = np.empty(values.shape[1]), np.empty(values.shape[1])
+    for j in range(values.shape[1]):
+        centered = values[:, j] - values[:, j].mean()
+        squared = centered * centered
+        second[j], third[j] = squared.mean(), (squared * centered).mean()
     with np.errstate(divide="ignore", invalid="ignore"):
         result = third / second**1.5
     return np.where(second > 0, result, 0.0)
@@ -121,10 +124,12 @@ def scale(values: np.ndarray, names: list[str], config: ScaleConfig) -> ScaleRes
     clip_low, clip_high = np.full(d, -np.inf), np.full(d, np.inf)
     if config.clip_quantiles is not None:
         clip_low, clip_high = np.quantile(transformed, config.clip_quantiles, axis=0)
-        transformed = np.clip(transformed, clip_low, clip_high)
+        np.clip(transformed, clip_low, clip_high, out=transformed)
     center, scale_ = affine_parameters(transformed, config.method)
-    scaled = (transformed - center) / scale_
-    return scale_result(scaled, names, config, log1p_mask, clip_low, clip_high, center, scale_)
+    # In place on this function's own copy (no temporaries of the data's size).
+    transformed -= center
+    transformed /= scale_
+    return scale_result(transformed, names, config, log1p_mask, clip_low, clip_high, center, scale_)
 
 
 def scale_result(

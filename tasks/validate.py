@@ -216,11 +216,159 @@ def run_validation(
     suite_name: str,
     root: str | Path = ".",
 ) -> ValidationReport:
-    """Run the suite; returns the report (success or not). Use `require_valid` to stop on failure."""
+    """Run the suite; returns the report (success or not). Use `require_valid` to stop on failure.
+
+    Up to ``validate.gx_max_rows`` rows GX evaluates every expectation. Above, GX's per-row
+    Python work (its stdev metric scans every value for ``Decimal`` objects) would dominate
+    the run: the `ROW_EXPECTATIONS` are evaluated from counts over every row (`row_counts`,
+    one vectorised pass) and GX checks the rest on a seeded sample (`report_from_counts`,
+    as the Dask engine does)."""
+    expectations = build_expectations(data, data_config, config)
+    if len(data.frame) <= config.gx_max_rows:
+        return _gx_validation(data, expectations, suite_name, root)
+    from dataclasses import replace
+
+    rows = np.random.default_rng(0).choice(len(data.frame), config.gx_max_rows, replace=False)
+    sample = data.frame.iloc[np.sort(rows)].reset_index(drop=True)
+    on_sample = _gx_validation(replace(data, frame=sample), expectations, suite_name, root)
+    counts = row_counts(data, config.ranges)
+    return report_from_counts(
+        expectations,
+        counts,
+        on_sample,
+        suite_name,
+        data.feature_columns,
+        {"execution_engine": "memory", "rows": counts.rows, "sample_rows": len(sample)},
+    )
+
+
+@dataclass(frozen=True)
+class ColumnCounts:
+    """Per feature column: missing and infinite values and the sample standard deviation
+    (ddof 1) of the finite ones; what `failure_from_counts` reads as ``counts.moments``."""
+
+    n_missing: np.ndarray
+    n_posinf: np.ndarray
+    n_neginf: np.ndarray
+    sample_std: np.ndarray
+
+
+@dataclass
+class RowCounts:
+    """What `ROW_EXPECTATIONS` check, over every row (the fields of the Dask engine's
+    `tasks.dask_engine.stats.ValidationCounts`)."""
+
+    rows: int
+    id_nulls: int
+    id_null_examples: list[int]  # data row numbers (1-based)
+    moments: ColumnCounts
+    out_of_range: dict[str, int] = field(default_factory=dict)
+    range_examples: dict[str, list[float]] = field(default_factory=dict)
+    duplicate_ids: int = 0
+    duplicate_examples: list[str] = field(default_factory=list)
+
+
+def row_counts(
+    data: IngestedData, ranges: dict[str, tuple[float | None, float | None]]
+) -> RowCounts:
+    """`RowCounts` of an in-memory table: id nulls and duplicates, and per feature column
+    its missing/infinite values, spread and values outside ``validate.ranges``; numpy, one
+    column at a time (temporaries of one column, no copy of the table)."""
+    frame, names = data.frame, data.feature_columns
+    ids = frame[data.id_column]
+    missing_ids = ids.isna().to_numpy()
+    repeated = ids[ids.duplicated(keep=False).to_numpy() & ~missing_ids]
+    d = len(names)
+    missing, posinf, neginf, std = np.zeros(d), np.zeros(d), np.zeros(d), np.full(d, np.nan)
+    out_of_range: dict[str, int] = {}
+    range_examples: dict[str, list[float]] = {}
+    for j, name in enumerate(names):
+        column = frame[name].to_numpy(dtype=np.float64)
+        finite = np.isfinite(column)
+        missing[j] = np.isnan(column).sum()
+        posinf[j], neginf[j] = (column == np.inf).sum(), (column == -np.inf).sum()
+        if finite.sum() > 1:
+            std[j] = column[finite].std(ddof=1)
+        if name in ranges:
+            low, high = ranges[name]
+            with np.errstate(invalid="ignore"):
+                bad = ~np.isnan(column) & (
+                    (column < low if low is not None else False)
+                    | (column > high if high is not None else False)
+                )
+            out_of_range[name] = int(bad.sum())
+            range_examples[name] = column[bad][:5].tolist()
+    return RowCounts(
+        rows=len(frame),
+        id_nulls=int(missing_ids.sum()),
+        id_null_examples=(np.flatnonzero(missing_ids)[:5] + 1).tolist(),
+        moments=ColumnCounts(missing, posinf, neginf, std),
+        out_of_range=out_of_range,
+        range_examples=range_examples,
+        duplicate_ids=len(repeated),
+        duplicate_examples=repeated.astype(str).drop_duplicates().head(5).tolist(),
+    )
+
+
+def report_from_counts(
+    expectations: list[Any],
+    counts: Any,
+    on_sample: ValidationReport,
+    suite_name: str,
+    feature_columns: list[str],
+    result: dict[str, Any],
+) -> ValidationReport:
+    """The suite's report when `ROW_EXPECTATIONS` were counted over every row (``counts``: a
+    `RowCounts`, or the Dask engine's ValidationCounts) and GX ran on a sample (``on_sample``: the
+    other expectations' verdicts). ``result`` says where; each expectation's verdict is
+    listed in ``result["results"]`` in GX's form."""
+    failures: list[dict[str, Any]] = []
+    verdicts = []
+    for expectation in expectations:
+        kind, column = expectation_type(expectation)
+        if kind in ROW_EXPECTATIONS:
+            failure = failure_from_counts(expectation, counts, feature_columns)
+            found = [failure] if failure is not None else []
+        else:
+            found = [
+                failure
+                for failure in on_sample.failures
+                if failure["expectation"] == kind and failure["column"] == column
+            ]
+        failures += found
+        config = _configuration(expectation)
+        verdicts.append(
+            {
+                "success": not found,
+                "expectation_config": {"type": kind, "kwargs": _jsonable_kwargs(config.kwargs)},
+            }
+        )
+    return ValidationReport(
+        success=not failures,
+        suite_name=suite_name,
+        evaluated=len(expectations),
+        failures=failures,
+        result={
+            **result,
+            "success": not failures,
+            "results": verdicts,
+            "on_all_rows": sorted(ROW_EXPECTATIONS),
+            "on_the_sample": on_sample.result,
+        },
+    )
+
+
+def _jsonable_kwargs(kwargs: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(kwargs), default=str))
+
+
+def _gx_validation(
+    data: IngestedData, expectations: list[Any], suite_name: str, root: str | Path
+) -> ValidationReport:
+    """GX runs ``expectations`` on ``data.frame`` (its file context under ``root``)."""
     from filelock import FileLock
 
     _quiet_gx_environment()
-    expectations = build_expectations(data, data_config, config)
     # The file context in gx/ is shared by every popseg process of the project, and GX's
     # get-or-create of a suite is not atomic: two trainings at once both "add" it and one
     # fails. One validation at a time per project (they take about a second).

@@ -47,11 +47,9 @@ from tasks.prepare import Prepared
 from tasks.progress import progress
 from tasks.tracking.layout import RunTag
 from tasks.validate import (
-    ROW_EXPECTATIONS,
     ValidationReport,
     build_expectations,
-    expectation_type,
-    failure_from_counts,
+    report_from_counts,
     run_validation,
 )
 
@@ -250,30 +248,13 @@ class DaskEngine:
         expectations = build_expectations(data, params.data, params.validate_)
         on_sample = run_validation(data, params.data, params.validate_, suite)
         counts = stats.validation_counts(self.session, table, params.validate_.ranges)
-        failures: list[dict[str, Any]] = []
-        for expectation in expectations:
-            kind, column = expectation_type(expectation)
-            if kind in ROW_EXPECTATIONS:
-                failure = failure_from_counts(expectation, counts, table.feature_columns)
-                failures += [failure] if failure is not None else []
-                continue
-            failures += [
-                failure
-                for failure in on_sample.failures
-                if failure["expectation"] == kind and failure["column"] == column
-            ]
-        return ValidationReport(
-            success=not failures,
-            suite_name=suite,
-            evaluated=len(expectations),
-            failures=failures,
-            result={
-                "execution_engine": self.name,
-                "rows": counts.rows,
-                "sample_rows": len(data.frame),
-                "on_all_rows": sorted(ROW_EXPECTATIONS),
-                "on_the_sample": on_sample.result,
-            },
+        return report_from_counts(
+            expectations,
+            counts,
+            on_sample,
+            suite,
+            table.feature_columns,
+            {"execution_engine": self.name, "rows": counts.rows, "sample_rows": len(data.frame)},
         )
 
     # ------------------------------------------------------------------ prepare

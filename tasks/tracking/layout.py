@@ -9,7 +9,8 @@ A **training run** (parent, one per training, run name ``train-k<k>``):
 * tags: lineage (:attr:`RunTag.DATA_MD5`, ``DATA_SOURCE``, ``DATA_PATH``, ``GIT_COMMIT``),
   how it was trained (``BACKEND``, ``EXECUTION_ENGINE``, ``ID_COLUMN``, ``CRITERION``, ``K``), the validation result
   (``VALIDATION_SUCCESS`` "true"/"false"), the version it registered (``MODEL_VERSION``),
-  ``TRAINING_DATA_LOGGED`` "false" when the data was too large to log, ``CACHED_STEPS`` and
+  ``TRAINING_DATA_LOGGED`` ("true", "sample" when only a seeded sample of the rows fitted
+  ``register.log_data_max_mb``, "false") with ``TRAINING_DATA_ROWS``, ``CACHED_STEPS`` and
   ``REPORT_ERROR`` when they apply; the owner tags of `tasks.run_liveness`;
 * params: the flattened ``params.yaml`` (``Params.flat()``);
 * metrics: the chosen k's clustering metrics, :attr:`Metric.K`, ``STABILITY`` and
@@ -58,7 +59,8 @@ class Artifact:
     CHAIN: Final = "chain"  # the fitted chain's folder (`SegmentationChain.save`)
     CHAIN_JSON: Final = "chain/chain.json"
     MODEL: Final = "model"  # the pyfunc model registered from it
-    TRAINING_DATA: Final = "data/training.parquet"  # id + raw features, as ingested
+    # id + raw features, as ingested: every row, or a seeded sample above log_data_max_mb
+    TRAINING_DATA: Final = "data/training.parquet"
     PLOTS: Final = "plots"  # <name>.png
     VALIDATION_RESULT: Final = "validation/validation_result.json"
     SELECTION: Final = "reports/selection.json"
@@ -79,7 +81,7 @@ class Artifact:
 ARTIFACT_MEANING: Final = {
     Artifact.TRAINING_DATA: (
         "logged training data",
-        "it was larger than register.log_data_max_mb",
+        "not even one row fits register.log_data_max_mb",
     ),
     Artifact.CHAIN: ("chain", "the run was not logged by a popseg training"),
 }
@@ -102,7 +104,10 @@ class RunTag:
     K: Final = "k"
     VALIDATION_SUCCESS: Final = "validation_success"
     MODEL_VERSION: Final = "model_version"
+    # "true": every training row logged; "sample": a seeded sample of them (the data was
+    # above register.log_data_max_mb); "false": none. TRAINING_DATA_ROWS: the rows logged.
     TRAINING_DATA_LOGGED: Final = "training_data_logged"
+    TRAINING_DATA_ROWS: Final = "training_data_rows"
     CACHED_STEPS: Final = "cached_steps"
     REPORT_ERROR: Final = "report_error"
     CHOSEN: Final = "chosen"  # nested run per k: "true" on the k chosen

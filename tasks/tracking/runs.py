@@ -101,7 +101,14 @@ class RunRecord:
 
     @property
     def training_data_logged(self) -> bool:
+        """Whether the run logged its training rows (all of them, or a seeded sample)."""
         return self.tags.get(RunTag.TRAINING_DATA_LOGGED) != "false"
+
+    @property
+    def training_data_sampled(self) -> bool:
+        """The logged training rows are a seeded sample (the data was above
+        ``register.log_data_max_mb``)."""
+        return self.tags.get(RunTag.TRAINING_DATA_LOGGED) == "sample"
 
     @property
     def contract_digest(self) -> str | None:
@@ -321,19 +328,59 @@ def log_csv(table, artifact: str) -> None:
     mlflow.log_text(table.to_csv(), artifact)
 
 
-def log_training_data(frame, max_mb: float) -> bool:
-    """The training rows as :attr:`Artifact.TRAINING_DATA` when at most ``max_mb`` as Parquet;
-    else tag ``training_data_logged=false``. Returns whether it was logged."""
+#: Rows of the probe whose Parquet size estimates a large frame's (see `log_training_data`).
+_PROBE_ROWS = 20_000
+#: A sample is sized to this share of ``register.log_data_max_mb`` (Parquet size is not
+#: exactly proportional to rows).
+_SAMPLE_HEADROOM = 0.9
+
+
+def _parquet_mb(frame, path: Path) -> float:
+    frame.to_parquet(path, index=False)
+    return path.stat().st_size / 1e6
+
+
+def _seeded_rows(frame, rows: int, seed: int):
+    """``rows`` rows of ``frame`` drawn without replacement (seeded), in their order."""
+    import numpy as np
+
+    chosen = np.sort(np.random.default_rng(seed).choice(len(frame), size=rows, replace=False))
+    return frame.iloc[chosen]
+
+
+def log_training_data(frame, max_mb: float, seed: int = 0) -> str:
+    """The training rows as :attr:`Artifact.TRAINING_DATA`, at most ``max_mb`` as Parquet:
+    every row when they fit ("true"), else a seeded sample of rows that fits ("sample", tag
+    ``training_data_rows`` = the rows kept), else nothing ("false": not even one row fits).
+    The promotion gate, monitor and report read it back; they need representative rows, not
+    all of them. Returns the ``training_data_logged`` tag's value.
+
+    A large frame is not written whole to find out it is too large: the size of a seeded
+    probe of ``_PROBE_ROWS`` rows sizes the sample directly."""
     import mlflow
 
+    n_rows = len(frame)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / PurePosixPath(Artifact.TRAINING_DATA).name
-        frame.to_parquet(path, index=False)
-        if path.stat().st_size / 1e6 <= max_mb:
+        probe_rows = min(n_rows, _PROBE_ROWS)
+        probe = frame if probe_rows == n_rows else _seeded_rows(frame, probe_rows, seed)
+        mb_per_row = _parquet_mb(probe, path) / max(probe_rows, 1)
+        if probe_rows == n_rows and mb_per_row * n_rows <= max_mb:
+            logged, kept = "true", n_rows
+        else:
+            kept = min(n_rows, int(max_mb * _SAMPLE_HEADROOM / mb_per_row))
+            logged = "false" if kept < 1 else ("true" if kept == n_rows else "sample")
+            while logged != "false":
+                rows = frame if kept == n_rows else _seeded_rows(frame, kept, seed)
+                size = _parquet_mb(rows, path)
+                if size <= max_mb:
+                    break
+                kept = int(kept * max_mb * _SAMPLE_HEADROOM / size)
+                logged = "false" if kept < 1 else "sample"
+        if logged != "false":
             log_file(path, Artifact.TRAINING_DATA)
-            return True
-    mlflow.set_tag(RunTag.TRAINING_DATA_LOGGED, "false")
-    return False
+    mlflow.set_tags({RunTag.TRAINING_DATA_LOGGED: logged, RunTag.TRAINING_DATA_ROWS: str(kept)})
+    return logged
 
 
 @dataclass(frozen=True)

@@ -126,9 +126,15 @@ def test_pyfunc_and_chain_reproduce_training_labels(trained, project_dir):
 
 
 def test_second_run_is_gated_against_the_champion(trained, project_dir):
-    second = _train("cluster.seed=1")
+    # Its data (crime, ~5.8 kB as Parquet) above register.log_data_max_mb: the run logs a
+    # seeded sample of its rows and the gate re-scores both models on it (it used to fail
+    # with "run ... has no logged training data" once a champion existed).
+    second = _train("cluster.seed=1", "register.log_data_max_mb=0.0055")
     assert second.model_version == "2"
     assert any("champion on the same data" in r for r in second.gate_reasons)
+    second_tags = _client().get_run(second.run_id).data.tags
+    assert second_tags["training_data_logged"] == "sample"
+    assert 10 < int(second_tags["training_data_rows"]) < 50
     # Stable ids: another seed on the same population finds (nearly) the same clusters,
     # renumbered to the champion's ids, so rows keep their segment; mapping and cost logged.
     client = _client()

@@ -120,3 +120,27 @@ def test_sweep_notes_are_built_from_its_fields():
     ]
     everything = SweepResult(fits={2: fit}, backend="numba", silhouette_rows=3, n_rows=3)
     assert everything.notes == []
+
+
+def test_numba_sweep_in_memory_bounded_groups_gives_the_one_sweep_result(monkeypatch):
+    from tasks import cluster
+    from tasks.compute import KMeansSweep
+
+    rng = np.random.default_rng(5)
+    values = np.vstack([c + rng.normal(size=(300, 3)) for c in rng.uniform(-8, 8, (5, 3))])
+    config = _config("cluster.backend=numba", "cluster.k_max=7", "cluster.n_init=4")
+    # 12 bytes x 1500 rows x 4 inits per k: two k values a group.
+    monkeypatch.setattr(cluster, "SWEEP_GROUP_BYTES", 2 * 12 * 1500 * 4)
+    assert cluster.sweep_groups([2, 3, 4, 5, 6, 7], 4, 1500) == [[2, 3], [4, 5], [6, 7]]
+    steps = []
+    grouped = cluster._numba_fits(
+        values, [2, 3, 4, 5, 6, 7], config, lambda *a, **kw: steps.append(a)
+    )
+    whole = KMeansSweep(k_values=range(2, 8), n_init=4, random_state=0).fit(values)
+    for k in range(2, 8):
+        centroids, labels, inertia, _ = grouped[k]
+        assert inertia == pytest.approx(whole.models_[k].inertia_, rel=1e-9)
+        np.testing.assert_allclose(centroids, whole.models_[k].cluster_centers_, atol=1e-9)
+        np.testing.assert_array_equal(labels, whole.models_[k].labels_)
+    # Progress counts k values over the whole sweep, not per group.
+    assert {total for _, total in steps} == {6} and max(done for done, _ in steps) == 6

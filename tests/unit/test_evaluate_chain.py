@@ -182,6 +182,12 @@ def test_gate_thresholds_and_champion_comparison(blobs):
     assert checks["champion_silhouette_same_data"] > checks["challenger_silhouette_same_data"]
     passed, _, _ = on_the_same_rows(challenger=good, champion=bad)
     assert passed
+    # No rows to compare on (the challenger's run logged none): not compared is not passed.
+    passed, reasons, checks = evaluate_gate(
+        {"silhouette": 0.5, "stability": 0.9}, True, config, challenger=good, champion=bad
+    )
+    assert not passed and "champion_silhouette_same_data" not in checks
+    assert any(r.startswith("cannot compare with the champion on the same data") for r in reasons)
 
 
 def _features(*names):
@@ -250,3 +256,62 @@ def test_input_contract_and_digest_follow_the_feature_order():
     digest = contract_digest(chain.input_contract())
     assert len(digest) == 64 and digest == contract_digest({"features": ["a", "b"]})
     assert digest != contract_digest(swapped.input_contract())
+
+
+def test_stability_above_stability_sample_runs_on_a_seeded_sample(monkeypatch):
+    from tasks import evaluate as evaluate_module
+
+    rng = np.random.default_rng(11)
+    values = np.vstack([c + rng.normal(scale=0.7, size=(400, 2)) for c in ([0, 0], [9, 0], [0, 9])])
+    model = _kmeans3(values)
+    ids = [f"r{i}" for i in range(len(values))]
+    seen = []
+    original = evaluate_module.bootstrap_stability
+
+    def recording(rows, labels, *args, **kwargs):
+        seen.append((rows.copy(), labels.copy()))
+        return original(rows, labels, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "bootstrap_stability", recording)
+    config = load_params(
+        overrides=[
+            "cluster.backend=sklearn",
+            "evaluate.bootstrap_rounds=4",
+            "evaluate.stability_sample=300",
+        ]
+    )
+    sampled = evaluate(
+        values,
+        model.labels_,
+        model.cluster_centers_,
+        values,
+        values,
+        ["a", "b"],
+        ids,
+        config.cluster,
+        config.evaluate,
+    )
+    whole = _evaluate(values, model, ids, bootstrap_rounds=4)
+    rows, labels = seen[0]
+    assert len(rows) == 300 and len(seen[1][0]) == len(values)
+    # Real rows with their own labels, in order: a seeded subset, the same every time.
+    subset = evaluate_module.stability_subset(len(values), 300, config.cluster.seed)
+    np.testing.assert_array_equal(rows, values[subset])
+    np.testing.assert_array_equal(labels, model.labels_[subset])
+    assert np.all(np.diff(subset) > 0)
+    assert (
+        sampled.stability == pytest.approx(whole.stability, abs=0.02) and sampled.stability > 0.95
+    )
+    # Sizes, profiles and examples still cover every row.
+    assert sum(sampled.sizes.values()) == len(values)
+
+
+def test_a_resample_with_fewer_distinct_rows_than_k_is_skipped():
+    from tasks.evaluate import _has_distinct_rows
+
+    values = np.array([[0.0, 1.0], [0.0, 1.0], [2.0, 3.0], [0.0, 1.0], [4.0, 5.0]])
+    for rows in ([0, 1, 3], [0, 2, 1], [0, 1, 2, 3, 4], [2, 4, 2]):
+        rows = np.array(rows)
+        for k in (1, 2, 3):
+            expected = len(np.unique(values[rows], axis=0)) >= k
+            assert _has_distinct_rows(values, rows, k) == expected, (rows, k)

@@ -195,3 +195,36 @@ def test_configured_id_column_with_duplicates_names_them(tmp_path):
     assert "2 values occur more than once" in message
     assert "'a' (2 times)" in message and "'b' (2 times)" in message
     assert "\n" not in message
+
+
+def test_the_raw_copy_is_rewritten_only_when_its_bytes_differ(tmp_path):
+    from tasks.ingest import ingest
+
+    source = tmp_path / "people.csv"
+    source.write_text("id,x\na,1.5\nb,2.5\nc,3.5\n")
+    config = load_params(overrides=[f"data.path={source}", f"data.raw_dir={tmp_path / 'raw'}"]).data
+    copy = tmp_path / "raw" / "people.csv"
+    ingest(config)
+    assert copy.read_bytes() == source.read_bytes()
+    before = copy.stat().st_mtime_ns
+    ingest(config)
+    assert copy.stat().st_mtime_ns == before  # the same bytes: left alone
+    source.write_text("id,x\na,1.5\nb,2.5\nc,3.6\n")  # same size, one byte differs
+    ingest(config)
+    assert copy.read_bytes() == source.read_bytes()
+
+
+def test_feature_selection_leaves_the_read_table_as_it_was():
+    from tasks.ingest import RawTable, select_features
+
+    frame = pd.DataFrame(
+        {"x": [1, 2, 3], "flag": [True, False, True], "y": [0.5, 1.5, 2.5], "note": list("abc")}
+    )
+    before = frame.copy()
+    p = load_params()
+    data = select_features(RawTable(frame, "t.csv", "0"), p.data, p.features)
+    assert data.feature_columns == ["x", "flag", "y"]
+    assert all(data.frame[name].dtype == np.float64 for name in data.feature_columns)
+    pd.testing.assert_frame_equal(frame, before)
+    data.frame.loc[0, "y"] = 99.0
+    pd.testing.assert_frame_equal(frame, before)

@@ -210,3 +210,15 @@ def test_pca_by_variance_keeps_at_least_min_components():
         values[:, :1], names[:1], load_params(overrides=["reduce.min_components=3"]).reduce
     )
     assert one.values.shape == (200, 1)
+
+
+def test_kept_rows_of_the_input_frame(holes):
+    frame = holes.reset_index(drop=True).assign(row=[f"r{i}" for i in range(len(holes))])
+    features = frame.drop(columns="row")
+    every = impute(features, load_params().impute)
+    pd.testing.assert_frame_equal(every.kept(frame), frame)
+    dropped = impute(features, load_params(overrides=["impute.strategy=drop"]).impute)
+    kept = dropped.kept(frame)
+    assert len(kept) == int(dropped.kept_rows.sum()) < len(frame)
+    assert list(kept.index) == list(range(len(kept)))
+    assert kept["row"].tolist() == frame["row"][dropped.kept_rows].tolist()

@@ -146,6 +146,41 @@ def test_the_gate_and_a_rollback_are_recorded_on_the_versions(project_dir, tmp_p
     assert runs.read_version(MODEL, "1").gate.rolled_back_from == "2"
 
 
+def test_training_data_above_the_size_limit_is_logged_as_a_seeded_sample(project_dir, tmp_path):
+    register.configure_mlflow()
+    experiment_id = register.ensure_experiment("popseg")
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(rng.normal(size=(30_000, 4)), columns=["a", "b", "c", "d"])
+    frame.insert(0, "person", [f"p{i}" for i in range(len(frame))])
+    logged, records = {}, {}
+    for attempt in ("first", "second", "all"):
+        max_mb = 10.0 if attempt == "all" else 0.2
+        with owned_run(experiment_id=experiment_id, run_name=attempt):
+            verdict = runs.log_training_data(frame, max_mb, seed=7)
+            run_id = mlflow_run_id()
+        records[attempt] = runs.read_run(run_id)
+        path = runs.download(run_id, Artifact.TRAINING_DATA, tmp_path / attempt)
+        logged[attempt] = pd.read_parquet(path)
+        assert path.stat().st_size / 1e6 <= max_mb
+        assert records[attempt].tags[RunTag.TRAINING_DATA_ROWS] == str(len(logged[attempt]))
+        assert records[attempt].tags[RunTag.TRAINING_DATA_LOGGED] == verdict
+    assert records["all"].training_data_logged and not records["all"].training_data_sampled
+    pd.testing.assert_frame_equal(logged["all"], frame)
+    assert records["first"].training_data_logged and records["first"].training_data_sampled
+    sample = logged["first"]
+    assert 1_000 < len(sample) < len(frame)
+    # Real rows, each once, in the data's order; the same seed keeps the same rows.
+    positions = frame.index[frame["person"].isin(sample["person"])]
+    pd.testing.assert_frame_equal(sample, frame.loc[positions].reset_index(drop=True))
+    pd.testing.assert_frame_equal(logged["second"], sample)
+
+
+def mlflow_run_id() -> str:
+    import mlflow
+
+    return mlflow.active_run().info.run_id
+
+
 def test_missing_artifacts_and_versions_are_errors_that_name_them(project_dir, tmp_path):
     register.configure_mlflow()
     experiment_id = register.ensure_experiment("popseg")
@@ -155,7 +190,7 @@ def test_missing_artifacts_and_versions_are_errors_that_name_them(project_dir, t
     assert not record.training_data_logged
     expected = (
         f"run {run_id} has no logged training data ({Artifact.TRAINING_DATA}); "
-        "it was larger than register.log_data_max_mb"
+        "not even one row fits register.log_data_max_mb"
     )
     with pytest.raises(RegistryError) as raised:
         record.artifact(Artifact.TRAINING_DATA, tmp_path / "a")

@@ -137,3 +137,50 @@ def test_processes_validating_at_once_share_the_gx_context(tmp_path):
     assert [out.strip() for out in processes.outputs(validations, timeout=120)] == ["True"] * 4
     suites = list((tmp_path / "gx" / "expectations").glob("*.json"))
     assert [path.name for path in suites] == ["test-suite.json"]
+
+
+def test_above_gx_max_rows_the_row_checks_are_counted_and_agree_with_gx(tmp_path):
+    n = 400
+    frame = _frame(
+        n=n,
+        const=np.full(n, 3.0),
+        gappy=np.where(np.arange(n) % 3 == 0, np.nan, 1.0 + np.arange(n)),
+        infinite=np.r_[np.arange(n - 1.0), -np.inf],
+        narrow=np.arange(n).astype(np.int16),  # not an accepted dtype (checked on the sample)
+    )
+    frame.loc[[3, 7], "id"] = "r0"  # three rows share an id
+    frame.loc[[5, 9], "y"] = [50.0, -4.0]  # outside the configured range
+    frame.loc[11, "id"] = None
+    checks = ["validate.ranges={y: [0, 10]}", "validate.max_missing_fraction=0.2"]
+    by_gx = _run(frame, tmp_path / "gx", *checks, "validate.gx_max_rows=1000")
+    counted = _run(frame, tmp_path / "counted", *checks, "validate.gx_max_rows=100")
+
+    assert "on_all_rows" not in by_gx.result
+    assert (counted.result["rows"], counted.result["sample_rows"]) == (n, 100)
+    assert not counted.success and counted.evaluated == by_gx.evaluated
+
+    def failures(report):
+        return {(f["expectation"], f["column"]): f for f in report.failures}
+
+    assert failures(counted).keys() == failures(by_gx).keys()
+    for key, gx_failure in failures(by_gx).items():
+        ours = failures(counted)[key]
+        if key[0] != "expect_column_values_to_be_in_type_list":
+            assert ours["unexpected_count"] == gx_failure["unexpected_count"], key
+        if isinstance(gx_failure["observed"], float):
+            assert ours["observed"] == pytest.approx(gx_failure["observed"]), key
+    unique = failures(counted)[("expect_column_values_to_be_unique", "id")]
+    assert unique["unexpected_count"] == 3 and unique["examples"] == ["r0"]
+    assert failures(counted)[("expect_column_values_to_be_between", "y")]["examples"] == [
+        50.0,
+        -4.0,
+    ]
+    # Every expectation's verdict is listed, as GX lists them (the HTML report shows them).
+    verdicts = {
+        (v["expectation_config"]["type"], v["expectation_config"]["kwargs"].get("column"))
+        for v in counted.result["results"]
+        if not v["success"]
+    }
+    assert verdicts == set(failures(counted))
+    clean = _run(_frame(n=300), tmp_path / "clean", "validate.gx_max_rows=100")
+    assert clean.success and clean.failures == []
