@@ -32,7 +32,7 @@ def preflight(
     from tasks.tracking import ARTIFACT_DIR, tracking_uri
 
     if data is not None:
-        checks.check_data_path(data, folders)
+        checks.check_data_path(data, folders, params.data.delimiter)
     checks.check_tracking_store(
         tracking_uri(), Path.cwd() / ARTIFACT_DIR, params.register_.experiment, write_store
     )
