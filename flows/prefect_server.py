@@ -249,7 +249,7 @@ class BackgroundServer:
                     )
                 attempts += 1
                 self.start()
-                os.environ["PREFECT_API_URL"] = self.api_url
+                _point_prefect_at(self.api_url)
                 continue
             if time.monotonic() > deadline:
                 raise PrefectServerError(
@@ -266,6 +266,16 @@ class BackgroundServer:
 
 
 _BACKGROUND: list[BackgroundServer] = []
+
+
+def _point_prefect_at(api_url: str) -> None:
+    """PREFECT_API_URL for this process and its children; when Prefect is already imported
+    (it read its settings then), its settings are read again."""
+    os.environ["PREFECT_API_URL"] = api_url
+    if "prefect" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
 
 
 def flow_api() -> str | None:

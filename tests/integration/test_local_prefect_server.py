@@ -135,3 +135,39 @@ def test_prefect_api_url_wins_over_the_record(tmp_path, answering_api):
     _record(tmp_path, f"http://127.0.0.1:{free_port()}/api")
     chosen = _choose(tmp_path, PREFECT_API_URL=answering_api)
     assert chosen["api"] == answering_api and not chosen["started"]
+
+
+@pytest.mark.slow
+def test_a_port_taken_while_the_server_starts_moves_it_to_another(tmp_path):
+    """The port probed free is taken before the server binds it (uvicorn binds after the
+    app's start-up, so this costs two server starts: slow): the server is started again on a
+    new port, and Prefect (imported meanwhile) is pointed at that one."""
+    script = """
+import json, socket, sys
+from flows import prefect_server
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()
+ports = iter([taken.getsockname()[1]])
+probe = prefect_server._free_port
+prefect_server._free_port = lambda: next(ports, None) or probe()
+first = prefect_server.flow_api()
+import prefect.settings
+prefect_server.wait_for_flow_api()
+print(json.dumps(dict(first=first, now=prefect_server.temporary_api_url(),
+                      prefect=str(prefect.settings.get_current_settings().api.url))))
+"""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    clean.update(PREFECT_HOME=str(tmp_path / ".prefect"), PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    chosen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert chosen["now"] != chosen["first"]
+    assert chosen["prefect"] == chosen["now"]
