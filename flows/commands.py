@@ -72,8 +72,8 @@ _FLOW_IMPORTS = ("great_expectations", "mlflow", "matplotlib.figure")
 def start_flow_api(imports: tuple[str, ...] = _FLOW_IMPORTS) -> None:
     """After the pre-flight: the Prefect API for this command's flows (`flows.prefect_server.
     flow_api`, a local server starting in the background when none is configured); while it
-    starts, the modules the flow will need are loaded (time otherwise spent twice, one after
-    the other)."""
+    starts, the modules the flow will need are loaded (else they would load only once the
+    server answers, after it rather than beside it)."""
     import importlib
 
     from flows.prefect_server import flow_api, temporary_api_url
