@@ -404,7 +404,7 @@ def _report(rows: list[dict], scale: dict | None, env: dict) -> str:
             "Warm rows, per stage of the median run (from the timestamps of the log lines on "
             "stderr, 1 s resolution):",
             "",
-            "| stage | " + " | ".join(r["name"].split(",")[0] for r in warm) + " |",
+            "| stage | " + " | ".join(r["name"].rsplit(", median", 1)[0] for r in warm) + " |",
             "|---|" + "---:|" * len(warm),
         ]
         names = list(dict.fromkeys(n for r in warm for n, _ in r["run"]["stages"]))
