@@ -2,6 +2,7 @@
 
     uv run python -m benchmarks.pipeline            # full sizes (500k x 20, median of 3)
     uv run python -m benchmarks.pipeline --quick    # 100k x 20, one timed run each
+    uv run python -m benchmarks.pipeline --only refusal,warm   # those rows, printed only
 
 Every row is one whole command in a fresh process, in a temporary project folder (the
 repository's params.yaml, ``MLFLOW_TRACKING_URI`` on a sqlite file there), timed for wall
@@ -46,6 +47,7 @@ RESULTS = Path(__file__).parent / "results"
 POPSEG = str(Path(sys.executable).parent / "popseg")
 #: a command that runs longer than this is killed (its row then shows the kill)
 TIMEOUT_S = 1800
+GROUPS = ("refusal", "warm", "compile", "scale")
 REFUSE_GOAL_S = 2.0
 RUN_GOAL_S = 10.0
 TRAIN_GOAL_S = 6.0
@@ -396,6 +398,21 @@ def _report(rows: list[dict], scale: dict | None, env: dict) -> str:
             tail = r["run"]["stderr_tail"]
             said = [ln for ln in tail if ln.startswith("error")] or tail[-1:]
             lines.append(f"- {r['name']}: `{said[0] if said else ''}`")
+    warm = [r for r in rows if r["group"] == "warm" and r["run"].get("stages")]
+    if warm:
+        lines += [
+            "",
+            "Warm rows, per stage of the median run (from the timestamps of the log lines on "
+            "stderr, 1 s resolution):",
+            "",
+            "| stage | " + " | ".join(r["name"].rsplit(", median", 1)[0] for r in warm) + " |",
+            "|---|" + "---:|" * len(warm),
+        ]
+        names = list(dict.fromkeys(n for r in warm for n, _ in r["run"]["stages"]))
+        for name in names:
+            cells = [dict(r["run"]["stages"]).get(name) for r in warm]
+            shown = ["" if c is None else f"{c:.0f}" for c in cells]
+            lines.append(f"| {name} | " + " | ".join(shown) + " |")
     if scale:
         ratio = scale["ratio"]
         lines += [
@@ -434,9 +451,8 @@ def main(argv=None):
     p.add_argument("--rows", type=int, help="rows of the scale CSV (default 500k, quick 100k)")
     p.add_argument(
         "--only",
-        choices=("refusal", "warm", "compile", "scale"),
-        action="append",
-        help="run only these groups of rows (repeatable; default all)",
+        help=f"comma-separated groups to run ({','.join(GROUPS)}); the table is printed, "
+        "not written to results/",
     )
     p.add_argument("--anchor", help=argparse.SUPPRESS)
     p.add_argument("--params", help=argparse.SUPPRESS)
@@ -447,6 +463,9 @@ def main(argv=None):
     from benchmarks.run import _cpu_model
 
     q = args.quick
+    only = set(args.only.split(",")) if args.only else set(GROUPS)
+    if not only <= set(GROUPS):
+        p.error(f"--only: unknown group(s) {sorted(only - set(GROUPS))}; choose from {GROUPS}")
     t0 = time.perf_counter()
     load_start = os.getloadavg()
     rows: list[dict] = []
@@ -454,15 +473,14 @@ def main(argv=None):
         proj = Project(Path(tmp))
         small = proj.root / "small.csv"
         _small_csv(small)
-        groups = set(args.only or ("refusal", "warm", "compile", "scale"))
-        if "refusal" in groups:
-            bench_refusal(proj, small, rows)
-        if "warm" in groups:
-            bench_warm(proj, small, 1 if q else 3, rows)
-        if "compile" in groups:
-            bench_compile(proj, small, rows)
         scale = None
-        if "scale" in groups:
+        if "refusal" in only:
+            bench_refusal(proj, small, rows)
+        if "warm" in only:
+            bench_warm(proj, small, 1 if q else 3, rows)
+        if "compile" in only:
+            bench_compile(proj, small, rows)
+        if "scale" in only:
             scale = bench_scale(proj, args.rows or (100_000 if q else 500_000), rows)
     env = dict(
         cpu=_cpu_model(),
@@ -475,10 +493,10 @@ def main(argv=None):
     )
     text = _report(rows, scale, env)
     print(text)
+    if args.only:
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "pipeline-quick" if q else "pipeline"
-    if args.only:  # a partial run does not replace the full tables
-        stem += "-" + "-".join(sorted(groups))
     (RESULTS / f"{stem}.md").write_text(text + "\n")
     payload = dict(env=env, rows=rows, scale=scale)
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -32,7 +32,7 @@ def preflight(
     from tasks.tracking import ARTIFACT_DIR, tracking_uri
 
     if data is not None:
-        checks.check_data_path(data, folders)
+        checks.check_data_path(data, folders, params.data.delimiter)
     checks.check_tracking_store(
         tracking_uri(), Path.cwd() / ARTIFACT_DIR, params.register_.experiment, write_store
     )
@@ -56,10 +56,38 @@ def train(
 ):
     """Pre-flight, then the training flow (and the promotion gate) with the flow timeout."""
     engine_preflight(params, params.data.path, engine, scheduler)
+    start_flow_api()
     from flows.training import run_training
 
+    wait_for_flow_api()
     timeout = params.orchestrate.flow_timeout_s
     return run_training(params, run_promotion, engine, scheduler, timeout)
+
+
+# What a training flow imports on its first use of them (GX in validate, MLflow in
+# register, matplotlib in the plots): loaded while the Prefect server starts.
+_FLOW_IMPORTS = ("great_expectations", "mlflow", "matplotlib.figure")
+
+
+def start_flow_api(imports: tuple[str, ...] = _FLOW_IMPORTS) -> None:
+    """After the pre-flight: the Prefect API for this command's flows (`flows.prefect_server.
+    flow_api`, a local server starting in the background when none is configured); while it
+    starts, the modules the flow will need are loaded (else they would load only once the
+    server answers, after it rather than beside it)."""
+    import importlib
+
+    from flows.prefect_server import flow_api, temporary_api_url
+
+    flow_api()
+    if temporary_api_url() is not None:
+        for name in imports:
+            importlib.import_module(name)
+
+
+def wait_for_flow_api() -> None:
+    from flows.prefect_server import wait_for_flow_api as wait
+
+    wait()
 
 
 @dataclass(frozen=True)

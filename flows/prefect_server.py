@@ -1,17 +1,28 @@
-"""A local Prefect server for `popseg serve`, started only when no API is configured.
+"""The Prefect API popseg's flows report to, started only when none is configured.
 
-Set PREFECT_API_URL to use an existing server (or Prefect Cloud); otherwise
+`popseg serve`: set PREFECT_API_URL to use an existing server (or Prefect Cloud); otherwise
 `prefect server start` runs on 127.0.0.1 with its database under PREFECT_HOME (.prefect/),
 serving Prefect's UI (deployments, schedules, flow runs) at the same address, and is stopped
-when serving stops. Must run before Prefect is imported: Prefect reads its settings at import.
-While serving, the API in use is recorded in ``.popseg/prefect-api.json`` so that other popseg
-commands in the project (`popseg approve`) find the flow runs on it.
+when serving stops. While serving, the API in use is recorded in ``.popseg/prefect-api.json``
+so that other popseg commands in the project (`popseg approve`, and the one-shot flows below)
+find it.
+
+One-shot flow commands (`popseg run`, `train`, `monitor`), `flow_api`: PREFECT_API_URL if set;
+else the server `popseg serve` recorded for this project, when it answers; else a local API
+server started in the background as soon as the pre-flight checks have passed, so that it
+starts while popseg loads the flow's code, and stopped when popseg exits (by the watchdog,
+flows/reaper.py, if popseg is killed). Its flow runs are kept in the same database under
+PREFECT_HOME as the served ones.
+
+All of this must run before Prefect is imported: Prefect reads its settings at import.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,6 +36,12 @@ from pathlib import Path
 from tasks.errors import PopsegError
 
 STARTUP_TIMEOUT_S = 180.0
+STOP_GRACE_S = 10.0
+_POLL_S = 0.05
+# A port taken between the probe and the server's bind: start again on another one.
+_PORT_ATTEMPTS = 3
+
+logger = logging.getLogger(__name__)
 
 
 class PrefectServerError(PopsegError):
@@ -149,14 +166,161 @@ def recorded_api_url() -> str | None:
     return api_url if isinstance(api_url, str) and _healthy(api_url) else None
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen, signum: int = signal.SIGINT, grace_s: float = 20) -> None:
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGINT)
+        os.killpg(process.pid, signum)
     try:
-        process.wait(timeout=20)
+        process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+# ----------------------------------------------------------------------------- one-shot flows
+
+
+class BackgroundServer:
+    """A local Prefect API server for this process's flow runs: Prefect's own ephemeral
+    server (API only, no UI, no background services; `prefect.server.api.server`'s
+    `SubprocessASGIServer` starts the same command), started here without importing
+    Prefect's server code into popseg, and without waiting for it until a flow needs it."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+        self.ready = False
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> None:
+        self.port = _free_port()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        environment = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
+        environment.pop("PREFECT_API_URL", None)
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
+        logger.info("Starting a local Prefect server on %s (log %s)", self.api_url, self.log_path)
+        with open(self.log_path, "ab") as log:
+            # Its own process group (Ctrl-C reaches popseg, which stops it in order); the
+            # watchdog stops it if popseg is killed outright.
+            self.process = subprocess.Popen(
+                command, env=environment, stdout=log, stderr=subprocess.STDOUT, process_group=0
+            )
+
+    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Block until the API answers /health; a start that lost its port to another
+        process is tried again on a new one."""
+        deadline = time.monotonic() + timeout_s
+        attempts = 1
+        while not self.ready:
+            assert self.process is not None
+            if _healthy(self.api_url):
+                self.ready = True
+                return
+            if self.process.poll() is not None:
+                if attempts >= _PORT_ATTEMPTS:
+                    raise PrefectServerError(
+                        f"the local Prefect server exited with {self.process.returncode} "
+                        f"while starting (port {self.port}); see {self.log_path}"
+                    )
+                attempts += 1
+                self.start()
+                _point_prefect_at(self.api_url)
+                continue
+            if time.monotonic() > deadline:
+                raise PrefectServerError(
+                    f"the local Prefect server did not answer on {self.api_url} within "
+                    f"{timeout_s:g} s; see {self.log_path}"
+                )
+            time.sleep(_POLL_S)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        logger.info("Stopping the local Prefect server on %s", self.api_url)
+        _stop(self.process, signal.SIGTERM, STOP_GRACE_S)
+
+
+_BACKGROUND: list[BackgroundServer] = []
+
+
+def _point_prefect_at(api_url: str) -> None:
+    """PREFECT_API_URL for this process and its children; when Prefect is already imported
+    (it read its settings then), its settings are read again."""
+    os.environ["PREFECT_API_URL"] = api_url
+    if "prefect" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+
+
+def flow_api() -> str | None:
+    """Point this process's flows at a Prefect API before Prefect is imported, and return its
+    URL: PREFECT_API_URL when set, else the server `popseg serve` recorded in this project
+    when it answers, else a local server started now in the background (`wait_for_flow_api`
+    waits for it; it is stopped at exit). None when Prefect is already imported: its settings,
+    read at import, stand (a test harness, a flow calling a flow)."""
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured or "prefect" in sys.modules:
+        return configured or None
+    if _BACKGROUND:
+        return _BACKGROUND[0].api_url
+    recorded = recorded_api_url()
+    if recorded:
+        os.environ["PREFECT_API_URL"] = recorded
+        return recorded
+    home = Path(os.environ.get("PREFECT_HOME", ".prefect"))
+    server = BackgroundServer(home / "local-server.log")
+    server.start()
+    _BACKGROUND.append(server)
+    atexit.register(stop_background_server)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    # It serves no UI and stops with popseg: no flow-run page is linked (an empty UI URL is
+    # Prefect's "none"; else it derives one from the API's address).
+    os.environ.setdefault("PREFECT_UI_URL", "")
+    return server.api_url
+
+
+def wait_for_flow_api() -> None:
+    """Wait until the background server `flow_api` started answers (no-op without one)."""
+    for server in _BACKGROUND:
+        server.wait_ready()
+
+
+def temporary_api_url() -> str | None:
+    """The API of the background server this process started, if any."""
+    return _BACKGROUND[0].api_url if _BACKGROUND else None
+
+
+def stop_background_server() -> None:
+    """Stop the background server (at exit, or earlier); PREFECT_API_URL is left pointing at
+    it only while it runs."""
+    while _BACKGROUND:
+        server = _BACKGROUND.pop()
+        if os.environ.get("PREFECT_API_URL") == server.api_url:
+            os.environ.pop("PREFECT_API_URL", None)
+        server.stop()

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pa_parquet
 
+from tasks import table_head
 from tasks.config import DataConfig, FeaturesConfig
 from tasks.encoding import category_levels, onehot
 from tasks.errors import CredentialsError, DataError, SourceUnavailableError
@@ -33,7 +34,6 @@ _ID_LIKE_NAMES = {"id", "rownames", "index", "unnamed: 0", ""}
 _ID_WORDS = {"id", "key", "name"}
 _MOSTLY_UNIQUE = 0.95
 _SHOWN_DUPLICATES = 3
-_PARQUET_MAGIC = b"PAR1"
 
 
 @dataclass(frozen=True)
@@ -204,41 +204,13 @@ def _read_bytes(path: str) -> bytes:
     return file_path.read_bytes()
 
 
-def _looks_binary(payload: bytes) -> bool:
-    head = payload[:8192]
-    if b"\x00" in head:
-        return True
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # A multi-byte character cut at the 8 KiB boundary is still text.
-        return exc.start < len(head) - 4
-    return False
-
-
 def _read_parquet(payload: bytes, path: str) -> pd.DataFrame:
     try:
         table = pa_parquet.read_table(io.BytesIO(payload))
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
-    _check_unique_names(table.column_names, path)
+    table_head.check_unique_names(table.column_names, path)
     return table.to_pandas()
-
-
-def _check_unique_names(names: list[str], path: str) -> None:
-    seen: dict[str, int] = {}
-    for position, name in enumerate(names, start=1):
-        if name in seen:
-            raise DataError(
-                f"{path}: duplicate column name {name!r} (columns {seen[name]} and {position}); "
-                "column names must be unique"
-            )
-        seen[name] = position
-
-
-def _first_line(payload: bytes) -> str:
-    line = payload.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
-    return line
 
 
 def _ragged_line(payload: bytes, delimiter: str) -> str:
@@ -260,9 +232,6 @@ def _ragged_line(payload: bytes, delimiter: str) -> str:
 
 
 def _read_csv(payload: bytes, path: str, delimiter: str) -> pd.DataFrame:
-    header = _first_line(payload)
-    if not header.strip():
-        raise DataError(f"{path}: the first line is empty; expected a header row of column names")
     try:
         table = pa_csv.read_csv(
             io.BytesIO(payload),
@@ -278,16 +247,8 @@ def _read_csv(payload: bytes, path: str, delimiter: str) -> pd.DataFrame:
             raise DataError(f"{path}: the file is empty") from None
         raise DataError(f"{path}: cannot parse as CSV: {message.strip()}") from None
     names = [name.strip() for name in table.column_names]
-    _check_unique_names(names, path)
-    if table.num_columns == 1:
-        for other in (";", "\t", "|", ","):
-            if other != delimiter and other in header:
-                shown = "\\t" if other == "\t" else other
-                raise DataError(
-                    f"{path}: found a single column {names[0]!r} using delimiter {delimiter!r}, "
-                    f"but the header contains {shown!r}: wrong delimiter? "
-                    f"Use --set data.delimiter='{shown}'"
-                )
+    table_head.check_unique_names(names, path)
+    table_head.check_delimiter(names, table_head.first_line(payload), delimiter, path)
     frame = table.to_pandas()
     frame.columns = names
     return frame
@@ -300,17 +261,11 @@ def read_table(path: str, delimiter: str = ",") -> RawTable:
 
 def parse_table(payload: bytes, path: str, delimiter: str = ",") -> RawTable:
     """Parse the bytes of a CSV or Parquet file; ``path`` names it in error messages."""
-    if not payload.strip():
-        raise DataError(f"{path}: the file is empty")
-    is_parquet = payload[:4] == _PARQUET_MAGIC or path.lower().endswith((".parquet", ".pq"))
-    if is_parquet:
+    # The checks the CLI's pre-flight runs on the file's first bytes, here on all of it.
+    table_head.check_start(payload, path, complete=True)
+    if table_head.is_parquet(payload, path):
         frame = _read_parquet(payload, path)
     else:
-        if _looks_binary(payload):
-            raise DataError(
-                f"{path}: looks like a binary file, not CSV text (and not Parquet); "
-                "expected a CSV with a header row, or a .parquet file"
-            )
         frame = _read_csv(payload, path, delimiter)
     if len(frame) == 0:
         raise DataError(f"{path}: has a header but no data rows")

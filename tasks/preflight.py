@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from tasks import table_head
 from tasks.errors import CredentialsError, DataError, PopsegError, RegistryError
 from tasks.extras import require
 from tasks.tracking import sqlite_database
@@ -48,9 +49,11 @@ def _reason(error: OSError) -> str:
 # ----------------------------------------------------------------------------- data
 
 
-def check_data_path(path: str, folders: bool = False) -> None:
+def check_data_path(path: str, folders: bool = False, delimiter: str = ",") -> None:
     """A local path must be a readable file (with ``folders``, as the Dask engine reads: also
-    a folder or a glob that matches something); an s3:// URL needs AWS credentials."""
+    a folder or a glob that matches something) that is not empty, not binary and, as CSV,
+    has a header row of unique column names (`tasks.table_head`, the checks ingest runs too);
+    an s3:// URL needs AWS credentials."""
     if path.startswith("s3://"):
         check_aws_credentials(path, CredentialsError)
         return
@@ -66,8 +69,7 @@ def check_data_path(path: str, folders: bool = False) -> None:
             return
         raise DataError(f"{path}: is a directory, expected a CSV or Parquet file")
     try:
-        with open(file_path, "rb") as handle:
-            handle.read(1)
+        table_head.check_table_file(path, delimiter)
     except OSError as error:
         raise DataError(f"{path}: cannot read the file: {_reason(error)}") from None
 

@@ -63,8 +63,10 @@ def monitor(
         data = commands.monitor_source(data, capture)
         params = load_cli_params(params_path, overrides)
         commands.preflight(params, data)
+        commands.start_flow_api(imports=("mlflow",))
         from flows.monitoring import monitor_flow
 
+        commands.wait_for_flow_api()
         outcome = monitor_flow(params, data, version, retrain)
     emit(outcome.to_json(), as_json, lambda _: _print_monitor_summary(outcome))
     # The outcome is already on stdout: these errors add their line and exit code only.

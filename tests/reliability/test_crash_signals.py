@@ -150,7 +150,9 @@ def _assert_nothing_left(project: Path, ports: list[int]) -> None:
 
 
 def _prefect_port(log: Path) -> list[int]:
-    found = re.search(r"Starting temporary server on http://127\.0\.0\.1:(\d+)", log.read_text())
+    found = re.search(
+        r"Starting a local Prefect server on http://127\.0\.0\.1:(\d+)", log.read_text()
+    )
     return [int(found.group(1))] if found else []
 
 
@@ -170,9 +172,10 @@ def _no_unfinished_run_left(project: Path) -> None:
 
 def test_sigkill_just_after_the_prefect_server_starts_leaves_no_server(crash_project):
     """The representative case (fast): Prefect's ephemeral uvicorn server was orphaned
-    (ppid 1, still listening) when popseg was killed with SIGKILL."""
+    (ppid 1, still listening) when popseg was killed with SIGKILL; the local server popseg
+    now starts in the background must not be either."""
     process, log = _start(crash_project, "train", "--data", "data.csv")
-    _wait_for(_log_has(log, r"Starting temporary server"), "the Prefect server", process, log)
+    _wait_for(_log_has(log, r"Starting a local Prefect server"), "the Prefect server", process, log)
     time.sleep(1.0)  # the uvicorn child is importing Prefect now
     process.kill()
     assert process.wait(timeout=30) == -signal.SIGKILL

@@ -26,6 +26,45 @@ def test_data_path(tmp_path):
         check_data_path(str(tmp_path / "*.parquet"), folders=True)
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the file is empty"),
+        (b"  \n\n", "the file is empty"),
+        (b"\x00\x01\x02\xff\xfe binary", "looks like a binary file"),
+        (b"\n\nid,x\na,1\n", "the first line is empty"),
+        (b'id,"x",x\na,1,2\n', "duplicate column name 'x'"),
+        (b"id;x\na;1\n", "wrong delimiter? Use --set data.delimiter=';'"),
+    ],
+)
+def test_unusable_table_files_are_refused_as_ingest_refuses_them(tmp_path, content, message):
+    """The pre-flight reads only the file's first bytes; ingest (the flow's and DVC's step)
+    refuses the same file with the same message."""
+    from tasks.ingest import parse_table
+
+    table = tmp_path / "bad.csv"
+    table.write_bytes(content)
+    with pytest.raises(DataError) as refused:
+        check_data_path(str(table))
+    assert message in str(refused.value) and str(table) in str(refused.value)
+    with pytest.raises(DataError) as ingest_refused:
+        parse_table(content, str(table))
+    assert str(ingest_refused.value) == str(refused.value)
+
+
+def test_table_checks_pass_good_files_and_leave_the_rest_to_the_parser(tmp_path):
+    good = tmp_path / "good.tsv"
+    good.write_bytes(b"id\tx\na\t1\n")
+    check_data_path(str(good), delimiter="\t")
+    # Parquet is not sniffed as text; a long header beyond the first bytes is not judged.
+    parquet = tmp_path / "t.parquet"
+    parquet.write_bytes(b"PAR1" + bytes(range(256)))
+    check_data_path(str(parquet))
+    long_header = tmp_path / "long.csv"
+    long_header.write_bytes(b"a," * 40_000 + b"a\n1\n")
+    check_data_path(str(long_header))
+
+
 def test_sqlite_store_that_is_not_a_database(tmp_path):
     store = tmp_path / "mlflow.db"
     store.write_text("this is not sqlite, it is long enough to have a header" * 10)

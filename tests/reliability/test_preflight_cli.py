@@ -86,6 +86,28 @@ def test_missing_file_is_refused_before_prefect_starts(project_dir):
 
 
 @pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "error: bad.csv: the file is empty"),
+        (b"\x00\x01PK\x03\x04" + bytes(range(256)) * 8, "error: bad.csv: looks like a binary file"),
+        (b"\nid,x\na,1\n", "error: bad.csv: the first line is empty"),
+        (b"id,x,x\na,1,2\n", "error: bad.csv: duplicate column name 'x' (columns 2 and 3)"),
+        (b"id;x;y\na;1;2\n", "error: bad.csv: found a single column 'id;x;y'"),
+    ],
+)
+def test_unusable_file_is_refused_before_prefect_starts(project_dir, content, message):
+    """Empty, binary or a bad header: refused by the pre-flight, in the words ingest uses,
+    with no Prefect server started (no Prefect database) and no run recorded."""
+    (project_dir / "bad.csv").write_bytes(content)
+    result, seconds = _popseg(["train", "--data", "bad.csv"], project_dir)
+    assert result.returncode == 3
+    assert _one_error_line(result).startswith(message)
+    assert seconds < FAST_S, f"{seconds:.1f} s"
+    _nothing_started(project_dir)
+    assert not (project_dir / "data" / "raw").exists()
+
+
+@pytest.mark.parametrize(
     ("args", "code", "message"),
     [
         (["train", "--data", "data"], 3, "data: is a directory"),
