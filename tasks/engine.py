@@ -96,6 +96,10 @@ class MemoryEngine:
         return prepare.prepare(params, data)
 
     def sweep(self, params: Params, data: IngestedData, prepared: Prepared) -> cluster.SweepResult:
+        if params.cluster.model == "gmm":
+            from tasks import mixture
+
+            return mixture.sweep(prepared.reduced.values, params.cluster)
         return cluster.sweep(prepared.reduced.values, params.cluster)
 
     def evaluate(
@@ -110,6 +114,11 @@ class MemoryEngine:
         chosen = swept.fits[k]
         kept_frame = data.frame[prepared.imputed.kept_rows].reset_index(drop=True)
         names = prepared.names
+        distances = None
+        if chosen.mixture is not None:
+            from tasks.mixture import mahalanobis_to_own
+
+            distances = mahalanobis_to_own(prepared.reduced.values, chosen)
         return evaluate.evaluate(
             prepared.reduced.values,
             chosen.labels,
@@ -121,6 +130,7 @@ class MemoryEngine:
             params.cluster,
             params.evaluate,
             champion,
+            distances,
         )
 
     def score(

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.chain import CHAIN_JSON, CHAIN_NPZ, SegmentationChain
+from tasks.chain import CHAIN_JSON, CHAIN_NPZ, GaussianMixtureStep, SegmentationChain
 from tasks.errors import PackageError
 from tasks.impute import ImputeResult
 from tasks.reduce import ReduceResult
@@ -34,6 +34,7 @@ def build_chain(
     centroids: np.ndarray,
     segment_ids: np.ndarray,
     metadata: dict[str, Any] | None = None,
+    mixture: GaussianMixtureStep | None = None,
 ) -> SegmentationChain:
     return SegmentationChain(
         feature_names=feature_names,
@@ -48,6 +49,7 @@ def build_chain(
         centroids=centroids,
         segment_ids=segment_ids,
         metadata=metadata,
+        mixture=mixture,
     )
 
 

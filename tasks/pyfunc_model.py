@@ -1,6 +1,7 @@
 """The MLflow pyfunc model (logged as "models from code": no pickle). It wraps the same
 `SegmentationChain` artifact the endpoint serves: raw feature rows in, SageMaker k-means
-style ``closest_cluster`` / ``distance_to_cluster`` out."""
+style ``closest_cluster`` / ``distance_to_cluster`` out (and ``membership_probability`` for a
+Gaussian-mixture model)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ class SegmentationModel(PythonModel):
             rows = model_input[self.chain.feature_names].to_numpy(dtype=np.float64)
         else:
             rows = np.asarray(model_input, dtype=np.float64)
-        segments, distances = self.chain.predict(rows)
-        return pd.DataFrame({"closest_cluster": segments, "distance_to_cluster": distances})
+        segments, distances, probabilities = self.chain.predict_membership(rows)
+        output = pd.DataFrame({"closest_cluster": segments, "distance_to_cluster": distances})
+        if probabilities is not None:  # a Gaussian mixture: the posterior of closest_cluster
+            output["membership_probability"] = probabilities
+        return output
 
 
 mlflow.models.set_model(SegmentationModel())

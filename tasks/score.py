@@ -17,6 +17,8 @@ from tasks.errors import DataError
 from tasks.ingest import detect_id_column, generated_id_column, read_table
 
 SCORE_COLUMNS = ("segment", "distance_to_cluster")
+# A Gaussian-mixture model's output has a third column: the posterior of the segment.
+PROBABILITY_COLUMN = "membership_probability"
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,17 @@ def _id_values(frame: pd.DataFrame, ids: ScoreIds, source: str, first_row: int =
 
 
 def scores_table(
-    id_name: str, ids: np.ndarray, segments: np.ndarray, distances: np.ndarray
+    id_name: str,
+    ids: np.ndarray,
+    segments: np.ndarray,
+    distances: np.ndarray,
+    probabilities: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """The scoring output: one (id, segment, distance_to_cluster) row per input row."""
+    """The scoring output: one (id, segment, distance_to_cluster) row per input row, and
+    membership_probability for a Gaussian-mixture model."""
     scores = pd.DataFrame({id_name: ids, SCORE_COLUMNS[0]: segments, SCORE_COLUMNS[1]: distances})
+    if probabilities is not None:
+        scores[PROBABILITY_COLUMN] = probabilities
     # Text even when there are no rows, so that every Parquet part has the same schema.
     return scores.astype({id_name: "str"})
 
@@ -76,8 +85,10 @@ def score_rows(
     """Score the rows of ``frame`` (raw columns; ``first_row``: the position of its first row
     in the whole data set, for generated ids): columns id, segment, distance_to_cluster."""
     id_values = _id_values(frame, ids, source, first_row)
-    segments, distances = chain.predict(feature_matrix(frame, chain.feature_names, source))
-    return scores_table(ids.column, id_values, segments, distances)
+    segments, distances, probabilities = chain.predict_membership(
+        feature_matrix(frame, chain.feature_names, source)
+    )
+    return scores_table(ids.column, id_values, segments, distances, probabilities)
 
 
 def score_inputs(

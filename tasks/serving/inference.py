@@ -14,7 +14,10 @@ Requests (raw, unscaled feature values):
   a plain list, or an object keyed by feature name), or a list of records keyed by feature name.
 
 Response, as SageMaker's built-in k-means:
-``{"predictions": [{"closest_cluster": 2, "distance_to_cluster": 0.41}, ...]}``.
+``{"predictions": [{"closest_cluster": 2, "distance_to_cluster": 0.41}, ...]}``. A
+Gaussian-mixture model (``cluster.model: gmm``) answers the most probable component, the
+Mahalanobis distance to it, and its posterior probability:
+``{"closest_cluster": 2, "distance_to_cluster": 1.7, "membership_probability": 0.93}``.
 
 A request the model cannot answer is a ``RequestError`` with its 4xx status (400; 406 for an
 unacceptable Accept, 413 for too many rows, 415 for an unsupported Content-Type), answered
@@ -278,21 +281,24 @@ class _Parsed:
 
 
 def predict(input_data: Any, model: SegmentationChain) -> Dict[str, List[Dict[str, Any]]]:
-    """Rows -> {"predictions": [{"closest_cluster", "distance_to_cluster"}, ...]}."""
+    """Rows -> {"predictions": [{"closest_cluster", "distance_to_cluster"}, ...]}, with
+    "membership_probability" for a Gaussian-mixture model."""
     if isinstance(input_data, _Parsed):
         rows = input_data.rows(model)
     else:
         rows = np.asarray(input_data, dtype=np.float64)
     try:
-        segments, distances = model.predict(rows)
+        segments, distances, probabilities = model.predict_membership(rows)
     except ChainInputError as error:
         raise RequestError(str(error)) from None
-    return {
-        "predictions": [
-            {"closest_cluster": int(segment), "distance_to_cluster": _finite(distance)}
-            for segment, distance in zip(segments.tolist(), distances.tolist())
-        ]
-    }
+    predictions = [
+        {"closest_cluster": int(segment), "distance_to_cluster": _finite(distance)}
+        for segment, distance in zip(segments.tolist(), distances.tolist())
+    ]
+    if probabilities is not None:
+        for prediction, probability in zip(predictions, probabilities.tolist()):
+            prediction["membership_probability"] = _finite(probability)
+    return {"predictions": predictions}
 
 
 def _finite(value: float) -> Optional[float]:
