@@ -188,26 +188,25 @@ def precision_cholesky(covariances: np.ndarray, covariance: str) -> np.ndarray:
         if np.any(covariances <= 0.0):
             raise ValueError("a diagonal covariance is not positive; increase reg_covar or lower k")
         return 1.0 / np.sqrt(covariances)
-    k, d, _ = covariances.shape
-    factors = np.empty_like(covariances)
-    identity = np.eye(d)
-    for component in range(k):
-        try:
-            lower = np.linalg.cholesky(covariances[component])
-        except np.linalg.LinAlgError:
-            raise ValueError(
-                f"the covariance of component {component} is not positive definite; "
-                "increase reg_covar, lower k or use diag covariance"
-            ) from None
-        # precision = inverse(L L^T) = inverse(L)^T inverse(L): its factor is inverse(L)^T.
-        factors[component] = _solve_lower(lower, identity).T
-    return factors
+    try:
+        lower = np.linalg.cholesky(covariances)  # every component at once
+    except np.linalg.LinAlgError:
+        bad = next(c for c in range(len(covariances)) if not _positive_definite(covariances[c]))
+        raise ValueError(
+            f"the covariance of component {bad} is not positive definite; "
+            "increase reg_covar, lower k or use diag covariance"
+        ) from None
+    # precision = inverse(L L^T) = inverse(L)^T inverse(L): its factor is inverse(L)^T. A
+    # batched inverse: per-component triangular solves cost more in call overhead at these sizes.
+    return np.linalg.inv(lower).transpose(0, 2, 1)
 
 
-def _solve_lower(lower: np.ndarray, right: np.ndarray) -> np.ndarray:
-    from scipy.linalg import solve_triangular
-
-    return solve_triangular(lower, right, lower=True)
+def _positive_definite(matrix: np.ndarray) -> bool:
+    try:
+        np.linalg.cholesky(matrix)
+    except np.linalg.LinAlgError:
+        return False
+    return True
 
 
 def _e_step(
