@@ -52,12 +52,14 @@ bench: setup
 	$(UV) run python -m benchmarks.run
 	$(UV) run python -m benchmarks.compile_time
 	$(UV) run python -m benchmarks.k_selection
+	$(UV) run python -m benchmarks.gmm
 	$(UV) run python -m benchmarks.pipeline
 
 bench-quick: setup
 	$(UV) run python -m benchmarks.run --quick
 	$(UV) run python -m benchmarks.compile_time --quick
 	$(UV) run python -m benchmarks.k_selection --quick
+	$(UV) run python -m benchmarks.gmm --quick
 	$(UV) run python -m benchmarks.pipeline --quick
 
 ui: setup
