@@ -176,3 +176,25 @@ def test_the_dask_engine_refuses_gmm():
 
     with pytest.raises(ConfigError, match="cluster.model=gmm: the Dask engine fits k-means only"):
         DaskEngine.check_supported(load_params(overrides=["cluster.model=gmm"]))
+
+
+def test_drift_monitor_reads_a_mixture_chain():
+    """Segment shares and the distance shift of a Gaussian-mixture chain (unit variances,
+    equal weights: its segments are the nearest centre's, its distances Euclidean)."""
+    from tasks.config import MonitorConfig
+    from tasks.monitor import compute_drift
+
+    centers = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
+    step = GaussianMixtureStep("diag", np.full(3, 1 / 3), np.ones((3, 3)))
+    chain = identity_chain(NAMES, centers, mixture=step)
+    rng = np.random.default_rng(1)
+    reference = np.vstack([c + rng.normal(size=(200, 3)) for c in centers])
+    labels = chain.predict(reference)[0]
+    spread = centers[labels] + 1.8 * (reference - centers[labels])
+    report = compute_drift(chain, reference, spread, MonitorConfig(psi_threshold=50.0))
+    assert report.distance["median_ratio"] == pytest.approx(1.8, rel=0.05)
+    assert report.distance_drifted
+    one_segment = centers[1] + rng.normal(size=(150, 3))
+    shifted = compute_drift(chain, reference, one_segment, MonitorConfig())
+    shares = {s.segment: s.new_share for s in shifted.segments}
+    assert shares == {0: 0.0, 1: 1.0, 2: 0.0} and shifted.drift
