@@ -198,3 +198,16 @@ def test_drift_monitor_reads_a_mixture_chain():
     shifted = compute_drift(chain, reference, one_segment, MonitorConfig())
     shares = {s.segment: s.new_share for s in shifted.segments}
     assert shares == {0: 0.0, 1: 1.0, 2: 0.0} and shifted.drift
+
+
+def test_the_result_cache_round_trips_a_mixture_sweep():
+    from flows.result_codec import decode, encode
+
+    values = _values(seed=5)
+    swept = mixture.sweep(values, _config(**{"cluster.k_max": "3"}))
+    fit = swept.fits[3]
+    chain = identity_chain(NAMES, fit.centroids, mixture=fit.mixture)
+    back_fit, back_chain = decode(encode((fit, chain)))
+    assert back_fit.mixture.covariance == "full"
+    np.testing.assert_array_equal(back_fit.mixture.weights, fit.mixture.weights)
+    np.testing.assert_array_equal(back_chain.predict(values)[0], chain.predict(values)[0])
