@@ -65,12 +65,14 @@ bench: bench-setup
 	$(BENCH) benchmarks.run
 	$(BENCH) benchmarks.compile_time
 	$(BENCH) benchmarks.k_selection
+	$(BENCH) benchmarks.gmm
 	$(BENCH) benchmarks.pipeline
 
 bench-quick: bench-setup
 	$(BENCH) benchmarks.run --quick
 	$(BENCH) benchmarks.compile_time --quick
 	$(BENCH) benchmarks.k_selection --quick
+	$(BENCH) benchmarks.gmm --quick
 	$(BENCH) benchmarks.pipeline --quick
 
 ui: setup

@@ -34,7 +34,7 @@ def result_types() -> dict[str, type]:
     """The only classes a cached result may contain (looked up here, never imported by a
     name read from the file)."""
     from flows.stages import Prepared, Trained
-    from tasks.chain import SegmentationChain
+    from tasks.chain import GaussianMixtureStep, SegmentationChain
     from tasks.cluster import KFit, SweepResult
     from tasks.evaluate import Evaluation
     from tasks.impute import ImputeResult
@@ -53,6 +53,7 @@ def result_types() -> dict[str, type]:
         Selection,
         Evaluation,
         SegmentationChain,
+        GaussianMixtureStep,
     )
     return {cls.__name__: cls for cls in classes}
 

@@ -116,9 +116,14 @@ def train_stage(
     """Sweep k, select one, evaluate it (segment ids matched to the champion's when there
     is one) and build the serving chain."""
     swept = engine.sweep(params, data, prepared)
-    selection = select.select_k(
-        swept, params.select.criterion, prepared.reduced.values, params.select, params.cluster
-    )
+    if params.cluster.model == "gmm":
+        from tasks.mixture import select_by_bic
+
+        selection = select_by_bic(swept)
+    else:
+        selection = select.select_k(
+            swept, params.select.criterion, prepared.reduced.values, params.select, params.cluster
+        )
     evaluation = engine.evaluate(params, data, prepared, swept, selection.k, champion)
     kept_frame = prepared.imputed.kept(data.frame)
     chosen = swept.fits[selection.k]
@@ -132,12 +137,14 @@ def train_stage(
         metadata={
             "k": selection.k,
             "backend": params.cluster.backend,
-            "criterion": params.select.criterion,
+            "criterion": selection.criterion,
             "data_md5": data.md5,
             "id_column": data.id_column,
             "execution_engine": engine.name,
+            "model": params.cluster.model,
         },
         categories=data.categories,
+        mixture=chosen.mixture,
     )
     metrics = {**chosen.metrics, "k": float(selection.k), "stability": evaluation.stability}
     if "match_cost" in evaluation.id_mapping:
@@ -193,7 +200,7 @@ def training_record(
     per_k = sweep_table(swept)
     return register.TrainingRecord(
         params_flat=params.flat(),
-        tags={**tags, RunTag.CRITERION: params.select.criterion, RunTag.K: str(selection.k)},
+        tags={**tags, RunTag.CRITERION: selection.criterion, RunTag.K: str(selection.k)},
         chosen_metrics=trained.metrics,
         per_k_metrics={k: fit.metrics for k, fit in swept.fits.items()},
         chain=trained.chain,

@@ -2,7 +2,11 @@
 
 One artifact holds the whole chain (categorical levels, fill values, log1p flags, clip bounds,
 scaler, PCA, centroids, segment-id map, feature names) as ``chain.npz`` + ``chain.json``, loaded
-with ``allow_pickle=False``. This module is the serving path's only model code: it imports
+with ``allow_pickle=False``. The model step is k-means (nearest centroid, Euclidean distance) or,
+from format 2, a Gaussian mixture (``model: gmm``: weights, means = the centroids, and the
+Cholesky factors of the precisions; most probable component, Mahalanobis distance to it, and
+its posterior probability). Format-1 chains load as k-means, without categorical levels. This
+module is the serving path's only model code: it imports
 numpy and the standard library only and stays valid Python 3.9 (the SageMaker
 scikit-learn 1.2-1 serving image), so it is copied as-is into ``model.tar.gz``.
 """
@@ -25,6 +29,8 @@ READABLE_VERSIONS = (1, 2)
 MISSING_LEVEL = "Unknown"
 # What `request_rows` sends for a row with no level indicator set (an unseen level).
 UNSEEN_VALUE = "(unseen)"
+MODELS = ("kmeans", "gmm")
+COVARIANCES = ("full", "diag")
 
 _ARRAYS = (
     "fill_values",
@@ -38,6 +44,8 @@ _ARRAYS = (
     "centroids",
     "segment_ids",
 )
+# Present only in a Gaussian-mixture chain (absent = k-means).
+_MIXTURE_ARRAYS = ("mixture_weights", "mixture_precisions_cholesky")
 
 
 class ChainInputError(ValueError):
@@ -133,6 +141,7 @@ class SegmentationChain:
         segment_ids: np.ndarray,
         metadata: Optional[Dict[str, Any]] = None,
         categories: Optional[Dict[str, Sequence[str]]] = None,
+        mixture: Optional[GaussianMixtureStep] = None,
     ) -> None:
         self.feature_names = [str(name) for name in feature_names]
         self.categories = {
@@ -158,6 +167,14 @@ class SegmentationChain:
         if self.segment_ids.shape != (self.centroids.shape[0],):
             raise ValueError("segment_ids must have one id per centroid")
         self._check_categories()
+        if mixture is not None:
+            mixture.check(self.centroids.shape)
+        self.mixture = mixture
+
+    @property
+    def model(self) -> str:
+        """The model step: ``kmeans`` (nearest centroid) or ``gmm`` (Gaussian mixture)."""
+        return "kmeans" if self.mixture is None else "gmm"
 
     def _check_categories(self) -> None:
         """Each categorical column is not a feature itself and its levels are distinct."""
@@ -298,7 +315,9 @@ class SegmentationChain:
 
     def distances(self, rows: np.ndarray) -> np.ndarray:
         """Euclidean distance from each row to each centroid, shape (n, k)."""
-        reduced = self.transform(rows)
+        return self._euclidean(self.transform(rows))
+
+    def _euclidean(self, reduced: np.ndarray) -> np.ndarray:
         squared = (
             (reduced**2).sum(axis=1)[:, None]
             - 2.0 * reduced @ self.centroids.T
@@ -308,9 +327,8 @@ class SegmentationChain:
 
     def predict_internal(self, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(centroid index, distance) per row, before the segment-id map."""
-        distances = self.distances(rows)
-        closest = distances.argmin(axis=1)
-        return closest, distances[np.arange(len(closest)), closest]
+        closest, distance, _ = self._assign(self.transform(rows))
+        return closest, distance
 
     def predict(self, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(segment id, distance to its centroid) per row."""
@@ -357,6 +375,27 @@ class SegmentationChain:
         rows = self.request_rows(values)
         columns = {name: [row[i] for row in rows] for i, name in enumerate(self.input_columns)}
         return self.encode_columns(columns, len(rows)).values
+
+    def predict_membership(
+        self, rows: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """(segment id, distance, membership probability) per row. The probability is the
+        mixture's posterior of the chosen component (None for a k-means chain); the distance
+        is Euclidean for k-means and Mahalanobis (under that component's covariance) for a
+        Gaussian mixture."""
+        closest, distance, probability = self._assign(self.transform(rows))
+        return self.segment_ids[closest], distance, probability
+
+    def _assign(self, reduced: np.ndarray) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        rows = np.arange(len(reduced))
+        if self.mixture is None:
+            distances = self._euclidean(reduced)
+            closest = distances.argmin(axis=1)
+            return closest, distances[rows, closest], None
+        log_resp, squared = self.mixture.responsibilities(reduced, self.centroids)
+        closest = log_resp.argmax(axis=1)
+        distance = np.sqrt(np.maximum(squared[rows, closest], 0.0))
+        return closest, distance, np.exp(log_resp[rows, closest])
 
     def rows_from_records(self, records: Sequence[Dict[str, Any]]) -> np.ndarray:
         """Records keyed by request column -> an (n, n_features) array; missing keys are
@@ -423,17 +462,25 @@ class SegmentationChain:
         os.makedirs(directory, exist_ok=True)
         npz_path = os.path.join(directory, CHAIN_NPZ)
         json_path = os.path.join(directory, CHAIN_JSON)
-        np.savez(npz_path, **{name: getattr(self, name) for name in _ARRAYS})
+        arrays = {name: getattr(self, name) for name in _ARRAYS}
+        description = {
+            "format_version": FORMAT_VERSION,
+            "feature_names": self.feature_names,
+            "k": self.k,
+            "n_components": int(self.pca_components.shape[0]),
+            "metadata": self.metadata,
+            "model": self.model,
+        }
+        if self.categories:
+            description["categories"] = self.categories
+        if self.mixture is not None:
+            arrays["mixture_weights"] = self.mixture.weights
+            arrays["mixture_precisions_cholesky"] = self.mixture.precisions_cholesky
+            description["covariance"] = self.mixture.covariance
+        np.savez(npz_path, **arrays)
         with open(json_path, "w") as handle:
             json.dump(
-                {
-                    "format_version": FORMAT_VERSION,
-                    "feature_names": self.feature_names,
-                    "k": self.k,
-                    "n_components": int(self.pca_components.shape[0]),
-                    "metadata": self.metadata,
-                    **({"categories": self.categories} if self.categories else {}),
-                },
+                description,
                 handle,
                 indent=2,
                 sort_keys=True,
@@ -448,12 +495,23 @@ class SegmentationChain:
             raise ValueError(
                 "unsupported chain format %r in %s" % (description.get("format_version"), directory)
             )
+        model = description.get("model", "kmeans")
+        if model not in MODELS:
+            raise ValueError("unsupported chain model %r in %s" % (model, directory))
         with np.load(os.path.join(directory, CHAIN_NPZ), allow_pickle=False) as arrays:
             values = {name: arrays[name] for name in _ARRAYS}
+            mixture = None
+            if model == "gmm":
+                mixture = GaussianMixtureStep(
+                    covariance=description.get("covariance", ""),
+                    weights=arrays["mixture_weights"],
+                    precisions_cholesky=arrays["mixture_precisions_cholesky"],
+                )
         return cls(
             feature_names=description["feature_names"],
             metadata=description.get("metadata", {}),
             categories=description.get("categories"),
+            mixture=mixture,
             **values,
         )
 
@@ -464,6 +522,79 @@ def _unseen_value(levels: Sequence[str]) -> str:
     while value in levels:
         value += "_"
     return value
+
+
+class GaussianMixtureStep:
+    """A Gaussian mixture's model step: component weights and the Cholesky factors of the
+    precision matrices (``full``: (k, d, d), upper-triangular, precision = L @ L.T as
+    scikit-learn's ``precisions_cholesky_``; ``diag``: (k, d), 1 / standard deviation). The
+    means are the chain's centroids."""
+
+    def __init__(self, covariance: str, weights: np.ndarray, precisions_cholesky: np.ndarray):
+        if covariance not in COVARIANCES:
+            raise ValueError(
+                "mixture covariance must be one of %s, got %r"
+                % (", ".join(COVARIANCES), covariance)
+            )
+        self.covariance = covariance
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.precisions_cholesky = np.asarray(precisions_cholesky, dtype=np.float64)
+
+    def check(self, means_shape: Tuple[int, ...]) -> None:
+        k, d = means_shape
+        expected = (k, d, d) if self.covariance == "full" else (k, d)
+        if self.weights.shape != (k,):
+            raise ValueError("mixture_weights must have one weight per centroid")
+        if self.precisions_cholesky.shape != expected:
+            raise ValueError(
+                "mixture_precisions_cholesky must have shape %s for %s covariance, got %s"
+                % (expected, self.covariance, self.precisions_cholesky.shape)
+            )
+
+    def responsibilities(
+        self, reduced: np.ndarray, means: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """(log posterior of each component, squared Mahalanobis distance to it), (n, k)."""
+        log_density, squared = gaussian_log_density(
+            reduced, means, self.precisions_cholesky, self.covariance
+        )
+        weighted = log_density + np.log(self.weights)
+        return weighted - log_sum_exp(weighted)[:, None], squared
+
+
+def gaussian_log_density(
+    values: np.ndarray, means: np.ndarray, precisions_cholesky: np.ndarray, covariance: str
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Per row and component: (log N(x | mean, covariance), squared Mahalanobis distance),
+    each (n, k), with the covariance given by the Cholesky factor of its precision (the
+    parametrisation of scikit-learn's GaussianMixture). The one implementation: the EM fit
+    (tasks.compute.gmm) and serving both use it."""
+    n, d = values.shape
+    k = means.shape[0]
+    if covariance == "full":
+        squared = np.empty((n, k))
+        for component in range(k):
+            factor = precisions_cholesky[component]
+            projected = values @ factor - means[component] @ factor
+            squared[:, component] = np.einsum("ij,ij->i", projected, projected)
+        log_det = np.log(np.diagonal(precisions_cholesky, axis1=1, axis2=2)).sum(axis=1)
+    else:
+        precisions = precisions_cholesky**2
+        squared = (
+            (means**2 * precisions).sum(axis=1)[None, :]
+            - 2.0 * values @ (means * precisions).T
+            + (values**2) @ precisions.T
+        )
+        squared = np.maximum(squared, 0.0)
+        log_det = np.log(precisions_cholesky).sum(axis=1)
+    return -0.5 * (d * np.log(2.0 * np.pi) + squared) + log_det, squared
+
+
+def log_sum_exp(values: np.ndarray) -> np.ndarray:
+    """log(sum(exp(values), axis=1)) without overflow."""
+    top = values.max(axis=1)
+    top = np.where(np.isfinite(top), top, 0.0)
+    return top + np.log(np.exp(values - top[:, None]).sum(axis=1))
 
 
 def contract_digest(contract: Dict[str, Any]) -> str:

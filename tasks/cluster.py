@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.chain import GaussianMixtureStep
 from tasks.config import ClusterConfig
 from tasks.progress import OnStep, progress
 
@@ -31,6 +32,7 @@ class KFit:
     inertia: float
     n_iter: int
     metrics: dict[str, float] = field(default_factory=dict)
+    mixture: GaussianMixtureStep | None = None  # cluster.model=gmm: weights, precisions
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,10 @@ class ReduceConfig(_Section):
 
 class ClusterConfig(_Section):
     backend: Literal["numba", "sklearn"] = "numba"
+    # kmeans: the k-means sweep, k by select.criterion; gmm: a Gaussian mixture per k (EM from
+    # k-means starts, tasks/compute/gmm.py), k by the lowest BIC.
+    model: Literal["kmeans", "gmm"] = "kmeans"
+    covariance: Literal["full", "diag"] = "full"  # of each mixture component (gmm only)
     k_min: Annotated[int, Field(ge=2)] = 2
     k_max: Annotated[int, Field(ge=2)] = 12
     n_init: Annotated[int, Field(ge=1)] = 10

@@ -98,6 +98,10 @@ class MemoryEngine:
         return prepare.prepare(params, data)
 
     def sweep(self, params: Params, data: IngestedData, prepared: Prepared) -> cluster.SweepResult:
+        if params.cluster.model == "gmm":
+            from tasks import mixture
+
+            return mixture.sweep(prepared.reduced.values, params.cluster)
         return cluster.sweep(prepared.reduced.values, params.cluster)
 
     def evaluate(
@@ -118,6 +122,11 @@ class MemoryEngine:
             if champion is not None
             else np.empty((0, len(names)))
         )
+        distances = None
+        if chosen.mixture is not None:
+            from tasks.mixture import mahalanobis_to_own
+
+            distances = mahalanobis_to_own(prepared.reduced.values, chosen)
         return evaluate.evaluate(
             prepared.reduced.values,
             chosen.labels,
@@ -129,6 +138,7 @@ class MemoryEngine:
             params.cluster,
             params.evaluate,
             champion,
+            distances,
         )
 
     def score(

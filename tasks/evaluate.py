@@ -231,6 +231,16 @@ def bootstrap_round(
 
     if not _has_distinct_rows(values, sample, k):
         return None
+    if config.model == "gmm":
+        from tasks.mixture import fit_mixture
+
+        try:
+            refit = fit_mixture(
+                values[sample], k, config, n_init=min(config.n_init, 3), seed_offset=round_index + 1
+            )
+        except ValueError:  # a resample on which a covariance degenerates: no round
+            return None
+        return float(adjusted_rand_score(labels, refit.predict(values)))
     if config.backend == "numba":
         from tasks.compute import KMeans
     else:
@@ -297,10 +307,12 @@ def evaluate(
     cluster_config: ClusterConfig,
     config: EvaluateConfig,
     champion: SegmentationChain | None = None,
+    distances: np.ndarray | None = None,
 ) -> Evaluation:
     """``raw_values`` are the imputed features in original units (for profiles);
     ``raw_rows_for_champion`` the same rows as the champion would receive them. Example
-    members are the rows closest to their segment's centroid."""
+    members are the rows closest to their segment's centroid: by ``distances`` when given
+    (a Gaussian mixture's Mahalanobis distances), else Euclidean in model space."""
     k = len(centroids)
     segment_ids, mapping = segment_ids_for(
         labels, np.bincount(labels, minlength=k), raw_rows_for_champion, names, champion
@@ -308,7 +320,11 @@ def evaluate(
     segments = segment_ids[labels]
     sizes = {int(s): int(c) for s, c in zip(*np.unique(segments, return_counts=True), strict=True)}
     means, distinguishing = profiles(raw_values, names, segments, config.top_features)
-    distance = np.linalg.norm(reduced_values - centroids[labels], axis=1)
+    distance = (
+        np.linalg.norm(reduced_values - centroids[labels], axis=1)
+        if distances is None
+        else np.asarray(distances, dtype=np.float64)
+    )
     examples = {}
     for segment in sizes:
         members = np.flatnonzero(segments == segment)

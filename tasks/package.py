@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.chain import CHAIN_JSON, CHAIN_NPZ, SegmentationChain
+from tasks.chain import CHAIN_JSON, CHAIN_NPZ, GaussianMixtureStep, SegmentationChain
 from tasks.errors import PackageError
 from tasks.impute import ImputeResult
 from tasks.reduce import ReduceResult
@@ -35,6 +35,7 @@ def build_chain(
     segment_ids: np.ndarray,
     metadata: dict[str, Any] | None = None,
     categories: dict[str, list[str]] | None = None,
+    mixture: GaussianMixtureStep | None = None,
 ) -> SegmentationChain:
     return SegmentationChain(
         feature_names=feature_names,
@@ -50,6 +51,7 @@ def build_chain(
         segment_ids=segment_ids,
         metadata=metadata,
         categories=categories,
+        mixture=mixture,
     )
 
 

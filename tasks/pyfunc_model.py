@@ -1,8 +1,9 @@
 """The MLflow pyfunc model (logged as "models from code": no pickle). It wraps the same
 `SegmentationChain` artifact the endpoint serves: raw rows of the chain's request columns in
 (numbers, and raw text for categorical columns, encoded by the chain as the endpoint does),
-SageMaker k-means style ``closest_cluster`` / ``distance_to_cluster`` out. Values whose
-category level the model never saw are answered (no indicator set) and logged with counts."""
+SageMaker k-means style ``closest_cluster`` / ``distance_to_cluster`` out (and
+``membership_probability`` for a Gaussian-mixture model). Values whose category level the model
+never saw are answered (no indicator set) and logged with counts."""
 
 from __future__ import annotations
 
@@ -30,8 +31,11 @@ class SegmentationModel(PythonModel):
             rows = self._encode(model_input)
         else:
             rows = np.asarray(model_input, dtype=np.float64)
-        segments, distances = self.chain.predict(rows)
-        return pd.DataFrame({"closest_cluster": segments, "distance_to_cluster": distances})
+        segments, distances, probabilities = self.chain.predict_membership(rows)
+        output = pd.DataFrame({"closest_cluster": segments, "distance_to_cluster": distances})
+        if probabilities is not None:  # a Gaussian mixture: the posterior of closest_cluster
+            output["membership_probability"] = probabilities
+        return output
 
     def _encode(self, frame: pd.DataFrame) -> np.ndarray:
         """A frame of request columns -> feature rows, by the chain's own encoding."""

@@ -235,14 +235,15 @@ def _register_training(
             # Declared, not inferred (inferring warns about integer columns): every numeric
             # feature a double, as the chain computes in float64 and a column may hold missing
             # values at scoring time, which an integer column cannot; categorical columns text.
+            outputs = [
+                ColSpec(DataType.long, "closest_cluster"),
+                ColSpec(DataType.double, "distance_to_cluster"),
+            ]
+            if chain.mixture is not None:  # a Gaussian mixture: the segment's posterior
+                outputs.append(ColSpec(DataType.double, "membership_probability"))
             signature = ModelSignature(
                 inputs=runs.feature_schema(chain.input_columns, list(chain.categories)),
-                outputs=Schema(
-                    [
-                        ColSpec(DataType.long, "closest_cluster"),
-                        ColSpec(DataType.double, "distance_to_cluster"),
-                    ]
-                ),
+                outputs=Schema(outputs),
             )
             info = mlflow.pyfunc.log_model(
                 name=Artifact.MODEL,

@@ -508,6 +508,8 @@ def _sweep_table(frame: pd.DataFrame | None, k: int | None) -> Table | None:
         "calinski_harabasz": "Calinski-Harabasz ↑",
         "davies_bouldin": "Davies-Bouldin ↓",
         "dunn": "Dunn ↑",
+        "bic": "BIC ↓",  # Gaussian-mixture sweeps only
+        "log_likelihood": "mean log-likelihood ↑",
     }
     frame = frame.rename(columns=labels)
     table = _table(frame, "k")

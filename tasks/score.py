@@ -23,6 +23,8 @@ SCORE_COLUMNS = ("segment", "distance_to_cluster")
 UNSEEN_ATTR = "unseen_categories"
 
 logger = logging.getLogger(__name__)
+# A Gaussian-mixture model's output has a third column: the posterior of the segment.
+PROBABILITY_COLUMN = "membership_probability"
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,17 @@ def _id_values(frame: pd.DataFrame, ids: ScoreIds, source: str, first_row: int =
 
 
 def scores_table(
-    id_name: str, ids: np.ndarray, segments: np.ndarray, distances: np.ndarray
+    id_name: str,
+    ids: np.ndarray,
+    segments: np.ndarray,
+    distances: np.ndarray,
+    probabilities: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """The scoring output: one (id, segment, distance_to_cluster) row per input row."""
+    """The scoring output: one (id, segment, distance_to_cluster) row per input row, and
+    membership_probability for a Gaussian-mixture model."""
     scores = pd.DataFrame({id_name: ids, SCORE_COLUMNS[0]: segments, SCORE_COLUMNS[1]: distances})
+    if probabilities is not None:
+        scores[PROBABILITY_COLUMN] = probabilities
     # Text even when there are no rows, so that every Parquet part has the same schema.
     return scores.astype({id_name: "str"})
 
@@ -83,8 +92,8 @@ def score_rows(
     in the whole data set, for generated ids): columns id, segment, distance_to_cluster."""
     id_values = _id_values(frame, ids, source, first_row)
     encoded = encode_frame(frame, chain, source)
-    segments, distances = chain.predict(encoded.values)
-    scores = scores_table(ids.column, id_values, segments, distances)
+    segments, distances, probabilities = chain.predict_membership(encoded.values)
+    scores = scores_table(ids.column, id_values, segments, distances, probabilities)
     if encoded.unseen:
         logger.warning(
             "%s: category level(s) the model never saw, scored with no indicator set: %s",

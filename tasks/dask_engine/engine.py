@@ -163,6 +163,11 @@ class DaskEngine:
                 f"impute.strategy={strategy} needs every row in one place (its fills depend on "
                 f"other rows); with --engine dask use {supported}"
             )
+        if params.cluster.model != "kmeans":
+            raise ConfigError(
+                f"cluster.model={params.cluster.model}: the Dask engine fits k-means only; "
+                "use --engine memory or cluster.model=kmeans"
+            )
 
     def score(
         self, params: Params, chain: SegmentationChain, data: str, output: str

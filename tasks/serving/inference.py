@@ -23,7 +23,9 @@ indicator columns (``region=NE``, the request form of format-1 models) are refus
 Response, as SageMaker's built-in k-means:
 ``{"predictions": [{"closest_cluster": 2, "distance_to_cluster": 0.41}, ...]}``, plus
 ``"unseen_categories": {"region": 2}`` (values per column whose level the model never saw)
-when a request had any.
+when a request had any. A Gaussian-mixture model (``cluster.model: gmm``) answers the most
+probable component, the Mahalanobis distance to it, and its posterior probability:
+``{"closest_cluster": 2, "distance_to_cluster": 1.7, "membership_probability": 0.93}``.
 
 A request the model cannot answer is a ``RequestError`` with its 4xx status (400; 406 for an
 unacceptable Accept, 413 for too many rows, 415 for an unsupported Content-Type), answered
@@ -360,8 +362,9 @@ class _Parsed:
 
 
 def predict(input_data: Any, model: SegmentationChain) -> Dict[str, Any]:
-    """Rows -> {"predictions": [{"closest_cluster", "distance_to_cluster"}, ...]} (and
-    ``unseen_categories`` when a categorical value had a level the model never saw)."""
+    """Rows -> {"predictions": [{"closest_cluster", "distance_to_cluster"}, ...]}, with
+    "membership_probability" for a Gaussian-mixture model (and ``unseen_categories`` when a
+    categorical value had a level the model never saw)."""
     unseen: Dict[str, int] = {}
     if isinstance(input_data, _Parsed):
         encoded = input_data.encode(model)
@@ -369,15 +372,17 @@ def predict(input_data: Any, model: SegmentationChain) -> Dict[str, Any]:
     else:
         rows = np.asarray(input_data, dtype=np.float64)
     try:
-        segments, distances = model.predict(rows)
+        segments, distances, probabilities = model.predict_membership(rows)
     except ChainInputError as error:
         raise RequestError(str(error)) from None
-    answer: Dict[str, Any] = {
-        "predictions": [
-            {"closest_cluster": int(segment), "distance_to_cluster": _finite(distance)}
-            for segment, distance in zip(segments.tolist(), distances.tolist())
-        ]
-    }
+    predictions = [
+        {"closest_cluster": int(segment), "distance_to_cluster": _finite(distance)}
+        for segment, distance in zip(segments.tolist(), distances.tolist())
+    ]
+    if probabilities is not None:
+        for prediction, probability in zip(predictions, probabilities.tolist()):
+            prediction["membership_probability"] = _finite(probability)
+    answer: Dict[str, Any] = {"predictions": predictions}
     if unseen:
         answer[UNSEEN_KEY] = unseen
     return answer
