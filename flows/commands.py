@@ -23,16 +23,21 @@ if TYPE_CHECKING:
 
 
 def preflight(
-    params: Params, data: str | None = None, write_store: bool = True, folders: bool = False
+    params: Params,
+    data: str | None = None,
+    write_store: bool = True,
+    folders: bool = False,
+    capture_logs: bool = False,
 ) -> None:
     """What a command needs from this machine, checked before Prefect starts or any work is
     done: the data file (a folder or glob too with ``folders``: the Dask engine) or s3://
-    credentials, then the tracking store."""
+    credentials, then the tracking store. ``capture_logs``: the data may be an endpoint
+    capture log (`popseg monitor`)."""
     from tasks import preflight as checks
     from tasks.tracking import ARTIFACT_DIR, tracking_uri
 
     if data is not None:
-        checks.check_data_path(data, folders, params.data.delimiter)
+        checks.check_data_path(data, folders, params.data.delimiter, capture_logs)
     checks.check_tracking_store(
         tracking_uri(), Path.cwd() / ARTIFACT_DIR, params.register_.experiment, write_store
     )

@@ -40,6 +40,7 @@ from tasks.compute.drift import PSI_EPSILON
 from tasks.config import MonitorConfig
 from tasks.encoding import encode_frame
 from tasks.errors import DataError, RegistryError
+from tasks.table_head import is_capture_log
 from tasks.tracking.layout import (
     CHAMPION,
     MONITOR_RUN_TYPE,
@@ -59,7 +60,6 @@ RUN_TYPE = MONITOR_RUN_TYPE
 ARTIFACT_PATH = Artifact.MONITOR
 LAST_RUN_TAG = VersionTag.LAST_MONITOR_RUN_ID
 LAST_DRIFT_TAG = VersionTag.LAST_MONITOR_DRIFT
-CAPTURE_SUFFIXES = (".jsonl", ".jsonlines")
 
 
 # ----------------------------------------------------------------------------- new data
@@ -74,22 +74,6 @@ class MonitorData:
     md5: str
     kind: str  # "table" | "capture"
     notes: list[str] = field(default_factory=list)
-
-
-def is_capture_log(path: str, payload: bytes) -> bool:
-    """A capture log by its suffix (.jsonl / .jsonlines) or by its first line (a JSON object
-    with ``captureData``)."""
-    if path.lower().endswith(CAPTURE_SUFFIXES):
-        return True
-    first = payload.lstrip()[:1]
-    if first != b"{":
-        return False
-    line = payload.lstrip().split(b"\n", 1)[0]
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return False
-    return isinstance(record, dict) and "captureData" in record
 
 
 def read_capture_log(payload: bytes, source: str, chain: SegmentationChain) -> MonitorData:

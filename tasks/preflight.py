@@ -49,11 +49,14 @@ def _reason(error: OSError) -> str:
 # ----------------------------------------------------------------------------- data
 
 
-def check_data_path(path: str, folders: bool = False, delimiter: str = ",") -> None:
+def check_data_path(
+    path: str, folders: bool = False, delimiter: str = ",", capture_logs: bool = False
+) -> None:
     """A local path must be a readable file (with ``folders``, as the Dask engine reads: also
     a folder or a glob that matches something) that is not empty, not binary and, as CSV,
     has a header row of unique column names (`tasks.table_head`, the checks ingest runs too);
-    an s3:// URL needs AWS credentials."""
+    an s3:// URL needs AWS credentials. With ``capture_logs`` an endpoint capture log (JSON
+    lines, `popseg monitor`) is taken too."""
     if path.startswith("s3://"):
         check_aws_credentials(path, CredentialsError)
         return
@@ -69,7 +72,7 @@ def check_data_path(path: str, folders: bool = False, delimiter: str = ",") -> N
             return
         raise DataError(f"{path}: is a directory, expected a CSV or Parquet file")
     try:
-        table_head.check_table_file(path, delimiter)
+        table_head.check_table_file(path, delimiter, capture_logs)
     except OSError as error:
         raise DataError(f"{path}: cannot read the file: {_reason(error)}") from None
 

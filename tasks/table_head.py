@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 from tasks.errors import DataError
 
 PARQUET_MAGIC = b"PAR1"
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# An endpoint capture log (JSON lines), which `popseg monitor` reads besides tables.
+CAPTURE_SUFFIXES = (".jsonl", ".jsonlines")
 # Enough bytes to judge text against binary and to hold a header row.
 SNIFF_BYTES = 8192
 HEAD_BYTES = 64 * 1024
@@ -103,12 +106,31 @@ def check_header(start: bytes, path: str, delimiter: str) -> None:
     check_delimiter(names, first_line(start), delimiter, path)
 
 
-def check_table_file(path: str, delimiter: str) -> None:
+def check_table_file(path: str, delimiter: str, capture_logs: bool = False) -> None:
     """Pre-flight of a local table file (which exists and is readable): its first bytes and,
-    for CSV text, its header row."""
+    for CSV text, its header row. With ``capture_logs`` (`popseg monitor`), an endpoint
+    capture log passes on its first bytes alone: it has no header row."""
     with open(path, "rb") as handle:
         start = handle.read(HEAD_BYTES)
         complete = not handle.read(1)
     check_start(start, path, complete)
+    if capture_logs and is_capture_log(path, start):
+        return
     if start.strip() and not is_parquet(start, path):
         check_header(start, path, delimiter)
+
+
+def is_capture_log(path: str, payload: bytes) -> bool:
+    """A capture log by its suffix (.jsonl / .jsonlines) or by its first line (a JSON object
+    with ``captureData``)."""
+    if path.lower().endswith(CAPTURE_SUFFIXES):
+        return True
+    first = payload.lstrip()[:1]
+    if first != b"{":
+        return False
+    line = payload.lstrip().split(b"\n", 1)[0]
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "captureData" in record

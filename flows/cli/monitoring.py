@@ -62,7 +62,7 @@ def monitor(
     with command_errors(as_json):
         data = commands.monitor_source(data, capture)
         params = load_cli_params(params_path, overrides)
-        commands.preflight(params, data)
+        commands.preflight(params, data, capture_logs=True)
         commands.start_flow_api(imports=("mlflow",))
         from flows.monitoring import monitor_flow
 

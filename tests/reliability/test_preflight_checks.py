@@ -168,3 +168,20 @@ def test_full_store_folder_is_refused(tmp_path):
             resource.setrlimit(resource.RLIMIT_FSIZE, limits)
     assert f"store folder {folder} cannot take 1 MiB" in str(excinfo.value)
     assert leftovers == []  # the probe file is removed
+
+
+def test_capture_logs_pass_where_monitor_reads_them(tmp_path):
+    """`popseg monitor --data` takes an endpoint capture log (JSON lines, no header row): its
+    pre-flight does not read it as CSV. Training's pre-flight still does, and an empty log is
+    refused either way."""
+    record = '{"captureData": {"endpointInput": {"data": "80,80,1\\n80,80,2\\n"}}}\n'
+    for name in ("capture.jsonl", "capture.log"):
+        log = tmp_path / name
+        log.write_text(record * 3)
+        check_data_path(str(log), capture_logs=True)
+    with pytest.raises(DataError, match="duplicate column name"):
+        check_data_path(str(tmp_path / "capture.log"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="the file is empty"):
+        check_data_path(str(empty), capture_logs=True)
