@@ -246,7 +246,9 @@ class _RegistryLease:
         try:
             self.client.create_registered_model(LOCK_MODEL, tags, self.description)
         except MlflowException as error:
-            if error.error_code == "RESOURCE_ALREADY_EXISTS":
+            # RESOURCE_DOES_NOT_EXIST: the server found the name taken, then looked the model
+            # up for its message after the holder had deleted it. Contended either way.
+            if error.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 return False
             raise
         return True

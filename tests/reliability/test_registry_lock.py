@@ -124,3 +124,32 @@ def test_a_holder_stalled_past_its_lease_fails_instead_of_carrying_on(
             holder.communicate(timeout=30)
     assert holder.returncode == 1 and not out.exists()
     assert f"registry lock {LOCK_MODEL!r} in {mlflow_server}: this run's lease was broken" in err
+
+
+def test_a_create_racing_the_holders_release_counts_as_contended(mlflow_server, monkeypatch):
+    """The tracking server answers a create of a taken name with a lookup for its message; if
+    the holder deletes the lock in between, the answer is RESOURCE_DOES_NOT_EXIST. The waiter
+    polls again instead of failing the run (seen once in CI)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    from tasks.tracking.lock import _RegistryLease
+
+    lease = _RegistryLease(mlflow_server, 5.0, 3.0)
+    real_create = lease.client.create_registered_model
+    calls = []
+
+    def create_after_a_race(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise MlflowException(f"{args[0]} not found", error_code=RESOURCE_DOES_NOT_EXIST)
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(lease.client, "create_registered_model", create_after_a_race)
+    lease.acquire()
+    try:
+        assert calls == [LOCK_MODEL, LOCK_MODEL]
+        holder = lease.client.get_registered_model(LOCK_MODEL).tags["popseg.lock.holder"]
+        assert holder == lease.token
+    finally:
+        assert lease.release() is False
