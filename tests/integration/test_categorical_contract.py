@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from flows import deploy as deploy_flow
 from tasks.config import load_params
 from tasks.deploy import local as deploy
+from tests.serving_contract import invoke_json, runtime_client
 
 NAME = "regions"
 slow = pytest.mark.slow
@@ -99,10 +100,7 @@ def test_local_endpoint_takes_raw_category_values(hand_made):
     from tests.reliability.endpoint_process import NAME as SERVED
 
     def invoke(body, content_type="application/json"):
-        reply = hand_made.invoke_endpoint(
-            EndpointName=SERVED, ContentType=content_type, Accept="application/json", Body=body
-        )
-        return json.loads(reply["Body"].read())
+        return invoke_json(hand_made, SERVED, body, content_type)
 
     records = [{"x": 0, "region": "NE"}, {"x": 0, "region": "MW"}, {"x": 9, "region": None}]
     reply = invoke(json.dumps(records))
@@ -126,23 +124,8 @@ def test_local_endpoint_takes_raw_category_values(hand_made):
     )
 
 
-def _client(state):
-    import boto3
-
-    return boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=state.url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
-
-
 def _invoke(client, body, content_type):
-    reply = client.invoke_endpoint(
-        EndpointName=NAME, ContentType=content_type, Accept="application/json", Body=body
-    )
-    return json.loads(reply["Body"].read())
+    return invoke_json(client, NAME, body, content_type)
 
 
 def _pyfunc(project):
@@ -161,7 +144,7 @@ def test_the_chain_stores_the_levels_and_takes_raw_columns(project):
 
 @slow
 def test_endpoint_takes_raw_values_unseen_and_missing_levels(project):
-    client = _client(project["state"])
+    client = runtime_client(project["state"].url)
     frame = _table(40, seed=3)
     records = frame[["income", "age", "region"]].head(60)
     # Raw values as JSON records (null = missing) and as CSV with a header: same answers,
@@ -212,7 +195,9 @@ def test_endpoint_answers_training_rows_as_training_labelled_them(project):
     )
     frame = _table(40, seed=3)
     reply = _invoke(
-        _client(project["state"]), frame.drop(columns="customer").to_csv(index=False), "text/csv"
+        runtime_client(project["state"].url),
+        frame.drop(columns="customer").to_csv(index=False),
+        "text/csv",
     )
     labels = assignments.set_index(assignments.columns[0])["segment"]
     assert [p["closest_cluster"] for p in reply["predictions"]] == labels.loc[
