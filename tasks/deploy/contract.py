@@ -14,7 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -194,8 +196,11 @@ class Target(Protocol):
     ) -> DeployResult:
         """Serve ``release``, an earlier version, again."""
 
-    def invoke(self, endpoint_name: str, rows: np.ndarray) -> list[dict[str, Any]]:
-        """The endpoint's predictions for ``rows``."""
+    def invoke(
+        self, endpoint_name: str, records: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The endpoint's predictions for ``records``: rows as every client sends them, raw
+        values keyed by request column (a categorical column's level, not its indicators)."""
 
 
 class BaseTarget:
@@ -306,9 +311,28 @@ def _client_errors(client) -> tuple[type[Exception], type[Exception]]:
     return ClientError, BotoCoreError
 
 
-def invoke_rows(client, endpoint_name: str, rows: np.ndarray) -> list[dict[str, Any]]:
-    """The predictions for ``rows``; an EndpointError when the answer carries none."""
-    answer = invoke(client, endpoint_name, rows_to_csv(rows))
+def records_to_json(records: Sequence[Mapping[str, Any]]) -> str:
+    """Raw rows as a JSON request (a list of records keyed by column name); a missing value
+    (None, NaN) is null, numpy numbers are plain numbers."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    return json.dumps(
+        [{str(name): plain(value) for name, value in record.items()} for record in records]
+    )
+
+
+def invoke_rows(
+    client, endpoint_name: str, records: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The predictions for ``records`` (raw values by column, sent as JSON records); an
+    EndpointError when the answer carries none."""
+    answer = invoke(client, endpoint_name, records_to_json(records), "application/json")
     predictions = answer.get("predictions") if isinstance(answer, dict) else None
     if not isinstance(predictions, list):
         raise EndpointError(

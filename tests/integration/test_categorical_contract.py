@@ -124,6 +124,24 @@ def test_local_endpoint_takes_raw_category_values(hand_made):
     )
 
 
+def test_invoke_rows_sends_raw_records(hand_made):
+    """`invoke_rows` (what `flows.deploy.invoke_rows` calls on either target) sends the raw
+    values as a client must: a category's level, a missing one as null; an unseen level is
+    answered."""
+    from tasks.deploy.contract import invoke_rows
+    from tests.reliability.endpoint_process import NAME as SERVED
+
+    records = [
+        {"x": 0, "region": "NE"},
+        {"x": 0.0, "region": "MW"},
+        {"x": float("nan"), "region": None},
+        {"x": 9, "region": None},
+        {"x": 0, "region": "Atlantis"},
+    ]
+    predictions = invoke_rows(hand_made, SERVED, records)
+    assert [p["closest_cluster"] for p in predictions] == [1, 0, 0, 2, 0]
+
+
 def _invoke(client, body, content_type):
     return invoke_json(client, NAME, body, content_type)
 
@@ -203,6 +221,23 @@ def test_endpoint_answers_training_rows_as_training_labelled_them(project):
     assert [p["closest_cluster"] for p in reply["predictions"]] == labels.loc[
         frame["customer"]
     ].tolist()
+
+
+@slow
+def test_flows_invoke_rows_takes_a_table_of_raw_values(project):
+    """`flows.deploy.invoke_rows` on the deployed endpoint: a table with text categories and
+    empty cells gets the pyfunc model's answers."""
+    rows = _table(40, seed=3)[["income", "age", "region"]].head(8)
+    rows.loc[rows.index[1], "region"] = "Atlantis"
+    rows.loc[rows.index[2], "income"] = np.nan
+    predictions = deploy_flow.invoke_rows(NAME, rows)
+    expected = _pyfunc(project).predict(rows)
+    assert [p["closest_cluster"] for p in predictions] == expected["closest_cluster"].tolist()
+    np.testing.assert_allclose(
+        [p["distance_to_cluster"] for p in predictions],
+        expected["distance_to_cluster"],
+        rtol=1e-9,
+    )
 
 
 @slow

@@ -224,7 +224,7 @@ def test_stale_state_is_detected_and_replaced(served):
     listed = deploy_flow.list_endpoints(params)
     assert [(e["name"], e["status"], e["model_version"]) for e in listed] == [(NAME, "stale", "2")]
     with pytest.raises(EndpointError, match="is stale"):
-        deploy_flow.invoke_rows(NAME, np.zeros((1, 5)))
+        deploy_flow.invoke_rows(NAME, [{"Murder": 1.0}])
     fresh = deploy_flow.deploy(params, endpoint_name=NAME)
     assert fresh.action == "created" and fresh.details["pid"] != state.pid
     assert deploy.endpoint_status(deploy.read_state(NAME)) == "running"

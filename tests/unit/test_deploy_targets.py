@@ -4,6 +4,7 @@ answers check and the description of an endpoint (no server, no AWS)."""
 from __future__ import annotations
 
 import inspect
+import json
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from tasks.deploy.contract import (
     TargetOptions,
     answered_sample,
     check_predictions,
+    records_to_json,
     smoke_sample,
 )
 from tasks.errors import DeployError, EndpointError
@@ -119,6 +121,14 @@ def test_check_predictions_compares_a_mixtures_membership_probability():
             check_predictions({"predictions": wrong}, chain, rows)
 
 
+def test_records_travel_as_json_with_missing_values_null():
+    records = [{"x": np.float64(1.5), "region": "NE"}, {"x": float("nan"), "region": None}]
+    assert json.loads(records_to_json(records)) == [
+        {"x": 1.5, "region": "NE"},
+        {"x": None, "region": None},
+    ]
+
+
 def test_previous_version_skips_repeats_of_the_served_one():
     described = EndpointDescription("e", "local", "running", "3", ["1", "2", "3", "3"])
     assert described.previous_version() == "2"
@@ -133,7 +143,7 @@ def test_local_target_without_endpoints(tmp_path, monkeypatch):
         with pytest.raises(EndpointError, match="no local endpoint named 'nope'"):
             call("nope")
     with pytest.raises(EndpointError, match="no local endpoint named 'nope'"):
-        local.invoke("nope", np.zeros((1, 2)))
+        local.invoke("nope", [{"a": 1.0, "b": 2.0}])
 
 
 def test_sagemaker_target_names_a_missing_region(monkeypatch):
