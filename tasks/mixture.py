@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 EM_TOL = 1e-3  # stop when the mean log-likelihood per row gains less than this
 REG_COVAR = 1e-6  # added to each covariance's diagonal (keeps it positive definite)
 CRITERION = "bic"
+SURE = 0.8  # a row assigned with a posterior below this is "unsure" in the report
 DEGENERATE = "degenerate_components"  # per-k metric: components with a singular covariance
 
 
@@ -166,3 +167,28 @@ def mahalanobis_to_own(values: np.ndarray, fit: KFit) -> np.ndarray:
     )
     own = squared[np.arange(len(values)), fit.labels]
     return np.sqrt(np.maximum(own, 0.0))
+
+
+def membership_probabilities(values: np.ndarray, fit: KFit) -> np.ndarray:
+    """Each row's posterior probability of its own (most probable) component, of a mixture's
+    fit: the ``membership_probability`` serving answers for a mixture."""
+    assert fit.mixture is not None
+    log_resp, _ = fit.mixture.responsibilities(values, fit.centroids)
+    return np.exp(log_resp[np.arange(len(values)), fit.labels])
+
+
+def membership_summary(probabilities: np.ndarray) -> dict[str, float]:
+    """How sure the assignments are: the mean and median posterior of the rows' own segment,
+    the smallest, and the shares of rows below 0.5, 0.8 (`SURE`) and 0.95."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if not len(probabilities):
+        return {"rows": 0}
+    return {
+        "rows": len(probabilities),
+        "mean": float(probabilities.mean()),
+        "median": float(np.median(probabilities)),
+        "min": float(probabilities.min()),
+        "share_below_0.5": float((probabilities < 0.5).mean()),
+        f"share_below_{SURE}": float((probabilities < SURE).mean()),
+        "share_below_0.95": float((probabilities < 0.95).mean()),
+    }
