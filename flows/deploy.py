@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
-from typing import Any
-
-import numpy as np
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tasks import notify
 from tasks.config import DeployConfig, Params
@@ -29,6 +27,9 @@ from tasks.deploy.contract import (
     validate_endpoint_name,
 )
 from tasks.errors import EndpointError, RegistryError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger("flows.deploy")
 
@@ -161,8 +162,17 @@ def rollback(
 
 
 def invoke_rows(
-    name: str, rows: np.ndarray, target: str = "local", region: str | None = None
+    name: str,
+    rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+    target: str = "local",
+    region: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Send rows to a running endpoint through SageMaker's runtime call (the target's client)."""
+    """Send rows to a running endpoint through SageMaker's runtime call (the target's client),
+    as every client must: raw values by request column (a table, or records), a categorical
+    column's level as text, a missing value as null."""
+    import pandas as pd
+
+    if isinstance(rows, pd.DataFrame):
+        rows = rows.astype(object).where(rows.notna(), None).to_dict(orient="records")
     options = TargetOptions(region=region)
     return get_target(target, DeployConfig(), options).invoke(name, rows)

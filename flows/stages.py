@@ -198,6 +198,15 @@ def training_record(
     names = prepared.names
     selection, evaluation, swept = trained.selection, trained.evaluation, trained.swept
     per_k = sweep_table(swept)
+    membership = mixture_membership(trained, prepared)
+    assignments = {"segment": evaluation.segments, "distance_to_cluster": evaluation.distances}
+    summary = {}
+    if membership is not None:
+        from tasks.mixture import membership_summary
+        from tasks.score import PROBABILITY_COLUMN
+
+        assignments[PROBABILITY_COLUMN] = membership
+        summary["membership"] = membership_summary(membership)
     return register.TrainingRecord(
         params_flat=params.flat(),
         tags={**tags, RunTag.CRITERION: selection.criterion, RunTag.K: str(selection.k)},
@@ -205,7 +214,7 @@ def training_record(
         per_k_metrics={k: fit.metrics for k, fit in swept.fits.items()},
         chain=trained.chain,
         training_frame=data.frame,
-        plots=make_plots(plots_dir, trained, prepared),
+        plots=make_plots(plots_dir, trained, prepared, membership),
         json_artifacts={
             Artifact.SELECTION: {
                 "k": selection.k,
@@ -229,6 +238,7 @@ def training_record(
                 "stability": evaluation.stability,
                 "stability_rounds": evaluation.stability_rounds,
                 "id_mapping": evaluation.id_mapping,
+                **summary,
             },
             Artifact.NOTES: notes,
         },
@@ -237,7 +247,7 @@ def training_record(
             Artifact.SEGMENT_PROFILES: evaluation.profiles,
             Artifact.PCA_LOADINGS: prepared.reduced.loadings(names),
             Artifact.ASSIGNMENTS: pd.DataFrame(
-                {"segment": evaluation.segments, "distance_to_cluster": evaluation.distances},
+                assignments,
                 index=pd.Index(trained.kept_frame[data.id_column], name=data.id_column),
             ),
         },
@@ -294,7 +304,37 @@ def sweep_table(swept: cluster.SweepResult) -> pd.DataFrame:
     return per_k
 
 
-def make_plots(folder: Path, trained: Trained, prepared: Prepared) -> list[Path]:
+def mixture_membership(trained: Trained, prepared: Prepared) -> np.ndarray | None:
+    """Each training row's membership probability of its segment (a Gaussian mixture only)."""
+    chosen = trained.swept.fits[trained.selection.k]
+    if chosen.mixture is None:
+        return None
+    from tasks.mixture import membership_probabilities
+
+    return membership_probabilities(prepared.reduced.values, chosen)
+
+
+def mixture_plots(folder: Path, trained: Trained, membership: np.ndarray | None) -> list[Path]:
+    """A mixture's BIC by k (the curve that chose k) and how sure its assignments are."""
+    if membership is None:
+        return []
+    from tasks.mixture import SURE
+
+    return [
+        plots.metric_by_k(
+            trained.swept,
+            "bic",
+            trained.selection.k,
+            folder / "bic_by_k.png",
+            "BIC by k (lower is better)",
+        ),
+        plots.membership_probability(membership, SURE, folder / "membership_probability.png"),
+    ]
+
+
+def make_plots(
+    folder: Path, trained: Trained, prepared: Prepared, membership: np.ndarray | None = None
+) -> list[Path]:
     swept, k, evaluation = trained.swept, trained.selection.k, trained.evaluation
     names, reduced, values = prepared.names, prepared.reduced, prepared.imputed.values
     profile = evaluation.profiles
@@ -343,6 +383,7 @@ def make_plots(folder: Path, trained: Trained, prepared: Prepared) -> list[Path]
             color_label="segment mean vs population (sd)",
         ),
         plots.cluster_sizes(evaluation.sizes, folder / "cluster_sizes.png"),
+        *mixture_plots(folder, trained, membership),
     ]
     return [path for path in paths if path is not None]
 

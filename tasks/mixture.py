@@ -6,6 +6,13 @@ its hard labels (argmax responsibility), so silhouette, stability and the promot
 the same numbers, plus its ``bic`` and mean ``log_likelihood``. The chosen k is the one with
 the lowest BIC. EM's convergence tolerance and covariance regularisation are scikit-learn's
 defaults (on the mean log-likelihood; ``cluster.tol`` is k-means' centroid shift).
+
+A fit can collapse a component onto a few rows (a singleton, duplicated rows, rows on a line in
+a plane): their covariance is singular and only ``reg_covar`` keeps its density finite, so the
+likelihood soars and the BIC favours it for no reason in the data. scikit-learn fits such a
+component as well (and with ``reg_covar=0`` refuses the whole fit: "ill-defined empirical
+covariance"). Here a k with such a component is recorded (metric ``degenerate_components``)
+and skipped by `select_by_bic`, which says so in its reason.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ logger = logging.getLogger(__name__)
 EM_TOL = 1e-3  # stop when the mean log-likelihood per row gains less than this
 REG_COVAR = 1e-6  # added to each covariance's diagonal (keeps it positive definite)
 CRITERION = "bic"
+SURE = 0.8  # a row assigned with a posterior below this is "unsure" in the report
+DEGENERATE = "degenerate_components"  # per-k metric: components with a singular covariance
 
 
 def fit_mixture(
@@ -75,6 +84,9 @@ def sweep(values: np.ndarray, config: ClusterConfig) -> SweepResult:
             metrics = score_fit(values, mixture.means, labels, inertia, sample, functions)
             metrics["bic"] = mixture.bic(n_rows)
             metrics["log_likelihood"] = mixture.mean_log_likelihood
+            metrics[DEGENERATE] = float(
+                len(degenerate_components(values, labels, k, config.covariance))
+            )
             fits[k] = KFit(
                 k=k,
                 centroids=mixture.means,
@@ -88,16 +100,56 @@ def sweep(values: np.ndarray, config: ClusterConfig) -> SweepResult:
     return sweep_result(fits, config, ks, n_rows, len(sample))
 
 
+def degenerate_components(
+    values: np.ndarray, labels: np.ndarray, k: int, covariance: str
+) -> list[int]:
+    """The components whose own rows (hard labels) give a singular covariance: a full
+    covariance needs rows spanning every dimension (at least d + 1 distinct ones), a diagonal
+    one two distinct values in each dimension. A component with no rows counts too."""
+    found = []
+    for component in range(k):
+        members = values[labels == component]
+        if len(members) < 2:
+            found.append(component)
+        elif covariance == "full":
+            centred = members - members.mean(axis=0)
+            if np.linalg.matrix_rank(centred) < values.shape[1]:
+                found.append(component)
+        elif (np.ptp(members, axis=0) == 0).any():
+            found.append(component)
+    return found
+
+
 def select_by_bic(result: SweepResult) -> Selection:
-    """The k with the lowest BIC, with its reason as the other criteria record theirs."""
+    """The k with the lowest BIC, with its reason as the other criteria record theirs. Only
+    the k values with the fewest degenerate components compete (none, unless every k has
+    one: a group of identical rows collapses at every k); the others are skipped, and said so."""
     ks = result.k_values
     bic = {k: result.fits[k].metrics["bic"] for k in ks}
-    k = min(ks, key=lambda candidate: (bic[candidate], candidate))
-    runner_up = [f"k={other}: {bic[other]:.6g}" for other in sorted(ks, key=bic.get)[1:3]]
+    degenerate = {k: int(result.fits[k].metrics.get(DEGENERATE, 0.0)) for k in ks}
+    fewest = min(degenerate.values())
+    ranked = sorted(
+        (k for k in ks if degenerate[k] == fewest),
+        key=lambda candidate: (bic[candidate], candidate),
+    )
+    k = ranked[0]
+    runner_up = [f"k={other}: {bic[other]:.6g}" for other in ranked[1:3]]
     reason = f"k={k}: lowest BIC ({bic[k]:.6g}) of the Gaussian mixtures"
     if runner_up:
         reason += "; next: " + ", ".join(runner_up)
-    details = {"k_values": ks, "bic": bic}
+    if fewest:
+        reason += (
+            f"; every k has {fewest} or more degenerate component(s) (collapsed onto rows too "
+            "few or too alike for a covariance)"
+        )
+    skipped = [other for other in ks if degenerate[other] > fewest]
+    if skipped:
+        listed = ", ".join(f"k={other} (BIC {bic[other]:.6g})" for other in skipped)
+        reason += (
+            f"; skipped {listed}: a component collapsed onto rows too few or too alike for "
+            "its covariance, which only the regularisation kept finite"
+        )
+    details = {"k_values": ks, "bic": bic, DEGENERATE: degenerate}
     return Selection(k, CRITERION, reason, {}, details)
 
 
@@ -115,3 +167,28 @@ def mahalanobis_to_own(values: np.ndarray, fit: KFit) -> np.ndarray:
     )
     own = squared[np.arange(len(values)), fit.labels]
     return np.sqrt(np.maximum(own, 0.0))
+
+
+def membership_probabilities(values: np.ndarray, fit: KFit) -> np.ndarray:
+    """Each row's posterior probability of its own (most probable) component, of a mixture's
+    fit: the ``membership_probability`` serving answers for a mixture."""
+    assert fit.mixture is not None
+    log_resp, _ = fit.mixture.responsibilities(values, fit.centroids)
+    return np.exp(log_resp[np.arange(len(values)), fit.labels])
+
+
+def membership_summary(probabilities: np.ndarray) -> dict[str, float]:
+    """How sure the assignments are: the mean and median posterior of the rows' own segment,
+    the smallest, and the shares of rows below 0.5, 0.8 (`SURE`) and 0.95."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if not len(probabilities):
+        return {"rows": 0}
+    return {
+        "rows": len(probabilities),
+        "mean": float(probabilities.mean()),
+        "median": float(np.median(probabilities)),
+        "min": float(probabilities.min()),
+        "share_below_0.5": float((probabilities < 0.5).mean()),
+        f"share_below_{SURE}": float((probabilities < SURE).mean()),
+        "share_below_0.95": float((probabilities < 0.95).mean()),
+    }

@@ -92,3 +92,22 @@ def cluster_sizes(sizes: dict[int, int], path: Path) -> Path:
     ax.set_ylabel("rows")
     ax.set_title("Segment sizes")
     return _save(fig, path)
+
+
+def membership_probability(probabilities: np.ndarray, threshold: float, path: Path) -> Path:
+    """Histogram of each row's posterior probability of its own segment (a mixture's), with
+    the share below ``threshold`` marked."""
+    plt = _pyplot()
+    probabilities = np.asarray(probabilities, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(probabilities, bins=np.linspace(0.0, 1.0, 21), color="tab:purple")
+    below = float((probabilities < threshold).mean()) if len(probabilities) else 0.0
+    ax.axvline(
+        threshold, color="tab:red", linestyle="--", label=f"{below:.0%} of rows below {threshold}"
+    )
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("membership probability of the assigned segment")
+    ax.set_ylabel("rows")
+    ax.set_title("How sure the assignments are")
+    ax.legend()
+    return _save(fig, path)

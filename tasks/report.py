@@ -78,6 +78,18 @@ PLOTS = {
         "Davies-Bouldin by k",
         "Average similarity of each segment to its closest neighbour (lower is better).",
     ),
+    "bic_by_k": (
+        "BIC by k",
+        "Bayesian information criterion of the Gaussian mixture fitted for each k: how well it "
+        "fits the rows, penalised for its number of parameters (lower is better; the dashed "
+        "line marks the chosen k).",
+    ),
+    "membership_probability": (
+        "How sure the assignments are",
+        "Each row's probability of belonging to the segment it was assigned to (the mixture's "
+        "posterior); rows near 1 sit clearly in one segment, rows below the dashed line are "
+        "shared between segments.",
+    ),
     "cluster_sizes": ("Segment sizes", "Number of rows in each segment."),
     "centroid_heatmap": (
         "Attribute value by segment",
@@ -85,7 +97,9 @@ PLOTS = {
         "from the population average in standard deviations (red above, blue below).",
     ),
 }
+MIXTURE_PLOTS = ("bic_by_k", "membership_probability")  # logged for a Gaussian mixture only
 K_CURVES = (
+    "bic_by_k",  # Gaussian mixtures only: the curve that chose k
     "elbow_inertia_by_k",
     "silhouette_by_k",
     "calinski_harabasz_by_k",
@@ -182,6 +196,31 @@ class MonitorRecord:
     retrain: str = ""  # what the monitoring's --retrain did, when it was asked to
 
 
+@dataclass(frozen=True)
+class ModelFamily:
+    """Which model the chain serves: ``kmeans`` or ``gmm`` (with its covariance)."""
+
+    name: str
+    covariance: str = ""
+
+    @property
+    def is_mixture(self) -> bool:
+        return self.name == "gmm"
+
+    @property
+    def label(self) -> str:
+        if self.is_mixture:
+            return f"Gaussian mixture ({self.covariance or 'full'} covariance)"
+        return "k-means"
+
+    @classmethod
+    def of(cls, chain_json: dict[str, Any]) -> ModelFamily:
+        """From the logged chain.json: a mixture step names its covariance (format 2)."""
+        covariance = str(chain_json.get("covariance") or "")
+        model = (chain_json.get("metadata") or {}).get("model")
+        return cls("gmm" if covariance or model == "gmm" else "kmeans", covariance)
+
+
 @dataclass
 class ReportData:
     """Everything the report shows, gathered from one model version's MLflow runs."""
@@ -220,6 +259,9 @@ class ReportData:
     images: dict[str, Image]
     monitoring: list[MonitorRecord]
     notes: list[str] = field(default_factory=list)
+    model: ModelFamily = field(default_factory=lambda: ModelFamily("kmeans"))
+    # A Gaussian mixture's membership probabilities (`tasks.mixture.membership_summary`).
+    membership: dict[str, float] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -233,6 +275,7 @@ class ReportData:
             "segments": self.k,
             "rows": self.rows_used,
             "monitoring_runs": len(self.monitoring),
+            "model": self.model.name,
         }
 
 
@@ -510,6 +553,7 @@ def _sweep_table(frame: pd.DataFrame | None, k: int | None) -> Table | None:
         "dunn": "Dunn ↑",
         "bic": "BIC ↓",  # Gaussian-mixture sweeps only
         "log_likelihood": "mean log-likelihood ↑",
+        "degenerate_components": "degenerate components",
     }
     frame = frame.rename(columns=labels)
     table = _table(frame, "k")
@@ -708,6 +752,8 @@ def gather(
             images=images,
             monitoring=monitoring,
             notes=[str(note) for note in notes] if isinstance(notes, list) else [],
+            model=ModelFamily.of(chain_json),
+            membership=dict(segments_json.get("membership") or {}),
         )
     return data
 

@@ -21,6 +21,8 @@ from tasks.ingest import detect_id_column, generated_id_column, read_table
 
 SCORE_COLUMNS = ("segment", "distance_to_cluster")
 UNSEEN_ATTR = "unseen_categories"
+# {column: {level: count}} of the unseen values, for callers that add several frames' up.
+UNSEEN_LEVELS_ATTR = "unseen_levels"
 
 logger = logging.getLogger(__name__)
 # A Gaussian-mixture model's output has a third column: the posterior of the segment.
@@ -87,21 +89,30 @@ def score_rows(
     ids: ScoreIds,
     source: str,
     first_row: int = 0,
+    log_unseen: bool = True,
 ) -> pd.DataFrame:
     """Score the rows of ``frame`` (raw columns; ``first_row``: the position of its first row
-    in the whole data set, for generated ids): columns id, segment, distance_to_cluster."""
+    in the whole data set, for generated ids): columns id, segment, distance_to_cluster.
+    Unseen levels are counted in the attrs; ``log_unseen=False`` leaves logging them to a
+    caller that adds up several frames (one Dask partition each)."""
     id_values = _id_values(frame, ids, source, first_row)
     encoded = encode_frame(frame, chain, source)
     segments, distances, probabilities = chain.predict_membership(encoded.values)
     scores = scores_table(ids.column, id_values, segments, distances, probabilities)
     if encoded.unseen:
-        logger.warning(
-            "%s: category level(s) the model never saw, scored with no indicator set: %s",
-            source,
-            unseen_summary(encoded.unseen),
-        )
+        if log_unseen:
+            log_unseen_levels(source, encoded.unseen)
         scores.attrs[UNSEEN_ATTR] = encoded.unseen_counts()
+        scores.attrs[UNSEEN_LEVELS_ATTR] = encoded.unseen
     return scores
+
+
+def log_unseen_levels(source: str, unseen: dict[str, dict[str, int]]) -> None:
+    logger.warning(
+        "%s: category level(s) the model never saw, scored with no indicator set: %s",
+        source,
+        unseen_summary(unseen),
+    )
 
 
 def score_inputs(

@@ -1,14 +1,17 @@
 """The bad requests both serving targets must refuse with the same 4xx status: the local
 endpoint (``tasks/serving/server.py``, tests/integration/test_local_endpoint.py) and the
 SageMaker scikit-learn container's serving stack (tests/integration/test_container_serving.py).
-One table, so that the two targets are held to one error contract.
+One table, so that the two targets are held to one error contract; and the stock boto3 client
+that the tests of a local endpoint invoke it with.
 
 Requests are for the crime model (features Murder, Assault, UrbanPop, Rape, Density).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 ROW = "13.2,236,58,21.2,71.3\n"
 
@@ -98,3 +101,27 @@ BAD_REQUESTS = [
         container_message="too many rows (700000 > 100000)",
     ),
 ]
+
+
+def runtime_client(url: str):
+    """The stock boto3 sagemaker-runtime client pointed at a local endpoint (its base URL)."""
+    import boto3
+
+    return boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )
+
+
+def invoke_json(
+    client, endpoint_name: str, body: str | bytes, content_type: str = "text/csv"
+) -> dict[str, Any]:
+    """One invocation asking for JSON; the decoded answer (a refusal raises ClientError)."""
+    reply = client.invoke_endpoint(
+        EndpointName=endpoint_name, ContentType=content_type, Accept="application/json", Body=body
+    )
+    assert reply["ContentType"] == "application/json"
+    return json.loads(reply["Body"].read())

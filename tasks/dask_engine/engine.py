@@ -175,15 +175,18 @@ class DaskEngine:
         """Each partition scored on a worker by the chain and written there as a Parquet
         part (`tasks.dask_engine.scoring`); nothing is collected on the client."""
         from tasks.dask_engine.scoring import score_to_parquet
+        from tasks.score import UNSEEN_ATTR
 
         scored = score_to_parquet(
             self.session, chain, data, output, params.data.delimiter, params.dask.blocksize
         )
+        unseen = scored.unseen_counts()
         return {
             "rows": scored.rows,
             "output": scored.output,
             "parts": scored.parts,
             "segments": scored.segments,
+            **({UNSEEN_ATTR: unseen} if unseen else {}),
         }
 
     def tags(self, data: IngestedData) -> dict[str, str]:

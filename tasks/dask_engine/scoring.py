@@ -1,7 +1,9 @@
 """Batch scoring on a Dask cluster: Parquet/CSV data (local or s3://; a file, a folder of
 parts, a glob) scored partition by partition by `tasks.score.score_rows` (the fitted chain's
 own predict, as in memory) and written by the workers as one Parquet part per input partition,
-``part-00000.parquet`` ... in data order. Only counts come back to the client.
+``part-00000.parquet`` ... in data order. Only counts come back to the client: rows per
+segment, and the values per categorical column whose level the model never saw, added up over
+the partitions and logged once (as in memory, where the table is one frame).
 
 Each file is opened on its own, so a file lacking the id column or a feature column is named
 before anything runs. The parts go to a hidden folder beside the output, moved into place
@@ -16,7 +18,7 @@ import logging
 import re
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -27,7 +29,7 @@ from tasks.dask_engine.session import DaskSession
 from tasks.dask_engine.table import CSV_SUFFIXES, data_files, first_rows, read_frame
 from tasks.encoding import missing_features, missing_features_error, source_columns
 from tasks.errors import DataError
-from tasks.score import ScoreIds, score_ids, score_rows
+from tasks.score import UNSEEN_LEVELS_ATTR, ScoreIds, log_unseen_levels, score_ids, score_rows
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,11 @@ class ScoredParts:
     parts: int
     rows: int
     segments: dict[int, int]
+    unseen: dict[str, dict[str, int]] = field(default_factory=dict)  # {column: {level: n}}
+
+    def unseen_counts(self) -> dict[str, int]:
+        """Values per categorical column whose level the model never saw (as in memory)."""
+        return {column: sum(levels.values()) for column, levels in self.unseen.items()}
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,7 @@ def score_to_parquet(
             ],
             path,
         )
-        rows = sum(n for n, _ in results)
+        rows = sum(n for n, _, _ in results)
         if rows == 0:
             raise DataError(f"{path}: has a header but no data rows")
         _publish(fs, staging, final, output)
@@ -106,10 +113,16 @@ def score_to_parquet(
             if fs.exists(staging):
                 fs.rm(staging, recursive=True)
     segments: Counter[int] = Counter()
-    for _, counts in results:
+    unseen: dict[str, Counter[str]] = {}
+    for _, counts, levels in results:
         segments.update(counts)
+        for column, found in levels.items():
+            unseen.setdefault(column, Counter()).update(found)
+    totals = {column: dict(found) for column, found in unseen.items()}
+    if totals:
+        log_unseen_levels(path, totals)
     logger.info("scored %d rows of %s into %d parts in %s", rows, path, len(parts), output)
-    return ScoredParts(output, len(parts), rows, dict(sorted(segments.items())))
+    return ScoredParts(output, len(parts), rows, dict(sorted(segments.items())), totals)
 
 
 def _open_files(
@@ -161,11 +174,13 @@ def _score_part(
     source: str,
     first_row: int,
     target: str,
-) -> tuple[int, dict[int, int]]:
-    scores = score_rows(frame, chain, ids, source, first_row)
+) -> tuple[int, dict[int, int], dict[str, dict[str, int]]]:
+    """(rows, rows per segment, unseen levels) of one partition, its scores written."""
+    scores = score_rows(frame, chain, ids, source, first_row, log_unseen=False)
+    unseen = scores.attrs.pop(UNSEEN_LEVELS_ATTR, {})
     scores.to_parquet(target, index=False)
     counts = scores["segment"].value_counts()
-    return len(scores), {int(k): int(v) for k, v in counts.items()}
+    return len(scores), {int(k): int(v) for k, v in counts.items()}, unseen
 
 
 # --------------------------------------------------------------------------- the output folder

@@ -5,7 +5,8 @@ A ``Release`` is a registered version loaded once: its chain artifact on disk, t
 itself and the smoke rows (the first training rows, with their ids). A target deploys a
 release, smoke-tests the endpoint through SageMaker's runtime call (the stock boto3
 ``sagemaker-runtime`` client for SageMaker, ``http_runtime.HttpRuntimeClient`` for a local
-endpoint) and checks the answers against the chain itself (same segments, same distances).
+endpoint) and checks the answers against the chain itself (same segments, same distances, and for a Gaussian mixture the same membership
+probabilities).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -29,6 +32,7 @@ from tasks.package import RegisteredChain
 # names (no "/", "..") inside the local state folder.
 ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 FILL_VALUES_ID = "training fill values"
+PROBABILITY = "membership_probability"  # a Gaussian mixture's third answer
 
 
 def validate_endpoint_name(name: str, what: str = "endpoint name") -> str:
@@ -192,8 +196,11 @@ class Target(Protocol):
     ) -> DeployResult:
         """Serve ``release``, an earlier version, again."""
 
-    def invoke(self, endpoint_name: str, rows: np.ndarray) -> list[dict[str, Any]]:
-        """The endpoint's predictions for ``rows``."""
+    def invoke(
+        self, endpoint_name: str, records: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The endpoint's predictions for ``records``: rows as every client sends them, raw
+        values keyed by request column (a categorical column's level, not its indicators)."""
 
 
 class BaseTarget:
@@ -304,9 +311,28 @@ def _client_errors(client) -> tuple[type[Exception], type[Exception]]:
     return ClientError, BotoCoreError
 
 
-def invoke_rows(client, endpoint_name: str, rows: np.ndarray) -> list[dict[str, Any]]:
-    """The predictions for ``rows``; an EndpointError when the answer carries none."""
-    answer = invoke(client, endpoint_name, rows_to_csv(rows))
+def records_to_json(records: Sequence[Mapping[str, Any]]) -> str:
+    """Raw rows as a JSON request (a list of records keyed by column name); a missing value
+    (None, NaN) is null, numpy numbers are plain numbers."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    return json.dumps(
+        [{str(name): plain(value) for name, value in record.items()} for record in records]
+    )
+
+
+def invoke_rows(
+    client, endpoint_name: str, records: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The predictions for ``records`` (raw values by column, sent as JSON records); an
+    EndpointError when the answer carries none."""
+    answer = invoke(client, endpoint_name, records_to_json(records), "application/json")
     predictions = answer.get("predictions") if isinstance(answer, dict) else None
     if not isinstance(predictions, list):
         raise EndpointError(
@@ -318,23 +344,37 @@ def invoke_rows(client, endpoint_name: str, rows: np.ndarray) -> list[dict[str, 
 def check_predictions(
     answer: dict[str, Any], chain: SegmentationChain, rows: np.ndarray
 ) -> dict[str, Any]:
-    """Compare an endpoint's answer with the chain's own; raises DeployError on a mismatch."""
+    """Compare an endpoint's answer with the chain's own (segment and distance; for a Gaussian
+    mixture also the membership probability); raises DeployError on a mismatch."""
     predictions = answer.get("predictions") if isinstance(answer, dict) else None
     if not isinstance(predictions, list) or len(predictions) != len(rows):
         raise DeployError(
             f"smoke test: expected {len(rows)} predictions, got {str(answer)[:300]!r}"
         )
-    segments, distances = chain.predict(chain.reencode(rows))  # as sent by `rows_to_csv`
+    # As sent by `rows_to_csv`: a categorical value travels as its raw level.
+    segments, distances, probabilities = chain.predict_membership(chain.reencode(rows))
     got_segments = [p.get("closest_cluster") for p in predictions]
-    got_distances = [p.get("distance_to_cluster") for p in predictions]
-    if got_segments != segments.tolist() or not np.allclose(
-        np.asarray(got_distances, dtype=float), distances, rtol=1e-6, atol=1e-9
-    ):
+    agree = got_segments == segments.tolist() and _close(
+        predictions, "distance_to_cluster", distances
+    )
+    expected = f"segments {segments.tolist()} with distances {np.round(distances, 6).tolist()}"
+    if probabilities is not None:
+        agree = agree and _close(predictions, PROBABILITY, probabilities)
+        expected += f" and membership probabilities {np.round(probabilities, 6).tolist()}"
+    if not agree:
         raise DeployError(
-            f"smoke test: the endpoint answered {predictions} but the model gives "
-            f"segments {segments.tolist()} with distances {np.round(distances, 6).tolist()}"
+            f"smoke test: the endpoint answered {predictions} but the model gives {expected}"
         )
     return {"passed": True, "rows": len(rows), "segments": got_segments, "answers": predictions}
+
+
+def _close(predictions: list[dict[str, Any]], key: str, expected: np.ndarray) -> bool:
+    """Whether every prediction's ``key`` is a number equal to ``expected``'s (within rounding)."""
+    try:
+        got = np.asarray([p.get(key) for p in predictions], dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return bool(np.allclose(got, expected, rtol=1e-6, atol=1e-9))
 
 
 def refuse_contract_change(

@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -589,6 +590,8 @@ class LocalTarget(BaseTarget):
     def list(self) -> list[dict[str, Any]]:
         return list_local()
 
-    def invoke(self, endpoint_name: str, rows: np.ndarray) -> list[dict[str, Any]]:
+    def invoke(
+        self, endpoint_name: str, records: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
         state = local_endpoint(endpoint_name)
-        return invoke_rows(HttpRuntimeClient(state.url), endpoint_name, rows)
+        return invoke_rows(HttpRuntimeClient(state.url), endpoint_name, records)

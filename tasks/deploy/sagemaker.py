@@ -36,6 +36,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -722,5 +723,7 @@ class SagemakerTarget(BaseTarget):
     def list(self) -> list[dict[str, Any]]:
         return list_sagemaker(self._region())
 
-    def invoke(self, endpoint_name: str, rows: np.ndarray) -> list[dict[str, Any]]:
-        return invoke_rows(runtime_client(region=self._region()), endpoint_name, rows)
+    def invoke(
+        self, endpoint_name: str, records: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        return invoke_rows(runtime_client(region=self._region()), endpoint_name, records)

@@ -15,8 +15,9 @@ endpoint, its answers joined back to the row ids.
    mini-batch, in input order;
 4. the job is polled until it ends, its status logged as it changes;
 5. the predictions are joined back to the ids by position (their count must equal the row
-   count) and written to ``<output>/scores.csv`` (id, segment, distance_to_cluster, as
-   `popseg score` writes locally); the SageMaker model is deleted, the package kept.
+   count) and written to ``<output>/scores.csv`` (id, segment, distance_to_cluster, and
+   membership_probability for a Gaussian mixture, as `popseg score` writes locally); the
+   SageMaker model is deleted, the package kept.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 
 from tasks.chain import SegmentationChain
 from tasks.config import DeployConfig, Params
-from tasks.deploy.contract import rows_to_csv
+from tasks.deploy.contract import PROBABILITY, rows_to_csv
 from tasks.deploy.sagemaker import (
     TAG_MODEL_NAME,
     TAG_MODEL_VERSION,
@@ -90,12 +91,17 @@ def _put(s3, uri: str, body: bytes, content_type: str) -> None:
 
 
 def read_transform_output(
-    payload: bytes, source: str, n_rows: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(segments, distances) from a transform output assembled by line: one JSON answer of
-    inference.py per mini-batch, in input order. Their count must be the input's row count."""
+    payload: bytes, source: str, n_rows: int, mixture: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(segments, distances, membership probabilities) from a transform output assembled by
+    line: one JSON answer of inference.py per mini-batch, in input order. Their count must be
+    the input's row count. The probabilities are read for a Gaussian mixture (``mixture``),
+    whose every answer must carry one; None otherwise."""
     segments: list[int] = []
     distances: list[float] = []
+    probabilities: list[float] = []
+    keys = ["closest_cluster", "distance_to_cluster", *([PROBABILITY] if mixture else [])]
+    expected = '{"predictions": [{' + ", ".join(f'"{key}"' for key in keys) + "}, ...]}"
     for number, line in enumerate(payload.decode("utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -103,19 +109,28 @@ def read_transform_output(
             predictions = json.loads(line)["predictions"]
             for prediction in predictions:
                 segments.append(int(prediction["closest_cluster"]))
-                distance = prediction["distance_to_cluster"]
-                distances.append(np.nan if distance is None else float(distance))
+                distances.append(_number(prediction["distance_to_cluster"]))
+                if mixture:
+                    probabilities.append(_number(prediction[PROBABILITY]))
         except (ValueError, KeyError, TypeError):
             raise DataError(
-                f"{source}: line {number} is not a prediction answer "
-                '({"predictions": [{"closest_cluster", "distance_to_cluster"}, ...]})'
+                f"{source}: line {number} is not a prediction answer ({expected})"
             ) from None
     if len(segments) != n_rows:
         raise DataError(
             f"{source}: {len(segments)} predictions for {n_rows} input rows; the answers "
             "cannot be joined back to the ids"
         )
-    return np.asarray(segments, dtype=np.int64), np.asarray(distances, dtype=np.float64)
+    return (
+        np.asarray(segments, dtype=np.int64),
+        np.asarray(distances, dtype=np.float64),
+        np.asarray(probabilities, dtype=np.float64) if mixture else None,
+    )
+
+
+def _number(value: Any) -> float:
+    """An answer's number; null (a value inference.py could not give) is NaN."""
+    return np.nan if value is None else float(value)
 
 
 def wait_for_job(sagemaker, job_name: str, config: DeployConfig) -> dict[str, Any]:
@@ -223,8 +238,10 @@ def batch_transform(
             f"{locations['transform_output']} cannot be read: "
             f"{error.response.get('Error', {}).get('Code', error)}"
         ) from None
-    segments, distances = read_transform_output(payload, locations["transform_output"], len(rows))
-    scores = scores_table(id_name, ids, segments, distances)
+    segments, distances, probabilities = read_transform_output(
+        payload, locations["transform_output"], len(rows), chain.mixture is not None
+    )
+    scores = scores_table(id_name, ids, segments, distances, probabilities)
     _put(s3, locations["scores"], scores.to_csv(index=False).encode(), "text/csv")
     return {
         "model_name": registered.model_name,

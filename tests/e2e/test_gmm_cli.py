@@ -1,6 +1,7 @@
 """`popseg train --set cluster.model=gmm`, then `popseg score` and a local endpoint: the
 Gaussian-mixture model chosen by BIC answers alike through score, the endpoint, the
-registered pyfunc model and the training's own assignments (slow: a whole training)."""
+registered pyfunc model and the training's own assignments; its report says what was fitted,
+shows the BIC curve and how sure the assignments are (slow: a whole training)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ def test_gmm_train_score_and_endpoint_agree(prefect_server, project_dir):
     np.testing.assert_allclose(
         scores["distance_to_cluster"], assignments["distance_to_cluster"], rtol=1e-6
     )
+    np.testing.assert_allclose(
+        scores["membership_probability"], assignments["membership_probability"], rtol=1e-6
+    )
+    _assert_mixture_report(run_id, trained["k"], scores["membership_probability"])
 
     features = ["Murder", "Assault", "UrbanPop", "Rape", "Density"]
     rows = frame[features].astype("float64")
@@ -90,3 +95,32 @@ def test_gmm_train_score_and_endpoint_agree(prefect_server, project_dir):
         head["membership_probability"],
         rtol=1e-6,
     )
+
+
+def _assert_mixture_report(run_id: str, k: int, probabilities: pd.Series) -> None:
+    """The report the training logged: the family and covariance, the BIC curve that chose k
+    and the membership-probability summary, equal to the scores' own figures."""
+    from PIL import Image
+
+    def artifact(path: str) -> str:
+        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+
+    for plot in ("plots/bic_by_k.png", "plots/membership_probability.png"):
+        with Image.open(artifact(plot)) as image:
+            assert image.format == "PNG" and image.width > 300
+    with open(artifact("reports/segments.json")) as handle:
+        membership = json.load(handle)["membership"]
+    assert membership["rows"] == len(probabilities)
+    below = float((probabilities < 0.8).mean())
+    assert membership["share_below_0.8"] == pytest.approx(below, abs=1e-9)
+    assert membership["mean"] == pytest.approx(probabilities.mean(), rel=1e-6)
+    with open(artifact("reports/report.html"), encoding="utf-8") as handle:
+        html = handle.read()
+    assert "Gaussian mixture (diag covariance), chosen by bic" in html
+    assert "<td>Gaussian mixture (diag covariance)</td>" in html
+    curves = html[html.index('id="choosing-k"') : html.index('id="membership"')]
+    assert curves.index('alt="BIC by k"') < curves.index('alt="Silhouette by k"')
+    assert f"k={k}: lowest BIC" in curves
+    certainty = html[html.index('id="membership"') : html.index('id="stability"')]
+    assert f"<strong>{below:.0%}</strong> of them are below 0.8" in certainty
+    assert 'alt="How sure the assignments are"' in certainty

@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from flows import deploy as deploy_flow
 from tasks.config import load_params
 from tasks.deploy import local as deploy
+from tests.serving_contract import invoke_json, runtime_client
 
 NAME = "regions"
 slow = pytest.mark.slow
@@ -99,10 +100,7 @@ def test_local_endpoint_takes_raw_category_values(hand_made):
     from tests.reliability.endpoint_process import NAME as SERVED
 
     def invoke(body, content_type="application/json"):
-        reply = hand_made.invoke_endpoint(
-            EndpointName=SERVED, ContentType=content_type, Accept="application/json", Body=body
-        )
-        return json.loads(reply["Body"].read())
+        return invoke_json(hand_made, SERVED, body, content_type)
 
     records = [{"x": 0, "region": "NE"}, {"x": 0, "region": "MW"}, {"x": 9, "region": None}]
     reply = invoke(json.dumps(records))
@@ -126,23 +124,26 @@ def test_local_endpoint_takes_raw_category_values(hand_made):
     )
 
 
-def _client(state):
-    import boto3
+def test_invoke_rows_sends_raw_records(hand_made):
+    """`invoke_rows` (what `flows.deploy.invoke_rows` calls on either target) sends the raw
+    values as a client must: a category's level, a missing one as null; an unseen level is
+    answered."""
+    from tasks.deploy.contract import invoke_rows
+    from tests.reliability.endpoint_process import NAME as SERVED
 
-    return boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=state.url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
+    records = [
+        {"x": 0, "region": "NE"},
+        {"x": 0.0, "region": "MW"},
+        {"x": float("nan"), "region": None},
+        {"x": 9, "region": None},
+        {"x": 0, "region": "Atlantis"},
+    ]
+    predictions = invoke_rows(hand_made, SERVED, records)
+    assert [p["closest_cluster"] for p in predictions] == [1, 0, 0, 2, 0]
 
 
 def _invoke(client, body, content_type):
-    reply = client.invoke_endpoint(
-        EndpointName=NAME, ContentType=content_type, Accept="application/json", Body=body
-    )
-    return json.loads(reply["Body"].read())
+    return invoke_json(client, NAME, body, content_type)
 
 
 def _pyfunc(project):
@@ -161,7 +162,7 @@ def test_the_chain_stores_the_levels_and_takes_raw_columns(project):
 
 @slow
 def test_endpoint_takes_raw_values_unseen_and_missing_levels(project):
-    client = _client(project["state"])
+    client = runtime_client(project["state"].url)
     frame = _table(40, seed=3)
     records = frame[["income", "age", "region"]].head(60)
     # Raw values as JSON records (null = missing) and as CSV with a header: same answers,
@@ -212,12 +213,31 @@ def test_endpoint_answers_training_rows_as_training_labelled_them(project):
     )
     frame = _table(40, seed=3)
     reply = _invoke(
-        _client(project["state"]), frame.drop(columns="customer").to_csv(index=False), "text/csv"
+        runtime_client(project["state"].url),
+        frame.drop(columns="customer").to_csv(index=False),
+        "text/csv",
     )
     labels = assignments.set_index(assignments.columns[0])["segment"]
     assert [p["closest_cluster"] for p in reply["predictions"]] == labels.loc[
         frame["customer"]
     ].tolist()
+
+
+@slow
+def test_flows_invoke_rows_takes_a_table_of_raw_values(project):
+    """`flows.deploy.invoke_rows` on the deployed endpoint: a table with text categories and
+    empty cells gets the pyfunc model's answers."""
+    rows = _table(40, seed=3)[["income", "age", "region"]].head(8)
+    rows.loc[rows.index[1], "region"] = "Atlantis"
+    rows.loc[rows.index[2], "income"] = np.nan
+    predictions = deploy_flow.invoke_rows(NAME, rows)
+    expected = _pyfunc(project).predict(rows)
+    assert [p["closest_cluster"] for p in predictions] == expected["closest_cluster"].tolist()
+    np.testing.assert_allclose(
+        [p["distance_to_cluster"] for p in predictions],
+        expected["distance_to_cluster"],
+        rtol=1e-9,
+    )
 
 
 @slow

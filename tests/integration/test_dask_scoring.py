@@ -208,3 +208,32 @@ def test_s3_folder_scored_into_an_s3_folder(session, chain, table, moto_s3, tmp_
     assert [n.rsplit("/", 1)[-1] for n in names] == [f"part-0000{i}.parquet" for i in range(3)]
     scores = pd.concat([pd.read_parquet(f"s3://{name}") for name in names], ignore_index=True)
     _assert_same_scores(scores, score_frame(chain, str(tmp_path / "whole.parquet")))
+
+
+def test_unseen_levels_are_added_up_over_the_partitions(session, tmp_path, caplog):
+    """Raw category values in three files, unseen levels in two of them: one total per
+    column (and per level) for the whole data, logged once, as in memory."""
+    from tasks.dask_engine.scoring import score_to_parquet
+    from tests.chains import categorical_chain
+
+    chain = categorical_chain()
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(9)],
+            "x": [0.0, 0.0, 9.0, 0.0, 1.0, 0.0, 0.0, 0.0, 10.0],
+            "region": ["NE", "MW", None, "Atlantis", "NE", "Mu", "Atlantis", "MW", "NE"],
+        }
+    )
+    _split(frame, tmp_path / "data", "parquet")
+    frame.to_parquet(tmp_path / "whole.parquet", index=False)
+    memory = score_frame(chain, str(tmp_path / "whole.parquet"))
+    caplog.clear()  # the in-memory scoring logged its own
+    scored = score_to_parquet(session, chain, str(tmp_path / "data"), str(tmp_path / "out"))
+    assert scored.unseen == {"region": {"Atlantis": 2, "Mu": 1}}
+    assert scored.unseen_counts() == memory.attrs["unseen_categories"] == {"region": 3}
+    warnings = [r.getMessage() for r in caplog.records if "never saw" in r.getMessage()]
+    assert warnings == [
+        f"{tmp_path / 'data'}: category level(s) the model never saw, scored with no "
+        "indicator set: region: 3 value(s) ('Atlantis' x2, 'Mu')"
+    ]
+    _assert_same_scores(_read_parts(tmp_path / "out")[1], memory)

@@ -22,29 +22,14 @@ from flows import deploy as deploy_flow
 from tasks.config import load_params
 from tasks.deploy import local as deploy
 from tasks.errors import DeployError, EndpointError
+from tests.serving_contract import invoke_json, runtime_client
 
 MODEL = "popseg-segmentation"
 NAME = "crime"
 
 
-def _client(state):
-    import boto3
-
-    return boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=state.url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
-
-
 def _invoke(client, body, content_type="text/csv"):
-    reply = client.invoke_endpoint(
-        EndpointName=NAME, ContentType=content_type, Accept="application/json", Body=body
-    )
-    assert reply["ContentType"] == "application/json"
-    return json.loads(reply["Body"].read())["predictions"]
+    return invoke_json(client, NAME, body, content_type)["predictions"]
 
 
 @pytest.fixture
@@ -72,7 +57,7 @@ def test_request_formats_match_pyfunc_and_training_labels(served, trained_projec
     assert result.action == "created" and result.model_version == "2"  # the champion
     assert result.smoke_test["passed"] and result.smoke_test["rows"] == params.deploy.smoke_rows
     assert result.endpoint_url == state.url and state.url.startswith("http://127.0.0.1:")
-    client = _client(state)
+    client = runtime_client(state.url)
     frame, assignments = _training(trained_project)
     names = ["Murder", "Assault", "UrbanPop", "Rape", "Density"]
     rows = frame[names]
@@ -132,13 +117,15 @@ def test_other_endpoint_name_and_plain_invocations_route(served):
         assert reply.headers["X-Popseg-Model-Version"] == "2"
         assert len(json.loads(reply.read())["predictions"]) == 1
     with pytest.raises(ClientError) as caught:
-        _client(state).invoke_endpoint(EndpointName="nope", ContentType="text/csv", Body="1")
+        runtime_client(state.url).invoke_endpoint(
+            EndpointName="nope", ContentType="text/csv", Body="1"
+        )
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
 
 
 def test_hot_swap_drops_no_request_then_rollback(served, trained_project):
     params, _, state, _ = served
-    client = _client(state)
+    client = runtime_client(state.url)
     errors: list[Exception] = []
     versions: list[str] = []
     stop = threading.Event()
@@ -237,7 +224,7 @@ def test_stale_state_is_detected_and_replaced(served):
     listed = deploy_flow.list_endpoints(params)
     assert [(e["name"], e["status"], e["model_version"]) for e in listed] == [(NAME, "stale", "2")]
     with pytest.raises(EndpointError, match="is stale"):
-        deploy_flow.invoke_rows(NAME, np.zeros((1, 5)))
+        deploy_flow.invoke_rows(NAME, [{"Murder": 1.0}])
     fresh = deploy_flow.deploy(params, endpoint_name=NAME)
     assert fresh.action == "created" and fresh.details["pid"] != state.pid
     assert deploy.endpoint_status(deploy.read_state(NAME)) == "running"

@@ -458,3 +458,77 @@ def test_batch_transform_output_that_does_not_match_the_input_fails(
     load_crime().to_csv(trained_project / "crime.csv", index=False)
     bad = invoke("score", "--target", "sagemaker", "--data", "crime.csv", "--output", "s3://b/o")
     assert bad.exit_code != 0 and "--data 'crime.csv': a sagemaker batch transform" in bad.stderr
+
+
+def _mixture_chain():
+    """`tests.chains.categorical_chain` (x and the raw column region) as a Gaussian mixture:
+    unit variances, weights 0.5, 0.3, 0.2."""
+    from tasks.chain import GaussianMixtureStep
+    from tests.chains import categorical_chain
+
+    chain = categorical_chain()
+    chain.mixture = GaussianMixtureStep("diag", np.array([0.5, 0.3, 0.2]), np.ones((3, 4)))
+    return chain
+
+
+def test_a_mixture_is_smoke_checked_and_batch_scored_with_its_probability(
+    moto_s3, stack, transform_stand_in, tmp_path
+):
+    """A Gaussian mixture's membership_probability travels through the SageMaker paths: the
+    deploy's smoke check compares it with the chain's (a wrong one fails the deploy), and the
+    batch transform's scores carry it, equal to `popseg score` here."""
+    from tasks.config import DeployConfig
+    from tasks.deploy.sagemaker import deploy_sagemaker, resolve_settings
+    from tasks.deploy.sagemaker_batch import batch_transform
+    from tasks.errors import DeployError
+    from tasks.package import RegisteredChain
+
+    chain = _mixture_chain()
+    chain.save(str(tmp_path / "chain"))
+    registered = RegisteredChain(MODEL, "1", "run-gmm", tmp_path / "chain")
+    bucket = stack["BucketName"]
+    settings = resolve_settings(DeployConfig(), REGION, bucket, stack["RoleArn"])
+    config = DeployConfig(waiter_delay_s=1)
+    rows = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [9, 0, 0, 1], [1.2, 0, 1, 0]], dtype=float)
+    segments, distances, probabilities = chain.predict_membership(rows)
+    answers = [
+        {"closest_cluster": int(s), "distance_to_cluster": float(d), "membership_probability": p}
+        for s, d, p in zip(segments, distances, probabilities.tolist(), strict=True)
+    ]
+    off = [dict(answer, membership_probability=0.5) for answer in answers]
+    deploy_tests._queue_runtime_answers(
+        moto_s3, [json.dumps({"predictions": off}), json.dumps({"predictions": answers})]
+    )
+    with pytest.raises(DeployError, match="and membership probabilities"):
+        deploy_sagemaker("gmm", registered, config, settings, sample=rows, chain=chain)
+    deployed = deploy_sagemaker("gmm", registered, config, settings, sample=rows, chain=chain)
+    assert deployed.smoke_test["verified"] and deployed.smoke_test["passed"]
+    assert deployed.smoke_test["answers"] == answers
+
+    table = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(9)],
+            "x": [0.0, 0.0, 9.0, 1.2, 0.4, 3.0, 0.0, 8.0, 2.0],
+            "region": ["MW", "NE", None, "NE", "Atlantis", "MW", "NE", "NE", "MW"],
+        }
+    )
+    boto3.client("s3", region_name=REGION).put_object(
+        Bucket=bucket, Key="gmm/in/people.csv", Body=table.to_csv(index=False)
+    )
+    result = batch_transform(
+        registered, f"s3://{bucket}/gmm/in/people.csv", f"s3://{bucket}/gmm/out", config, settings
+    )
+    assert result["rows"] == 9 and transform_stand_in.batches == 2
+    body = boto3.client("s3", region_name=REGION).get_object(
+        Bucket=bucket, Key="gmm/out/scores.csv"
+    )
+    scores = pd.read_csv(io.BytesIO(body["Body"].read()))
+    table.to_csv(tmp_path / "people.csv", index=False)
+    here = score_frame(chain, str(tmp_path / "people.csv"))
+    assert list(scores.columns) == list(here.columns)
+    assert list(here.columns) == ["id", "segment", "distance_to_cluster", "membership_probability"]
+    assert scores["segment"].tolist() == here["segment"].tolist()
+    np.testing.assert_allclose(
+        scores["membership_probability"], here["membership_probability"], rtol=1e-9
+    )
+    assert scores["membership_probability"].between(0.34, 1.0).all()

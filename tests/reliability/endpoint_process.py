@@ -60,15 +60,9 @@ class Endpoint:
 
     def runtime_client(self):
         """The stock boto3 sagemaker-runtime client, pointed at this endpoint."""
-        import boto3
+        from tests.serving_contract import runtime_client
 
-        return boto3.client(
-            "sagemaker-runtime",
-            endpoint_url=f"http://127.0.0.1:{self.port}",
-            region_name="us-east-1",
-            aws_access_key_id="x",
-            aws_secret_access_key="x",
-        )
+        return runtime_client(f"http://127.0.0.1:{self.port}")
 
     def ping(self) -> dict:
         status, _, body = self.request(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -4,6 +4,7 @@ answers check and the description of an endpoint (no server, no AWS)."""
 from __future__ import annotations
 
 import inspect
+import json
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from tasks.deploy.contract import (
     TargetOptions,
     answered_sample,
     check_predictions,
+    records_to_json,
     smoke_sample,
 )
 from tasks.errors import DeployError, EndpointError
@@ -94,6 +96,39 @@ def test_check_predictions_compares_with_the_chain_and_labels_the_answers():
     assert answered_sample(sample, {"passed": None, "verified": False}) == []
 
 
+def test_check_predictions_compares_a_mixtures_membership_probability():
+    """Two unit-variance components: the smoke check holds the endpoint to the chain's
+    posterior of the chosen segment too, and refuses an answer without it."""
+    from tasks.chain import GaussianMixtureStep
+    from tests.chains import identity_chain
+
+    step = GaussianMixtureStep("diag", np.array([0.5, 0.5]), np.ones((2, 2)))
+    chain = identity_chain(["a", "b"], [[0.0, 0.0], [2.0, 0.0]], mixture=step)
+    rows = np.array([[0.0, 0.0], [1.2, 0.0]])
+    segments, distances, probabilities = chain.predict_membership(rows)
+    assert 0.5 < probabilities[1] < probabilities[0] < 1.0
+    right = [
+        {"closest_cluster": int(s), "distance_to_cluster": float(d), "membership_probability": p}
+        for s, d, p in zip(segments, distances, probabilities.tolist(), strict=True)
+    ]
+    assert check_predictions({"predictions": right}, chain, rows)["segments"] == [0, 1]
+    swapped = [dict(right[0], membership_probability=right[1]["membership_probability"]), right[1]]
+    missing = [
+        {k: v for k, v in answer.items() if k != "membership_probability"} for answer in right
+    ]
+    for wrong in (swapped, missing):
+        with pytest.raises(DeployError, match="and membership probabilities"):
+            check_predictions({"predictions": wrong}, chain, rows)
+
+
+def test_records_travel_as_json_with_missing_values_null():
+    records = [{"x": np.float64(1.5), "region": "NE"}, {"x": float("nan"), "region": None}]
+    assert json.loads(records_to_json(records)) == [
+        {"x": 1.5, "region": "NE"},
+        {"x": None, "region": None},
+    ]
+
+
 def test_previous_version_skips_repeats_of_the_served_one():
     described = EndpointDescription("e", "local", "running", "3", ["1", "2", "3", "3"])
     assert described.previous_version() == "2"
@@ -108,7 +143,7 @@ def test_local_target_without_endpoints(tmp_path, monkeypatch):
         with pytest.raises(EndpointError, match="no local endpoint named 'nope'"):
             call("nope")
     with pytest.raises(EndpointError, match="no local endpoint named 'nope'"):
-        local.invoke("nope", np.zeros((1, 2)))
+        local.invoke("nope", [{"a": 1.0, "b": 2.0}])
 
 
 def test_sagemaker_target_names_a_missing_region(monkeypatch):

@@ -211,3 +211,48 @@ def test_the_result_cache_round_trips_a_mixture_sweep():
     assert back_fit.mixture.covariance == "full"
     np.testing.assert_array_equal(back_fit.mixture.weights, fit.mixture.weights)
     np.testing.assert_array_equal(back_chain.predict(values)[0], chain.predict(values)[0])
+
+
+def test_degenerate_components_are_those_with_a_singular_covariance():
+    """full: the rows must span every dimension; diag: two distinct values in each; a
+    component with fewer than two rows (or none) is degenerate either way."""
+    rng = np.random.default_rng(3)
+    spread = rng.normal(size=(6, 3))
+    on_a_line = np.outer(np.arange(5.0), [1.0, 2.0, 0.5])  # 5 rows, rank 1
+    twins = np.repeat([[1.0, 2.0, 3.0]], 4, axis=0)  # duplicated rows
+    flat = np.column_stack([rng.normal(size=4), rng.normal(size=4), np.full(4, 7.0)])
+    values = np.vstack([spread, on_a_line, twins, flat, [[9.0, 9.0, 9.0]]])
+    labels = np.repeat([0, 1, 2, 3, 4], [6, 5, 4, 4, 1])
+    assert mixture.degenerate_components(values, labels, 6, "full") == [1, 2, 3, 4, 5]
+    # A diagonal covariance only needs spread along each axis: the line and the spread pass.
+    assert mixture.degenerate_components(values, labels, 6, "diag") == [2, 3, 4, 5]
+
+
+def test_the_bic_sweep_skips_a_k_that_collapsed_onto_outliers():
+    """Two lone outliers beside three blobs: from k=3 on, a full-covariance component
+    collapses onto one of them and its BIC (kept finite by reg_covar only) wins without the
+    guard; the sweep records it and the selection skips those k, saying so."""
+    blobs, _ = make_blobs(48, n_features=3, centers=3, cluster_std=0.5, random_state=1)
+    values = np.vstack([blobs, [[30.0, 30.0, 30.0], [-30.0, 30.0, -30.0]]])
+    swept = mixture.sweep(values, _config())
+    degenerate = {k: fit.metrics["degenerate_components"] for k, fit in swept.fits.items()}
+    bic = {k: fit.metrics["bic"] for k, fit in swept.fits.items()}
+    assert degenerate[2] == 0 and all(degenerate[k] >= 1 for k in (3, 4, 5))
+    assert min(bic, key=bic.get) != 2  # what an unguarded sweep would choose
+    selection = mixture.select_by_bic(swept)
+    assert selection.k == 2
+    assert "skipped k=3 (BIC" in selection.reason and "collapsed" in selection.reason
+    assert selection.details["degenerate_components"] == {k: int(v) for k, v in degenerate.items()}
+
+
+def test_when_every_k_collapses_the_fewest_degenerate_components_compete():
+    """A group of identical rows collapses at every k: k values with more degenerate
+    components than the fewest are skipped, the rest compete by BIC."""
+    fits = {
+        k: SimpleNamespace(metrics={"bic": bic, "degenerate_components": count})
+        for k, bic, count in [(2, 50.0, 1.0), (3, 40.0, 1.0), (4, 30.0, 2.0)]
+    }
+    selection = mixture.select_by_bic(SimpleNamespace(k_values=[2, 3, 4], fits=fits))
+    assert selection.k == 3
+    assert "every k has 1 or more degenerate component(s)" in selection.reason
+    assert "skipped k=4 (BIC 30)" in selection.reason

@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import io
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -68,7 +69,9 @@ def _segment(segment: int, size: int, examples: list[str]) -> SegmentProfile:
 def data() -> ReportData:
     png = _png()
     images = {
-        name: Image(name, title, caption, png) for name, (title, caption) in report.PLOTS.items()
+        name: Image(name, title, caption, png)
+        for name, (title, caption) in report.PLOTS.items()
+        if name not in report.MIXTURE_PLOTS  # a k-means training's plots
     }
     return ReportData(
         model_name="popseg-segmentation",
@@ -139,6 +142,49 @@ def test_html_loads_nothing_from_outside(data):
     for source in sources:
         assert source.startswith("data:image/png;base64,")
         assert base64.b64decode(source.split(",", 1)[1]).startswith(b"\x89PNG")
+
+
+def test_a_kmeans_report_says_k_means_and_shows_no_mixture_parts(data):
+    html = report.render_html(data)
+    assert "k-means, chosen by consensus" in html and "<td>k-means</td>" in html
+    assert "Gaussian" not in html and 'id="membership"' not in html and "BIC" not in html
+
+
+def test_a_mixture_report_shows_its_family_bic_curve_and_certainty(data):
+    """What the report adds for a Gaussian mixture (the real training's report:
+    tests/integration/test_report.py): the family and covariance, the BIC curve first among
+    the k curves, and how sure the assignments are."""
+    png = data.images["cluster_sizes"].png
+    images = {
+        **data.images,
+        **{name: Image(name, *report.PLOTS[name], png) for name in report.MIXTURE_PLOTS},
+    }
+    mixture = replace(
+        data,
+        model=report.ModelFamily("gmm", "diag"),
+        membership={
+            "rows": 50,
+            "mean": 0.91,
+            "median": 0.97,
+            "min": 0.42,
+            "share_below_0.5": 0.02,
+            "share_below_0.8": 0.16,
+            "share_below_0.95": 0.3,
+        },
+        selection={"k": 3, "criterion": "bic", "reason": "k=3: lowest BIC (512.3)"},
+        images=images,
+    )
+    html = report.render_html(mixture)
+    assert "Gaussian mixture (diag covariance), chosen by bic" in html
+    assert "<td>Gaussian mixture (diag covariance)</td>" in html
+    assert "the k with the lowest BIC (Bayesian information criterion) made the choice" in html
+    curves = html[html.index('id="choosing-k"') : html.index('id="membership"')]
+    assert curves.index('alt="BIC by k"') < curves.index('alt="Elbow: inertia by k"')
+    certainty = html[html.index('id="membership"') : html.index('id="stability"')]
+    assert "<strong>16%</strong> of them are below 0.8" in certainty
+    assert "0.91 on average" in certainty and "lowest 0.42" in certainty
+    assert 'alt="How sure the assignments are"' in certainty
+    assert len(re.findall(r"""src\s*=\s*["']data:image""", html)) == len(images)
 
 
 def test_every_segment_has_a_section_and_a_sentence(data):

@@ -106,13 +106,29 @@ def _answer(*pairs):
 
 def test_transform_output_is_joined_by_position():
     payload = "\n".join([_answer((2, 0.5), (0, None)), _answer((1, 1.25))]) + "\n"
-    segments, distances = read_transform_output(payload.encode(), "s3://o/x.csv.out", 3)
-    assert segments.tolist() == [2, 0, 1]
+    segments, distances, probabilities = read_transform_output(
+        payload.encode(), "s3://o/x.csv.out", 3
+    )
+    assert segments.tolist() == [2, 0, 1] and probabilities is None
     assert distances[0] == 0.5 and distances[2] == 1.25 and distances[1] != distances[1]
     with pytest.raises(DataError, match="2 predictions for 3 input rows"):
         read_transform_output(_answer((2, 0.5), (0, 1.0)).encode(), "s3://o/x.csv.out", 3)
     with pytest.raises(DataError, match="x.csv.out: line 2 is not a prediction answer"):
         read_transform_output(b'{"predictions": []}\n{"error": 1}\n', "s3://o/x.csv.out", 0)
+
+
+def test_a_mixtures_transform_output_carries_the_membership_probability():
+    answers = [
+        {"closest_cluster": 1, "distance_to_cluster": 0.5, "membership_probability": 0.9},
+        {"closest_cluster": 0, "distance_to_cluster": 2.0, "membership_probability": 0.55},
+    ]
+    payload = json.dumps({"predictions": answers}).encode()
+    segments, distances, probabilities = read_transform_output(payload, "s3://o/x.out", 2, True)
+    assert segments.tolist() == [1, 0] and distances.tolist() == [0.5, 2.0]
+    assert probabilities.tolist() == [0.9, 0.55]
+    # A mixture's answer without it (a k-means package answering) cannot be joined.
+    with pytest.raises(DataError, match='line 1 is not .*"membership_probability"'):
+        read_transform_output(_answer((1, 0.5), (0, 2.0)).encode(), "s3://o/x.out", 2, True)
 
 
 class TransformJobsStandIn:
