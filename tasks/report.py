@@ -312,7 +312,9 @@ def fmt_number(value: Any) -> str:
 
 
 def fmt_score(value: Any, digits: int = 3) -> str:
-    """A quality score (silhouette, ARI, PSI): fixed decimals."""
+    """A quality score (silhouette, ARI, PSI): fixed decimals; a count stays a whole number."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return f"{int(value):,d}"
     number = _as_number(value)
     if isinstance(number, str):
         return number
@@ -556,6 +558,11 @@ def _sweep_table(frame: pd.DataFrame | None, k: int | None) -> Table | None:
         "degenerate_components": "degenerate components",
     }
     frame = frame.rename(columns=labels)
+    if labels["degenerate_components"] in frame:
+        # A count: kept an integer so the table shows "1", not a score's "1.000".
+        column = labels["degenerate_components"]
+        counts = [int(count) for count in frame[column]]
+        frame = frame.assign(**{column: pd.Series(counts, index=frame.index, dtype=object)})
     table = _table(frame, "k")
     highlight = None
     if k is not None:

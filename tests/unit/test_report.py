@@ -273,6 +273,21 @@ def test_rounding_and_wording():
     )
 
 
+def test_sweep_table_shows_degenerate_components_as_a_count():
+    import pandas as pd
+
+    sweep = pd.DataFrame(
+        {"bic": [812.25, 790.5], "degenerate_components": [0.0, 2.0]},
+        index=pd.Index([2, 3], name="k"),
+    )
+    table = report._sweep_table(sweep, 3)
+    assert table.columns == ["k", "BIC ↓", "degenerate components"]
+    assert table.highlight == 1
+    cells = [report.fmt_score(value) for value in table.rows[1][1:]]
+    assert cells == ["790.500", "2"]
+    assert report.fmt_score(0.25) == "0.250" and report.fmt_score(True) == "1.000"
+
+
 def test_output_path_rules(tmp_path):
     assert report.output_path(None, "2") == report.default_output("2")
     assert report.output_path(tmp_path, "2") == tmp_path / "segmentation-report-v2.html"
