@@ -2,7 +2,11 @@
 #   make run    installs uv if missing, syncs the locked environment, runs the main job
 #   make test   the same set-up, then the test suite (what .ci/run calls)
 SHELL := /bin/bash
-export UV_COMPILE_BYTECODE := 1
+# No bytecode compilation at install: uv would compile every module of every package
+# (~30 s of CPU on 2 cores); Python compiles what a command imports on first import and keeps
+# the .pyc, which needs PYTHONDONTWRITEBYTECODE unset for make's commands (some images set it).
+export UV_COMPILE_BYTECODE := 0
+unexport PYTHONDONTWRITEBYTECODE
 export UV_PYTHON_DOWNLOADS := never
 
 # The python3 on PATH (its real executable, past pyenv-style shims); `python` checks it is
@@ -27,15 +31,12 @@ uv: python
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
 		$(PYTHON) -m pip install --quiet --disable-pip-version-check "uv>=0.5"
 
-# Every extra, so the tests exercise Dask, AWS, DVC and team mode too. Then numba's first
-# compilation of the pipeline's kernels (tasks/compute/warm.py, ~10 s of one core on a fresh
-# clone, a second or two when the cache is warm) starts in the background: it fills the
-# kernel cache while the next command starts up (Prefect, ingest, validation), so the first
-# `make run` does not wait for it. It ends by itself; if it has not finished, the kernels
-# it has not cached yet compile on first use, as without it.
+# Every extra, so the tests exercise Dask, AWS, DVC and team mode too. numba compiles the
+# pipeline's kernels on their first use (~10 s on a fresh clone, cached after); compiling
+# them here in the background (`python -m tasks.compute.warm`) made a fresh `make run`
+# slower on 2 cores, as both then compete for the CPU (benchmarks/fresh_clone.py).
 setup: uv
 	$(UV) sync --locked --all-extras
-	@$(UV) run --no-sync python -m tasks.compute.warm </dev/null >/dev/null 2>&1 &
 
 run: setup
 	$(UV) run popseg run

@@ -7,8 +7,8 @@ Each workload runs in a fresh process twice with the same, initially empty,
 ``NUMBA_CACHE_DIR``: the first run compiles every kernel it calls (what a fresh clone, a
 CI run or a new worker container pays), the second loads them from the cache. The
 difference is the compilation cost. A third run, on a third empty cache, first runs
-``python -m tasks.compute.warm`` (what ``make setup`` starts in the background on a fresh
-clone) and then the workload: what a first run still compiles after that warm-up (goal:
+``python -m tasks.compute.warm`` (for images and Dask workers that want the kernels compiled ahead of
+their first job) and then the workload: what a first run still compiles after that warm-up (goal:
 nothing). Wall time and the child's user+sys CPU time are both
 reported (on a shared machine wall time is noisy; CPU time is not). The slowest
 compilations of the cold run are listed (own time, excluding the functions they call).
@@ -225,8 +225,7 @@ def main(argv=None):
         )
     lines += [
         "",
-        "After `make setup`'s warm-up (`python -m tasks.compute.warm` on an empty cache, then "
-        "the workload):",
+        "After the warm-up (`python -m tasks.compute.warm` on an empty cache, then the workload):",
         "",
         "| workload | warm-up wall (s) | warm-up CPU (s) | first run wall (s) | first run CPU (s) "
         "| extra CPU over warm (s) | functions compiled |",

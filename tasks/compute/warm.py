@@ -1,6 +1,6 @@
 """Fill numba's cache with the kernels the default pipeline runs, ahead of first use.
 
-    python -m tasks.compute.warm            # what `make setup` starts in the background
+    python -m tasks.compute.warm            # e.g. in a container image's build step
 
 The kernels compile lazily (``cache=True``) on their first call with a given set of
 argument types; a fresh install pays that compilation in its first ``popseg`` command
@@ -8,7 +8,9 @@ argument types; a fresh install pays that compilation in its first ``popseg`` co
 data with the argument types the pipeline uses (float64 rows, as ``tasks.cluster`` and
 ``tasks.impute`` pass them), so that the compiled code lands in numba's cache
 (``NUMBA_CACHE_DIR``, else ``__pycache__`` beside the kernels) before the pipeline needs
-it. It is pure: arrays in, nothing out but the cache files; a failure costs nothing (the
+it: worth it where compile time can be paid ahead (an image build, a worker's start).
+`make setup` does not start it: on 2 cores, running it beside the first `make run` made
+that run slower (benchmarks/fresh_clone.py). It is pure: arrays in, nothing out but the cache files; a failure costs nothing (the
 kernels then compile on first use, as before).
 
 Covered: the k-means sweep's plain passes (< 50,000 rows) and bounded passes (larger

@@ -84,11 +84,36 @@ def test_the_bench_group_is_installed_by_make_bench_only():
         assert commands and all("--group bench" in line for line in commands), commands
 
 
-def test_setup_warms_the_kernel_cache_in_the_background():
-    """`make setup` syncs, then starts the numba warm-up detached from the terminal (its
-    own output to /dev/null, in the background) so that the next command does not wait."""
-    commands = _dry_run("setup").splitlines()
-    sync = next(i for i, line in enumerate(commands) if "sync --locked --all-extras" in line)
-    warm = [line for line in commands[sync + 1 :] if "-m tasks.compute.warm" in line]
-    assert len(warm) == 1
-    assert warm[0].rstrip().endswith("&") and "</dev/null >/dev/null 2>&1" in warm[0]
+# A uv that records how it was called (arguments and the two variables that decide whether
+# bytecode is written ahead of time or on first import) and does nothing else.
+RECORDING_UV = """#!/bin/sh
+echo "uv $* | compile=${UV_COMPILE_BYTECODE-unset} dontwrite=${PYTHONDONTWRITEBYTECODE-unset}" \\
+    >> "$UV_CALLS"
+"""
+
+
+def test_setup_syncs_once_without_ahead_of_time_bytecode(tmp_path):
+    """`make setup` is one `uv sync` and nothing in the background: uv compiles no bytecode
+    ahead of time (Python compiles each module on its first import), and a
+    PYTHONDONTWRITEBYTECODE set by the image is dropped so that those .pyc are kept."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "uv").write_text(RECORDING_UV)
+    (fake / "uv").chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    done = subprocess.run(
+        [MAKE, "--no-print-directory", "-s", "-C", str(ROOT), "setup"],
+        env={
+            "PATH": f"{fake}:{Path(sys.executable).parent}:/usr/bin:/bin",
+            "UV_CALLS": str(calls),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "UV_COMPILE_BYTECODE": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines() == [
+        "uv sync --locked --all-extras | compile=0 dontwrite=unset"
+    ]

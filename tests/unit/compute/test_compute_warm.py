@@ -1,4 +1,4 @@
-"""`python -m tasks.compute.warm` (what `make setup` starts in the background) caches every
+"""`python -m tasks.compute.warm` (for an image build or a worker's start) caches every
 kernel that the pipeline's workloads call: after it, a first run on the same, otherwise
 empty, numba cache compiles nothing."""
 
@@ -35,7 +35,7 @@ def test_after_the_warm_up_a_first_run_compiles_nothing(tmp_path, workload):
 
 
 def test_a_second_warm_up_on_the_same_cache_leaves_it_to_the_first(tmp_path, monkeypatch, capsys):
-    """`make lint` then `make test` each start a warm-up: while one holds the cache's lock
+    """Two warm-ups on one cache (two workers starting together): while one holds the cache's lock
     the next one returns at once instead of compiling the same kernels again."""
     from filelock import FileLock
 
