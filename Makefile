@@ -33,8 +33,9 @@ uv: python
 
 # Every extra, so the tests exercise Dask, AWS, DVC and team mode too. numba compiles the
 # pipeline's kernels on their first use (~10 s on a fresh clone, cached after); compiling
-# them here in the background (`python -m tasks.compute.warm`) made a fresh `make run`
-# slower on 2 cores, as both then compete for the CPU (benchmarks/fresh_clone.py).
+# them here in the background (`python -m tasks.compute.warm`) did not make a fresh
+# `make setup && make run` faster on 2 cores (46.6 s with it, 42.5 s without; both compete
+# for the CPU; benchmarks/fresh_clone.py).
 setup: uv
 	$(UV) sync --locked --all-extras
 
@@ -68,6 +69,7 @@ bench: bench-setup
 	$(BENCH) benchmarks.k_selection
 	$(BENCH) benchmarks.gmm
 	$(BENCH) benchmarks.pipeline
+	$(BENCH) benchmarks.fresh_clone
 
 bench-quick: bench-setup
 	$(BENCH) benchmarks.run --quick
@@ -75,6 +77,7 @@ bench-quick: bench-setup
 	$(BENCH) benchmarks.k_selection --quick
 	$(BENCH) benchmarks.gmm --quick
 	$(BENCH) benchmarks.pipeline --quick
+	$(BENCH) benchmarks.fresh_clone --runs 1 --out fresh_clone-quick
 
 ui: setup
 	$(UV) run popseg ui
