@@ -1,8 +1,8 @@
 """How often each k-selection method picks the true number of groups (issue 16, item 1).
 
-    uv run python -m benchmarks.k_selection            # full: 10 seeds a family (4+ min, 2 cores)
+    uv run python -m benchmarks.k_selection            # full: 10 seeds a family (~10 min, 2 cores)
     uv run python -m benchmarks.k_selection --quick    # 2 seeds, fewer reference sets (~30 s)
-    uv run python -m benchmarks.k_selection --no-candidates  # the pipeline's methods only (~4x faster)
+    uv run python -m benchmarks.k_selection --no-candidates  # the pipeline's methods only (~3 min)
 
 The default it chose (session 23, on the design families only): ``select.criterion:
 stable_consensus`` and ``reduce.min_components: 2``. Every case runs the project's own
