@@ -236,12 +236,31 @@ def bench_refusal(proj: Project, small: Path, rows: list[dict]) -> None:
 
 
 def bench_warm(proj: Project, small: Path, n: int, rows: list[dict]) -> None:
+    """Each warm row with the kept Prefect server (the default) and with a server per command;
+    the kept server this starts is stopped at the end."""
+    try:
+        for mode in ("keep", "per-command"):
+            _bench_warm_mode(proj, small, n, rows, mode)
+    finally:
+        proj.popseg("prefect", "stop")
+
+
+def _bench_warm_mode(proj: Project, small: Path, n: int, rows: list[dict], mode: str) -> None:
+    env = {"POPSEG_PREFECT_SERVER": mode}
     for name, args, goal in (
-        ("warm popseg run (crime, --no-deploy)", ["run", "--no-deploy"], RUN_GOAL_S),
-        ("warm popseg train, 50-row CSV", ["train", "--data", small.name], TRAIN_GOAL_S),
+        (
+            f"warm popseg run (crime, --no-deploy), {mode} server",
+            ["run", "--no-deploy"],
+            RUN_GOAL_S,
+        ),
+        (
+            f"warm popseg train, 50-row CSV, {mode} server",
+            ["train", "--data", small.name],
+            TRAIN_GOAL_S,
+        ),
     ):
-        _check_ok(proj.popseg(*args))  # warm-up: numba cache, Prefect and MLflow databases
-        runs = [proj.popseg(*args) for _ in range(n)]
+        _check_ok(proj.popseg(*args, env=env))  # warm-up: numba cache, Prefect, MLflow databases
+        runs = [proj.popseg(*args, env=env) for _ in range(n)]
         for run in runs:
             _check_ok(run)
         med = _median(runs)
