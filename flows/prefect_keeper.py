@@ -124,6 +124,12 @@ def read_record(project: Path | None = None) -> dict | None:
     return record if api_url and _alive(pid, ticks) else None
 
 
+def running_api_url(project: Path | None = None) -> str | None:
+    """The kept server's API when its keeper runs and it answers."""
+    record = read_record(project)
+    return record["api_url"] if record and _healthy(record["api_url"]) else None
+
+
 def _healthy(api_url: str, timeout: float = 2) -> bool:
     try:
         with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as answer:
