@@ -167,10 +167,13 @@ def test_popseg_prefect_status_and_stop(project):
     assert status["pid"] == got["pid"] and status["api_url"] == got["api"]
     assert status["commands_using"] == 0
     assert 0 < status["idle_minutes_left"] <= 30
+    # `popseg approve` looks for paused flow runs there.
+    assert prefect_keeper.running_api_url(project) == got["api"]
     stopped = _popseg(project, "prefect", "stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not _alive(got["pid"])
     assert "not running" in _popseg(project, "prefect", "status").stdout
+    assert prefect_keeper.running_api_url(project) is None
     assert "not running" in _popseg(project, "prefect", "stop").stdout
 
 
