@@ -13,7 +13,9 @@ resident set (``ru_maxrss`` of that process or of the largest of those children)
    ``--set cluster.k_max=x``: seconds to refuse and the exit code (goal <= 2 s);
 2. warm main job: ``popseg run --no-deploy`` (bundled crime data) and ``popseg train`` on a
    50-row CSV, once to warm every cache, then the median of N timed runs (goals <= 10 s and
-   <= 6 s);
+   <= 6 s), with the kept Prefect server (``POPSEG_PREFECT_SERVER=keep``, the default; it is
+   stopped at the end) and with one per command; bytecode is cached (no
+   ``PYTHONDONTWRITEBYTECODE``);
 3. cold compilation: that ``popseg train`` with an empty ``NUMBA_CACHE_DIR``, then again on
    the same (now filled) cache: the difference is numba's compilation (goal <= 10 s);
 4. scale: a seeded blobs CSV of 500k x 20 floats (quick: 100k) through ``popseg train``
