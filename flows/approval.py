@@ -159,8 +159,8 @@ def decide(
     if api is None:
         return DecisionResult(
             outcome,
-            note="no Prefect API configured (PREFECT_API_URL) or recorded by `popseg serve`: "
-            "no paused flow run looked for",
+            note="no Prefect API configured (PREFECT_API_URL), recorded by `popseg serve` or "
+            "kept for the project: no paused flow run looked for",
         )
     run_input = {"decision": decision, "reason": outcome.reason, "approver": outcome.by}
     try:
@@ -173,11 +173,13 @@ def decide(
 
 def prefect_api_url() -> str | None:
     """The Prefect API to look for waiting flow runs on: Prefect's setting, else the server
-    `popseg serve` recorded (when it still answers); never an ephemeral one."""
+    `popseg serve` recorded (when it still answers), else the project's kept server (a
+    `popseg run` waiting for approval pauses there); never a per-command one."""
+    from flows.prefect_keeper import running_api_url
     from flows.prefect_server import recorded_api_url
 
     configured = _configured_api_url()
-    return configured or recorded_api_url()
+    return configured or recorded_api_url() or running_api_url()
 
 
 def _configured_api_url() -> str | None:

@@ -62,11 +62,13 @@ def train(
     """Pre-flight, then the training flow (and the promotion gate) with the flow timeout."""
     engine_preflight(params, params.data.path, engine, scheduler)
     start_flow_api()
+    from flows.prefect_server import owner_flow_tags
     from flows.training import run_training
 
     wait_for_flow_api()
     timeout = params.orchestrate.flow_timeout_s
-    return run_training(params, run_promotion, engine, scheduler, timeout)
+    with owner_flow_tags():
+        return run_training(params, run_promotion, engine, scheduler, timeout)
 
 
 # What a training flow imports on its first use of them (GX in validate, MLflow in
@@ -81,10 +83,10 @@ def start_flow_api(imports: tuple[str, ...] = _FLOW_IMPORTS) -> None:
     server answers, after it rather than beside it)."""
     import importlib
 
-    from flows.prefect_server import flow_api, temporary_api_url
+    from flows.prefect_server import flow_api, kept_api_url, temporary_api_url
 
     flow_api()
-    if temporary_api_url() is not None:
+    if temporary_api_url() is not None or kept_api_url() is not None:
         for name in imports:
             importlib.import_module(name)
 

@@ -266,6 +266,8 @@ class BackgroundServer:
 
 
 _BACKGROUND: list[BackgroundServer] = []
+# The kept server's API URL (flows/prefect_keeper.py) when this process leases it.
+_KEPT: list[str] = []
 
 
 def _point_prefect_at(api_url: str) -> None:
@@ -284,15 +286,30 @@ def flow_api() -> str | None:
     when it answers, else a local server started now in the background (`wait_for_flow_api`
     waits for it; it is stopped at exit). None when Prefect is already imported: its settings,
     read at import, stand (a test harness, a flow calling a flow)."""
+    from flows import prefect_keeper
+
+    keep = prefect_keeper.server_mode() == "keep"  # a bad value is refused first
     configured = os.environ.get("PREFECT_API_URL")
     if configured or "prefect" in sys.modules:
         return configured or None
     if _BACKGROUND:
         return _BACKGROUND[0].api_url
+    if _KEPT:
+        return _KEPT[0]
     recorded = recorded_api_url()
     if recorded:
         os.environ["PREFECT_API_URL"] = recorded
         return recorded
+    if keep:
+        from flows.reaper import owner_token
+
+        api_url = prefect_keeper.acquire(owner_token())
+        _KEPT.append(api_url)
+        atexit.register(prefect_keeper.release)
+        os.environ["PREFECT_API_URL"] = api_url
+        # Its UI is off (as the per-command server's): no flow-run page is linked.
+        os.environ.setdefault("PREFECT_UI_URL", "")
+        return api_url
     home = Path(os.environ.get("PREFECT_HOME", ".prefect"))
     server = BackgroundServer(home / "local-server.log")
     server.start()
@@ -306,14 +323,36 @@ def flow_api() -> str | None:
 
 
 def wait_for_flow_api() -> None:
-    """Wait until the background server `flow_api` started answers (no-op without one)."""
+    """Wait until the server `flow_api` started (or the kept one) answers (no-op without)."""
     for server in _BACKGROUND:
         server.wait_ready()
+    if _KEPT:
+        from flows import prefect_keeper
+
+        prefect_keeper.wait_ready(_KEPT[0])
+
+
+@contextlib.contextmanager
+def owner_flow_tags() -> Iterator[None]:
+    """Flow runs started in the block carry ``popseg.owner:<token>`` (flows/reaper.py): a run
+    left RUNNING by a killed command is found and marked Crashed (flows/prefect_keeper.py)."""
+    from prefect import tags
+
+    from flows.prefect_keeper import OWNER_TAG_PREFIX
+    from flows.reaper import owner_token
+
+    with tags(OWNER_TAG_PREFIX + owner_token()):
+        yield
 
 
 def temporary_api_url() -> str | None:
     """The API of the background server this process started, if any."""
     return _BACKGROUND[0].api_url if _BACKGROUND else None
+
+
+def kept_api_url() -> str | None:
+    """The kept server's API this process leases, if any."""
+    return _KEPT[0] if _KEPT else None
 
 
 def stop_background_server() -> None:

@@ -17,6 +17,9 @@ os.environ.setdefault("PREFECT_HOME", str(Path(_SESSION_HOME) / "prefect"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
+# Each command starts and stops its own Prefect server: the suite leaves no kept server behind
+# (tests of the kept server opt in, in their own project folder).
+os.environ.setdefault("POPSEG_PREFECT_SERVER", "per-command")
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 # scikit-learn's estimator checks include the array-API input check (numpy namespace) only
 # when SciPy's array API support is on; it is read when scipy is first imported.

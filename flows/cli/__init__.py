@@ -6,5 +6,6 @@ in `output.py`. What a command checks or decides lives in `flows/commands.py` an
 """
 
 from flows.cli.app import app
+from flows.cli.app import run_main as main
 
-__all__ = ["app"]
+__all__ = ["app", "main"]

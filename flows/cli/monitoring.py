@@ -65,9 +65,11 @@ def monitor(
         commands.preflight(params, data, capture_logs=True)
         commands.start_flow_api(imports=("mlflow",))
         from flows.monitoring import monitor_flow
+        from flows.prefect_server import owner_flow_tags
 
         commands.wait_for_flow_api()
-        outcome = monitor_flow(params, data, version, retrain)
+        with owner_flow_tags():
+            outcome = monitor_flow(params, data, version, retrain)
     emit(outcome.to_json(), as_json, lambda _: _print_monitor_summary(outcome))
     # The outcome is already on stdout: these errors add their line and exit code only.
     if outcome.retrain_failed is not None:

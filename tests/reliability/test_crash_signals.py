@@ -379,3 +379,46 @@ def test_sigkill_of_popseg_serve_leaves_no_server_nor_flow_run_process(crash_pro
     nxt = _run(crash_project, "promote", "--json")
     assert "Traceback" not in nxt.stderr, nxt.stderr[-3000:]
     _no_unfinished_run_left(crash_project)
+
+
+# ----------------------------------------------------------------------------- kept server
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_command_on_the_kept_server_leaves_its_flow_run_crashed(
+    crash_project, monkeypatch
+):
+    """The kept Prefect server outlives a SIGKILLed `popseg train` (it is in its own session),
+    and marks the flow run that command left RUNNING as Crashed (its owner tag names a dead
+    process)."""
+    from flows import prefect_keeper
+
+    monkeypatch.setenv("POPSEG_PREFECT_SERVER", "keep")
+    try:
+        process, log = _start_train_until_its_run_is_in_the_store(crash_project)
+        record = prefect_keeper.read_record(crash_project)
+        assert record is not None, _tail(log)
+        api = record["api_url"]
+
+        def running():
+            runs = _api(
+                api, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}
+            )
+            return [run["id"] for run in runs]
+
+        (flow_run_id,) = _wait_for(running, "the flow run running", process, log)
+        process.kill()
+        process.wait(timeout=30)
+        assert prefect_keeper.read_record(crash_project) == record  # the kept server stays
+
+        def crashed():
+            (run,) = _api(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+            return run if run["state_type"] == "CRASHED" else None
+
+        deadline = time.monotonic() + 60
+        while (run := crashed()) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert run is not None, "the kept server did not mark the dead command's run Crashed"
+        assert "gone" in run["state"]["message"]
+    finally:
+        prefect_keeper.stop(crash_project)

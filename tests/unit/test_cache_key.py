@@ -46,6 +46,21 @@ def test_editing_a_module_the_steps_run_changes_the_key(source_tree, module):
     assert orchestration.source_digest(source_tree) != before
 
 
+def test_the_cached_digest_follows_every_edit(source_tree, tmp_path):
+    cache_file = tmp_path / "state" / "code-fingerprint.json"
+    first = orchestration.cached_source_digest(source_tree, cache_file)
+    assert first == orchestration.source_digest(source_tree)
+    assert cache_file.exists()
+    assert orchestration.cached_source_digest(source_tree, cache_file) == first
+    with open(source_tree / "tasks" / "cluster.py", "a") as handle:
+        handle.write("\n# edited\n")
+    edited = orchestration.cached_source_digest(source_tree, cache_file)
+    assert edited == orchestration.source_digest(source_tree) != first
+    # A corrupt cache file is recomputed, not trusted.
+    cache_file.write_text("{not json")
+    assert orchestration.cached_source_digest(source_tree, cache_file) == edited
+
+
 def test_modules_the_steps_do_not_run_leave_the_key(source_tree):
     before = orchestration.source_digest(source_tree)
     (source_tree / "flows" / "schedules.py").write_text("# edited\n")
