@@ -64,12 +64,14 @@ def encode(obj: Any) -> bytes:
     tree = _Encoder(arrays, result_types()).value(obj)
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **{f"a{i}": array for i, array in enumerate(arrays)})
-    document = {
-        "format": FORMAT,
-        "root": tree,
-        "arrays": base64.b64encode(buffer.getvalue()).decode("ascii"),
-    }
-    return json.dumps(document, allow_nan=False, separators=(",", ":")).encode()
+    with buffer.getbuffer() as packed:  # a view: no copy of the npz
+        encoded = base64.b64encode(packed)
+    buffer.close()
+    # The same bytes as json.dumps of {"format", "root", "arrays": <base64 str>}, but the
+    # base64 (the bulk: 4/3 of the arrays) is spliced in as bytes instead of going through a
+    # str, a JSON str and its encoding - three more copies of it alive at once.
+    head = json.dumps({"format": FORMAT, "root": tree}, allow_nan=False, separators=(",", ":"))
+    return b"".join((head[:-1].encode(), b',"arrays":"', encoded, b'"}'))
 
 
 def decode(blob: bytes) -> Any:
