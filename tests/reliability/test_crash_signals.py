@@ -186,7 +186,9 @@ def test_sigkill_just_after_the_prefect_server_starts_leaves_no_server(crash_pro
 def test_sigkill_during_the_sweep_leaves_no_server(crash_project):
     process, log = _start(crash_project, "train", "--data", "data.csv")
     # prepare has finished: the k sweep (train task) is running.
-    _wait_for(_log_has(log, r"Task run 'prepare-\w+' - Finished"), "the sweep", process, log)
+    _wait_for(
+        _log_has(log, r"Finished in state \w+\(.*\) \[prepare-\w+\]"), "the sweep", process, log
+    )
     process.kill()
     process.wait(timeout=30)
     _assert_nothing_left(crash_project, _prefect_port(log))
