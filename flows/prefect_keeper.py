@@ -28,7 +28,6 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from flows.prefect_server import _free_port, _healthy, api_server_command, api_server_environment
 from tasks.errors import ConfigError, PopsegError
 from tasks.run_liveness import process_start_ticks
 
@@ -128,20 +128,6 @@ def running_api_url(project: Path | None = None) -> str | None:
     """The kept server's API when its keeper runs and it answers."""
     record = read_record(project)
     return record["api_url"] if record and _healthy(record["api_url"]) else None
-
-
-def _healthy(api_url: str, timeout: float = 2) -> bool:
-    try:
-        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # ------------------------------------------------------------------------ the command's side
@@ -335,36 +321,14 @@ def mark_crashed_runs(api_url: str) -> list[str]:
     return crashed
 
 
-def _server_command(port: int) -> list[str]:
-    # The same server `BackgroundServer` runs: API only, no UI, no background services.
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "prefect.server.api.server:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "error",
-        "--lifespan",
-        "on",
-    ]
-
-
 def keep(project: Path, port: int, minutes: float) -> None:
     """The keeper's loop: run the server, sweep crashed runs, stop when idle or told to."""
     state = _state_dir(project)
     me = {"pid": os.getpid(), "start": process_start_ticks(os.getpid())}
-    environment = {
-        **os.environ,
-        "PREFECT_UI_ENABLED": "0",
-        "PREFECT__SERVER_EPHEMERAL": "1",
-        "PREFECT__SERVER_FINAL": "1",
-    }
-    server = subprocess.Popen(_server_command(port), env=environment, stdin=subprocess.DEVNULL)
+    # The same server `BackgroundServer` runs: API only, no UI, no background services.
+    server = subprocess.Popen(
+        api_server_command(port), env=api_server_environment(), stdin=subprocess.DEVNULL
+    )
     api_url = f"http://127.0.0.1:{port}/api"
     stopping: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

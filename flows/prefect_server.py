@@ -54,9 +54,9 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _healthy(api_url: str) -> bool:
+def _healthy(api_url: str, timeout: float = 2) -> bool:
     try:
-        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=2) as response:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as response:
             return response.status == 200
     except OSError:
         return False
@@ -182,6 +182,38 @@ def _stop(process: subprocess.Popen, signum: int = signal.SIGINT, grace_s: float
 # ----------------------------------------------------------------------------- one-shot flows
 
 
+def api_server_command(port: int) -> list[str]:
+    """Prefect's API app on 127.0.0.1:``port`` (what Prefect's ephemeral server runs)."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "prefect.server.api.server:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        "--lifespan",
+        "on",
+    ]
+
+
+def api_server_environment() -> dict[str, str]:
+    """The API app's environment: this process's, with no UI and no background services, and
+    no PREFECT_API_URL (it is the API)."""
+    environment = {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+    }
+    environment.pop("PREFECT_API_URL", None)
+    return environment
+
+
 class BackgroundServer:
     """A local Prefect API server for this process's flow runs: Prefect's own ephemeral
     server (API only, no UI, no background services; `prefect.server.api.server`'s
@@ -201,28 +233,8 @@ class BackgroundServer:
     def start(self) -> None:
         self.port = _free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        environment = {
-            **os.environ,
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-        }
-        environment.pop("PREFECT_API_URL", None)
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "prefect.server.api.server:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "error",
-            "--lifespan",
-            "on",
-        ]
+        environment = api_server_environment()
+        command = api_server_command(self.port)
         logger.info("Starting a local Prefect server on %s (log %s)", self.api_url, self.log_path)
         with open(self.log_path, "ab") as log:
             # Its own process group (Ctrl-C reaches popseg, which stops it in order); the
