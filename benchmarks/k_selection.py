@@ -4,8 +4,9 @@
     uv run python -m benchmarks.k_selection --quick    # 2 seeds, fewer reference sets (~30 s)
     uv run python -m benchmarks.k_selection --no-candidates  # the pipeline's methods only (~3 min)
 
-The default it chose (session 23, on the design families only): ``select.criterion:
-stable_consensus`` and ``reduce.min_components: 2``. Every case runs the project's own
+The defaults it chose: ``reduce.min_components: 2`` and ``select.criterion:
+stable_consensus`` (session 23, on the design families only), then ``select.criterion:
+stable_consensus_bic`` (session 26, on design, held-out and fresh; judged on unseen). Every case runs the project's own
 preparation and sweep with the defaults of params.yaml (`tasks.config.load_params`):
 `tasks.scale.scale` -> `tasks.reduce.reduce` (PCA to 80% of the variance, at least 2
 components) -> `tasks.cluster.sweep` (k = 2..12, numba k-means, 10 inits) ->
@@ -15,9 +16,12 @@ is skipped.
 Methods, each giving a k; the ARI is that of the pipeline's k-means fit at that k (all rows
 in one group for k = 1) against the labels:
 
-* ``stable_consensus``: the default (`tasks.select`): prediction strength on a seeded sample
-  of <= ``select.sample_rows`` rows decides whether there is structure (k = 1 if not), then
-  the consensus of the four criteria and prediction strength.
+* ``stable_consensus_bic``: the default (`tasks.select`): prediction strength on a seeded
+  sample of <= ``select.sample_rows`` rows decides whether there is structure (k = 1 if not),
+  then the consensus of the four criteria, prediction strength and the lowest BIC of
+  full-covariance Gaussian mixtures on the same sample (the project's EM,
+  `tasks.compute.gmm`; it abstains when k = 1 has the lowest BIC).
+* ``stable_consensus``: the default of sessions 23 to 25: the same without the BIC vote.
 * ``elbow``, ``silhouette``, ``calinski_harabasz``, ``davies_bouldin``, ``consensus``:
   `tasks.select.select_k` on the default sweep.
 * ``consensus_previous_default``: the default before session 23: consensus on PCA to 80%
@@ -87,7 +91,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CRITERIA = ("elbow", "silhouette", "calinski_harabasz", "davies_bouldin", "consensus")
 #: the default (tasks.select, needs the rows) and the default before session 23
-DEFAULT = "stable_consensus"
+DEFAULT = "stable_consensus_bic"
+#: the default of sessions 23-25 (the same rows and sample, no mixture vote)
+STABLE = "stable_consensus"
 PREVIOUS = "consensus_previous_default"
 CANDIDATES = (
     "candidate_gap",
@@ -95,7 +101,7 @@ CANDIDATES = (
     "candidate_gmm_bic_full",
     "candidate_gmm_bic_diag",
 )
-METHODS = (DEFAULT, *CRITERIA, PREVIOUS, "consensus_no_pca", *CANDIDATES)
+METHODS = (DEFAULT, STABLE, *CRITERIA, PREVIOUS, "consensus_no_pca", *CANDIDATES)
 #: consensus without PCA is run only up to this many features
 NO_PCA_MAX_FEATURES = 10
 PS_THRESHOLD = 0.8
@@ -394,6 +400,9 @@ def run_case(
     picks[DEFAULT] = chosen.chosen_k
     seconds[DEFAULT] = time.perf_counter() - t
     extra[DEFAULT] = {"reason": chosen.reason}
+    t = time.perf_counter()
+    picks[STABLE] = select_k(result, STABLE, prepared, params.select, params.cluster).chosen_k
+    seconds[STABLE] = time.perf_counter() - t
     for criterion in CRITERIA:
         t = time.perf_counter()
         picks[criterion] = select_k(result, criterion).k

@@ -31,7 +31,7 @@ from tasks.cluster import (
     silhouette_subset,
     sweep_result,
 )
-from tasks.compute.gmm import GaussianMixtureFit, fit_gaussian_mixture
+from tasks.compute.gmm import GaussianMixtureFit, degenerate_components, fit_gaussian_mixture
 from tasks.config import ClusterConfig
 from tasks.progress import progress
 from tasks.select import Selection
@@ -98,26 +98,6 @@ def sweep(values: np.ndarray, config: ClusterConfig) -> SweepResult:
             )
             done(len(fits), last_k=k, iterations=mixture.n_iter)
     return sweep_result(fits, config, ks, n_rows, len(sample))
-
-
-def degenerate_components(
-    values: np.ndarray, labels: np.ndarray, k: int, covariance: str
-) -> list[int]:
-    """The components whose own rows (hard labels) give a singular covariance: a full
-    covariance needs rows spanning every dimension (at least d + 1 distinct ones), a diagonal
-    one two distinct values in each dimension. A component with no rows counts too."""
-    found = []
-    for component in range(k):
-        members = values[labels == component]
-        if len(members) < 2:
-            found.append(component)
-        elif covariance == "full":
-            centred = members - members.mean(axis=0)
-            if np.linalg.matrix_rank(centred) < values.shape[1]:
-                found.append(component)
-        elif (np.ptp(members, axis=0) == 0).any():
-            found.append(component)
-    return found
 
 
 def select_by_bic(result: SweepResult) -> Selection:

@@ -9,11 +9,16 @@
   strength >= ``select.prediction_strength_threshold``; k=1 when no k does.
 - ``gap`` (Tibshirani, Walther & Hastie 2001): the smallest k with Gap(k) >= Gap(k+1) -
   s(k+1), uniform reference sets drawn over the principal-axis box of the rows; may be 1.
-- ``stable_consensus`` (the default, chosen by benchmarks/k_selection.py): prediction
-  strength first decides whether there is any cluster structure (some k >= 2 reaching the
-  threshold); if there is none the answer is k=1 ("no cluster structure found"), otherwise
-  the consensus vote of the four criteria plus prediction strength, ties to the better
-  silhouette.
+- ``stable_consensus`` (the default from session 23 to 25): prediction strength first
+  decides whether there is any cluster structure (some k >= 2 reaching the threshold); if
+  there is none the answer is k=1 ("no cluster structure found"), otherwise the consensus
+  vote of the four criteria plus prediction strength, ties to the better silhouette.
+- ``stable_consensus_bic`` (the default, chosen by benchmarks/k_selection.py in session 26):
+  ``stable_consensus`` with a sixth voter, the lowest BIC of full-covariance Gaussian
+  mixtures fitted for k = 1 and every swept k (``gmm_bic``; it abstains when k=1 wins). The
+  mixture sees elongated and unequal groups that the k-means criteria, all built on
+  distances to centroids, split or merge; the benchmark's held-out and fresh families
+  gained most from it.
 
 When the answer is k=1 the model still has the smallest swept k (a k-means with one cluster
 segments nothing); `Selection.structure_found` is False and the reason says so.
@@ -30,12 +35,16 @@ from typing import Any
 import numpy as np
 
 from tasks.cluster import SweepResult, fit_k_values
+from tasks.compute.gmm import degenerate_components, fit_gaussian_mixture
 from tasks.config import ClusterConfig, SelectConfig
 
 #: criteria that need the prepared rows (refits), not only the sweep's metrics
-DATA_CRITERIA = ("prediction_strength", "gap", "stable_consensus")
+DATA_CRITERIA = ("prediction_strength", "gap", "stable_consensus", "stable_consensus_bic")
 NO_STRUCTURE = "no cluster structure found (k=1)"
 _NAMES = {"gap": "gap statistic", "prediction_strength": "prediction strength"}
+#: the mixture vote of ``stable_consensus_bic``: EM's settings as scikit-learn's defaults
+BIC_VOTE_INITS = 2
+BIC_VOTE_MAX_ITER = 100
 
 
 @dataclass(frozen=True)
@@ -209,6 +218,29 @@ def gap_k(gap: np.ndarray, spread: np.ndarray) -> int:
     return len(gap)
 
 
+def mixture_bic(values: np.ndarray, k_values: list[int], seed: int) -> dict[int, float]:
+    """BIC of a full-covariance Gaussian mixture for k = 1 and each of ``k_values`` (the best
+    of `BIC_VOTE_INITS` EM runs from seeded k-means starts). A k the rows cannot hold (more
+    components than rows) or whose fit collapses a component onto rows too few or too alike
+    for a covariance (`degenerate_components`: only the regularisation keeps its likelihood
+    finite, so its BIC means nothing) is left out."""
+    bic: dict[int, float] = {}
+    for k in [1, *k_values]:
+        if k in bic or k >= len(values):
+            continue
+        fit = fit_gaussian_mixture(
+            values,
+            k,
+            covariance="full",
+            n_init=BIC_VOTE_INITS,
+            max_iter=BIC_VOTE_MAX_ITER,
+            random_state=seed,
+        )
+        if not degenerate_components(values, np.asarray(fit.labels), k, "full"):
+            bic[k] = fit.bic(len(values))
+    return bic
+
+
 def select_k(
     result: SweepResult,
     criterion: str,
@@ -322,6 +354,13 @@ def _refitting_selection(
             f"the model keeps the smallest k={ks[0]}"
         )
         return Selection(ks[0], criterion, reason, {}, details, structure_found=False)
+    if criterion == "stable_consensus_bic":
+        bic = mixture_bic(rows, ks, config.seed)
+        details["gmm_bic"] = {k: round(v, 2) for k, v in bic.items()}
+        lowest = min(bic, key=bic.__getitem__) if bic else None
+        # k=1 winning the BIC says "one Gaussian": an abstention once prediction strength has
+        # found structure, not a vote for the smallest swept k.
+        picks["gmm_bic"] = lowest if lowest is not None and lowest > 1 else None
     return _vote(result, picks, criterion, details)
 
 

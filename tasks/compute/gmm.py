@@ -114,6 +114,26 @@ def fit_gaussian_mixture(
     return best
 
 
+def degenerate_components(
+    values: np.ndarray, labels: np.ndarray, k: int, covariance: str
+) -> list[int]:
+    """The components whose own rows (hard labels) give a singular covariance: a full
+    covariance needs rows spanning every dimension (at least d + 1 distinct ones), a diagonal
+    one two distinct values in each dimension. A component with no rows counts too."""
+    found = []
+    for component in range(k):
+        members = values[labels == component]
+        if len(members) < 2:
+            found.append(component)
+        elif covariance == "full":
+            centred = members - members.mean(axis=0)
+            if np.linalg.matrix_rank(centred) < values.shape[1]:
+                found.append(component)
+        elif (np.ptp(members, axis=0) == 0).any():
+            found.append(component)
+    return found
+
+
 def kmeans_start_labels(values: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Hard labels of one seeded k-means++ run: EM's starting responsibilities."""
     from tasks.compute.kmeans import KMeans

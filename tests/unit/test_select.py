@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.mixture import GaussianMixture
 
 from tasks.cluster import sweep
 from tasks.config import load_params
@@ -12,6 +13,7 @@ from tasks.select import (
     NO_STRUCTURE,
     gap_k,
     gap_statistic,
+    mixture_bic,
     prediction_strength,
     prediction_strength_k,
     sample_rows,
@@ -76,7 +78,10 @@ def test_gap_rule_takes_the_first_k_within_one_standard_error():
     assert gap_k(np.array([0.1, 0.2, 0.3]), np.array([0.01, 0.01, 0.01])) == 3
 
 
-@pytest.mark.parametrize("criterion", ["stable_consensus", "prediction_strength", "gap"])
+REFITTING = ["stable_consensus_bic", "stable_consensus", "prediction_strength", "gap"]
+
+
+@pytest.mark.parametrize("criterion", REFITTING)
 def test_uniform_noise_has_no_cluster_structure(criterion):
     values = np.random.default_rng(3).uniform(-1, 1, size=(120, 2))
     params = _params("cluster.k_max=5")
@@ -88,7 +93,7 @@ def test_uniform_noise_has_no_cluster_structure(criterion):
     assert "smallest k=2" in selection.reason
 
 
-@pytest.mark.parametrize("criterion", ["stable_consensus", "prediction_strength", "gap"])
+@pytest.mark.parametrize("criterion", REFITTING)
 def test_well_separated_groups_are_found(criterion):
     values = _blobs([[0, 0], [8, 0], [0, 8], [8, 8]], 30, seed=1)
     params = _params("cluster.k_max=6")
@@ -97,7 +102,7 @@ def test_well_separated_groups_are_found(criterion):
     assert selection.structure_found and selection.k == 4, selection.reason
     assert (
         selection.details["candidates"][
-            criterion if criterion != "stable_consensus" else "prediction_strength"
+            criterion if criterion in ("prediction_strength", "gap") else "prediction_strength"
         ]
         == 4
     )
@@ -119,6 +124,53 @@ def test_stable_consensus_records_each_vote():
         "prediction_strength",
     }
     assert selection.details["prediction_strength"][3] >= 0.8
+
+
+def test_stable_consensus_bic_adds_the_mixture_vote():
+    values = _blobs([[0, 0], [8, 0], [4, 7]], 40, seed=2)
+    params = _params("cluster.k_max=6")
+    selection = select_k(
+        sweep(values, params.cluster), "stable_consensus_bic", values, params.select, params.cluster
+    )
+    assert selection.k == 3 and selection.votes[3] >= 4
+    assert "of 6 criteria" in selection.reason and "gmm_bic" in selection.reason
+    assert selection.details["candidates"]["gmm_bic"] == 3
+    bic = selection.details["gmm_bic"]
+    assert sorted(bic) == [1, 2, 3, 4, 5, 6] and min(bic, key=bic.get) == 3
+
+
+def test_mixture_bic_matches_scikit_learn_on_tilted_groups():
+    # Three tilted, elongated groups (covariance [[4, 1.5], [1.5, 1]]): the lowest BIC is at
+    # k=3, and each k's BIC is scikit-learn's GaussianMixture's (same EM, same k-means
+    # starts in spirit, not in bits: within EM's tolerance).
+    rng = np.random.default_rng(4)
+    tilted = np.array([[4.0, 1.5], [1.5, 1.0]])
+    values = np.vstack([rng.multivariate_normal(c, tilted, 120) for c in ([0, 0], [0, 7], [9, 3])])
+    bic = mixture_bic(values, [2, 3, 4, 5, 6], seed=0)
+    reference = {
+        k: GaussianMixture(k, covariance_type="full", n_init=2, random_state=0)
+        .fit(values)
+        .bic(values)
+        for k in range(1, 7)
+    }
+    assert min(bic, key=bic.get) == min(reference, key=reference.get) == 3
+    for k in bic:
+        assert bic[k] == pytest.approx(reference[k], rel=1e-3)
+
+
+def test_mixture_vote_abstains_on_one_gaussian_and_skips_collapsed_fits():
+    one = np.random.default_rng(5).normal(size=(200, 3))
+    bic = mixture_bic(one, [2, 3, 4], seed=0)
+    assert min(bic, key=bic.get) == 1
+    # Rows repeated on a few points: a component on one point has a singular covariance
+    # whatever the regularisation; such k are left out instead of winning on a spiked density.
+    spiked = np.vstack([one[:100], np.repeat(one[100:103], 30, axis=0)])
+    kept = mixture_bic(spiked, [2, 3, 4, 5, 6], seed=0)
+    assert 1 in kept and len(kept) < 6
+    assert all(np.isfinite(v) for v in kept.values())
+    # 4 rows in 3-D: one Gaussian fits, k=2 and 3 have components too thin for a full
+    # covariance (skipped), k >= 4 has as many components as rows (not fitted at all).
+    assert sorted(mixture_bic(one[:4], [2, 3, 4, 5], seed=0)) == [1]
 
 
 def test_refits_run_on_a_seeded_sample_above_sample_rows():
@@ -148,7 +200,7 @@ def test_too_few_rows_for_prediction_strength_fall_back_to_the_consensus():
 
 
 def test_select_config_keys_are_validated():
-    assert _params().select.criterion == "stable_consensus"
+    assert _params().select.criterion == "stable_consensus_bic"
     with pytest.raises(ConfigError, match=r"select\.criterion"):
         _params("select.criterion=bic")
     with pytest.raises(ConfigError, match=r"select\.prediction_strength_threshold"):
