@@ -144,8 +144,8 @@ class SelectConfig(_Section):
         "prediction_strength",
         "gap",
         "stable_consensus",
-        "stable_consensus_bic",
-    ] = "stable_consensus_bic"
+        "gated_vote",
+    ] = "gated_vote"
     sample_rows: Annotated[int, Field(ge=20)] = 2000
     prediction_strength_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
     prediction_strength_repeats: Annotated[int, Field(ge=1)] = 2

@@ -13,12 +13,14 @@
   decides whether there is any cluster structure (some k >= 2 reaching the threshold); if
   there is none the answer is k=1 ("no cluster structure found"), otherwise the consensus
   vote of the four criteria plus prediction strength, ties to the better silhouette.
-- ``stable_consensus_bic`` (the default, chosen by benchmarks/k_selection.py in session 26):
-  ``stable_consensus`` with a sixth voter, the lowest BIC of full-covariance Gaussian
-  mixtures fitted for k = 1 and every swept k (``gmm_bic``; it abstains when k=1 wins). The
-  mixture sees elongated and unequal groups that the k-means criteria, all built on
-  distances to centroids, split or merge; the benchmark's held-out and fresh families
-  gained most from it.
+- ``gated_vote`` (the default, chosen by benchmarks/k_selection.py in session 26): the same
+  prediction-strength gate (k=1 when no k is stable), then three votes built on different
+  ideas: Calinski-Harabasz (between/within variance), prediction strength (the largest
+  stable k) and the lowest BIC of full-covariance Gaussian mixtures fitted for k = 1 and
+  every swept k on the same sample (``gmm_bic``; it abstains when k=1 wins). The majority
+  wins; without one, Calinski-Harabasz, the best single criterion on well-separated groups.
+  Silhouette, Davies-Bouldin and the elbow are recorded but do not vote: on the benchmark
+  they add errors where Calinski-Harabasz is right.
 
 When the answer is k=1 the model still has the smallest swept k (a k-means with one cluster
 segments nothing); `Selection.structure_found` is False and the reason says so.
@@ -39,10 +41,12 @@ from tasks.compute.gmm import degenerate_components, fit_gaussian_mixture
 from tasks.config import ClusterConfig, SelectConfig
 
 #: criteria that need the prepared rows (refits), not only the sweep's metrics
-DATA_CRITERIA = ("prediction_strength", "gap", "stable_consensus", "stable_consensus_bic")
+DATA_CRITERIA = ("prediction_strength", "gap", "stable_consensus", "gated_vote")
+#: the voters of ``gated_vote``, the first also breaking a tie
+GATED_VOTERS = ("calinski_harabasz", "prediction_strength", "gmm_bic")
 NO_STRUCTURE = "no cluster structure found (k=1)"
 _NAMES = {"gap": "gap statistic", "prediction_strength": "prediction strength"}
-#: the mixture vote of ``stable_consensus_bic``: EM's settings as scikit-learn's defaults
+#: the mixture vote of ``gated_vote``: EM's settings as scikit-learn's defaults
 BIC_VOTE_INITS = 2
 BIC_VOTE_MAX_ITER = 100
 
@@ -284,9 +288,14 @@ def select_k(
 
 
 def _vote(
-    result: SweepResult, picks: dict[str, int | None], criterion: str, details: dict[str, Any]
+    result: SweepResult,
+    picks: dict[str, int | None],
+    criterion: str,
+    details: dict[str, Any],
+    tie_break: str = "silhouette",
 ) -> Selection:
-    """Most votes wins; a tie goes to the better silhouette (then the smaller k)."""
+    """Most votes wins; a tie goes to the ``tie_break`` voter's k when it is among the tied,
+    otherwise to the better silhouette (then the smaller k)."""
     ks = result.k_values
     table = result.metric_table()
     silhouette = dict(zip(ks, table["silhouette"], strict=True))
@@ -297,13 +306,23 @@ def _vote(
         return Selection(k, criterion, reason, {}, details)
     top = max(votes.values())
     tied = [k for k, count in votes.items() if count == top]
-    k = max(
-        tied, key=lambda candidate: (np.nan_to_num(silhouette[candidate], nan=-2.0), -candidate)
-    )
+    if picks.get(tie_break) in tied:
+        k, broken_by = picks[tie_break], tie_break.replace("_", "-")
+    else:
+        k, broken_by = (
+            max(
+                tied,
+                key=lambda candidate: (
+                    np.nan_to_num(silhouette[candidate], nan=-2.0),
+                    -candidate,
+                ),
+            ),
+            "silhouette",
+        )
     voters = [name for name, pick in picks.items() if pick == k]
     reason = f"k={k}: chosen by {top} of {len(picks)} criteria ({', '.join(voters)})"
     if len(tied) > 1:
-        reason += f"; tie with k={', '.join(str(t) for t in tied if t != k)} broken by silhouette"
+        reason += f"; tie with k={', '.join(str(t) for t in tied if t != k)} broken by {broken_by}"
     others = [f"{name}: k={pick}" for name, pick in picks.items() if pick != k]
     if others:
         reason += "; others: " + ", ".join(others)
@@ -354,13 +373,17 @@ def _refitting_selection(
             f"the model keeps the smallest k={ks[0]}"
         )
         return Selection(ks[0], criterion, reason, {}, details, structure_found=False)
-    if criterion == "stable_consensus_bic":
+    if criterion == "gated_vote":
         bic = mixture_bic(rows, ks, config.seed)
         details["gmm_bic"] = {k: round(v, 2) for k, v in bic.items()}
         lowest = min(bic, key=bic.__getitem__) if bic else None
         # k=1 winning the BIC says "one Gaussian": an abstention once prediction strength has
         # found structure, not a vote for the smallest swept k.
         picks["gmm_bic"] = lowest if lowest is not None and lowest > 1 else None
+        voting = {name: picks[name] for name in GATED_VOTERS}
+        selection = _vote(result, voting, criterion, details, tie_break=GATED_VOTERS[0])
+        recorded = [f"{name}: k={picks[name]}" for name in picks if name not in voting]
+        return replace(selection, reason=selection.reason + "; not voting: " + ", ".join(recorded))
     return _vote(result, picks, criterion, details)
 
 

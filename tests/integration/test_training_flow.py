@@ -94,7 +94,7 @@ def test_crime_run_records_everything(trained, project_dir):
     assert selection["k"] == outcome.k and selection["reason"] == outcome.selection_reason
     # The default criterion finds no stable cluster structure in the 50 states (prediction
     # strength below 0.8 at every k): it says k=1 and the model keeps the smallest k.
-    assert selection["criterion"] == "stable_consensus_bic"
+    assert selection["criterion"] == "gated_vote"
     assert selection["structure_found"] is False and selection["chosen_k"] == 1
     assert outcome.k == 2 and "no cluster structure found (k=1)" in outcome.selection_reason
     # Registered with both aliases; version tags carry the lineage.

@@ -11,6 +11,7 @@ from tasks.config import load_params
 from tasks.errors import ConfigError
 from tasks.select import (
     NO_STRUCTURE,
+    _vote,
     gap_k,
     gap_statistic,
     mixture_bic,
@@ -78,7 +79,7 @@ def test_gap_rule_takes_the_first_k_within_one_standard_error():
     assert gap_k(np.array([0.1, 0.2, 0.3]), np.array([0.01, 0.01, 0.01])) == 3
 
 
-REFITTING = ["stable_consensus_bic", "stable_consensus", "prediction_strength", "gap"]
+REFITTING = ["gated_vote", "stable_consensus", "prediction_strength", "gap"]
 
 
 @pytest.mark.parametrize("criterion", REFITTING)
@@ -126,17 +127,43 @@ def test_stable_consensus_records_each_vote():
     assert selection.details["prediction_strength"][3] >= 0.8
 
 
-def test_stable_consensus_bic_adds_the_mixture_vote():
+def test_gated_vote_records_each_vote_and_what_did_not_vote():
     values = _blobs([[0, 0], [8, 0], [4, 7]], 40, seed=2)
     params = _params("cluster.k_max=6")
     selection = select_k(
-        sweep(values, params.cluster), "stable_consensus_bic", values, params.select, params.cluster
+        sweep(values, params.cluster), "gated_vote", values, params.select, params.cluster
     )
-    assert selection.k == 3 and selection.votes[3] >= 4
-    assert "of 6 criteria" in selection.reason and "gmm_bic" in selection.reason
+    assert selection.k == 3 and selection.votes == {3: 3}
+    assert selection.reason.startswith(
+        "k=3: chosen by 3 of 3 criteria (calinski_harabasz, prediction_strength, gmm_bic)"
+    )
+    assert (
+        "; not voting: elbow: k=" in selection.reason and "davies_bouldin: k=3" in selection.reason
+    )
     assert selection.details["candidates"]["gmm_bic"] == 3
     bic = selection.details["gmm_bic"]
     assert sorted(bic) == [1, 2, 3, 4, 5, 6] and min(bic, key=bic.get) == 3
+
+
+def _sweep_result(ks, silhouette):
+    values = _blobs([[0, 0], [8, 0], [4, 7], [12, 7]], 20, seed=3)
+    result = sweep(values, _params(f"cluster.k_max={max(ks)}").cluster)
+    for k, value in zip(ks, silhouette, strict=True):
+        result.fits[k].metrics["silhouette"] = value
+    return result
+
+
+def test_a_three_way_split_goes_to_calinski_harabasz_not_to_the_silhouette():
+    result = _sweep_result([2, 3, 4, 5], [0.9, 0.1, 0.2, 0.3])
+    picks = {"calinski_harabasz": 4, "prediction_strength": 3, "gmm_bic": 5}
+    selection = _vote(result, picks, "gated_vote", {}, tie_break="calinski_harabasz")
+    assert selection.k == 4
+    assert "tie with k=3, 5 broken by calinski-harabasz" in selection.reason
+    # Two votes beat Calinski-Harabasz; an abstaining mixture leaves a two-way tie to it.
+    assert _vote(result, picks | {"gmm_bic": 3}, "gated_vote", {}, "calinski_harabasz").k == 3
+    assert _vote(result, picks | {"gmm_bic": None}, "gated_vote", {}, "calinski_harabasz").k == 4
+    # The consensus's own tie-break is unchanged: the better silhouette among the tied.
+    assert _vote(result, picks, "consensus", {}).k == 5
 
 
 def test_mixture_bic_matches_scikit_learn_on_tilted_groups():
@@ -200,7 +227,7 @@ def test_too_few_rows_for_prediction_strength_fall_back_to_the_consensus():
 
 
 def test_select_config_keys_are_validated():
-    assert _params().select.criterion == "stable_consensus_bic"
+    assert _params().select.criterion == "gated_vote"
     with pytest.raises(ConfigError, match=r"select\.criterion"):
         _params("select.criterion=bic")
     with pytest.raises(ConfigError, match=r"select\.prediction_strength_threshold"):
