@@ -15,6 +15,7 @@ import logging
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pandas as pd
 
 from tasks.chain import SegmentationChain, contract_digest
 from tasks.errors import RegistryError
-from tasks.run_liveness import owned_run
+from tasks.run_liveness import interrupts_held, owned_run
 from tasks.tracking import (  # noqa: F401
     ARTIFACT_DIR,
     DEFAULT_TRACKING_URI,
@@ -158,9 +159,20 @@ def register_training(
 
     The registration happens last; if anything before it fails the run is marked FAILED and
     no model version exists. Holds the registry lock throughout. A store that refuses writes
-    (read-only, full, gone) is one `RegistryError` line naming it."""
-    with _store_errors(), registry_lock(lock_timeout_s, lock_lease_s):
-        return _register_training(record, experiment, model_name, log_data_max_mb, data_sample_seed)
+    (read-only, full, gone) is one `RegistryError` line naming it.
+
+    SIGTERM/SIGINT are delivered between the store writes (`interrupts_held`): one that comes
+    before the registration's last step ends the run KILLED with no model version; one that
+    comes later is delivered once the run has FINISHED. Held only once the lock is ours: one
+    that comes while waiting for it (up to `lock_timeout_s`) is delivered at once."""
+    with (
+        _store_errors(),
+        registry_lock(lock_timeout_s, lock_lease_s),
+        interrupts_held() as checkpoint,
+    ):
+        return _register_training(
+            record, experiment, model_name, log_data_max_mb, data_sample_seed, checkpoint
+        )
 
 
 @contextlib.contextmanager
@@ -200,6 +212,7 @@ def _register_training(
     model_name: str,
     log_data_max_mb: float,
     data_sample_seed: int = 0,
+    checkpoint: Callable[[], None] = lambda: None,
 ) -> Registration:
     import mlflow
     from mlflow.models import ModelSignature
@@ -208,20 +221,30 @@ def _register_training(
     configure_mlflow()
     experiment_id = ensure_experiment(experiment)
     k = record.chain.k
+    checkpoint()  # no run yet: an interrupt here leaves nothing behind
     with owned_run(experiment_id=experiment_id, run_name=training_run_name(k)) as parent:
+        # Each checkpoint delivers a held SIGTERM/SIGINT between writes; owned_run ends KILLED.
+        checkpoint()
         runs.log_run(record.tags, record.params_flat, record.chosen_metrics)
         for k_value, metrics in sorted(record.per_k_metrics.items()):
+            checkpoint()
             runs.log_k_run(experiment_id, k_value, k_value == k, metrics)
+        checkpoint()
         runs.log_plots(record.plots)
         for path, payload in record.json_artifacts.items():
+            checkpoint()
             runs.log_json(payload, path)
         for path, table in record.csv_artifacts.items():
+            checkpoint()
             runs.log_csv(table, path)
+        checkpoint()
         if record.validation_json is not None:
             runs.log_file(record.validation_json, Artifact.VALIDATION_RESULT)
         runs.log_training_data(record.training_frame, log_data_max_mb, data_sample_seed)
+        checkpoint()
         if record.dataset is not None:
             runs.log_dataset(record.dataset)
+        checkpoint()
         with tempfile.TemporaryDirectory() as scratch:
             chain_dir = Path(scratch) / Artifact.CHAIN
             record.chain.save(str(chain_dir))
@@ -257,6 +280,9 @@ def _register_training(
                 await_registration_for=60,
             )
         version = str(info.registered_model_version)
+        # The last one: owned_run deletes the version just registered. An interrupt after it
+        # (the alias moving) waits until the run has FINISHED: the registration stands.
+        checkpoint()
         contract = record.chain.input_contract()
         runs.record_registration(
             model_name, version, record.tags, k, contract, contract_digest(contract)

@@ -7,6 +7,9 @@ found by `sweep_dead_runs`, which any command opening the tracking store runs on
 runs owned by this host whose process is dead (or whose pid now names another process) are
 marked FAILED with a tag saying why. Either way a model version registered by such a run is
 deleted: a version exists only if its run finished.
+
+`interrupts_held` keeps SIGTERM/SIGINT from raising inside MLflow's store writes: the writer
+delivers them itself at checkpoints between its writes, where the run then ends KILLED.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -110,6 +115,58 @@ def owned_run(**start_run_kwargs) -> Iterator:
                 mlflow.end_run("KILLED")
             _end(client, run.info.run_id, "KILLED", why)
             raise
+
+
+_HELD_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[Callable[[], None]]:
+    """Hold SIGTERM and SIGINT back; yields a checkpoint that delivers a held one (its handler
+    raises there: Prefect's TerminationSignal, KeyboardInterrupt), as leaving does.
+
+    Why: those handlers raise wherever the main thread is. Raised inside MLflow's store calls
+    (an SQLAlchemy session mid-flush, a pool returning its connection), the exception either
+    came out as an MlflowException (the run then ended FAILED, not KILLED) or left a sqlite
+    write transaction open, so that every later write, ending the run included, failed with
+    "database is locked" (the run stayed RUNNING). Between writes it is harmless. A second
+    signal while one is held is delivered at once (someone insists). Only in the main thread
+    (the only one Python signal handlers run in), and only for a signal whose handler is a
+    Python function: under SIG_DFL the process ends outright, as before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    previous: dict[int, Callable] = {}
+    held: list[int] = []
+    delivered = False
+
+    def hold(signum, frame):
+        held.append(signum)
+        if len(held) > 1:
+            deliver()
+
+    def deliver():
+        nonlocal delivered
+        for signum, handler in previous.items():
+            if signal.getsignal(signum) is hold:
+                signal.signal(signum, handler)
+        if held and not delivered:
+            delivered = True
+            previous[held[0]](held[0], None)
+
+    def checkpoint():
+        if held:
+            deliver()
+
+    for signum in _HELD_SIGNALS:
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            previous[signum] = handler
+            signal.signal(signum, hold)
+    try:
+        yield checkpoint
+    finally:
+        deliver()
 
 
 def sweep_dead_runs(client) -> list[str]:

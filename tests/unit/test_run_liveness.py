@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -84,3 +85,74 @@ def test_interrupted_runs_end_killed_with_their_nested_runs_and_failures_failed(
     with pytest.raises(ValueError), run_liveness.owned_run(experiment_id=experiment_id) as run:
         raise ValueError("boom")
     assert _status(run.info.run_id) == "FAILED"
+
+
+class _Terminated(BaseException):
+    """Stands for Prefect's TerminationSignal: what a SIGTERM handler raises."""
+
+
+@pytest.fixture
+def sigterm_raises():
+    def handler(signum, frame):
+        raise _Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    yield handler
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_held_sigterm_raises_at_the_checkpoint_not_where_it_arrived(sigterm_raises):
+    steps = []
+    with pytest.raises(_Terminated), run_liveness.interrupts_held() as checkpoint:
+        signal.raise_signal(signal.SIGTERM)
+        steps.append("the write in progress completes")
+        checkpoint()
+        steps.append("the next write")  # never reached
+    assert steps == ["the write in progress completes"]
+    assert signal.getsignal(signal.SIGTERM) is sigterm_raises
+
+
+def test_a_held_sigterm_is_delivered_on_leaving_and_a_second_one_at_once(sigterm_raises):
+    with pytest.raises(_Terminated), run_liveness.interrupts_held():
+        signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is sigterm_raises
+    steps = []
+    with pytest.raises(_Terminated), run_liveness.interrupts_held():
+        signal.raise_signal(signal.SIGTERM)
+        steps.append("held")
+        signal.raise_signal(signal.SIGTERM)  # someone insists
+        steps.append("never")
+    assert steps == ["held"]
+    with run_liveness.interrupts_held() as checkpoint:
+        checkpoint()  # nothing held: nothing happens
+    assert signal.getsignal(signal.SIGTERM) is sigterm_raises
+
+
+def test_a_sigterm_during_a_store_write_ends_the_run_killed(project_dir, sigterm_raises):
+    """The signal arrives in the middle of MLflow's SQLAlchemy write (a real cursor hook): held,
+    it raises at the next checkpoint, so owned_run ends the run KILLED, not FAILED."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    configure_mlflow()
+    experiment_id = ensure_experiment("popseg")
+
+    def mid_write(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT INTO PARAMS"):
+            signal.raise_signal(signal.SIGTERM)
+
+    event.listen(Engine, "before_cursor_execute", mid_write)
+    try:
+        with (
+            pytest.raises(_Terminated),
+            run_liveness.interrupts_held() as checkpoint,
+            run_liveness.owned_run(experiment_id=experiment_id) as run,
+        ):
+            mlflow.log_param("written", "whole")
+            checkpoint()
+            mlflow.log_param("never", "written")
+    finally:
+        event.remove(Engine, "before_cursor_execute", mid_write)
+    assert _status(run.info.run_id) == "KILLED"
+    assert mlflow.MlflowClient().get_run(run.info.run_id).data.params == {"written": "whole"}
+    assert mlflow.active_run() is None
