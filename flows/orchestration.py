@@ -263,7 +263,8 @@ def train_cache_key(context, parameters: dict[str, Any]) -> str:
 
 def cache_options(config: OrchestrateConfig, key_fn) -> dict[str, Any]:
     """Cached results persist in Prefect's local result folder (PREFECT_HOME/storage) as
-    signed JSON + npz, never pickle: see flows/result_cache.py."""
+    signed JSON + npz, large arrays as .npy files beside it, never pickle: see
+    flows/result_cache.py."""
     if not config.cache:
         return {}
     import httpx
@@ -284,7 +285,7 @@ def cache_options(config: OrchestrateConfig, key_fn) -> dict[str, Any]:
         "cache_policy": CacheKeyFnPolicy(cache_key_fn=key_fn),
         "cache_expiration": timedelta(hours=config.cache_expiration_h),
         "persist_result": True,
-        "result_serializer": result_cache.PopsegJsonSerializer(),
+        "result_serializer": storage.serializer(),
         "result_storage": storage,
     }
 

@@ -1,8 +1,10 @@
 """Prefect's result cache without pickle: the cached prepare/train results are written as JSON
-(numpy arrays in an npz, loaded with ``allow_pickle=False``; the codec is
-flows/result_codec.py) by a serializer that knows only popseg's own result types, into a
-storage that signs every file with an HMAC-SHA256 keyed by a per-project secret and checks
-it before Prefect reads a byte.
+(small numpy arrays in an npz inside it, large ones as raw .npy files in the storage's
+``arrays/`` folder, named by their SHA-256, which the JSON records; all loaded with
+``allow_pickle=False``; the codec is flows/result_codec.py) by a serializer that knows only
+popseg's own result types, into a storage that signs every record with an HMAC-SHA256 keyed
+by a per-project secret and checks it before Prefect reads a byte. The signature covers the
+array files through their hashes: a changed, truncated or missing one is refused by name.
 
 Why a storage of our own and not only a serializer: a Prefect result file names its own
 serializer (``metadata.serializer``), and ``ResultRecord.deserialize`` honours it, so a file
@@ -10,14 +12,15 @@ that names ``pickle`` would be unpickled whatever the task asked for. Here popse
 file first: a file whose signature does not match, or that names another serializer, is
 refused with a warning naming it, Prefect sees a cache miss, and the step runs again.
 
-Files are 0600 in a 0700 folder (``PREFECT_LOCAL_STORAGE_PATH``, by default
-``PREFECT_HOME/storage``); the secret is ``PREFECT_HOME/popseg-cache.key`` (0600).
+Files are 0600 in 0700 folders (``PREFECT_LOCAL_STORAGE_PATH``, by default
+``PREFECT_HOME/storage``, and its ``arrays/``); the secret is
+``PREFECT_HOME/popseg-cache.key`` (0600). Array files are shared by the records that hold the
+same array and are not deleted with them (nor are expired records).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import hmac
 import json
@@ -35,7 +38,14 @@ from prefect.filesystems import WritableFileSystem
 from prefect.serializers import Serializer
 from pydantic import Field
 
-from flows.result_codec import FORMAT, CacheFormatError, decode, encode
+from flows.result_codec import (
+    FORMAT,
+    CacheFormatError,
+    decode,
+    encode,
+    open_regular,
+    private_dir,
+)
 
 # The codec's names stay importable from here, where the flows and tests take them.
 __all__ = [
@@ -59,27 +69,33 @@ KEY_FILE = "popseg-cache.key"
 _HEADER = b"popseg-cache 1 "
 _KEY_BYTES = 32
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+ARRAYS = "arrays"
 
 
 class PopsegJsonSerializer(Serializer):
-    """Prefect serializer for popseg's cached results: JSON + npz, an allow-list of types."""
+    """Prefect serializer for popseg's cached results: JSON + npz, large arrays as .npy files
+    in ``arrays`` (`SignedResultStorage.serializer` names its own folder); an allow-list of
+    types."""
 
     type: str = Field(default=SERIALIZER_TYPE, frozen=True)
+    arrays: str | None = Field(default=None, description="folder of the large arrays' files")
+
+    def _folder(self) -> Path | None:
+        return Path(self.arrays) if self.arrays else None
 
     def dumps(self, obj: Any) -> bytes:
-        return encode(obj)
+        return encode(obj, self._folder())
 
     def loads(self, blob: bytes) -> Any:
-        return decode(blob)
+        try:
+            return decode(blob, self._folder())
+        except CacheFormatError as error:
+            # Prefect takes any error here for a cache miss, silently: say which file it was.
+            logger.warning("rejected cached result: %s; the step runs again", error)
+            raise
 
 
 # --------------------------------------------------------------------------- the storage
-
-
-def _private_dir(folder: Path) -> None:
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if stat.S_IMODE(folder.stat().st_mode) != 0o700:
-        folder.chmod(0o700)
 
 
 def _write_private(path: Path, content: bytes, replace: bool = True) -> None:
@@ -101,13 +117,10 @@ def _write_private(path: Path, content: bytes, replace: bool = True) -> None:
 
 
 def _read_private(path: Path) -> tuple[bytes, os.stat_result]:
-    """A regular file's bytes and its stat; a symlink, FIFO or device is an OSError before
-    a byte is read (O_NONBLOCK: opening a FIFO does not wait for a writer)."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
+    """A regular file's bytes and its stat (`open_regular`: a symlink, FIFO or device is an
+    OSError before a byte is read)."""
+    handle, info = open_regular(path)
+    with handle:
         return handle.read(), info
 
 
@@ -117,7 +130,7 @@ def cache_secret(key_path: Path) -> bytes:
     try:
         secret, info = _read_private(key_path)
     except FileNotFoundError:
-        _private_dir(key_path.parent)
+        private_dir(key_path.parent)
         # Another process may make it first: then its key is the one to use.
         with contextlib.suppress(FileExistsError):
             _write_private(key_path, secrets.token_bytes(_KEY_BYTES), replace=False)
@@ -169,6 +182,13 @@ class SignedResultStorage(WritableFileSystem):
             raise ValueError(f"{str(path)!r}: not a cache entry name")
         return folder / name
 
+    def arrays_folder(self) -> Path:
+        return Path(self.basepath) / ARRAYS
+
+    def serializer(self) -> PopsegJsonSerializer:
+        """The serializer whose records this storage reads: large arrays in its folder."""
+        return PopsegJsonSerializer(arrays=str(self.arrays_folder()))
+
     def _resolve_path(self, path: str) -> Path:
         # What Prefect asks a storage without a document id for (its folder for "").
         return Path(self.basepath) if not path else self._file(path)
@@ -191,8 +211,10 @@ class SignedResultStorage(WritableFileSystem):
             serializer = json.loads(content)["metadata"]["serializer"]
         except (ValueError, KeyError, TypeError):
             self._refuse(target, "not a Prefect result record")
-        if serializer != {"type": SERIALIZER_TYPE}:
-            self._refuse(target, f"names serializer {serializer!r}, not {SERIALIZER_TYPE!r}")
+        # Prefect reads the record with the serializer it names, array folder included.
+        expected = self.serializer().model_dump()
+        if serializer != expected:
+            self._refuse(target, f"names serializer {serializer!r}, not {expected!r}")
         return content
 
     def _refuse(self, target: Path, reason: str) -> NoReturn:
@@ -201,7 +223,7 @@ class SignedResultStorage(WritableFileSystem):
 
     def write_signed(self, path: str, content: bytes) -> str:
         target = self._file(path)
-        _private_dir(target.parent)
+        private_dir(target.parent)
         mac = _mac(cache_secret(Path(self.key_path)), target.name, content)
         _write_private(target, _HEADER + mac + b"\n" + content)
         return str(target)

@@ -3,8 +3,10 @@ step only, and two runs at once against one MLflow store."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
 import sqlite3
 import stat
@@ -39,7 +41,13 @@ def _task_runs(flow_run_id):
         )
 
 
-def test_prepare_and_train_are_cached_on_data_hash_params_and_code(prefect_server, project_dir):
+def test_prepare_and_train_are_cached_on_data_hash_params_and_code(
+    prefect_server, project_dir, monkeypatch
+):
+    from flows import result_codec
+
+    # Every array in a file of its own, as a large input's are (the test data is small).
+    monkeypatch.setattr(result_codec, "FILE_MIN_BYTES", 0)
     # Settings no other test uses: the cache is shared by the whole test session.
     fast = [
         "impute.strategy=mean",
@@ -62,18 +70,40 @@ def test_prepare_and_train_are_cached_on_data_hash_params_and_code(prefect_serve
     assert second.k == first.k and second.metrics == first.metrics
     assert any("reused cached results of: prepare, train" in n for n in second.notes)
     assert third.k >= 3
-    # Persisted as signed JSON + npz (flows/result_cache.py), never pickle; files 0600.
+    # Persisted as signed JSON + .npy files (flows/result_cache.py), never pickle; files 0600.
     from prefect.settings import get_current_settings
 
     storage = Path(get_current_settings().results.local_storage_path)
     entries = sorted(storage.glob("popseg-*"))
     assert {entry.name.split("-")[1] for entry in entries} == {"prepare", "train"}
+    files = {}
     for entry in entries:
         signature, _, record = entry.read_bytes().partition(b"\n")
         assert signature.startswith(b"popseg-cache 1 ")
-        assert json.loads(record)["metadata"]["serializer"] == {"type": "popseg-json"}
+        record = json.loads(record)
+        assert record["metadata"]["serializer"] == {
+            "type": "popseg-json",
+            "arrays": str(storage / "arrays"),
+        }
         assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+        result = record["result"].encode()  # the codec's JSON, a string in the record
+        files[entry.name] = set(re.findall(rb'"file": ?"([0-9a-f]{64}[.]npy)"', result))
     assert stat.S_IMODE(storage.stat().st_mode) == 0o700
+    for name in set().union(*files.values()):
+        assert stat.S_IMODE((storage / "arrays" / name.decode()).stat().st_mode) == 0o600
+    # A damaged array file of the cached prepare result: refused, prepare runs again (the
+    # train entry, keyed on the data and settings, still serves), the same model comes out.
+    (prepare_entry,) = (name for name in files if name.startswith("popseg-prepare-"))
+    only_prepare = files[prepare_entry] - set().union(
+        *(found for name, found in files.items() if name != prepare_entry)
+    )
+    damaged = storage / "arrays" / sorted(only_prepare)[0].decode()
+    damaged.write_bytes(damaged.read_bytes()[:-8])
+    rerun = _flow_state(*fast).result()
+    assert client.get_run(rerun.run_id).data.tags["cached_steps"] == "train"
+    assert rerun.k == first.k and rerun.metrics == first.metrics
+    # The rerun wrote the file again, whole (prepare is deterministic: the same bytes).
+    assert hashlib.sha256(damaged.read_bytes()).hexdigest() == damaged.stem
 
 
 def test_network_step_retries_with_backoff_then_fails_clearly(

@@ -86,6 +86,18 @@ def test_prepare_and_train_results_round_trip_through_json_and_npz(stage_results
     assert back.kept_frame["name"].dtype == trained.kept_frame["name"].dtype
 
 
+def test_stage_results_round_trip_with_every_array_in_a_file(stage_results, tmp_path, monkeypatch):
+    from flows import result_codec
+
+    monkeypatch.setattr(result_codec, "FILE_MIN_BYTES", 0)
+    serializer = result_cache.PopsegJsonSerializer(arrays=str(tmp_path / "arrays"))
+    for result in stage_results:
+        blob = serializer.dumps(result)
+        assert b'"$": "ndarray"' not in blob and b'"$":"ndarray"' not in blob
+        _assert_same(result, serializer.loads(blob), type(result).__name__)
+    assert any((tmp_path / "arrays").glob("*.npy"))
+
+
 def test_edge_values_round_trip():
     value = {
         1: [np.nan, np.inf, -np.inf, 0.1, None, True],

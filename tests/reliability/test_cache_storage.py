@@ -38,7 +38,7 @@ def _store(storage):
     # A fresh ResultStore each time: nothing served from Prefect's in-memory cache.
     return ResultStore(
         result_storage=storage,
-        serializer=result_cache.PopsegJsonSerializer(),
+        serializer=storage.serializer(),
         cache_result_in_memory=False,
     )
 
@@ -57,11 +57,15 @@ def test_prefect_writes_and_reads_back_through_the_signed_storage(storage, tmp_p
     assert back["names"] == ["a", "b"] and back["imputed"].report == {"n": 1}
     folder = tmp_path / "storage"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    # Small arrays stay in the record: no array folder.
     assert [path.name for path in folder.iterdir()] == ["popseg-prepare-abc"]
     assert stat.S_IMODE((folder / "popseg-prepare-abc").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "popseg-cache.key").stat().st_mode) == 0o600
     record = json.loads((folder / "popseg-prepare-abc").read_bytes().partition(b"\n")[2])
-    assert record["metadata"]["serializer"] == {"type": "popseg-json"}
+    assert record["metadata"]["serializer"] == {
+        "type": "popseg-json",
+        "arrays": str(folder / "arrays"),
+    }
 
 
 def test_a_signed_record_that_names_pickle_is_refused_unread(storage, tmp_path, caplog):
@@ -133,3 +137,79 @@ def test_a_fifo_or_symlink_in_place_of_an_entry_is_refused_without_blocking(
     with caplog.at_level(logging.WARNING, logger="flows.result_cache"):
         assert not _store(storage).exists("popseg-prepare-xyz")
     assert "popseg-prepare-xyz: rejected cached result" in caplog.text
+
+
+def _large():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    matrix = rng.normal(size=(40_000, 3))  # 960 kB: above FILE_MIN_BYTES, a file of its own
+    imputed = ImputeResult(matrix, np.ones(3, dtype=bool), matrix.mean(axis=0), {"n": 1})
+    return {"names": ["a", "b", "c"], "imputed": imputed, "again": matrix}
+
+
+def _array_files(tmp_path):
+    return sorted((tmp_path / "storage" / "arrays").glob("*.npy"))
+
+
+def test_large_arrays_are_npy_files_beside_the_record_and_come_back_equal(storage, tmp_path):
+    import numpy as np
+
+    value = _large()
+    _store(storage).write(value, key="popseg-prepare-big")
+    files = _array_files(tmp_path)
+    # One file for the matrix, however often it appears; the record holds no copy of it.
+    assert len(files) == 1 and files[0].stat().st_size > value["again"].nbytes
+    assert (tmp_path / "storage" / "popseg-prepare-big").stat().st_size < 20_000
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(files[0].parent.stat().st_mode) == 0o700
+    back = _store(storage).read("popseg-prepare-big").result
+    np.testing.assert_array_equal(back["imputed"].values, value["imputed"].values)
+    np.testing.assert_array_equal(back["again"], value["again"])
+    assert back["imputed"].values.flags.writeable
+
+
+def _damage(path, how):
+    if how == "changed":
+        content = bytearray(path.read_bytes())
+        content[-1] ^= 1
+        path.write_bytes(bytes(content))
+    elif how == "truncated":
+        with open(path, "r+b") as handle:
+            handle.truncate(path.stat().st_size - 8)
+    elif how == "missing":
+        path.unlink()
+    else:
+        target = path.with_name("elsewhere.npy")
+        path.rename(target)
+        path.symlink_to(target)
+
+
+@pytest.mark.parametrize("how", ["changed", "truncated", "missing", "symlink"])
+def test_a_damaged_array_file_is_refused_by_name_and_the_entry_rewritten(
+    storage, tmp_path, how, caplog
+):
+    _store(storage).write(_large(), key="popseg-prepare-big")
+    (path,) = _array_files(tmp_path)
+    _damage(path, how)
+    with caplog.at_level(logging.WARNING, logger="flows.result_cache"):
+        # Prefect's exists() decodes the record: a refusal is a cache miss, the step reruns.
+        assert not _store(storage).exists("popseg-prepare-big")
+    assert f"rejected cached result: {path}" in caplog.text
+    with pytest.raises(result_cache.CacheFormatError, match=path.name):
+        _store(storage).read("popseg-prepare-big")
+    # The rerun's write replaces the damaged file; the entry serves again.
+    _store(storage).write(_large(), key="popseg-prepare-big")
+    assert _store(storage).exists("popseg-prepare-big")
+    assert not path.is_symlink() and path.is_file()
+
+
+def test_a_record_pointing_at_another_array_folder_is_refused(storage, tmp_path):
+    # The array folder is part of the signed serializer: a record naming another one is not
+    # read, so a signed record cannot be pointed at files someone else wrote.
+    foreign = result_cache.PopsegJsonSerializer(arrays=str(tmp_path / "elsewhere"))
+    store = ResultStore(result_storage=storage, serializer=foreign, cache_result_in_memory=False)
+    store.write(_large(), key="popseg-prepare-big")
+    assert not _store(storage).exists("popseg-prepare-big")
+    with pytest.raises(result_cache.CacheFormatError, match="names serializer"):
+        _store(storage).read("popseg-prepare-big")
