@@ -55,6 +55,11 @@ def test_prepare_and_train_are_cached_on_data_hash_params_and_code(
         "cluster.k_max=7",
         "cluster.n_init=3",
     ]
+    from prefect.settings import get_current_settings
+
+    storage = Path(get_current_settings().results.local_storage_path)
+    # Other tests' cached results share this folder: look only at the ones this test writes.
+    earlier = set(storage.glob("popseg-*"))
     first = _flow_state(*fast).result()
     second = _flow_state(*fast).result()
     third = _flow_state(*fast, "cluster.k_min=3").result()
@@ -71,10 +76,7 @@ def test_prepare_and_train_are_cached_on_data_hash_params_and_code(
     assert any("reused cached results of: prepare, train" in n for n in second.notes)
     assert third.k >= 3
     # Persisted as signed JSON + .npy files (flows/result_cache.py), never pickle; files 0600.
-    from prefect.settings import get_current_settings
-
-    storage = Path(get_current_settings().results.local_storage_path)
-    entries = sorted(storage.glob("popseg-*"))
+    entries = sorted(set(storage.glob("popseg-*")) - earlier)
     assert {entry.name.split("-")[1] for entry in entries} == {"prepare", "train"}
     files = {}
     for entry in entries:

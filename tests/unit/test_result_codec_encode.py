@@ -15,7 +15,7 @@ from tasks.cluster import KFit
 
 def _document_as_before(obj) -> bytes:
     arrays: list[np.ndarray] = []
-    tree = result_codec._Encoder(arrays, result_codec.result_types()).value(obj)
+    tree = result_codec._Encoder(arrays, result_codec.result_types(), None).value(obj)
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **{f"a{i}": a for i, a in enumerate(arrays)})
     document = {
