@@ -11,6 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.prefect_server import owner_tag_on_flow_runs_only, subflow_owner_tags
 from tasks import monitor, notify, register
 from tasks.config import Params
 from tasks.errors import PopsegError
@@ -94,7 +95,8 @@ def _retrain(params: Params, data_path: str, data: monitor.MonitorData, drift: b
     )
     logger.info("drift detected: retraining on %s", data_path)
     try:
-        trained = training_flow(retrain_params, True)
+        with subflow_owner_tags():
+            trained = training_flow(retrain_params, True)
     except PopsegError as error:
         logger.error("retraining on %s failed: %s", data_path, error)
         return {"triggered": True, "error": str(error), "exit_code": error.exit_code}
@@ -110,6 +112,7 @@ def _retrain(params: Params, data_path: str, data: monitor.MonitorData, drift: b
 
 
 @flow(name="popseg-monitor", log_prints=True, validate_parameters=False)
+@owner_tag_on_flow_runs_only
 def monitor_flow(
     params: Params, data_path: str, model_version: str | None = None, retrain: bool = False
 ) -> MonitorOutcome:

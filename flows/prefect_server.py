@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
+import functools
 import json
 import logging
 import os
@@ -30,10 +32,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from tasks.errors import PopsegError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 STARTUP_TIMEOUT_S = 180.0
 STOP_GRACE_S = 10.0
@@ -354,6 +360,45 @@ def owner_flow_tags() -> Iterator[None]:
     from flows.reaper import owner_token
 
     with tags(OWNER_TAG_PREFIX + owner_token()):
+        yield
+
+
+_OWNER_TAGS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "popseg_owner_tags", default=frozenset()
+)
+
+
+def owner_tag_on_flow_runs_only(flow_fn: Callable[P, R]) -> Callable[P, R]:
+    """For a flow function (under ``@flow``): its task runs do not inherit the owner tag of
+    `owner_flow_tags`. Prefect takes a concurrency slot on the API for each tag a task run
+    carries, one round trip per task that took 1.6-2.2 s per step against the kept server
+    while it stored a 500k-row run's events; the reaper needs the tag on flow runs only."""
+
+    @functools.wraps(flow_fn)
+    def body(*args: P.args, **kwargs: P.kwargs) -> R:
+        from prefect.context import TagsContext
+
+        from flows.prefect_keeper import OWNER_TAG_PREFIX
+
+        current = set(TagsContext.get().current_tags)
+        owner = frozenset(t for t in current if t.startswith(OWNER_TAG_PREFIX))
+        stash = _OWNER_TAGS.set(owner)
+        try:
+            with TagsContext(current_tags=current - owner):
+                return flow_fn(*args, **kwargs)
+        finally:
+            _OWNER_TAGS.reset(stash)
+
+    return body
+
+
+@contextlib.contextmanager
+def subflow_owner_tags() -> Iterator[None]:
+    """Around a subflow called in a flow body under `owner_tag_on_flow_runs_only`: the
+    subflow's run carries the parent's owner tag (a killed command leaves both RUNNING)."""
+    from prefect import tags
+
+    with tags(*_OWNER_TAGS.get()):
         yield
 
 

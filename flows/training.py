@@ -17,6 +17,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import orchestration, stages
+from flows.prefect_server import owner_tag_on_flow_runs_only
 from tasks import engine as engines
 from tasks import promote, register
 from tasks.config import Params
@@ -167,6 +168,7 @@ def _task_mapper(params: Params) -> engines.Mapper | None:
     validate_parameters=False,
     on_failure=[orchestration.alert_training_failed],
 )
+@owner_tag_on_flow_runs_only
 def training_flow(
     params: Params, run_promotion: bool = True, engine: str = "memory"
 ) -> TrainingOutcome:
