@@ -261,6 +261,25 @@ def train_cache_key(context, parameters: dict[str, Any]) -> str:
     )
 
 
+_PRUNED: set[Path] = set()
+
+
+def _prune_once(basepath: Path, max_age_s: float) -> None:
+    """Once per process and cache folder: drop the expired records and their array files."""
+    if basepath in _PRUNED:
+        return
+    _PRUNED.add(basepath)
+    from flows import result_cache
+
+    try:
+        files, size = result_cache.prune(basepath, max_age_s)
+    except OSError as error:
+        logger.warning("%s: expired cache files not removed (%s)", basepath, error)
+        return
+    if files:
+        logger.info("result cache: removed %d expired file(s), %.0f MB", files, size / 2**20)
+
+
 def cache_options(config: OrchestrateConfig, key_fn) -> dict[str, Any]:
     """Cached results persist in Prefect's local result folder (PREFECT_HOME/storage) as
     signed JSON + npz, large arrays as .npy files beside it, never pickle: see
@@ -281,6 +300,7 @@ def cache_options(config: OrchestrateConfig, key_fn) -> dict[str, Any]:
         folder = get_current_settings().results.local_storage_path
         logger.warning("%s: result cache unavailable (%s); steps run uncached", folder, error)
         return {}
+    _prune_once(Path(storage.basepath), config.cache_expiration_h * 3600.0)
     return {
         "cache_policy": CacheKeyFnPolicy(cache_key_fn=key_fn),
         "cache_expiration": timedelta(hours=config.cache_expiration_h),

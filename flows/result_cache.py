@@ -15,7 +15,8 @@ refused with a warning naming it, Prefect sees a cache miss, and the step runs a
 Files are 0600 in 0700 folders (``PREFECT_LOCAL_STORAGE_PATH``, by default
 ``PREFECT_HOME/storage``, and its ``arrays/``); the secret is
 ``PREFECT_HOME/popseg-cache.key`` (0600). Array files are shared by the records that hold the
-same array and are not deleted with them (nor are expired records).
+same array; `prune` removes records and array files once no live record can use them (a 500k x
+20 training leaves ~270-400 MB of them per cache miss).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import re
 import secrets
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -40,6 +42,7 @@ from pydantic import Field
 
 from flows.result_codec import (
     FORMAT,
+    NPY_NAME,
     CacheFormatError,
     decode,
     encode,
@@ -59,6 +62,7 @@ __all__ = [
     "decode",
     "encode",
     "local_storage",
+    "prune",
     "saved_storage",
 ]
 
@@ -252,6 +256,62 @@ def local_storage() -> SignedResultStorage:
         basepath=str(Path(settings.results.local_storage_path).expanduser().resolve()),
         key_path=str((Path(settings.home).expanduser() / KEY_FILE).resolve()),
     )
+
+
+#: a temporary file (a write in progress) older than this was left by a killed write
+STALE_TEMPORARY_S = 3600.0
+
+
+def _is_signed_record(path: Path) -> bool:
+    try:
+        handle, _ = open_regular(path)
+    except OSError:
+        return False
+    with handle:
+        return handle.read(len(_HEADER)) == _HEADER
+
+
+def prune(basepath: Path, max_age_s: float, now: float | None = None) -> tuple[int, int]:
+    """Remove what no live cache record can use; returns (files, bytes) removed.
+
+    A record is written together with the array files it names (each one rewritten, so with a
+    fresh mtime, by every record that names it) and expires ``max_age_s`` (the steps'
+    ``cache_expiration``) after its write: a popseg record or array file last written longer
+    ago than that is expired or named by expired records only. Temporary files of a killed
+    write go after `STALE_TEMPORARY_S`. Only popseg's own files are touched: records that
+    carry its signature header, arrays named by their SHA-256, and its temporary names
+    (``.popseg-*`` beside the records: the keys are ``popseg-<step>-<hash>``; ``.npy-*``);
+    nothing through a symlink."""
+    now = time.time() if now is None else now
+    removed = [0, 0]
+
+    def remove(entry: os.DirEntry, stale_after_s: float, is_ours) -> None:
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode) or now - info.st_mtime <= stale_after_s:
+                return
+            if not is_ours(Path(entry.path)):
+                return
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            return  # another process pruned it first
+        removed[0] += 1
+        removed[1] += info.st_size
+
+    for folder, is_record in ((basepath, True), (basepath / ARRAYS, False)):
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".popseg-" if is_record else ".npy-"):
+                remove(entry, STALE_TEMPORARY_S, lambda _: True)
+            elif is_record and _NAME.fullmatch(name):
+                remove(entry, max_age_s, _is_signed_record)
+            elif not is_record and NPY_NAME.fullmatch(name):
+                remove(entry, max_age_s, lambda _: True)
+    return removed[0], removed[1]
 
 
 _saved: dict[tuple[str, str, str], SignedResultStorage] = {}

@@ -39,7 +39,7 @@ FORMAT = "popseg-cache/2"
 #: arrays of at least this many bytes go to a .npy file of their own (given a folder): below
 #: it, a file's open, hash and rename cost more than base64 in the JSON.
 FILE_MIN_BYTES = 1 << 18
-_NPY_NAME = re.compile(r"([0-9a-f]{64})\.npy")
+NPY_NAME = re.compile(r"([0-9a-f]{64})\.npy")
 
 # Array dtypes an npz holds without pickle: bool, ints, floats, complex, bytes, str, dates.
 _ARRAY_KINDS = frozenset("biufcSUmM")
@@ -411,7 +411,7 @@ def read_array(folder: Path, node: dict[str, Any]) -> np.ndarray:
     (writable, as the result was), after the SHA-256, dtype and shape the node names are
     checked. Anything else is a `CacheFormatError` naming the file."""
     name = str(node["file"])
-    match = _NPY_NAME.fullmatch(name)
+    match = NPY_NAME.fullmatch(name)
     if match is None or match.group(1) != node["sha256"]:
         raise CacheFormatError(f"{name!r}: not a cached array file name")
     path = folder / name

@@ -213,3 +213,81 @@ def test_a_record_pointing_at_another_array_folder_is_refused(storage, tmp_path)
     assert not _store(storage).exists("popseg-prepare-big")
     with pytest.raises(result_cache.CacheFormatError, match="names serializer"):
         _store(storage).read("popseg-prepare-big")
+
+
+def _age(path, seconds):
+    """Set ``path``'s mtime ``seconds`` into the past (not following a symlink)."""
+    import time
+
+    then = time.time() - seconds
+    os.utime(path, (then, then), follow_symlinks=False)
+
+
+def test_prune_removes_expired_records_and_their_arrays_and_keeps_live_ones(storage, tmp_path):
+    import time
+
+    import numpy as np
+
+    folder = tmp_path / "storage"
+    _store(storage).write(_large(), key="popseg-prepare-old")
+    (old_array,) = _array_files(tmp_path)
+    for path in (folder / "popseg-prepare-old", old_array):
+        _age(path, 8 * 86400)
+    value = _large()
+    other = value["again"] + 1.0  # other arrays: files of their own
+    value["again"] = other
+    value["imputed"] = ImputeResult(other, np.ones(3, dtype=bool), other.mean(axis=0), {"n": 1})
+    _store(storage).write(value, key="popseg-train-new")
+    live_arrays = set(_array_files(tmp_path)) - {old_array}
+    assert len(live_arrays) >= 1
+    files, size = result_cache.prune(folder, max_age_s=7 * 86400, now=time.time())
+    assert not (folder / "popseg-prepare-old").exists() and not old_array.exists()
+    assert files == 2 and size > value["again"].nbytes
+    assert set(_array_files(tmp_path)) == live_arrays
+    back = _store(storage).read("popseg-train-new").result
+    assert float(back["again"][0, 0]) == float(value["again"][0, 0])
+
+
+def test_an_array_rewritten_by_a_newer_record_outlives_the_older_record(storage, tmp_path):
+    folder = tmp_path / "storage"
+    _store(storage).write(_large(), key="popseg-prepare-old")
+    _age(folder / "popseg-prepare-old", 8 * 86400)
+    (shared,) = _array_files(tmp_path)
+    _age(shared, 8 * 86400)
+    # The same arrays under a new key: the file is written again (fresh mtime) and stays.
+    _store(storage).write(_large(), key="popseg-prepare-new")
+    assert result_cache.prune(folder, max_age_s=7 * 86400)[0] == 1
+    assert shared.exists() and not (folder / "popseg-prepare-old").exists()
+    assert _store(storage).exists("popseg-prepare-new")
+
+
+def test_prune_touches_only_popseg_files(storage, tmp_path):
+    folder, arrays = tmp_path / "storage", tmp_path / "storage" / "arrays"
+    arrays.mkdir(parents=True)
+    foreign = {
+        folder / "someone-elses-result": b"not signed by popseg",
+        arrays / "notes.npy": b"not a sha256 name",
+        folder / ".hidden": b"a dot file that is not ours",
+    }
+    ours = {
+        folder / ".popseg-prepare-x.abc123": b"a killed write",
+        arrays / ".npy-abc123": b"a killed array write",
+        arrays / ("0" * 64 + ".npy"): b"an expired array",
+    }
+    for path, content in {**foreign, **ours}.items():
+        path.write_bytes(content)
+        _age(path, 30 * 86400)
+    target = folder / "popseg-train-linked"
+    target.symlink_to(folder / "someone-elses-result")
+    _age(target, 30 * 86400)
+    fresh_temporary = arrays / ".npy-inprogress"
+    fresh_temporary.write_bytes(b"a write in progress")
+    files, _ = result_cache.prune(folder, max_age_s=86400)
+    assert files == len(ours)
+    assert all(path.exists() for path in foreign) and target.is_symlink()
+    assert not any(path.exists() for path in ours)
+    assert fresh_temporary.exists()
+
+
+def test_prune_of_a_missing_folder_removes_nothing(tmp_path):
+    assert result_cache.prune(tmp_path / "no-such-folder", max_age_s=0) == (0, 0)

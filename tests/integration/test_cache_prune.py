@@ -1,0 +1,37 @@
+"""The training flow's cache options prune the result cache once per process: records and
+array files older than ``orchestrate.cache_expiration_h`` go, fresh ones stay."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from flows import orchestration, result_cache
+from tasks.config import OrchestrateConfig
+
+
+def _signed_looking(path: Path, age_s: float) -> None:
+    path.write_bytes(b"popseg-cache 1 0000\n{}")
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+
+
+def test_cache_options_prune_expired_entries_once(prefect_server, monkeypatch):
+    monkeypatch.setattr(orchestration, "_PRUNED", set())
+    folder = Path(result_cache.local_storage().basepath)
+    folder.mkdir(parents=True, exist_ok=True)
+    expired = folder / "popseg-prepare-expired-by-test-cache-prune"
+    fresh = folder / "popseg-prepare-fresh-by-test-cache-prune"
+    _signed_looking(expired, 3 * 3600)
+    _signed_looking(fresh, 60)
+    config = OrchestrateConfig(cache_expiration_h=1.0)
+    options = orchestration.cache_options(config, orchestration.prepare_cache_key)
+    assert options["cache_expiration"].total_seconds() == 3600
+    assert not expired.exists() and fresh.exists()
+    # Once per process: a second expired file waits for the next command.
+    _signed_looking(expired, 3 * 3600)
+    orchestration.cache_options(config, orchestration.prepare_cache_key)
+    assert expired.exists()
+    expired.unlink()
+    fresh.unlink()
