@@ -22,6 +22,8 @@ same array; `prune` removes records and array files once no live record can use 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
 import hashlib
 import hmac
 import json
@@ -31,6 +33,7 @@ import re
 import secrets
 import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -76,6 +79,48 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 ARRAYS = "arrays"
 
 
+def _expired(expiration: Any) -> bool:
+    """Whether a record's ``metadata.expiration`` (ISO 8601, UTC) has passed; none or an
+    unreadable one is left to Prefect."""
+    if not isinstance(expiration, str):
+        return False
+    try:
+        when = datetime.datetime.fromisoformat(expiration.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when <= datetime.datetime.now(datetime.UTC)
+
+
+class _LastDecoded:
+    """The result the last `PopsegJsonSerializer.loads` decoded, given out once more.
+
+    On a cache hit Prefect decodes the record twice: ``ResultStore.exists`` decodes it and
+    drops it, then ``read`` decodes it again (for a 500k-row result, ~270 MB of array files
+    read and hashed twice). The second decode of the same bytes takes the first one's
+    object instead; it is handed out once and forgotten, so no later read shares it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[str | None, bytes] | None = None
+        self._value: Any = None
+
+    def take(self, key: tuple[str | None, bytes]) -> tuple[bool, Any]:
+        with self._lock:
+            if self._key != key:
+                return False, None
+            value, self._key, self._value = self._value, None, None
+            return True, value
+
+    def keep(self, key: tuple[str | None, bytes], value: Any) -> None:
+        with self._lock:
+            self._key, self._value = key, value
+
+
+_LAST_DECODED = _LastDecoded()
+
+
 class PopsegJsonSerializer(Serializer):
     """Prefect serializer for popseg's cached results: JSON + npz, large arrays as .npy files
     in ``arrays`` (`SignedResultStorage.serializer` names its own folder); an allow-list of
@@ -91,12 +136,18 @@ class PopsegJsonSerializer(Serializer):
         return encode(obj, self._folder())
 
     def loads(self, blob: bytes) -> Any:
+        key = (self.arrays, hashlib.sha256(blob).digest())
+        found, value = _LAST_DECODED.take(key)
+        if found:
+            return value
         try:
-            return decode(blob, self._folder())
+            value = decode(blob, self._folder())
         except CacheFormatError as error:
             # Prefect takes any error here for a cache miss, silently: say which file it was.
             logger.warning("rejected cached result: %s; the step runs again", error)
             raise
+        _LAST_DECODED.keep(key, value)
+        return value
 
 
 # --------------------------------------------------------------------------- the storage
@@ -212,9 +263,15 @@ class SignedResultStorage(WritableFileSystem):
         if not hmac.compare_digest(header[len(_HEADER) :], expected):
             self._refuse(target, "signature does not match: changed, or made with another key")
         try:
-            serializer = json.loads(content)["metadata"]["serializer"]
-        except (ValueError, KeyError, TypeError):
+            metadata = json.loads(content)["metadata"]
+            serializer = metadata["serializer"]
+            expiration = metadata.get("expiration")
+        except (ValueError, KeyError, TypeError, AttributeError):
             self._refuse(target, "not a Prefect result record")
+        if _expired(expiration):
+            # Prefect would decode the whole result (array files read and hashed) before
+            # it looks at the expiration: an expired record is a plain miss, unread.
+            raise FileNotFoundError(errno.ENOENT, "cached result expired", str(target))
         # Prefect reads the record with the serializer it names, array folder included.
         expected = self.serializer().model_dump()
         if serializer != expected:

@@ -291,3 +291,43 @@ def test_prune_touches_only_popseg_files(storage, tmp_path):
 
 def test_prune_of_a_missing_folder_removes_nothing(tmp_path):
     assert result_cache.prune(tmp_path / "no-such-folder", max_age_s=0) == (0, 0)
+
+
+def test_a_cache_hit_decodes_the_record_once(storage, monkeypatch):
+    """Prefect's exists() decodes the record and drops it, then read() decodes it again: the
+    second takes the first's object (array files read and hashed once), and only once."""
+    import numpy as np
+
+    _store(storage).write(_large(), key="popseg-prepare-big")
+    calls = []
+    real = result_cache.decode
+
+    def counting(blob, folder=None):
+        calls.append(folder)
+        return real(blob, folder)
+
+    monkeypatch.setattr(result_cache, "decode", counting)
+    store = _store(storage)
+    assert store.exists("popseg-prepare-big")
+    first = store.read("popseg-prepare-big").result
+    assert len(calls) == 1
+    np.testing.assert_array_equal(first["again"], _large()["again"])
+    # Handed out once: the next read decodes afresh, so it shares nothing with the first.
+    second = _store(storage).read("popseg-prepare-big").result
+    assert len(calls) == 2 and second["again"] is not first["again"]
+
+
+def test_an_expired_record_is_a_plain_miss_without_reading_its_arrays(
+    storage, tmp_path, monkeypatch, caplog
+):
+    import datetime
+
+    store = _store(storage)
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+    store.write(_large(), key="popseg-prepare-old", expiration=past)
+    (path,) = _array_files(tmp_path)
+    path.unlink()  # would be refused with a warning if it were read
+    monkeypatch.setattr(result_cache, "decode", lambda *a: pytest.fail("decoded"))
+    with caplog.at_level(logging.WARNING, logger="flows.result_cache"):
+        assert not _store(storage).exists("popseg-prepare-old")
+    assert "rejected" not in caplog.text

@@ -78,17 +78,21 @@ def seeded(prefect_server, tmp_path_factory):
     done, outcome = _train(project, root / "prefect", csv)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cached_steps" not in _tags(project, outcome["run_id"])
+    shutil.copytree(root / "prefect", root / "pristine", symlinks=True)
     return {"home": root / "prefect", "csv": csv, "outcome": outcome}
 
 
 @pytest.fixture
 def cache_copy(seeded, tmp_path):
-    """A fresh project (its own MLflow store) with a copy of the seeded PREFECT_HOME."""
+    """A fresh project (its own MLflow store) with the seeded PREFECT_HOME as the seed run
+    left it. Restored in place, not copied elsewhere: each record signs its array folder's
+    absolute path, so a PREFECT_HOME moved to another folder is a cache miss."""
     project = tmp_path / "project"
     project.mkdir()
     (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    home = tmp_path / "prefect"
-    shutil.copytree(seeded["home"], home, symlinks=True)
+    home = seeded["home"]
+    shutil.rmtree(home)
+    shutil.copytree(home.with_name("pristine"), home, symlinks=True)
     return {"project": project, "home": home, "csv": seeded["csv"], "seed": seeded["outcome"]}
 
 
