@@ -154,3 +154,45 @@ def test_silhouette_single_thread_same_as_parallel():
         numba.set_num_threads(previous)
     np.testing.assert_allclose(single, ref, rtol=0, atol=1e-12)
     np.testing.assert_allclose(ref, skm.silhouette_samples(X, y), atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "make_labels",
+    [
+        lambda y: y,  # k-means codes 0..k-1
+        lambda y: y * 7 + 3,  # gaps: codes with no row are empty clusters
+        lambda y: y - 2,  # negative
+        lambda y: y.astype(np.float64) + 0.5,
+        lambda y: np.array([f"segment-{v}" for v in y]),
+        lambda y: y.astype(np.uint8),
+    ],
+    ids=["codes", "gaps", "negative", "float", "strings", "uint8"],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_db_ch_match_sklearn_on_any_label_kind(make_labels, seed):
+    rng = np.random.default_rng(seed)
+    k, d = 3 + seed * 2, 2 + seed
+    centers = rng.normal(0, 5, size=(k, d))
+    y = rng.integers(0, k, size=700)
+    X = centers[y] + rng.standard_t(4, size=(700, d)) * rng.uniform(0.3, 2.0, size=d)
+    labels = make_labels(y)
+    assert davies_bouldin_score(X, labels) == pytest.approx(
+        skm.davies_bouldin_score(X, labels), rel=1e-10
+    )
+    assert calinski_harabasz_score(X, labels) == pytest.approx(
+        skm.calinski_harabasz_score(X, labels), rel=1e-10
+    )
+
+
+def test_db_ch_of_identical_rows_per_cluster_match_sklearn():
+    X = np.repeat(np.array([[0.0, 0.0], [3.0, 4.0]]), 5, axis=0)
+    y = np.repeat([0, 1], 5)
+    assert davies_bouldin_score(X, y) == skm.davies_bouldin_score(X, y) == 0.0
+    assert calinski_harabasz_score(X, y) == skm.calinski_harabasz_score(X, y) == 1.0
+
+
+@pytest.mark.parametrize("fn", [davies_bouldin_score, calinski_harabasz_score])
+def test_db_ch_one_label_per_row_raises(fn):
+    X = np.random.default_rng(0).normal(size=(6, 2))
+    with pytest.raises(ValueError, match="Number of labels is 6"):
+        fn(X, np.arange(6))
