@@ -43,13 +43,16 @@ def looks_binary(start: bytes) -> bool:
 
 
 def first_line(payload: bytes) -> str:
-    return payload.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    # find + slice: split() would copy the rest of the file (ingest passes all of it)
+    end = payload.find(b"\n")
+    line = payload if end < 0 else payload[:end]
+    return line.decode("utf-8", errors="replace").rstrip("\r")
 
 
 def check_start(start: bytes, path: str, complete: bool) -> None:
     """Refuse a file that is empty (judged only when ``start`` is the ``complete`` file),
     binary though not Parquet, or whose first line is empty. ``path`` names it in the error."""
-    if not start.strip():
+    if not start or start.isspace():  # strip() would copy the whole file
         if complete:
             raise DataError(f"{path}: the file is empty")
         return  # a long run of blank bytes: the parser judges the rest
