@@ -629,9 +629,14 @@ def log_monitor_run(
             key += "_"
         used.add(key)
         metrics[key] = feature.psi
-    from tasks.run_liveness import owned_run
+    from tasks.run_liveness import interrupts_held, owned_run
 
-    with owned_run(experiment_id=experiment_id, run_name=monitor_run_name(model_version)) as run:
+    # SIGTERM/SIGINT wait for these few writes (raised inside one, they left sqlite locked or
+    # the run FAILED): an interrupt is delivered once the run has FINISHED and is tagged.
+    with (
+        interrupts_held(),
+        owned_run(experiment_id=experiment_id, run_name=monitor_run_name(model_version)) as run,
+    ):
         run_id = run.info.run_id
         mlflow.set_tags(
             {
@@ -651,16 +656,17 @@ def log_monitor_run(
         mlflow.log_dict(
             {**payload, "monitor_run_id": run_id, "experiment_id": experiment_id}, Artifact.MONITOR
         )
-    runs.tag_version(
-        model_name,
-        str(model_version),
-        {
-            VersionTag.LAST_MONITOR_RUN_ID: run_id,
-            VersionTag.LAST_MONITOR_DRIFT: drift,
-            VersionTag.MONITORING_EXPERIMENT: experiment,
-            VersionTag.MONITORING_EXPERIMENT_ID: experiment_id,
-        },
-    )
+        # Still held: the version names its last monitoring run before an interrupt lands.
+        runs.tag_version(
+            model_name,
+            str(model_version),
+            {
+                VersionTag.LAST_MONITOR_RUN_ID: run_id,
+                VersionTag.LAST_MONITOR_DRIFT: drift,
+                VersionTag.MONITORING_EXPERIMENT: experiment,
+                VersionTag.MONITORING_EXPERIMENT_ID: experiment_id,
+            },
+        )
     return run_id, experiment_id
 
 

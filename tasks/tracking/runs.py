@@ -554,12 +554,16 @@ def record_failed_validation(
     experiment_id: str, tags: Mapping[str, str], validation_json: Path, failed: int
 ) -> str:
     """A FAILED run keeping a validation that did not pass visible (nothing is registered)."""
-    from tasks.run_liveness import owned_run
+    from tasks.run_liveness import interrupts_held, owned_run
 
-    with owned_run(experiment_id=experiment_id, run_name=VALIDATION_FAILED_RUN_NAME) as run:
-        log_run(
-            {**tags, RunTag.VALIDATION_SUCCESS: "false"}, {}, {Metric.FAILED_EXPECTATIONS: failed}
-        )
-        log_file(validation_json, Artifact.VALIDATION_RESULT)
-    fail_run(run.info.run_id)
+    # SIGTERM/SIGINT wait for these few writes (see `run_liveness.interrupts_held`).
+    with interrupts_held():
+        with owned_run(experiment_id=experiment_id, run_name=VALIDATION_FAILED_RUN_NAME) as run:
+            log_run(
+                {**tags, RunTag.VALIDATION_SUCCESS: "false"},
+                {},
+                {Metric.FAILED_EXPECTATIONS: failed},
+            )
+            log_file(validation_json, Artifact.VALIDATION_RESULT)
+        fail_run(run.info.run_id)
     return run.info.run_id

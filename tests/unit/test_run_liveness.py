@@ -156,3 +156,83 @@ def test_a_sigterm_during_a_store_write_ends_the_run_killed(project_dir, sigterm
     assert _status(run.info.run_id) == "KILLED"
     assert mlflow.MlflowClient().get_run(run.info.run_id).data.params == {"written": "whole"}
     assert mlflow.active_run() is None
+
+
+def _sigterm_during(statement_start: str):
+    """A SQLAlchemy cursor hook raising SIGTERM as MLflow's first matching write executes."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    fired = []
+
+    def mid_write(conn, cursor, statement, *args):
+        if not fired and statement.lstrip().upper().startswith(statement_start):
+            fired.append(statement)
+            signal.raise_signal(signal.SIGTERM)
+
+    event.listen(Engine, "before_cursor_execute", mid_write)
+    return lambda: event.remove(Engine, "before_cursor_execute", mid_write), fired
+
+
+def test_a_sigterm_while_a_failed_validation_is_recorded_lands_after_it(
+    project_dir, sigterm_raises, tmp_path
+):
+    from tasks.tracking import runs
+
+    configure_mlflow()
+    experiment_id = ensure_experiment("popseg")
+    validation = tmp_path / "validation_result.json"
+    validation.write_text('{"success": false}')
+    remove, fired = _sigterm_during("INSERT INTO METRICS")
+    try:
+        with pytest.raises(_Terminated):
+            runs.record_failed_validation(experiment_id, {"data_md5": "abc"}, validation, 3)
+    finally:
+        remove()
+    assert fired
+    (run,) = mlflow.MlflowClient().search_runs([experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.metrics["failed_expectations"] == 3
+    assert run.data.tags["data_md5"] == "abc"
+    artifacts = mlflow.MlflowClient().list_artifacts(run.info.run_id, "validation")
+    assert [a.path for a in artifacts] == ["validation/validation_result.json"]
+    assert mlflow.active_run() is None
+
+
+def test_a_sigterm_while_a_monitoring_run_is_logged_lands_after_it(project_dir, sigterm_raises):
+    from tasks.config import MonitorConfig
+    from tasks.monitor import compute_drift, log_monitor_run
+    from tests.unit.test_monitor import blobs, make_chain
+
+    configure_mlflow()
+    client = mlflow.MlflowClient()
+    experiment_id = ensure_experiment("popseg")
+    with mlflow.start_run(experiment_id=experiment_id) as training:
+        pass
+    client.create_registered_model("segments")
+    client.create_model_version("segments", "file:///nowhere", run_id=training.info.run_id)
+    report = compute_drift(make_chain(), blobs(100, 1), blobs(100, 2), MonitorConfig())
+    remove, fired = _sigterm_during("INSERT INTO PARAMS")
+    try:
+        with pytest.raises(_Terminated):
+            log_monitor_run(
+                report,
+                report.to_json(),
+                "segments-monitoring",
+                "segments",
+                "1",
+                "new.csv",
+                "md5",
+                training.info.run_id,
+            )
+    finally:
+        remove()
+    assert fired
+    (run,) = client.search_runs([ensure_experiment("segments-monitoring")])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["drift"] in ("true", "false") and run.data.metrics
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "monitor")]
+    assert artifacts == ["monitor/monitor.json"]
+    tags = client.get_model_version("segments", "1").tags
+    assert tags["last_monitor_run_id"] == run.info.run_id
+    assert mlflow.active_run() is None
