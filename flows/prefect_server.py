@@ -376,20 +376,26 @@ def owner_tag_on_flow_runs_only(flow_fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(flow_fn)
     def body(*args: P.args, **kwargs: P.kwargs) -> R:
-        from prefect.context import TagsContext
-
-        from flows.prefect_keeper import OWNER_TAG_PREFIX
-
-        current = set(TagsContext.get().current_tags)
-        owner = frozenset(t for t in current if t.startswith(OWNER_TAG_PREFIX))
-        stash = _OWNER_TAGS.set(owner)
-        try:
-            with TagsContext(current_tags=current - owner):
-                return flow_fn(*args, **kwargs)
-        finally:
-            _OWNER_TAGS.reset(stash)
+        # Only a module-level function here: Dask's task runner pickles the flow function by
+        # value, with the globals it names (a ContextVar cannot be pickled).
+        return _call_without_owner_tags(flow_fn, args, kwargs)
 
     return body
+
+
+def _call_without_owner_tags(flow_fn: Callable[..., R], args: tuple, kwargs: dict) -> R:
+    from prefect.context import TagsContext
+
+    from flows.prefect_keeper import OWNER_TAG_PREFIX
+
+    current = set(TagsContext.get().current_tags)
+    owner = frozenset(t for t in current if t.startswith(OWNER_TAG_PREFIX))
+    stash = _OWNER_TAGS.set(owner)
+    try:
+        with TagsContext(current_tags=current - owner):
+            return flow_fn(*args, **kwargs)
+    finally:
+        _OWNER_TAGS.reset(stash)
 
 
 @contextlib.contextmanager

@@ -65,3 +65,16 @@ def test_other_tags_still_reach_the_task_runs(prefect_server):
 def test_a_flow_started_without_an_owner_has_no_owner_tag(prefect_server):
     seen = _parent()
     assert not any(t.startswith(OWNER_TAG_PREFIX) for t in seen["parent flow"] | seen["child flow"])
+
+
+def test_the_wrapped_flow_functions_pickle_by_value():
+    """Dask's task runner cloudpickles the flow function by value with the globals it names:
+    the wrapper must name none that cannot be pickled (a ContextVar could not)."""
+    import cloudpickle
+
+    from flows.monitoring import monitor_flow
+    from flows.training import training_flow
+
+    for flow_object in (training_flow, monitor_flow):
+        again = cloudpickle.loads(cloudpickle.dumps(flow_object.fn))
+        assert again.__wrapped__.__name__ == flow_object.fn.__wrapped__.__name__
