@@ -35,3 +35,30 @@ def test_cache_options_prune_expired_entries_once(prefect_server, monkeypatch):
     assert expired.exists()
     expired.unlink()
     fresh.unlink()
+
+
+def test_a_store_that_refuses_the_deletes_leaves_the_cache_working(
+    prefect_server, monkeypatch, caplog
+):
+    """A cache folder whose files cannot be deleted (read-only mount, another owner): a warning
+    naming the folder, and the steps keep their cache options."""
+    monkeypatch.setattr(orchestration, "_PRUNED", set())
+    folder = Path(result_cache.local_storage().basepath)
+    folder.mkdir(parents=True, exist_ok=True)
+    expired = folder / "popseg-prepare-undeletable-by-test-cache-prune"
+    _signed_looking(expired, 3 * 3600)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(result_cache.os, "unlink", refuse)
+    with caplog.at_level("WARNING", logger=orchestration.logger.name):
+        options = orchestration.cache_options(
+            OrchestrateConfig(cache_expiration_h=1.0), orchestration.prepare_cache_key
+        )
+    monkeypatch.undo()
+    assert options["persist_result"] is True
+    assert f"{folder}: expired cache files not removed" in caplog.text
+    assert "Permission denied" in caplog.text
+    assert expired.exists()
+    expired.unlink()
