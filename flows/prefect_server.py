@@ -288,6 +288,26 @@ _BACKGROUND: list[BackgroundServer] = []
 _KEPT: list[str] = []
 
 
+# Set in a warm runner's command (flows/warm_runner.py): Prefect was imported before this
+# command's settings were known, so they are applied by refreshing its settings.
+_PRELOADED: list[bool] = []
+
+
+def adopt_preloaded_prefect() -> None:
+    """Prefect is imported but this process's settings are not its yet: read them again."""
+    _PRELOADED.append(True)
+    if "prefect" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+
+
+def _prefect_settled() -> bool:
+    """Prefect was imported with this process's settings (a test harness, a flow calling a
+    flow): they stand."""
+    return "prefect" in sys.modules and not _PRELOADED
+
+
 def _point_prefect_at(api_url: str) -> None:
     """PREFECT_API_URL for this process and its children; when Prefect is already imported
     (it read its settings then), its settings are read again."""
@@ -308,7 +328,7 @@ def flow_api() -> str | None:
 
     keep = prefect_keeper.server_mode() == "keep"  # a bad value is refused first
     configured = os.environ.get("PREFECT_API_URL")
-    if configured or "prefect" in sys.modules:
+    if configured or _prefect_settled():
         return configured or None
     if _BACKGROUND:
         return _BACKGROUND[0].api_url
@@ -316,7 +336,7 @@ def flow_api() -> str | None:
         return _KEPT[0]
     recorded = recorded_api_url()
     if recorded:
-        os.environ["PREFECT_API_URL"] = recorded
+        _point_prefect_at(recorded)
         return recorded
     if keep:
         from flows.reaper import owner_token
@@ -324,19 +344,19 @@ def flow_api() -> str | None:
         api_url = prefect_keeper.acquire(owner_token())
         _KEPT.append(api_url)
         atexit.register(prefect_keeper.release)
-        os.environ["PREFECT_API_URL"] = api_url
         # Its UI is off (as the per-command server's): no flow-run page is linked.
         os.environ.setdefault("PREFECT_UI_URL", "")
+        _point_prefect_at(api_url)
         return api_url
     home = Path(os.environ.get("PREFECT_HOME", ".prefect"))
     server = BackgroundServer(home / "local-server.log")
     server.start()
     _BACKGROUND.append(server)
     atexit.register(stop_background_server)
-    os.environ["PREFECT_API_URL"] = server.api_url
     # It serves no UI and stops with popseg: no flow-run page is linked (an empty UI URL is
     # Prefect's "none"; else it derives one from the API's address).
     os.environ.setdefault("PREFECT_UI_URL", "")
+    _point_prefect_at(server.api_url)
     return server.api_url
 
 

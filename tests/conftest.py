@@ -20,6 +20,9 @@ os.environ["GX_ANALYTICS_ENABLED"] = "false"
 # Each command starts and stops its own Prefect server: the suite leaves no kept server behind
 # (tests of the kept server opt in, in their own project folder).
 os.environ.setdefault("POPSEG_PREFECT_SERVER", "per-command")
+# Each command runs in its own process, as before the warm runner: a test never reaches a
+# runner another test started (its tests opt in, in their own project folders).
+os.environ.setdefault("POPSEG_WARM_RUNNER", "off")
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 # scikit-learn's estimator checks include the array-API input check (numpy namespace) only
 # when SciPy's array API support is on; it is read when scipy is first imported.

@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import deploy, monitoring, prefect, registry, servers, stack, stage, train
+from flows.cli import (
+    deploy,
+    monitoring,
+    prefect,
+    registry,
+    runner,
+    servers,
+    stack,
+    stage,
+    train,
+)
 from flows.cli.options import typer_app
 
 app = typer_app(
@@ -72,25 +82,47 @@ for command in COMMANDS:
 app.add_typer(stage.stage_app, name="stage")
 app.add_typer(stack.stack_app, name="stack")
 app.add_typer(prefect.prefect_app, name="prefect")
+app.add_typer(runner.runner_app, name="runner")
 
 
 def run_main() -> None:
-    """The `popseg` console script: the app, then a fast exit. Python's own finalisation of
+    """The `popseg` console script: the command in the project's warm runner when one serves
+    it (flows/warm_runner.py), else here; then a fast exit. Python's own finalisation of
     Prefect's, MLflow's and GX's modules costs ~3 s at each exit; everything that must happen
     at exit (Prefect's log and event workers drain, MLflow's async logging, atexit handlers,
     logging and stdio flushed) is done here first, then ``os._exit`` skips the rest."""
     import os
     import sys
 
-    code = 0
+    from flows import warm_runner
+    from flows.runtime import configure_environment
+
+    argv = sys.argv[1:]
+    configure_environment()
+    environment = dict(os.environ)
     try:
-        app(standalone_mode=True)
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-        if isinstance(done.code, str):
-            print(done.code, file=sys.stderr)
+        code = warm_runner.run_in_runner(argv)
+    except ValueError as bad:  # a bad POPSEG_WARM_RUNNER / POPSEG_WARM_IDLE_MINUTES
+        print(f"Error: {bad}", file=sys.stderr)
+        code = 2
+    if code is None:
+        code = run_app(argv)
+        warm_runner.start_for_next(argv, environment)
     finish()
     os._exit(code)
+
+
+def run_app(argv: list[str]) -> int:
+    """Run the app on ``argv`` and return its exit code."""
+    import sys
+
+    try:
+        app(args=argv, prog_name="popseg", standalone_mode=True)
+    except SystemExit as done:
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    return 0
 
 
 def finish() -> None:
