@@ -9,14 +9,24 @@ the same rows at O(b log) cost per step.
 
 No ``fastmath`` in this module (reassociation or reciprocal division would change the
 rounding that these kernels reproduce), except in :func:`_batch_labels`.
+
+The final labels pass (:func:`labels_inertia_counts`) reads every row once and is most
+of a default fit's time. Its distances are computed with the centres across SIMD lanes
+(:func:`_nearest_in_group`: eight centres, one vector; each feature of the row broadcast
+to all lanes): numba's loop vectoriser cannot vectorise a loop of eight and its SLP
+vectoriser is off, and a BLAS product per tile of rows costs twice as much at k = 8.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from tasks.compute._kmeans_kernels import _FASTMATH
+from tasks.compute._kmeans_kernels import _FASTMATH, _chunk_rows, n_chunks_for
+from tasks.compute._threads import PARALLEL_MIN_WORK, parts_for, run_parts, share
 
 
 @njit(cache=True, nogil=True)
@@ -191,3 +201,148 @@ def _label_counts(labels, k):  # pragma: no cover
     for i in range(labels.shape[0]):
         out[labels[i]] += 1
     return out
+
+
+# ----------------------------------------------------------------- the final labels pass
+#: Centres per SIMD group (one AVX2 register of float32; two of float64).
+_LANES = 8
+#: Independent accumulators per row in :func:`_nearest_in_group` (features taken in turn):
+#: one would chain every feature's fused multiply-add on the previous one's latency.
+_N_ACC = 4
+
+
+@intrinsic
+def _nearest_in_group(typingctx, X, i, CT, g):  # pragma: no cover
+    """``(min_l D[l], first l reaching it)`` for ``D[l] = sum_f (X[i, f] - CT[g, f, l])^2``
+    over the ``_LANES`` lanes of centre group ``g`` (``CT``: (groups, d, _LANES)); X and
+    CT C-contiguous, of one dtype, which the sums keep. Each ``D[l]`` is the direct sum of
+    squared differences (no ``|x|^2 + |c|^2 - 2 x.c`` cancellation), in ``_N_ACC``
+    partial sums over the features. A NaN in the row makes every lane NaN and the
+    minimum NaN (lane 0); an inf makes every lane inf or NaN."""
+    fty = X.dtype
+    sig = types.Tuple((fty, types.intp))(X, i, CT, g)
+
+    def codegen(context, builder, signature, args):
+        xa = context.make_array(signature.args[0])(context, builder, args[0])
+        ca = context.make_array(signature.args[2])(context, builder, args[2])
+        intp = context.get_value_type(types.intp)
+        i32 = ir.IntType(32)
+        vt = ir.VectorType(context.get_value_type(fty), _LANES)
+        splat0 = ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)
+        fma = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(vt, [vt, vt, vt]),
+            f"llvm.fma.v{_LANES}f{fty.bitwidth}",
+        )
+        d = builder.extract_value(xa.shape, 1)
+        row = builder.gep(xa.data, [builder.mul(args[1], d)])
+        first = builder.mul(builder.mul(args[3], d), ir.Constant(intp, _LANES))
+        cols = builder.bitcast(builder.gep(ca.data, [first]), vt.as_pointer())
+        accs = [
+            cgutils.alloca_once_value(builder, ir.Constant(vt, [0.0] * _LANES))
+            for _ in range(_N_ACC)
+        ]
+
+        def add_feature(f, acc):
+            x = builder.load(builder.gep(row, [f]))
+            xv = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+            xv = builder.shuffle_vector(xv, xv, splat0)
+            c = builder.load(builder.gep(cols, [f]), align=fty.bitwidth // 8)
+            diff = builder.fsub(xv, c)
+            builder.store(builder.call(fma, [diff, diff, builder.load(acc)]), acc)
+
+        n_acc = ir.Constant(intp, _N_ACC)
+        n_full = builder.udiv(d, n_acc)
+        with cgutils.for_range(builder, n_full) as loop:
+            f0 = builder.mul(loop.index, n_acc)
+            for a in range(_N_ACC):
+                add_feature(builder.add(f0, ir.Constant(intp, a)), accs[a])
+        one = ir.Constant(intp, 1)
+        with cgutils.for_range_slice(builder, builder.mul(n_full, n_acc), d, one) as (f, _):
+            add_feature(f, accs[0])
+        parts = [builder.load(a) for a in accs]
+        while len(parts) > 1:
+            parts = [builder.fadd(parts[j], parts[j + 1]) for j in range(0, len(parts), 2)]
+        dist = parts[0]
+        # horizontal minimum by halves, then the first lane equal to it
+        m, n = dist, _LANES
+        while n > 1:
+            h = n // 2
+            lo = builder.shuffle_vector(m, m, ir.Constant(ir.VectorType(i32, h), list(range(h))))
+            hi = builder.shuffle_vector(m, m, ir.Constant(ir.VectorType(i32, h), list(range(h, n))))
+            m = builder.select(builder.fcmp_ordered("<", hi, lo), hi, lo)
+            n = h
+        best = builder.extract_element(m, ir.Constant(i32, 0))
+        bv = builder.insert_element(ir.Constant(vt, ir.Undefined), best, ir.Constant(i32, 0))
+        bv = builder.shuffle_vector(bv, bv, splat0)
+        mask = builder.bitcast(builder.fcmp_ordered("==", dist, bv), ir.IntType(_LANES))
+        cttz = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.IntType(_LANES), [ir.IntType(_LANES), ir.IntType(1)]),
+            f"llvm.cttz.i{_LANES}",
+        )
+        tz = builder.call(cttz, [mask, ir.Constant(ir.IntType(1), 0)])
+        # no lane equal (a NaN minimum): cttz gives _LANES, masked to lane 0
+        lane = builder.and_(builder.zext(tz, intp), ir.Constant(intp, _LANES - 1))
+        return context.make_tuple(builder, signature.return_type, [best, lane])
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def _labels_inertia_part(
+    part, n_parts, X, sample_weight, CT, labels, inertia, counts
+):  # pragma: no cover
+    """:func:`labels_inertia_counts` for the chunks of one part: per chunk, the weighted
+    inertia (float64) and the rows per centre (padded to whole groups); an empty
+    ``sample_weight``: unit weights."""
+    n = X.shape[0]
+    n_chunks = inertia.shape[0]
+    n_groups = CT.shape[0]
+    unit = sample_weight.shape[0] == 0
+    ch0, ch1 = share(part, n_parts, n_chunks)
+    for ch in range(ch0, ch1):
+        r0, r1 = _chunk_rows(ch, n, n_chunks)
+        acc = 0.0
+        cnt = counts[ch]
+        for i in range(r0, r1):
+            best, bi = _nearest_in_group(X, i, CT, 0)
+            for g in range(1, n_groups):
+                b, lane = _nearest_in_group(X, i, CT, g)
+                if b < best:
+                    best = b
+                    bi = g * _LANES + lane
+            labels[i] = bi
+            cnt[bi] += 1
+            if unit:
+                acc += np.float64(best)
+            else:
+                acc += np.float64(sample_weight[i]) * np.float64(best)
+        inertia[ch] = acc
+
+
+def labels_inertia_counts(X, sample_weight, centers):
+    """Nearest centre of every row (int32, first on ties), the inertia (sum of
+    ``w * ||x - c||^2``, each distance summed in X's dtype, the rows added in float64 in
+    a fixed order whatever the thread count) and the rows per centre (int64), in one
+    pass over X. ``sample_weight``: X's rows' weights, or an empty array for unit
+    weights; ``centers``: (k, d), X's dtype. A NaN or inf in X makes the inertia
+    non-finite; so does a float32 distance overflowing (|x| beyond about 1e19)."""
+    n, d = X.shape
+    k = centers.shape[0]
+    n_groups = (k + _LANES - 1) // _LANES
+    # lanes past k repeat their group's first centre: equal distances, and the first lane
+    # wins ties, so they are never chosen
+    pick = np.arange(n_groups * _LANES)
+    pick = np.where(pick < k, pick, (pick // _LANES) * _LANES)
+    CT = np.ascontiguousarray(centers[pick].reshape(n_groups, _LANES, d).transpose(0, 2, 1))
+    n_chunks = n_chunks_for(n)
+    labels = np.empty(n, dtype=np.int32)
+    inertia = np.zeros(n_chunks)
+    counts = np.zeros((n_chunks, n_groups * _LANES), dtype=np.int64)
+    n_parts = parts_for(n_chunks) if n * d * k >= PARALLEL_MIN_WORK else 1
+    run_parts(_labels_inertia_part, n_parts, X, sample_weight, CT, labels, inertia, counts)
+    total = 0.0
+    for ch in range(n_chunks):  # in chunk order, whatever the thread count
+        total += inertia[ch]
+    return labels, total, counts.sum(axis=0)[:k]

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 from sklearn.utils import check_random_state
+from sklearn.utils.validation import _check_sample_weight
 
 from tasks.compute._kmeans_kernels import n_chunks_for, row_sq_norms
 from tasks.compute._minibatch_kernels import (
@@ -24,6 +25,7 @@ from tasks.compute._minibatch_kernels import (
     _minibatch_step,
     _sampling_cdf,
     _searchsorted_right,
+    labels_inertia_counts,
 )
 from tasks.compute._threads import blas_single_thread, kernel_threads
 from tasks.compute.kmeans import (
@@ -230,20 +232,34 @@ class MiniBatchKMeans(_BaseKMeans):
                     no_improve += 1
                 if self.max_no_improvement is not None and no_improve >= self.max_no_improvement:
                     break
-        labels, inertia = _labels_inertia(X, sw, centers)
-        if not np.isfinite(inertia):  # NaN/inf in X (raises) or a float64 overflow (kept)
-            self._check_finite(X)
+        labels, inertia, counts = self._labels_inertia(X, sw, sample_weight is None, centers)
         self.cluster_centers_ = centers
         self.n_steps_ = step + 1
         self.n_iter_ = int(np.ceil((step + 1) * batch / n))
         self.labels_, self.inertia_ = labels, inertia
-        self._warn_distinct()
+        if np.count_nonzero(counts) < k:  # the base class's check sorts every label
+            self._warn_distinct()
         return self
 
-    def _warn_distinct(self):
-        # the base class's np.unique sorts all labels; counting is O(n)
-        if np.count_nonzero(_label_counts(self.labels_, self.n_clusters)) < self.n_clusters:
-            super()._warn_distinct()
+    def _labels_inertia(self, X, sw, unit_weights, centers):
+        """Labels, inertia and rows per centre in one pass over X, which also checks X
+        for NaN/inf: a non-finite inertia raises scikit-learn's error if X holds one, else
+        (a float32 distance overflowed) is recomputed with float64 distances."""
+        labels, inertia, counts = labels_inertia_counts(
+            X, np.empty(0, dtype=X.dtype) if unit_weights else sw, centers
+        )
+        if not np.isfinite(inertia):
+            self._check_finite(X)
+            labels, inertia = _labels_inertia(X, sw, centers)
+            counts = _label_counts(labels, centers.shape[0])
+        return labels, inertia, counts
+
+    def predict(self, X, sample_weight=None):
+        """Index of the nearest centroid for each row of ``X`` (the kernel of ``labels_``)."""
+        X = self._check_test_data(X)
+        sw = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        centers = np.ascontiguousarray(self.cluster_centers_, dtype=X.dtype)
+        return self._labels_inertia(X, np.ascontiguousarray(sw), True, centers)[0]
 
     def _reassign(self, X, idx, centers, weight_sums, rs):
         """scikit-learn's rule (after the update): centres whose seen weight is below
