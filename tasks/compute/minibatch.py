@@ -139,7 +139,9 @@ class MiniBatchKMeans(_BaseKMeans):
         k = self.n_clusters
         if init_size < n:
             sub = rs.randint(0, n, init_size)
-            X, sw = np.ascontiguousarray(X[sub]), np.ascontiguousarray(sw[sub])
+            X, sw = X.take(sub, axis=0), np.ascontiguousarray(sw[sub])
+        else:
+            sw = np.ascontiguousarray(sw)  # (unit weights: a broadcast view until here)
         if not np.isfinite(X).all():  # k-means++ indexes rows by its potentials: finite only
             self._check_finite(X)
         if isinstance(self.init, str) and self.init == "k-means++":
@@ -162,10 +164,13 @@ class MiniBatchKMeans(_BaseKMeans):
         # on large data): the rows that steer the fit before it are checked where they are
         # drawn (init and validation subsets), batch rows cannot misindex anything, and a
         # non-finite row makes the final inertia non-finite, which raises the same error.
-        X, sw = self._validate_fit_input(X, sample_weight, ensure_all_finite=False)
+        # without weights sw is a broadcast view of one 1: no O(n) array of ones, and their
+        # sum (numpy's, exact below 2**24 rows: every partial sum is an integer) is n
+        unit = sample_weight is None
+        X, sw = self._validate_fit_input(X, sample_weight, ensure_all_finite=False, unit_view=True)
         n = X.shape[0]
         k = self.n_clusters
-        total = np.sum(sw)
+        total = X.dtype.type(n) if unit and n < 2**24 else np.sum(np.ascontiguousarray(sw))
         if sample_weight is not None and not (np.all(sw >= 0) and total > 0):
             raise ValueError("sample_weight must be >= 0 with a positive sum.")
         batch, init_size, n_init = self._resolve_sizes(n)
@@ -179,7 +184,7 @@ class MiniBatchKMeans(_BaseKMeans):
             if n_init == 1:
                 best_centers = centers
                 break
-            X_val = np.ascontiguousarray(X[val_idx])
+            X_val = X.take(val_idx, axis=0)
             inertia = _labels_inertia(X_val, np.ascontiguousarray(sw[val_idx]), centers)[1]
             if not np.isfinite(inertia):  # a non-finite row would never compare as best
                 self._check_finite(X_val)
@@ -193,7 +198,7 @@ class MiniBatchKMeans(_BaseKMeans):
         # the batches' cdf: scikit-learn draws from p = sw / sum(sw) (in sw's dtype)
         p = float((sw[:1] / total)[0])
         if sample_weight is not None or not _exact_equal_step(p, n):
-            cdf = _sampling_cdf(sw, total)
+            cdf = _sampling_cdf(np.ascontiguousarray(sw), total)
         else:
             cdf = np.empty(0)  # equal weights: the exact cdf in closed form, no O(n) pass
         idx = np.empty(batch, dtype=np.int64)
@@ -232,7 +237,7 @@ class MiniBatchKMeans(_BaseKMeans):
                     no_improve += 1
                 if self.max_no_improvement is not None and no_improve >= self.max_no_improvement:
                     break
-        labels, inertia, counts = self._labels_inertia(X, sw, sample_weight is None, centers)
+        labels, inertia, counts = self._labels_inertia(X, sw, unit, centers)
         self.cluster_centers_ = centers
         self.n_steps_ = step + 1
         self.n_iter_ = int(np.ceil((step + 1) * batch / n))
@@ -250,7 +255,7 @@ class MiniBatchKMeans(_BaseKMeans):
         )
         if not np.isfinite(inertia):
             self._check_finite(X)
-            labels, inertia = _labels_inertia(X, sw, centers)
+            labels, inertia = _labels_inertia(X, np.ascontiguousarray(sw), centers)
             counts = _label_counts(labels, centers.shape[0])
         return labels, inertia, counts
 
