@@ -176,6 +176,21 @@ def test_float32_distance_overflow_falls_back_to_float64():
     assert m.inertia_ == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.parametrize("k", [64, 65])
+def test_labels_pass_either_side_of_the_simd_limit(k):
+    """Up to _SIMD_MAX_K centres the SIMD pass, beyond it the BLAS pass: both give the
+    labels and the inertia of the fitted centres, and predict gives labels_."""
+    from tasks.compute.minibatch import _SIMD_MAX_K
+
+    assert _SIMD_MAX_K == 64
+    X = _data(6000, 5, 10, 3, np.float64)
+    m = MiniBatchKMeans(k, batch_size=256, random_state=0).fit(X)
+    D, _, ref_inertia = _numpy_labels_inertia(X, m.cluster_centers_, np.ones(6000))
+    np.testing.assert_allclose(D[np.arange(6000), m.labels_], D.min(axis=1), rtol=1e-9)
+    assert m.inertia_ == pytest.approx(ref_inertia, rel=1e-9)
+    np.testing.assert_array_equal(m.predict(X), m.labels_)
+
+
 # -------------------------------------------------------------------- replay of the fit
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(
