@@ -226,6 +226,8 @@ def _nearest_lanes(n_rows, n_acc):
 
     @intrinsic
     def nearest(typingctx, X, i, CT, g):  # pragma: no cover
+        if X.layout != "C" or CT.layout != "C" or X.dtype != CT.dtype:
+            return None  # the addressing below assumes both; fail at compile time
         fty = X.dtype
         sig = types.Tuple((fty, types.intp) * n_rows)(X, i, CT, g)
 
@@ -383,7 +385,8 @@ def labels_inertia_counts(X, sample_weight, centers):
     # wins ties, so they are never chosen
     pick = np.arange(n_groups * _LANES)
     pick = np.where(pick < k, pick, (pick // _LANES) * _LANES)
-    CT = np.ascontiguousarray(centers[pick].reshape(n_groups, _LANES, d).transpose(0, 2, 1))
+    CT = centers[pick].reshape(n_groups, _LANES, d).transpose(0, 2, 1)
+    CT = np.ascontiguousarray(CT, dtype=X.dtype)
     n_chunks = n_chunks_for(n)
     labels = np.empty(n, dtype=np.int32)
     inertia = np.zeros(n_chunks)
