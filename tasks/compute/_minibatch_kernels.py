@@ -238,10 +238,12 @@ def _nearest_lanes(n_rows, n_acc):
             i32 = ir.IntType(32)
             vt = ir.VectorType(context.get_value_type(fty), _LANES)
             splat0 = ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)
+            # fmuladd: fused where the CPU has FMA, a multiply and an add elsewhere (llvm.fma
+            # would become a libm call per lane there)
             fma = cgutils.get_or_insert_function(
                 builder.module,
                 ir.FunctionType(vt, [vt, vt, vt]),
-                f"llvm.fma.v{_LANES}f{fty.bitwidth}",
+                f"llvm.fmuladd.v{_LANES}f{fty.bitwidth}",
             )
             cttz = cgutils.get_or_insert_function(
                 builder.module,
