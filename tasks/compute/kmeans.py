@@ -655,10 +655,12 @@ class _BaseKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.inertia_ = inertia
         self.n_iter_ = n_iter
 
-    def _validate_fit_input(self, X, sample_weight, ensure_all_finite=True):
+    def _validate_fit_input(self, X, sample_weight, ensure_all_finite=True, unit_view=False):
         """``X`` and the sample weights as the kernels take them; ``ensure_all_finite=False``
         leaves X's NaN/inf check to the caller (who must then make it before trusting a
-        result: see :meth:`_check_finite`)."""
+        result: see :meth:`_check_finite`). ``unit_view``: no weights given gives a
+        read-only broadcast view of one 1 (no O(n) array; the caller makes a contiguous
+        copy of whatever part of it a kernel takes)."""
         X = validate_data(
             self,
             X,
@@ -670,7 +672,11 @@ class _BaseKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         n = X.shape[0]
         if n < self.n_clusters:
             raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        lazy_units = sample_weight is None and unit_view
+        if lazy_units:
+            sample_weight = np.broadcast_to(np.ones(1, dtype=X.dtype), (n,))
+        else:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
         if isinstance(self.init, np.ndarray) or not isinstance(self.init, str):
             init = np.asarray(self.init)
             if init.shape != (self.n_clusters, X.shape[1]):
@@ -678,6 +684,8 @@ class _BaseKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                     f"init array has shape {init.shape}, expected "
                     f"(n_clusters, n_features) = ({self.n_clusters}, {X.shape[1]})."
                 )
+        if lazy_units:
+            return X, sample_weight
         return X, np.ascontiguousarray(sample_weight)
 
     def _check_finite(self, X):

@@ -12,6 +12,7 @@ from tasks.compute._minibatch_kernels import (
     _exact_equal_step,
     _sampling_cdf,
     _searchsorted_right,
+    labels_inertia_counts,
 )
 
 
@@ -108,6 +109,86 @@ def test_exact_equal_step_rule():
     assert not _exact_equal_step(1 / 3, 3)  # 53-bit significand: the cumsum rounds
     assert _exact_equal_step(1 / 1024, 1024)
     assert not _exact_equal_step(0.0, 10)
+
+
+# ------------------------------------------------------------------ final labels kernel
+def _numpy_labels_inertia(X, C, sw):
+    D = ((X.astype(np.float64)[:, None, :] - C.astype(np.float64)[None]) ** 2).sum(axis=2)
+    return D, np.argmin(D, axis=1), float(np.sum(sw * D.min(axis=1)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 3, 8, 9, 20])
+@pytest.mark.parametrize("d", [1, 3, 20])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_labels_kernel_matches_numpy(dtype, k, d, weighted):
+    """The SIMD labels pass (centres in groups of eight lanes, the last group padded)
+    against float64 numpy: the same labels wherever the nearest centre is not within
+    rounding of the second, the inertia and the rows per centre."""
+    rng = np.random.default_rng(k * 100 + d)
+    X = (rng.normal(size=(3001, d)) * 3 + 10).astype(dtype)  # off-origin: no cancellation
+    C = (rng.normal(size=(k, d)) * 3 + 10).astype(dtype)
+    sw = rng.random(3001).astype(dtype) if weighted else np.ones(3001, dtype=dtype)
+    labels, inertia, counts = labels_inertia_counts(
+        X, sw if weighted else np.empty(0, dtype=dtype), C
+    )
+    D, ref_labels, ref_inertia = _numpy_labels_inertia(X, C, sw)
+    assert labels.dtype == np.int32 and counts.dtype == np.int64
+    two = np.sort(D, axis=1)[:, :2] if k > 1 else np.c_[D, D + 1]
+    clear = (two[:, 1] - two[:, 0]) > 1e-4 * two[:, 1]
+    np.testing.assert_array_equal(labels[clear], ref_labels[clear])
+    # a row off the argmin is within rounding of it
+    np.testing.assert_allclose(D[np.arange(3001), labels], D.min(axis=1), rtol=1e-5)
+    assert inertia == pytest.approx(ref_inertia, rel=1e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=k))
+
+
+def test_labels_kernel_ties_and_non_finite_rows():
+    """Equal centres: the first one wins (the padded lanes repeat a centre, so they never
+    win); a NaN or inf in a row makes the inertia non-finite."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 4)).astype(np.float32)
+    C = np.repeat(rng.normal(size=(3, 4)).astype(np.float32), 3, axis=0)  # 0=1=2, 3=4=5, 6=7=8
+    labels, inertia, counts = labels_inertia_counts(X, np.empty(0, np.float32), C)
+    assert set(np.unique(labels)) <= {0, 3, 6}
+    assert counts.sum() == 500 and np.isfinite(inertia)
+    for value in (np.nan, np.inf, -np.inf):
+        Y = X.copy()
+        Y[123, 2] = value
+        assert not np.isfinite(labels_inertia_counts(Y, np.empty(0, np.float32), C)[1])
+        zero = np.ones(500, np.float32)
+        zero[123] = 0  # a zero weight does not hide it
+        assert not np.isfinite(labels_inertia_counts(Y, zero, C)[1])
+
+
+@pytest.mark.filterwarnings(
+    "ignore::RuntimeWarning", "ignore::sklearn.exceptions.ConvergenceWarning"
+)
+def test_float32_distance_overflow_falls_back_to_float64():
+    """Finite float32 data whose squared distances overflow float32 (|x| ~ 1e19 and
+    above): the fit's inertia is recomputed with float64 distances, finite."""
+    X = (_data(2000, 3, 3, 0, np.float64) * 1e19).astype(np.float32)
+    m = MiniBatchKMeans(3, batch_size=100, random_state=0, max_iter=1).fit(X)
+    assert not np.isfinite(labels_inertia_counts(X, np.empty(0, X.dtype), m.cluster_centers_)[1])
+    assert np.isfinite(m.inertia_) and m.inertia_ > 0
+    C = m.cluster_centers_.astype(np.float64)
+    ref = np.sum((X.astype(np.float64) - C[m.labels_]) ** 2)
+    assert m.inertia_ == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.parametrize("k", [64, 65])
+def test_labels_pass_either_side_of_the_simd_limit(k):
+    """Up to _SIMD_MAX_K centres the SIMD pass, beyond it the BLAS pass: both give the
+    labels and the inertia of the fitted centres, and predict gives labels_."""
+    from tasks.compute.minibatch import _SIMD_MAX_K
+
+    assert _SIMD_MAX_K == 64
+    X = _data(6000, 5, 10, 3, np.float64)
+    m = MiniBatchKMeans(k, batch_size=256, random_state=0).fit(X)
+    D, _, ref_inertia = _numpy_labels_inertia(X, m.cluster_centers_, np.ones(6000))
+    np.testing.assert_allclose(D[np.arange(6000), m.labels_], D.min(axis=1), rtol=1e-9)
+    assert m.inertia_ == pytest.approx(ref_inertia, rel=1e-9)
+    np.testing.assert_array_equal(m.predict(X), m.labels_)
 
 
 # -------------------------------------------------------------------- replay of the fit
