@@ -157,6 +157,8 @@ def _stage_split(stderr: str, started: dt.datetime, wall: float) -> list[list]:
             continue
         hh, mm, ss, logger, msg = m.groups()
         at = (int(hh) * 3600 + int(mm) * 60 + int(ss) - base) % 86400
+        if at > 86400 - 1:  # the same second as the start, truncated below it (a warm runner)
+            at = 0.0
         if logger == "prefect.flow_runs" and msg.startswith("Beginning flow run"):
             marks.append(("start-up (imports, Prefect server, flow start)", at))
         elif logger == "prefect.task_runs" and (done := _TASK_DONE.search(msg)):
