@@ -69,18 +69,17 @@ def processes_under(folder: Path) -> list[int]:
 
 
 def stop_leftovers(clone: Path, env: dict[str, str]) -> tuple[float, int]:
-    """Stop what the run left running in ``clone``: a kept Prefect server by its own command
-    (where the checkout has one), then wait for the rest; SIGTERM what is left after
+    """Stop what the run left running in ``clone``: a kept Prefect server and a warm runner by
+    their own commands (where the checkout has them), then wait for the rest; SIGTERM what is left after
     ``LEFTOVER_WAIT_S``. Returns (seconds waited, processes signalled)."""
     popseg = clone / ".venv" / "bin" / "popseg"
-    if popseg.exists():
+    # The kept Prefect server and the warm runner, where the checkout has them.
+    for group in ("prefect", "runner") if popseg.exists() else ():
         has_stop = subprocess.run(
-            [str(popseg), "prefect", "stop", "--help"], cwd=clone, env=env, capture_output=True
+            [str(popseg), group, "stop", "--help"], cwd=clone, env=env, capture_output=True
         )
         if has_stop.returncode == 0:
-            subprocess.run(
-                [str(popseg), "prefect", "stop"], cwd=clone, env=env, capture_output=True
-            )
+            subprocess.run([str(popseg), group, "stop"], cwd=clone, env=env, capture_output=True)
     t0 = time.perf_counter()
     while processes_under(clone) and time.perf_counter() - t0 < LEFTOVER_WAIT_S:
         time.sleep(0.5)

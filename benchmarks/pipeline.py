@@ -399,15 +399,18 @@ def bench_scale(proj: Project, n: int, rows: list[dict]) -> dict:
     big_own = proj.root / f"blobs_{n}x20_seed2.csv"
     _write_blobs(big_own, n, seed=2)
     runner = {"POPSEG_WARM_RUNNER": "on"}
-    _check_ok(proj.popseg("train", "--data", warmup.name, env=runner))  # large-input paths
-    proj.wait_for_runner()  # that command started it
-    ours = proj.popseg("train", "--data", big.name, env=runner)
-    _check_ok(ours)
-    if not ours["in_runner"]:
-        raise RuntimeError("the scale run did not run in the warm runner")
-    own = proj.popseg("train", "--data", big_own.name)
-    _check_ok(own)
-    proj.popseg("runner", "stop")
+    try:
+        _check_ok(proj.popseg("train", "--data", warmup.name, env=runner))  # large-input paths
+        proj.wait_for_runner()  # that command started it
+        ours = proj.popseg("train", "--data", big.name, env=runner)
+        _check_ok(ours)
+        if not ours["in_runner"]:
+            raise RuntimeError("the scale run did not run in the warm runner")
+        own = proj.popseg("train", "--data", big_own.name)
+        _check_ok(own)
+    finally:  # nothing of this project outlives the benchmark
+        proj.popseg("runner", "stop")
+        proj.popseg("prefect", "stop")
     ref = timed_run(
         [
             sys.executable,
@@ -572,7 +575,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     load_start = os.getloadavg()
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="popseg-bench-") as tmp:
+    # A server still writing its log as the folder goes must not lose the results.
+    with tempfile.TemporaryDirectory(prefix="popseg-bench-", ignore_cleanup_errors=True) as tmp:
         proj = Project(Path(tmp))
         small = proj.root / "small.csv"
         _small_csv(small)
