@@ -71,6 +71,8 @@ MAX_REPLY_BYTES = 1 << 16
 REQUEST_TIMEOUT_S = 5.0
 MAX_CHILDREN = 8
 STOP_GRACE_S = 10.0
+# The runner's imports, at most (about 7-10 s here).
+STARTUP_TIMEOUT_S = 120.0
 # Exit statuses of a child that ran no command: a refused request, a crash in the runner's
 # own code (popseg's commands exit 0-7, or by a signal).
 _REQUEST_REFUSED = 98
@@ -241,8 +243,9 @@ def status(project: Path | None = None) -> dict:
 
 
 def stop(project: Path | None = None, timeout_s: float = STOP_GRACE_S) -> bool:
-    """SIGTERM the runner (commands it runs go on); False when none runs."""
-    record = read_record(project)
+    """SIGTERM the runner (commands it runs go on), one still importing too, once it
+    listens; False when none runs or starts."""
+    record = read_record(project) or _starting_runner(project)
     if record is None:
         return False
     pid, ticks = int(record["pid"]), str(record["start"])
@@ -256,6 +259,25 @@ def stop(project: Path | None = None, timeout_s: float = STOP_GRACE_S) -> bool:
             os.kill(pid, signal.SIGKILL)
     _forget(_state_dir(project), {"pid": pid, "start": ticks})
     return True
+
+
+def _starting_runner(project: Path | None, timeout_s: float = STARTUP_TIMEOUT_S) -> dict | None:
+    """The record of a runner that holds the lock but has not recorded itself yet (it is
+    importing: a command started it as it exited), once it has; None if none starts."""
+    lock_path = _state_dir(project) / LOCK_NAME
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not lock_path.exists():
+            return None
+        lock = _try_lock(lock_path)
+        if lock is not None:  # nobody holds it: no runner starts
+            os.close(lock)
+            return read_record(project)
+        record = read_record(project)
+        if record is not None:
+            return record
+        time.sleep(0.1)
+    return None
 
 
 def _forget(state: Path, me: dict) -> None:

@@ -208,6 +208,33 @@ def test_a_killed_runner_is_not_trusted_and_its_socket_is_replaced(project):
     assert _wait_served(project, 1)[-1][1] == refused.returncode
 
 
+def test_stop_waits_for_a_runner_still_importing_and_stops_it(project):
+    """`popseg runner stop` right after the command that started a runner (still importing,
+    not yet recorded) stops it once it listens, instead of missing it."""
+    state = project / ".popseg"
+    state.mkdir(exist_ok=True)
+    with open(state / "warm-runner.log", "ab") as log:
+        starting = subprocess.Popen(
+            [sys.executable, "-m", "flows.warm_runner", str(project), "30"],
+            cwd=project,
+            env=_env(project),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 30
+    while "importing" not in _runner_log(project):
+        assert time.monotonic() < deadline, _runner_log(project)
+        time.sleep(0.05)
+    assert warm_runner.read_record(project) is None  # still importing
+    stopped = _popseg(project, "runner", "stop", "--json")
+    assert json.loads(stopped.stdout) == {"stopped": True}, stopped.stderr[-2000:]
+    assert starting.wait(timeout=30) == 0
+    assert not (state / "warm-runner.json").exists()
+    assert json.loads(_popseg(project, "runner", "stop", "--json").stdout) == {"stopped": False}
+
+
 def test_the_runner_stops_when_idle(project):
     record = _start_runner(project, minutes=0.02)
     deadline = time.monotonic() + 30
