@@ -248,15 +248,21 @@ def stop(project: Path | None = None, timeout_s: float = 30) -> bool:
         pid, ticks = int(record["pid"]), str(record["start"])
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid, ticks) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid, ticks):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+    wait_or_kill(pid, ticks, timeout_s)
     with contextlib.suppress(OSError):
         (_state_dir(project) / RECORD_NAME).unlink()
     return True
+
+
+def wait_or_kill(pid: int, ticks: str, timeout_s: float) -> None:
+    """Wait for a detached process told to stop (the keeper, the warm runner: each leads its
+    own session and process group) to exit; SIGKILL its group after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid, ticks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid, ticks):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------ the keeper

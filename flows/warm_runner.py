@@ -209,12 +209,6 @@ def _socket_path(project: Path) -> Path:
     return private / f"warm-{digest}.sock"
 
 
-def _alive(pid: int, ticks: str) -> bool:
-    from flows.prefect_keeper import _alive as alive
-
-    return alive(pid, ticks)
-
-
 def read_record(project: Path | None = None) -> dict | None:
     """The runner's record when its process still runs (same pid and start time)."""
     try:
@@ -223,6 +217,8 @@ def read_record(project: Path | None = None) -> dict | None:
         str(record["socket"]), str(record["fingerprint"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    from flows.prefect_keeper import _alive
+
     return record if _alive(pid, ticks) else None
 
 
@@ -248,15 +244,12 @@ def stop(project: Path | None = None, timeout_s: float = STOP_GRACE_S) -> bool:
     record = read_record(project) or _starting_runner(project)
     if record is None:
         return False
+    from flows.prefect_keeper import wait_or_kill
+
     pid, ticks = int(record["pid"]), str(record["start"])
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid, ticks) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(pid, ticks):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    wait_or_kill(pid, ticks, timeout_s)  # the runner leads its own session and group
     _forget(_state_dir(project), {"pid": pid, "start": ticks})
     return True
 

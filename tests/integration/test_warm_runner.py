@@ -25,6 +25,7 @@ import pytest
 
 from flows import prefect_keeper, warm_runner
 from tests.conftest import ROOT
+from tests.integration.test_kept_prefect_server import _env as kept_server_env
 from tests.reliability.test_crash_signals import (
     REAP_WAIT_S,
     _leftovers,
@@ -49,20 +50,9 @@ def project(tmp_path):
 
 
 def _env(project: Path, **extra: str) -> dict[str, str]:
-    """As a user's shell has it, with the runner on and the project's own stores."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_API", "PREFECT_HOME", "POPSEG_OWNER", "POPSEG_PREFECT"))
-    }
-    env.update(
-        MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}",
-        PREFECT_HOME=str(project / ".prefect"),
-        POPSEG_WARM_RUNNER="on",
-        POPSEG_PREFECT_SERVER="keep",
-    )
-    env.update(extra)
-    return env
+    """As a user's shell has it (the kept server's tests' environment), with the runner on."""
+    runner_on = {"POPSEG_WARM_RUNNER": "on", "POPSEG_PREFECT_SERVER": "keep"}
+    return kept_server_env(project, **{**runner_on, **extra})
 
 
 def _popseg(project: Path, *args: str, timeout: float = 600, **extra: str):
@@ -137,11 +127,7 @@ def _children_of(pid: int) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return prefect_keeper._alive(pid, "")  # any start time: runs and is not a zombie
 
 
 # ----------------------------------------------------------------------------- whole commands
