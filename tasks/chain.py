@@ -330,6 +330,11 @@ class SegmentationChain:
         )
         return np.sqrt(np.maximum(squared, 0.0))
 
+    def assign_reduced(self, reduced: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(centroid index, distance) per row already in model space (`transform`'s output)."""
+        closest, distance, _ = self._assign(reduced)
+        return closest, distance
+
     def predict_internal(self, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(centroid index, distance) per row, before the segment-id map."""
         closest, distance, _ = self._assign(self.transform(rows))

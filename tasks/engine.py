@@ -117,11 +117,14 @@ class MemoryEngine:
         kept_frame = prepared.imputed.kept(data.frame)
         names = prepared.names
         # The rows as the champion receives them: only read when there is one to match to.
-        champion_rows = (
-            kept_frame[names].to_numpy(dtype="float64")
-            if champion is not None
-            else np.empty((0, len(names)))
-        )
+        # With no cell filled (nothing missing, or `drop` kept only complete rows) they are
+        # the imputed values themselves, not a second copy of the table.
+        if champion is None:
+            champion_rows = np.empty((0, len(names)))
+        elif prepared.imputed.report.get("cells_filled") == 0:
+            champion_rows = prepared.imputed.values
+        else:
+            champion_rows = kept_frame[names].to_numpy(dtype="float64")
         distances = None
         if chosen.mixture is not None:
             from tasks.mixture import mahalanobis_to_own

@@ -75,6 +75,28 @@ def size_order_ids_from_counts(counts: np.ndarray) -> np.ndarray:
     return ids
 
 
+#: Rows the champion's chain takes at a time when matching: its transform makes a few
+#: temporaries the size of its input (80 MB each on 500k x 20 at once, 10 MB in blocks).
+_MATCH_BLOCK_ROWS = 65_536
+
+
+def _in_champion_space(
+    labels: np.ndarray, champion_rows: np.ndarray, champion: SegmentationChain, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per new cluster, the sum of its rows in the champion's model space; and the
+    champion's own centroid for each row. One transform per row, in blocks."""
+    sums = np.zeros((k, champion.centroids.shape[1]))
+    champion_closest = np.empty(len(labels), dtype=np.int64)
+    for start in range(0, len(labels), _MATCH_BLOCK_ROWS):
+        stop = start + _MATCH_BLOCK_ROWS
+        space = champion.transform(champion_rows[start:stop])
+        block_labels = labels[start:stop]
+        for j in range(space.shape[1]):
+            sums[:, j] += np.bincount(block_labels, weights=space[:, j], minlength=k)
+        champion_closest[start:stop] = champion.assign_reduced(space)[0]
+    return sums, champion_closest
+
+
 def match_to_champion(
     labels: np.ndarray, champion_rows: np.ndarray, champion: SegmentationChain, k: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -88,11 +110,9 @@ def match_to_champion(
     rows keep the segment the champion gives them."""
     from scipy.optimize import linear_sum_assignment
 
-    space = champion.transform(champion_rows)
+    sums, champion_closest = _in_champion_space(labels, champion_rows, champion, k)
     counts = np.bincount(labels, minlength=k)
-    means = np.zeros((k, space.shape[1]))
-    np.add.at(means, labels, space)
-    means /= np.maximum(counts, 1)[:, None]
+    means = sums / np.maximum(counts, 1)[:, None]
     cost = np.linalg.norm(means[:, None, :] - champion.centroids[None, :, :], axis=2)
     rows, columns = linear_sum_assignment(cost)
     champion_ids = np.asarray(champion.segment_ids)
@@ -102,7 +122,7 @@ def match_to_champion(
     for index in sorted(np.flatnonzero(ids < 0), key=lambda i: -counts[i]):
         ids[index] = next_id
         next_id += 1
-    champion_segments, _ = champion.predict(champion_rows)
+    champion_segments = champion_ids[champion_closest]
     kept = float(np.mean(ids[labels] == champion_segments)) if len(labels) else 0.0
     pair_cost = {
         int(ids[r]): round(float(cost[r, c]), 6) for r, c in zip(rows, columns, strict=True)
@@ -260,12 +280,36 @@ def profiles(
 ) -> tuple[pd.DataFrame, dict[int, list[dict[str, Any]]]]:
     """Segment means in original units, and per segment the features that set it apart
     (largest |segment mean - population mean| in population standard deviations)."""
-    frame = pd.DataFrame(raw_values, columns=names)
-    frame["segment"] = segments
-    means = frame.groupby("segment").mean()
-    return means, distinguishing_features(
-        means, raw_values.mean(axis=0), raw_values.std(axis=0), names, top
+    # Per-column sums by segment and a blocked standard deviation: no copy of the table
+    # (a frame of it, or np.std's full-size temporary: 80 MB each on 500k x 20).
+    counts = np.bincount(segments)
+    present = np.flatnonzero(counts)
+    sums = np.column_stack(
+        [
+            np.bincount(segments, weights=raw_values[:, j], minlength=len(counts))
+            for j in range(len(names))
+        ]
     )
+    means = pd.DataFrame(
+        sums[present] / counts[present, None],
+        index=pd.Index(present, name="segment"),
+        columns=names,
+    )
+    mean, std = column_mean_std(raw_values)
+    return means, distinguishing_features(means, mean, std, names, top)
+
+
+def column_mean_std(
+    values: np.ndarray, block_rows: int = _MATCH_BLOCK_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per column mean and population standard deviation (``np.std``'s two passes), the
+    deviations taken a block of rows at a time."""
+    mean = values.mean(axis=0)
+    squares = np.zeros(values.shape[1])
+    for start in range(0, len(values), block_rows):
+        deviation = values[start : start + block_rows] - mean
+        squares += np.einsum("ij,ij->j", deviation, deviation)
+    return mean, np.sqrt(squares / max(len(values), 1))
 
 
 def distinguishing_features(

@@ -6,7 +6,7 @@ tasks/dask_engine/engine.py)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,9 @@ _ARRAYS = {
     "explained_variance_ratio": ("reduced", "explained_variance_ratio"),
     "full_explained_variance_ratio": ("reduced", "full_explained_variance_ratio"),
 }
+# ... of which these may be absent (None): the scaled values are the projection's input only
+# and not kept once it has run (see `prepare`)
+_OPTIONAL_ARRAYS = frozenset({"scaled_values"})
 # prepared.json: each step's report
 _REPORTS = {"imputed": "impute", "scaled": "scale", "reduced": "reduce"}
 
@@ -55,6 +58,7 @@ class Prepared:
             name: getattr(getattr(self, step), attribute)
             for name, (step, attribute) in _ARRAYS.items()
         }
+        arrays = {name: array for name, array in arrays.items() if array is not None}
         with open(folder / "prepared.npz", "wb") as handle:
             np.savez(handle, **arrays)
         reports = {
@@ -76,7 +80,10 @@ class Prepared:
         fields: dict[str, dict] = {step: {"report": reports[r]} for step, r in _REPORTS.items()}
         with np.load(npz, allow_pickle=False) as arrays:
             for name, (step, attribute) in _ARRAYS.items():
-                fields[step][attribute] = arrays[name]
+                if name in _OPTIONAL_ARRAYS and name not in arrays.files:
+                    fields[step][attribute] = None
+                else:
+                    fields[step][attribute] = arrays[name]
         return cls(
             names=list(reports["feature_names"]),
             imputed=impute.ImputeResult(**fields["imputed"]),
@@ -91,4 +98,7 @@ def prepare(params: Params, data: IngestedData) -> Prepared:
     imputed = impute.impute(data.features, params.impute, params.cluster.backend)
     scaled = scale.scale(imputed.values, names, params.scale)
     reduced = reduce.reduce(scaled.values, names, params.reduce)
+    # Every later step reads the reduced values (and the imputed ones, in original units);
+    # the scaled ones were only the projection's input: not kept (80 MB on 500k x 20).
+    scaled = replace(scaled, values=None)
     return Prepared(names=names, imputed=imputed, scaled=scaled, reduced=reduced)

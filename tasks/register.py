@@ -318,3 +318,21 @@ def load_chain(run_id: str) -> SegmentationChain:
 def load_training_frame(run_id: str) -> pd.DataFrame:
     configure_mlflow()
     return pd.read_parquet(runs.download(run_id, Artifact.TRAINING_DATA))
+
+
+def load_training_rows(run_id: str, features: list[str]) -> np.ndarray:
+    """The logged training rows' ``features`` as float64 (n, len(features)), missing values
+    NaN: only those columns read, and Arrow's buffers handed back once copied (the whole
+    frame through pandas held three copies of a 45 MB sample at once)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    configure_mlflow()
+    path = runs.download(run_id, Artifact.TRAINING_DATA)
+    table = pq.read_table(path, columns=features)
+    rows = np.empty((table.num_rows, len(features)))
+    for j, name in enumerate(features):
+        rows[:, j] = table.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
+    del table
+    pa.default_memory_pool().release_unused()
+    return rows

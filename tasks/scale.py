@@ -15,7 +15,7 @@ from tasks.errors import ConfigError
 
 @dataclass(frozen=True)
 class ScaleResult:
-    values: np.ndarray
+    values: np.ndarray | None  # None once reduce has projected them (`tasks.prepare.prepare`)
     log1p_mask: np.ndarray
     clip_low: np.ndarray
     clip_high: np.ndarray

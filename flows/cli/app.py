@@ -116,6 +116,11 @@ def run_app(argv: list[str]) -> int:
     """Run the app on ``argv`` and return its exit code."""
     import sys
 
+    from flows.runtime import keep_freed_memory
+    from flows.warm_runner import warm_command
+
+    if warm_command(argv) is not None:
+        keep_freed_memory()
     try:
         app(args=argv, prog_name="popseg", standalone_mode=True)
     except SystemExit as done:

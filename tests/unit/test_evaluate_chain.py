@@ -1,6 +1,7 @@
 from functools import partial
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
@@ -315,3 +316,77 @@ def test_a_resample_with_fewer_distinct_rows_than_k_is_skipped():
         for k in (1, 2, 3):
             expected = len(np.unique(values[rows], axis=0)) >= k
             assert _has_distinct_rows(values, rows, k) == expected, (rows, k)
+
+
+def _random_chain(rng, d=4, k=5):
+    """A chain with every transform in play (fill, log1p, clipping, scaling, a rotation)."""
+    rotation, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    return identity_chain(
+        [f"f{j}" for j in range(d)],
+        rng.normal(size=(k, d)),
+        fill_values=rng.normal(size=d),
+        log1p_mask=np.array([True] + [False] * (d - 1)),
+        clip_low=np.full(d, -4.0),
+        clip_high=np.full(d, 4.0),
+        scale_center=rng.normal(size=d),
+        scale_scale=rng.uniform(0.5, 2.0, size=d),
+        pca_mean=rng.normal(size=d) * 0.1,
+        pca_components=rotation,
+        segment_ids=np.array([4, 0, 9, 2, 7]),
+    )
+
+
+def test_match_to_champion_in_blocks_gives_the_one_pass_answer(monkeypatch):
+    import tasks.evaluate as evaluate_module
+
+    rng = np.random.default_rng(3)
+    champion = _random_chain(rng)
+    rows = np.abs(rng.normal(size=(1000, 4))) * 2.0
+    rows[rng.random(rows.shape) < 0.05] = np.nan  # the champion fills them
+    labels = rng.integers(0, 6, size=1000)
+    whole_ids, whole = match_to_champion(labels, rows, champion, 6)
+    monkeypatch.setattr(evaluate_module, "_MATCH_BLOCK_ROWS", 7)
+    ids, blocked = match_to_champion(labels, rows, champion, 6)
+    np.testing.assert_array_equal(ids, whole_ids)
+    assert blocked["match_cost"] == pytest.approx(whole["match_cost"], rel=1e-12)
+    # what the champion itself says of each row, computed the plain way
+    champion_segments, _ = champion.predict(rows)
+    assert blocked["rows_keeping_segment"] == pytest.approx(
+        float(np.mean(ids[labels] == champion_segments))
+    )
+
+
+def test_profiles_are_the_segment_means_and_population_spread():
+    from tasks.evaluate import column_mean_std, profiles
+
+    rng = np.random.default_rng(5)
+    values = rng.normal(loc=[1.0, -3.0, 100.0], scale=[1.0, 0.1, 20.0], size=(2000, 3))
+    segments = rng.choice([9, 2, 5], size=2000)  # sparse ids, as matched to a champion
+    means, distinguishing = profiles(values, ["a", "b", "c"], segments, top=2)
+    frame = pd.DataFrame(values, columns=["a", "b", "c"]).assign(segment=segments)
+    expected = frame.groupby("segment").mean()
+    assert means.index.tolist() == [2, 5, 9] and means.index.name == "segment"
+    np.testing.assert_allclose(means.to_numpy(), expected.to_numpy(), rtol=1e-12)
+    assert sorted(distinguishing) == [2, 5, 9]
+    mean, std = column_mean_std(values, block_rows=333)
+    np.testing.assert_allclose(mean, values.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, values.std(axis=0), rtol=1e-12)
+
+
+def test_chain_silhouette_in_blocks_is_the_silhouette_of_the_chains_assignment(monkeypatch):
+    import tasks.promote as promote_module
+    from tasks.compute import silhouette_score
+    from tasks.promote import chain_silhouette
+
+    rng = np.random.default_rng(8)
+    chain = _random_chain(rng)
+    rows = np.abs(rng.normal(size=(900, 4))) * 2.0
+    reduced = chain.transform(rows)
+    labels, _ = chain.predict_internal(rows)
+    sampled = silhouette_score(reduced, labels, sample_size=300, random_state=4)
+    every_row = silhouette_score(reduced, labels)
+    monkeypatch.setattr(promote_module, "_GATE_BLOCK_ROWS", 64)
+    assert chain_silhouette(chain, rows, 300, 4) == pytest.approx(sampled, rel=1e-12)
+    assert chain_silhouette(chain, rows, 5000, 4) == pytest.approx(every_row, rel=1e-12)
+    # one centroid for every row: no silhouette
+    assert np.isnan(chain_silhouette(chain, np.repeat(rows[:1], 50, axis=0), 10, 0))

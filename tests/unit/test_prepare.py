@@ -222,3 +222,27 @@ def test_kept_rows_of_the_input_frame(holes):
     assert len(kept) == int(dropped.kept_rows.sum()) < len(frame)
     assert list(kept.index) == list(range(len(kept)))
     assert kept["row"].tolist() == frame["row"][dropped.kept_rows].tolist()
+
+
+def test_prepare_keeps_the_projection_not_its_input(holes, tmp_path):
+    """The scaled values are only PCA's input: `prepare` drops them once projected, and a
+    prepared folder without them loads back (None) with everything else intact."""
+    from tasks.ingest import IngestedData
+    from tasks.prepare import Prepared, prepare
+
+    frame = holes.assign(id=[f"r{i}" for i in range(len(holes))])
+    data = IngestedData(
+        frame=frame, id_column="id", feature_columns=list("abcd"), source="m.csv", md5="0"
+    )
+    params = load_params(overrides=["reduce.n_components=2"])
+    prepared = prepare(params, data)
+    assert prepared.scaled.values is None
+    imputed = impute(holes, params.impute)
+    scaled = scale(imputed.values, list("abcd"), params.scale)
+    expected = reduce(scaled.values, list("abcd"), params.reduce)
+    np.testing.assert_allclose(prepared.reduced.values, expected.values, rtol=1e-12, atol=1e-12)
+    loaded = Prepared.load(prepared.save(tmp_path / "prepared"))
+    assert loaded.scaled.values is None
+    np.testing.assert_array_equal(loaded.reduced.values, prepared.reduced.values)
+    np.testing.assert_array_equal(loaded.scaled.center, prepared.scaled.center)
+    np.testing.assert_array_equal(loaded.imputed.values, prepared.imputed.values)

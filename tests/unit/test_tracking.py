@@ -113,6 +113,9 @@ def test_a_training_run_reads_back_as_the_record_the_writer_wrote(project_dir, t
     logged = pd.read_parquet(record.artifact(Artifact.TRAINING_DATA, tmp_path / "c"))
     pd.testing.assert_frame_equal(logged, FRAME)
     pd.testing.assert_frame_equal(register.load_training_frame(run_id), FRAME)
+    # the gate's read: the feature columns only, as float64
+    rows = register.load_training_rows(run_id, ["height"])
+    assert rows.dtype == np.float64 and rows.tolist() == [[1.5], [1.8], [1.7]]
     assert record.listing("reports") == [Artifact.SELECTION]
     # One nested run per k: its k as a param, the chosen one tagged.
     nested = client().search_runs(
