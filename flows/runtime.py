@@ -115,11 +115,12 @@ def keep_freed_memory() -> bool:
     if not (mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
         return False
     # Arrow's buffers (CSV and Parquet reads) from the same heap, not from its own pool's
-    # fresh pages: what a parse frees, the arrays after it reuse.
-    if "pyarrow" in sys.modules:
-        sys.modules["pyarrow"].set_memory_pool(sys.modules["pyarrow"].system_memory_pool())
-    else:
-        os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
+    # fresh pages: what a parse frees, the arrays after it reuse. Set on the module, not
+    # through ARROW_DEFAULT_MEMORY_POOL, which the servers a command starts would inherit
+    # (pandas imports pyarrow anyway).
+    import pyarrow
+
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
     return True
 
 
