@@ -236,12 +236,18 @@ def _tile_min_pot(g, c_sq, x_sq, w, cl):  # pragma: no cover
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
-def _pp_candidate_pots_part(part, n_parts, data, closest, candidates, pots):  # pragma: no cover
+def _pp_candidate_pots_part(
+    part, n_parts, data, closest, candidates, pending, pots
+):  # pragma: no cover
     """:func:`_pp_candidate_pots` for the chunks of one part (``candidates``: their rows,
-    jobs, coordinates and |x|^2; ``pots``: (n_chunks, n_cand))."""
+    jobs, and the coordinates and |x|^2 of the candidates followed by the pending
+    centres; ``pending``: the jobs with a pending centre and its row; ``pots``:
+    (n_chunks, n_cand))."""
     X, sample_weight, x_sq = data
     cand, owner, Cc, c_sq = candidates
+    p_jobs, p_rows = pending
     n = X.shape[0]
+    n_cand = cand.shape[0]
     n_chunks = pots.shape[0]
     ch0, ch1 = share(part, n_parts, n_chunks)
     for ch in range(ch0, ch1):
@@ -249,9 +255,24 @@ def _pp_candidate_pots_part(part, n_parts, data, closest, candidates, pots):  # 
         r0, r1 = _chunk_rows(ch, n, n_chunks)
         for i0 in range(r0, r1, _TILE):
             i1 = min(r1, i0 + _TILE)
-            # candidates x rows, so that each candidate's loop runs over contiguous rows
+            # candidates (and pending centres) x rows, so that each one's loop runs over
+            # contiguous rows
             GT = np.dot(Cc, X[i0:i1].T)
-            for c in range(cand.shape[0]):
+            # first the last step's chosen centres: the candidates' pots need the closest
+            # distances that include them
+            for q in range(p_jobs.shape[0]):
+                j = p_jobs[q]
+                i = p_rows[q]
+                if i0 <= i < i1:  # the chosen row itself: distance exactly 0
+                    closest[j, i] = 0.0
+                _tile_update_closest(
+                    GT[n_cand + q],
+                    c_sq[n_cand + q],
+                    x_sq[i0:i1],
+                    sample_weight[i0:i1],
+                    closest[j, i0:i1],
+                )
+            for c in range(n_cand):
                 j = owner[c]
                 p_loc[c] += _tile_min_pot(
                     GT[c], c_sq[c], x_sq[i0:i1], sample_weight[i0:i1], closest[j, i0:i1]
@@ -262,29 +283,33 @@ def _pp_candidate_pots_part(part, n_parts, data, closest, candidates, pots):  # 
                     p_loc[c] -= np.float64(sample_weight[i]) * min(np.float64(closest[j, i]), dist)
 
 
-def _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owner, n_chunks):
+def _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owner, pending, n_chunks):
     """k-means++ trial step for several independent initialisations at once.
 
-    ``closest`` (n_jobs, n): current squared distance of each row to the nearest chosen
-    centre of each job; ``cand`` (n_cand,) row indices of candidate centres; ``owner``
-    (n_cand,) the job of each candidate. Returns the potential (sum of w * min(closest,
-    d(x, cand))) of every candidate, float64. A candidate's distance to itself is
-    taken as exactly 0.
+    ``closest`` (n_jobs, n): squared distance of each row to the nearest chosen centre of
+    each job, except for the job's ``pending`` centre (n_jobs,: the row chosen in the
+    last step, -1 for none), whose update this pass applies first, in place (one pass
+    over X per step instead of two). ``cand`` (n_cand,) row indices of candidate
+    centres; ``owner`` (n_cand,) the job of each candidate. Returns each candidate's
+    potential (sum of w * min(closest, d(x, cand))) per chunk, (n_chunks, n_cand)
+    float64: the chosen candidate's column is the chunk sums of its job's next
+    ``closest`` (:func:`_pp_search`). A candidate's distance to itself is taken as
+    exactly 0.
     """
     pots = np.zeros((n_chunks, cand.shape[0]))
-    Cc = np.ascontiguousarray(X[cand])
+    p_jobs = np.flatnonzero(pending >= 0)
+    p_rows = pending[p_jobs]
+    rows = np.concatenate((cand, p_rows))
     run_parts(
         _pp_candidate_pots_part,
         parts_for(n_chunks),
         (X, sample_weight, x_sq),
         closest,
-        (cand, owner, Cc, x_sq[cand]),
+        (cand, owner, np.ascontiguousarray(X[rows]), x_sq[rows]),
+        (p_jobs, p_rows),
         pots,
     )
-    out = np.zeros(cand.shape[0])
-    for ch in range(n_chunks):  # in chunk order, whatever the thread count
-        out += pots[ch]
-    return out
+    return pots
 
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
@@ -346,15 +371,34 @@ def _pp_update_closest(X, x_sq, sample_weight, closest, chosen, n_chunks):
     return chunk_sums
 
 
+@njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _pending_closest(data, closest, j, p, i0, i1, out):  # pragma: no cover
+    """``out`` = job j's closest distances of rows ``i0:i1`` with its pending centre (row
+    ``p``, -1: none) applied, as :func:`_pp_candidate_pots` will store them (up to
+    rounding), times the rows' weights."""
+    X, sample_weight, x_sq = data
+    d = X.shape[1]
+    for i in range(i0, i1):
+        v = np.float64(closest[j, i])
+        if p >= 0:
+            g = 0.0
+            for f in range(d):
+                g += np.float64(X[i, f]) * np.float64(X[p, f])
+            v = min(v, max(x_sq[i] + x_sq[p] - 2.0 * g, 0.0))
+        out[i - i0] = np.float64(sample_weight[i]) * v
+    if i0 <= p < i1:
+        out[p - i0] = 0.0
+
+
 @njit(cache=True, nogil=True)
-def _pp_search(closest, sample_weight, chunk_sums, job, targets, n_chunks):  # pragma: no cover
-    """For each query q, the first row i of job ``job[q]`` where the running sum of
-    ``sample_weight * closest`` reaches ``targets[q]`` (``np.searchsorted`` on the
-    cumulative sum, clipped to n-1) - located via the chunk sums, so only one chunk is
-    scanned per query instead of a full cumulative sum."""
+def _pp_search_part(part, n_parts, data, closest, chunk_sums, queries, out):  # pragma: no cover
+    """:func:`_pp_search` for the queries of one part."""
+    job, targets, pending = queries
     n = closest.shape[1]
-    out = np.empty(targets.shape[0], dtype=np.int64)
-    for q in range(targets.shape[0]):
+    n_chunks = chunk_sums.shape[1]
+    wd = np.empty(_chunk_rows(0, n, n_chunks)[1])
+    q0, q1 = share(part, n_parts, targets.shape[0])
+    for q in range(q0, q1):
         j = job[q]
         target = targets[q]
         cum = 0.0
@@ -364,9 +408,10 @@ def _pp_search(closest, sample_weight, chunk_sums, job, targets, n_chunks):  # p
                 cum += chunk_sums[j, ch]
                 continue
             i0, i1 = _chunk_rows(ch, n, n_chunks)
+            _pending_closest(data, closest, j, pending[j], i0, i1, wd)
             done = False
             for i in range(i0, i1):
-                cum += sample_weight[i] * closest[j, i]
+                cum += wd[i - i0]
                 if cum >= target:
                     found = i
                     done = True
@@ -374,6 +419,25 @@ def _pp_search(closest, sample_weight, chunk_sums, job, targets, n_chunks):  # p
             if done:
                 break
         out[q] = found
+
+
+def _pp_search(data, closest, chunk_sums, job, targets, pending, n_chunks):
+    """For each query q, the first row i of job ``job[q]`` where the running sum of
+    ``sample_weight * closest`` reaches ``targets[q]`` (``np.searchsorted`` on the
+    cumulative sum, clipped to n-1), with each job's ``pending`` centre (see
+    :func:`_pp_candidate_pots`) applied on the fly - located via the chunk sums, so only
+    one chunk is scanned per query instead of a full cumulative sum. ``data``: (X,
+    sample_weight, x_sq)."""
+    out = np.empty(targets.shape[0], dtype=np.int64)
+    run_parts(
+        _pp_search_part,
+        parts_for(targets.shape[0] if closest.shape[1] >= 4 * _TILE else 1),
+        data,
+        closest,
+        chunk_sums,
+        (job, targets, pending),
+        out,
+    )
     return out
 
 

@@ -137,30 +137,39 @@ def _kmeanspp_lockstep(X, x_sq, sample_weight, runs, n_chunks):
     chunk_sums = _pp_update_closest(X, x_sq, sample_weight, closest, first, n_chunks)
     pots = chunk_sums.sum(axis=1)
     ids = [[int(f)] for f in first]
+    # each job's centre chosen in the last step: its update of ``closest`` is done by the
+    # next step's candidate pass (whose chunk sums already give the updated potential)
+    pending = np.full(n_jobs, -1, dtype=np.int64)
     max_k = max(r.k for r in jobs)
     for step in range(1, max_k):
         targets, owners, spans = [], [], []
         for j, r in enumerate(jobs):
             if r.k <= step:
                 spans.append(None)
+                pending[j] = -1  # no further step needs its distances
                 continue
             T = _n_local_trials(r.k)
             spans.append((len(targets), len(targets) + T))
             targets.extend(r.draws[1 + (step - 1) * T : 1 + step * T] * pots[j])
             owners.extend([j] * T)
         owners = np.asarray(owners, dtype=np.int64)
-        cand = _pp_search(closest, sample_weight, chunk_sums, owners, np.asarray(targets), n_chunks)
-        cand_pots = _pp_candidate_pots(X, x_sq, sample_weight, closest, cand, owners, n_chunks)
-        chosen = np.full(n_jobs, -1, dtype=np.int64)
+        data = (X, sample_weight, x_sq)
+        cand = _pp_search(data, closest, chunk_sums, owners, np.asarray(targets), pending, n_chunks)
+        chunk_pots = _pp_candidate_pots(
+            X, x_sq, sample_weight, closest, cand, owners, pending, n_chunks
+        )
+        cand_pots = np.zeros(cand.shape[0])
+        for ch in range(n_chunks):  # in chunk order, whatever the thread count
+            cand_pots += chunk_pots[ch]
         for j in range(n_jobs):
             if spans[j] is None:
                 continue
             a, b = spans[j]
             best = a + int(np.argmin(cand_pots[a:b]))
-            chosen[j] = cand[best]
+            pending[j] = cand[best]
+            chunk_sums[j] = chunk_pots[:, best]
+            pots[j] = cand_pots[best]
             ids[j].append(int(cand[best]))
-        chunk_sums = _pp_update_closest(X, x_sq, sample_weight, closest, chosen, n_chunks)
-        pots = chunk_sums.sum(axis=1)
     for j, r in enumerate(jobs):
         r.init_ids = np.asarray(ids[j])
         r.centers = X[r.init_ids].copy()
@@ -219,8 +228,8 @@ def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, x_sq, passed=None):
     inertia (n_runs,)) computed with the final centroids. ``passed(iteration)``, if given,
     is called after each pass (the runs that left it have ``done`` set).
 
-    Above ``_BOUNDED_MIN_ROWS`` rows the first pass computes every distance (BLAS) and
-    later passes use Hamerly's bounds (see :mod:`tasks.compute._hamerly_kernels`), which
+    Above ``_BOUNDED_MIN_ROWS`` rows the first two passes compute every distance (BLAS;
+    the first without bounds, the second sets them) and later passes use Hamerly's bounds (see :mod:`tasks.compute._hamerly_kernels`), which
     give the same assignments while skipping the rows that cannot have changed cluster.
     Below it, every pass computes every distance: on little data the bounds' bookkeeping
     costs more than the distances it saves. ``x_sq``: squared row norms of X.
@@ -337,6 +346,16 @@ class BoundedLloyd:
             setattr(other, name, value.copy() if isinstance(value, np.ndarray) else value)
         return other
 
+    def plain_pass(self, centers):
+        """A pass without bounds for every clustering: its sums ``S`` and ``W`` from
+        every row, one fused BLAS pass. For a fit's first pass: bounds set there would
+        be loosened by the first, largest centroid moves before any use, so the next
+        pass computes every distance anyway; ``full`` stays set, so that pass rebuilds
+        all the sums (``Q`` too) and sets the bounds."""
+        X, sample_weight, _x_sq = self.data
+        self.S[:], self.W[:] = lloyd_pass(X, sample_weight, np.concatenate(centers), self.offsets)
+        self.full[:] = True
+
     def run_pass(self, centers, active, dense=None):
         """One pass of the clusterings ``active`` (int64 indices) with the centroids
         ``centers`` (one array per clustering, X's dtype); adds its changes to S, W and Q.
@@ -382,7 +401,10 @@ def _lloyd_bounded(X, sample_weight, runs, max_iter, tol, x_sq, labels, passed):
     offsets = lloyd.offsets
     active = np.arange(n_runs, dtype=np.int64)
     for it in range(max_iter):
-        lloyd.run_pass([r.centers for r in runs], active)
+        if it == 0:
+            lloyd.plain_pass([r.centers for r in runs])
+        else:
+            lloyd.run_pass([r.centers for r in runs], active)
         still = []
         for b in active:
             r = runs[b]

@@ -113,3 +113,33 @@ def test_sweep_bad_input(blobs):
         KMeansSweep([2, 5000]).fit(blobs[:100])
     with pytest.raises(ValueError, match="empty"):
         KMeansSweep([]).fit(blobs)
+
+
+def test_lockstep_seeding_picks_sklearns_kmeans_plusplus_centres():
+    """Many runs seeded at once, each step's closest-distance update deferred into the next
+    step's candidate pass: the same rows as scikit-learn's k-means++, run by run, with
+    sample weights, on enough rows for every chunk and both kernel threads to take part."""
+    from sklearn.cluster import kmeans_plusplus
+    from sklearn.utils import check_random_state
+
+    from tasks.compute import kmeans as km
+    from tasks.compute._kmeans_kernels import center, n_chunks_for
+
+    X, _ = make_blobs(n_samples=30_000, n_features=5, centers=9, cluster_std=2.0, random_state=4)
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, X.shape[0])
+    n_chunks = n_chunks_for(X.shape[0])
+    _mean, Xc, x_sq, _var = center(X, n_chunks)
+    runs, expected = [], []
+    for seed in range(3):
+        for k in (1, 2, 5, 9, 14):
+            run = km._Run(k)
+            run.draws = check_random_state(seed).random_sample(1 + (k - 1) * km._n_local_trials(k))
+            runs.append(run)
+            _, ids = kmeans_plusplus(
+                Xc, k, sample_weight=weights, x_squared_norms=x_sq, random_state=seed
+            )
+            expected.append(ids)
+    km._kmeanspp_lockstep(Xc, x_sq, weights, runs, n_chunks)
+    for run, ids in zip(runs, expected, strict=True):
+        np.testing.assert_array_equal(run.init_ids, ids, err_msg=f"k={run.k}")
+        np.testing.assert_array_equal(run.centers, Xc[ids])
