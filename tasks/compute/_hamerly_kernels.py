@@ -98,9 +98,9 @@ def _bound_stats(C64, offsets, shift, active):  # pragma: no cover
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
 def _select_unsure(state, b, c0, i0, i1, bounds, gidx):  # pragma: no cover
     """How many of rows ``i0:i1`` the bounds of clustering b cannot rule out a change of
-    centroid for. Given room in ``gidx``, those rows go there and the others get their
-    loosened bounds; given an empty ``gidx``, nothing is written (a dense pass, which
-    recomputes every row anyway, only wants the count)."""
+    centroid for. Given room in ``gidx`` (at least ``i1 - i0`` slots), those rows go
+    there and the others get their loosened bounds; given an empty ``gidx``, nothing is
+    written (a dense pass, which recomputes every row anyway, only wants the count)."""
     labels, upper, lower = state
     keep = gidx.shape[0] > 0
     shift, s_half, max1, arg1, max2 = bounds
@@ -112,13 +112,15 @@ def _select_unsure(state, b, c0, i0, i1, bounds, gidx):  # pragma: no cover
         ga = c0 + labels[b, i]
         u = np.float64(upper[b, i]) + shift[ga]
         lo = np.float64(lower[b, i]) - (m2 if ga == a1 else m1)
-        if u > max(lo, s_half[ga]):
-            if keep:
-                gidx[m] = i
-            m += 1
-        elif keep:
+        unsure = u > max(lo, s_half[ga])
+        if keep:
+            # branch-free: every row gets its loosened bounds and a slot in gidx that only
+            # an unsure row keeps (an unsure row's bounds are set anew once its distances
+            # are computed); which rows are unsure follows no pattern a branch predicts
             upper[b, i] = u * _UP
             lower[b, i] = max(lo, 0.0) * _DOWN  # 0 is always a valid lower bound
+            gidx[m] = i
+        m += unsure
     return m
 
 
