@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from tasks.compute._kmeans_kernels import _FASTMATH, _chunk_rows
+from tasks.compute._kmeans_kernels import _FASTMATH, _chunk_rows, _tile_block_argmin
 from tasks.compute._threads import parts_for, run_parts, share
 
 # Outward rounding of stored bounds (float32 has a 2**-24 relative rounding error).
@@ -46,23 +46,22 @@ def _sq_dist(xr, C64, c):  # pragma: no cover
 
 @njit(cache=True, fastmath=_FASTMATH, nogil=True)
 def _tile_block_argmin2(GT, half_cnorm, c0, c1, best, best2, lab):  # pragma: no cover
-    """As ``_tile_block_argmin``, also keeping the second smallest value per row."""
+    """As ``_tile_block_argmin``, also keeping the second smallest value per row (a tie
+    for the smallest makes it equal to the smallest). Two loops of plain selects, which
+    vectorise; one loop tracking both values did not (LLVM left it scalar, with a
+    branch per row and centroid)."""
+    _tile_block_argmin(GT, half_cnorm, c0, c1, best, lab)
     m_rows = GT.shape[1]
-    h = half_cnorm[c0]
-    g = GT[c0]
     for r in range(m_rows):
-        best[r] = h - g[r]
         best2[r] = np.inf
-        lab[r] = np.int32(c0)
-    for c in range(c0 + 1, c1):
+    for c in range(c0, c1):
         h = half_cnorm[c]
         g = GT[c]
+        ci = np.int32(c)
         for r in range(m_rows):
             v = h - g[r]
-            m = v < best[r]
-            best2[r] = best[r] if m else min(best2[r], v)
-            best[r] = v if m else best[r]
-            lab[r] = np.int32(c) if m else lab[r]
+            b2 = best2[r]
+            best2[r] = v if (v < b2) & (lab[r] != ci) else b2
 
 
 @njit(cache=True, nogil=True)

@@ -101,3 +101,26 @@ def test_bounded_and_plain_passes_agree(overlapping, monkeypatch):
         np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=0, atol=1e-8)
         assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-10)
         assert a.n_iter_ == b.n_iter_
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_two_smallest_per_row_with_ties(dtype):
+    """The bounds' nearest and second-nearest values per row (the kernel keeps them in two
+    vectorised loops): the first smallest wins a tie, and a tie makes the second
+    smallest equal to the smallest."""
+    from tasks.compute._hamerly_kernels import _tile_block_argmin2
+
+    rng = np.random.default_rng(3)
+    k, m = 9, 300
+    GT = rng.integers(0, 5, size=(k, m)).astype(dtype)  # few values: many ties
+    half = rng.integers(0, 3, size=k).astype(dtype)
+    best = np.empty(m, dtype)
+    best2 = np.empty(m, dtype)
+    lab = np.empty(m, np.int32)
+    for c0, c1 in [(0, k), (2, 7), (4, 5)]:
+        _tile_block_argmin2(GT, half, c0, c1, best, best2, lab)
+        values = half[c0:c1, None] - GT[c0:c1]
+        np.testing.assert_array_equal(lab, c0 + values.argmin(axis=0))
+        np.testing.assert_array_equal(best, values.min(axis=0))
+        second = np.sort(values, axis=0)[1] if c1 - c0 > 1 else np.full(m, np.inf)
+        np.testing.assert_array_equal(best2, second)
