@@ -7,8 +7,9 @@ Writes benchmarks/results/bench[-quick].md and .json: wall times, speed-up ratio
 quality ratio, goal, thread counts (threadpoolctl + numba) and the machine.
 Fairness: same data, same n_init / max_iter / tol, same seeds (our k-means++ replays
 scikit-learn's random draws), total wall time of a fit including seeding, best of
-REPEAT runs for both sides; each of our kernels is compiled (cache=True) by a warm-up
-call on tiny data before timing. Both libraries run in one process: our kernels' thread
+REPEAT runs for both sides (the sweep's sides in rounds, one fit of each per round, so
+that a busy spell of the shared machine does not fall on one side only); each of our
+kernels is compiled (cache=True) by a warm-up call on tiny data before timing. Both libraries run in one process: our kernels' thread
 count and the other thread pools (scikit-learn's OpenMP, OpenBLAS) are listed in the
 report.
 
@@ -155,25 +156,38 @@ def _against_sklearn(name, t_ours, t_sk, goal_speedup, quality, quality_met, **e
     return row
 
 
-def _time_per_k(cls, X, ks, kw):
-    """Total best-of-REPEAT time of fitting ``cls(k)`` for each k, summed inertia, iterations."""
-    total_s, inertia, iters = 0.0, 0.0, 0
-    for k in ks:
-        t, m = _time(lambda k=k: cls(k, random_state=0, **kw).fit(X), repeat=REPEAT)
-        total_s += t
-        inertia += m.inertia_
-        iters += m.n_iter_
-    return total_s, inertia, iters
+def _sweep_rounds(X, ks, kw, references):
+    """Best-of-REPEAT times of our sweep and of fitting each k with every reference class
+    (``references``: name -> estimator class), timed in rounds: each round fits every
+    side once, so that a busy spell of the shared machine falls on all sides alike, not
+    on whichever ran through it. Returns our best time and last sweep, and per
+    reference: (summed best time over k, summed inertia, summed iterations)."""
+    best_ours, sweep = np.inf, None
+    best = {name: dict.fromkeys(ks, np.inf) for name in references}
+    last = {name: {} for name in references}
+    for _ in range(REPEAT):
+        t, sweep = _time(lambda: KMeansSweep(ks, random_state=0, **kw).fit(X))
+        best_ours = min(best_ours, t)
+        for name, cls in references.items():
+            for k in ks:
+                t, m = _time(lambda cls=cls, k=k: cls(k, random_state=0, **kw).fit(X))
+                best[name][k] = min(best[name][k], t)
+                last[name][k] = m
+    totals = {
+        name: (
+            sum(best[name].values()),
+            sum(m.inertia_ for m in last[name].values()),
+            sum(m.n_iter_ for m in last[name].values()),
+        )
+        for name in references
+    }
+    return best_ours, sweep, totals
 
 
-def _intelex_columns(X, ks, kw, t_ours, our_inertia) -> dict:
+def _intelex_columns(intelex, log, t_ours, our_inertia) -> dict:
     """The intelex columns of the sweep row: time, our speed-up, inertia ratio, and whether
-    oneDAL itself ran every fit."""
-    IntelexKMeans, log = _intelex_kmeans()
-    if IntelexKMeans is None:
-        return dict(intelex_note="scikit-learn-intelex not installed (make bench installs it)")
-    log.messages.clear()
-    t_x, x_inertia, x_iters = _time_per_k(IntelexKMeans, X, ks, kw)
+    oneDAL itself ran every fit (``intelex``: its totals from :func:`_sweep_rounds`)."""
+    t_x, x_inertia, x_iters = intelex
     fallbacks = [m for m in log.messages if "fallback" in m.lower()]
     accelerated = sum("accelerated" in m.lower() for m in log.messages)
     ratio = our_inertia / x_inertia
@@ -194,8 +208,13 @@ def _intelex_columns(X, ks, kw, t_ours, our_inertia) -> dict:
 def bench_sweep(n, d, ks, rows):
     X, _ = _blobs(n, d, 8, 1)
     kw = dict(n_init=1, max_iter=100, tol=1e-4)
-    t_ours, sweep = _time(lambda: KMeansSweep(ks, random_state=0, **kw).fit(X), repeat=REPEAT)
-    t_sk, sk_inertia, sk_iters = _time_per_k(skc.KMeans, X, ks, kw)
+    IntelexKMeans, log = _intelex_kmeans()
+    references = {"sklearn": skc.KMeans}
+    if IntelexKMeans is not None:
+        references["intelex"] = IntelexKMeans
+        log.messages.clear()
+    t_ours, sweep, totals = _sweep_rounds(X, ks, kw, references)
+    t_sk, sk_inertia, sk_iters = totals["sklearn"]
     our_inertia = sum(m.inertia_ for m in sweep.models_.values())
     row = _against_sklearn(
         f"KMeansSweep k={ks[0]}..{ks[-1]}, {n}x{d} float32, n_init=1, max_iter=100",
@@ -207,7 +226,10 @@ def bench_sweep(n, d, ks, rows):
         our_iters={int(k): int(m.n_iter_) for k, m in sweep.models_.items()},
         sk_total_iters=int(sk_iters),
     )
-    intelex = _intelex_columns(X, ks, kw, t_ours, our_inertia)
+    if IntelexKMeans is None:
+        intelex = dict(intelex_note="scikit-learn-intelex not installed (make bench installs it)")
+    else:
+        intelex = _intelex_columns(totals["intelex"], log, t_ours, our_inertia)
     row.update(intelex)
     if "intelex_s" in intelex:
         row["goal"] += f"; vs intelex >= {SWEEP_GOAL_INTELEX}"
@@ -240,10 +262,11 @@ def _bench_lloyd_passes(X, ks, rows):
     """Time per Lloyd iteration against the stream floor (time to read X once).
 
     The plain fused pass (:func:`tasks.compute.lloyd_pass`: assignment and centroid sums,
-    what the Dask engine runs per partition) reads X once and computes every distance.
-    The fit's first pass computes every distance (BLAS, a :class:`BoundedLloyd` pass with
-    every clustering dense); later passes use the distance bounds and recompute only the
-    rows the bounds cannot settle. Both are timed on k-means++ seeds of X: the first
+    what the Dask engine runs per partition, and a fit's first pass) reads X once and
+    computes every distance. The pass that sets the bounds (a fit's second) computes
+    every distance too (BLAS, a :class:`BoundedLloyd` pass with every clustering dense);
+    later passes use the distance bounds and recompute only the rows the bounds cannot
+    settle. Both are timed on k-means++ seeds of X: the first
     pass, then the second pass after one real centroid update (on a copy of the state
     for each repeat, since a pass updates it in place).
     """
@@ -255,7 +278,7 @@ def _bench_lloyd_passes(X, ks, rows):
         K = sum(kset)
         for name, t, goal in (
             ("plain fused pass (assign + sums, no bounds)", t_plain, label == "k=8"),
-            ("first pass of a fit, every distance + bounds", t_first, label == "k=8"),
+            ("pass that sets the bounds, every distance + bounds", t_first, label == "k=8"),
             ("later pass, with distance bounds", t_second, label == "k=8"),
         ):
             rows.append(
