@@ -229,8 +229,9 @@ def _lloyd_lockstep(X, sample_weight, runs, max_iter, tol, x_sq, passed=None):
     is called after each pass (the runs that left it have ``done`` set).
 
     Above ``_BOUNDED_MIN_ROWS`` rows the first two passes compute every distance (BLAS;
-    the first without bounds, the second sets them) and later passes use Hamerly's bounds (see :mod:`tasks.compute._hamerly_kernels`), which
-    give the same assignments while skipping the rows that cannot have changed cluster.
+    the first without bounds, the second sets them) and later passes use Hamerly's
+    bounds (see :mod:`tasks.compute._hamerly_kernels`), which give the same assignments
+    while skipping the rows that cannot have changed cluster.
     Below it, every pass computes every distance: on little data the bounds' bookkeeping
     costs more than the distances it saves. ``x_sq``: squared row norms of X.
     """
