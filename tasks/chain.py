@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,6 +46,12 @@ _ARRAYS = (
 )
 # Present only in a Gaussian-mixture chain (absent = k-means).
 _MIXTURE_ARRAYS = ("mixture_weights", "mixture_precisions_cholesky")
+
+
+#: Rows a blocked pass (`SegmentationChain.blocks_in_space`) sends through the chain at a
+#: time: its transform makes temporaries the size of its input (80 MB each on 500k x 20 at
+#: once, about 10 MB per block).
+BLOCK_ROWS = 65_536
 
 
 class ChainInputError(ValueError):
@@ -279,8 +285,9 @@ class SegmentationChain:
 
     # ------------------------------------------------------------------ inference
 
-    def prepare(self, rows: np.ndarray) -> np.ndarray:
-        """Raw rows (n, n_features) -> the scaled feature space (before PCA)."""
+    def prepare(self, rows: np.ndarray, first_row: int = 0) -> np.ndarray:
+        """Raw rows (n, n_features) -> the scaled feature space (before PCA). An error names
+        a row by its number counted from ``first_row`` (a block's place in a larger set)."""
         values = np.array(rows, dtype=np.float64, copy=True)
         if values.ndim == 1:
             values = values.reshape(1, -1)
@@ -296,7 +303,8 @@ class SegmentationChain:
         if np.isinf(values).any():
             row, column = np.argwhere(np.isinf(values))[0]
             raise ChainInputError(
-                "row %d, feature %r: infinite value" % (row + 1, self.feature_names[column])
+                "row %d, feature %r: infinite value"
+                % (first_row + row + 1, self.feature_names[column])
             )
         missing = np.isnan(values)
         if missing.any():
@@ -312,9 +320,10 @@ class SegmentationChain:
         values /= self.scale_scale
         return values
 
-    def transform(self, rows: np.ndarray) -> np.ndarray:
-        """Raw rows -> the space the centroids live in (after PCA)."""
-        centered = self.prepare(rows)
+    def transform(self, rows: np.ndarray, first_row: int = 0) -> np.ndarray:
+        """Raw rows -> the space the centroids live in (after PCA); ``first_row`` as in
+        `prepare`."""
+        centered = self.prepare(rows, first_row)
         centered -= self.pca_mean  # prepare's array is a fresh copy: no 80 MB temporary
         return centered @ self.pca_components.T
 
@@ -334,6 +343,18 @@ class SegmentationChain:
         """(centroid index, distance) per row already in model space (`transform`'s output)."""
         closest, distance, _ = self._assign(reduced)
         return closest, distance
+
+    def blocks_in_space(
+        self, rows: np.ndarray, block_rows: Optional[int] = None
+    ) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
+        """(first row, the block in model space, each of its rows' centroid index) for
+        consecutive blocks of ``rows`` (``BLOCK_ROWS`` each by default): a pass over many
+        rows without transform temporaries the size of all of them. An error names the row
+        by its number in ``rows``."""
+        step = block_rows or BLOCK_ROWS
+        for start in range(0, len(rows), step):
+            space = self.transform(rows[start : start + step], first_row=start)
+            yield start, space, self.assign_reduced(space)[0]
 
     def predict_internal(self, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(centroid index, distance) per row, before the segment-id map."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.chain import SegmentationChain
+from tasks.chain import BLOCK_ROWS, SegmentationChain
 from tasks.config import ClusterConfig, EvaluateConfig
 
 
@@ -75,11 +75,6 @@ def size_order_ids_from_counts(counts: np.ndarray) -> np.ndarray:
     return ids
 
 
-#: Rows the champion's chain takes at a time when matching: its transform makes a few
-#: temporaries the size of its input (80 MB each on 500k x 20 at once, 10 MB in blocks).
-_MATCH_BLOCK_ROWS = 65_536
-
-
 def _in_champion_space(
     labels: np.ndarray, champion_rows: np.ndarray, champion: SegmentationChain, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -87,13 +82,11 @@ def _in_champion_space(
     champion's own centroid for each row. One transform per row, in blocks."""
     sums = np.zeros((k, champion.centroids.shape[1]))
     champion_closest = np.empty(len(labels), dtype=np.int64)
-    for start in range(0, len(labels), _MATCH_BLOCK_ROWS):
-        stop = start + _MATCH_BLOCK_ROWS
-        space = champion.transform(champion_rows[start:stop])
-        block_labels = labels[start:stop]
+    for start, space, closest in champion.blocks_in_space(champion_rows):
+        block_labels = labels[start : start + len(space)]
         for j in range(space.shape[1]):
             sums[:, j] += np.bincount(block_labels, weights=space[:, j], minlength=k)
-        champion_closest[start:stop] = champion.assign_reduced(space)[0]
+        champion_closest[start : start + len(space)] = closest
     return sums, champion_closest
 
 
@@ -300,7 +293,7 @@ def profiles(
 
 
 def column_mean_std(
-    values: np.ndarray, block_rows: int = _MATCH_BLOCK_ROWS
+    values: np.ndarray, block_rows: int = BLOCK_ROWS
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per column mean and population standard deviation (``np.std``'s two passes), the
     deviations taken a block of rows at a time."""

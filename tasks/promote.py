@@ -94,10 +94,6 @@ def contract_changes(champion: dict[str, Any], challenger: dict[str, Any]) -> li
     return changes
 
 
-#: Rows the gate sends through a chain at a time (its temporaries: ~10 MB on 20 features).
-_GATE_BLOCK_ROWS = 65_536
-
-
 def chain_silhouette(chain: SegmentationChain, rows: np.ndarray, sample: int, seed: int) -> float:
     """Silhouette of a chain's own assignment of ``rows`` in its own space."""
     from sklearn.utils import check_random_state
@@ -108,9 +104,8 @@ def chain_silhouette(chain: SegmentationChain, rows: np.ndarray, sample: int, se
     # temporaries the size of its input, and only the silhouette's sample is kept in its
     # space (the rows silhouette_score(..., sample_size, random_state) would draw).
     labels = np.empty(len(rows), dtype=np.int64)
-    for start in range(0, len(rows), _GATE_BLOCK_ROWS):
-        block = rows[start : start + _GATE_BLOCK_ROWS]
-        labels[start : start + len(block)] = chain.assign_reduced(chain.transform(block))[0]
+    for start, _space, closest in chain.blocks_in_space(rows):
+        labels[start : start + len(closest)] = closest
     if len(np.unique(labels)) < 2:
         return float("nan")
     if len(rows) > sample:

@@ -337,7 +337,7 @@ def _random_chain(rng, d=4, k=5):
 
 
 def test_match_to_champion_in_blocks_gives_the_one_pass_answer(monkeypatch):
-    import tasks.evaluate as evaluate_module
+    import tasks.chain as chain_module
 
     rng = np.random.default_rng(3)
     champion = _random_chain(rng)
@@ -345,7 +345,7 @@ def test_match_to_champion_in_blocks_gives_the_one_pass_answer(monkeypatch):
     rows[rng.random(rows.shape) < 0.05] = np.nan  # the champion fills them
     labels = rng.integers(0, 6, size=1000)
     whole_ids, whole = match_to_champion(labels, rows, champion, 6)
-    monkeypatch.setattr(evaluate_module, "_MATCH_BLOCK_ROWS", 7)
+    monkeypatch.setattr(chain_module, "BLOCK_ROWS", 7)
     ids, blocked = match_to_champion(labels, rows, champion, 6)
     np.testing.assert_array_equal(ids, whole_ids)
     assert blocked["match_cost"] == pytest.approx(whole["match_cost"], rel=1e-12)
@@ -374,7 +374,7 @@ def test_profiles_are_the_segment_means_and_population_spread():
 
 
 def test_chain_silhouette_in_blocks_is_the_silhouette_of_the_chains_assignment(monkeypatch):
-    import tasks.promote as promote_module
+    import tasks.chain as chain_module
     from tasks.compute import silhouette_score
     from tasks.promote import chain_silhouette
 
@@ -385,8 +385,30 @@ def test_chain_silhouette_in_blocks_is_the_silhouette_of_the_chains_assignment(m
     labels, _ = chain.predict_internal(rows)
     sampled = silhouette_score(reduced, labels, sample_size=300, random_state=4)
     every_row = silhouette_score(reduced, labels)
-    monkeypatch.setattr(promote_module, "_GATE_BLOCK_ROWS", 64)
+    monkeypatch.setattr(chain_module, "BLOCK_ROWS", 64)
     assert chain_silhouette(chain, rows, 300, 4) == pytest.approx(sampled, rel=1e-12)
     assert chain_silhouette(chain, rows, 5000, 4) == pytest.approx(every_row, rel=1e-12)
     # one centroid for every row: no silhouette
     assert np.isnan(chain_silhouette(chain, np.repeat(rows[:1], 50, axis=0), 10, 0))
+
+
+def test_a_bad_row_in_a_later_block_is_named_by_its_place_in_all_the_rows(monkeypatch):
+    """Matching and the gate's silhouette send rows through the chain in blocks; an
+    infinite value is still reported as the row it is in the whole set, not in its block."""
+    import tasks.chain as chain_module
+    from tasks.chain import ChainInputError
+    from tasks.promote import chain_silhouette
+
+    rng = np.random.default_rng(11)
+    chain = _random_chain(rng)
+    rows = np.abs(rng.normal(size=(300, 4)))
+    rows[236, 2] = np.inf
+    labels = rng.integers(0, 3, size=300)
+    monkeypatch.setattr(chain_module, "BLOCK_ROWS", 50)
+    with pytest.raises(ChainInputError, match=r"^row 237, feature 'f2': infinite value$"):
+        match_to_champion(labels, rows, chain, 3)
+    with pytest.raises(ChainInputError, match=r"^row 237, feature 'f2': infinite value$"):
+        chain_silhouette(chain, rows, 100, 0)
+    # the same row through the chain in one piece
+    with pytest.raises(ChainInputError, match=r"^row 237, feature 'f2': infinite value$"):
+        chain.transform(rows)
